@@ -1,0 +1,73 @@
+"""npe2 reader: 4D-STEM files -> one lazy 4D image layer per data set.
+
+``get_reader`` is cheap (extension/magic check through :func:`io.can_read`) and returns
+``None`` for files it does not handle, so napari can try other readers. The layer carries the
+:class:`~napari_4dstem_ml.dataset.Dataset4D` in ``metadata["dataset4d"]``; the plugin's widgets
+find data sets through it. An HDF5/NPZ container holding several candidate 4D arrays opens as
+one layer per candidate (named ``file:candidate``); a broken file raises the reader's
+``ReaderError`` (a ``ValueError`` naming the file), which napari shows as a notification.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from . import io
+
+AXIS_LABELS = ("scan_y", "scan_x", "ky", "kx")
+
+
+def get_reader(path):
+    """Return a reader function for ``path`` (one path, or a list of one), else ``None``."""
+    if isinstance(path, (list, tuple)):
+        if len(path) != 1:
+            return None
+        path = path[0]
+    try:
+        if not io.can_read(path):
+            return None
+    except Exception:  # noqa: BLE001 - a reader probe must never raise
+        return None
+    return read_4dstem
+
+
+def read_4dstem(path) -> list[tuple]:
+    """Load ``path`` into napari layer data tuples (lazy 4D image layers)."""
+    if isinstance(path, (list, tuple)):
+        path = path[0]
+    path = Path(path)
+    try:
+        datasets = [(path.name, io.load(path))]
+    except Exception as err:
+        candidates = getattr(err, "candidates", None)
+        if not candidates:
+            raise
+        option = getattr(err, "option", "dataset")
+        datasets = []
+        for c in candidates:
+            try:
+                datasets.append((f"{path.name}:{c}", io.load(path, **{option: c})))
+            except ValueError:
+                continue  # e.g. a 3D stack with no scan shape: not openable without asking
+        if not datasets:
+            raise
+    return [layer_data(ds, name) for name, ds in datasets]
+
+
+def layer_data(ds, name: str) -> tuple:
+    """The napari layer data tuple of a :class:`Dataset4D` (lazy data, calibrated axes)."""
+    from .dataset import napari_unit
+    from .display import pattern_limits
+
+    kwargs = {
+        "name": name,
+        "scale": ds.scale(),
+        "units": tuple(napari_unit(u) for u in ds.units()),
+        "axis_labels": AXIS_LABELS,
+        "contrast_limits": pattern_limits(ds.data, "linear"),
+        "rgb": False,
+        "multiscale": False,
+        "colormap": "gray",
+        "metadata": {"dataset4d": ds},
+    }
+    return (ds.data, kwargs, "image")

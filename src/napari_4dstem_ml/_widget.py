@@ -1,0 +1,9 @@
+"""npe2 widget entry points (the widgets themselves live in :mod:`napari_4dstem_ml.widgets`)."""
+
+from __future__ import annotations
+
+from .widgets.browser import BrowserWidget
+from .widgets.detectors import DetectorsWidget
+from .widgets.training import TrainingWidget
+
+__all__ = ["BrowserWidget", "DetectorsWidget", "TrainingWidget"]

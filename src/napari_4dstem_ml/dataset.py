@@ -1,0 +1,244 @@
+"""The in-memory description of a 4D-STEM data set: a lazy array plus calibrations.
+
+Axis order everywhere in this package: ``(scan_y, scan_x, ky, kx)``. Scan axes are
+calibrated in ångström (Å) per scan step, detector axes in mrad or Å⁻¹ per pixel.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+#: canonical unit tokens (ASCII, so they survive HDF5/JSON round trips)
+SCAN_UNITS = ("A", "nm", "pixels")
+DETECTOR_UNITS = ("mrad", "A^-1", "pixels")
+
+# electron rest energy (eV), h*c (eV*Å)
+_M0C2_EV = 510998.95
+_HC_EV_A = 12398.419843320026
+
+
+def electron_wavelength_A(energy_ev: float) -> float:
+    """Relativistic electron wavelength in Å for an accelerating voltage ``energy_ev`` (eV)."""
+    e = float(energy_ev)
+    return _HC_EV_A / math.sqrt(e * (2.0 * _M0C2_EV + e))
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Calibrations of a 4D data set. Any field may be ``None`` when the file does not say.
+
+    ``scan_step`` is (dy, dx) in ``scan_units`` per scan position; ``detector_pixel`` is
+    (dky, dkx) in ``detector_units`` per detector pixel (mrad or Å⁻¹, the latter meaning
+    spatial frequency 1/d, i.e. angle = λ·k).
+    """
+
+    scan_step: tuple[float, float] | None = None
+    scan_units: str = "A"
+    detector_pixel: tuple[float, float] | None = None
+    detector_units: str = "mrad"
+    energy_ev: float | None = None
+    convergence_mrad: float | None = None
+    camera_length_m: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.scan_units not in SCAN_UNITS:
+            raise ValueError(f"scan_units must be one of {SCAN_UNITS}, got {self.scan_units!r}")
+        if self.detector_units not in DETECTOR_UNITS:
+            raise ValueError(
+                f"detector_units must be one of {DETECTOR_UNITS}, got {self.detector_units!r}"
+            )
+        for name in ("scan_step", "detector_pixel"):
+            v = getattr(self, name)
+            if v is not None:
+                v = tuple(float(x) for x in (v if np.ndim(v) else (v, v)))
+                if len(v) != 2 or not all(x > 0 and math.isfinite(x) for x in v):
+                    raise ValueError(f"{name} must be two positive numbers, got {v!r}")
+                object.__setattr__(self, name, v)
+
+    # -- derived quantities -------------------------------------------------
+    @property
+    def wavelength_A(self) -> float | None:
+        """Electron wavelength in Å, or ``None`` without a beam energy."""
+        return None if self.energy_ev is None else electron_wavelength_A(self.energy_ev)
+
+    @property
+    def scan_step_A(self) -> tuple[float, float] | None:
+        """Scan step (dy, dx) in Å, or ``None`` when uncalibrated."""
+        if self.scan_step is None or self.scan_units == "pixels":
+            return None
+        f = 10.0 if self.scan_units == "nm" else 1.0
+        return (self.scan_step[0] * f, self.scan_step[1] * f)
+
+    @property
+    def detector_pixel_mrad(self) -> tuple[float, float] | None:
+        """Detector pixel (dky, dkx) in mrad, converting from Å⁻¹ with the wavelength."""
+        if self.detector_pixel is None or self.detector_units == "pixels":
+            return None
+        if self.detector_units == "mrad":
+            return self.detector_pixel
+        lam = self.wavelength_A
+        if lam is None:
+            return None
+        return (self.detector_pixel[0] * lam * 1e3, self.detector_pixel[1] * lam * 1e3)
+
+    def require_detector_mrad(self, what: str = "this operation") -> tuple[float, float]:
+        """Detector pixel in mrad, or a ``ValueError`` that says which calibration is missing."""
+        px = self.detector_pixel_mrad
+        if px is None:
+            if self.detector_pixel is None or self.detector_units == "pixels":
+                raise ValueError(f"{what} needs the detector pixel size (mrad or Å⁻¹); the data set has none")
+            raise ValueError(
+                f"{what} needs the beam energy to convert the detector pixel from Å⁻¹ to mrad; "
+                "the data set has none"
+            )
+        return px
+
+    def with_(self, **changes: Any) -> Calibration:
+        """Copy with some fields changed."""
+        return replace(self, **changes)
+
+    # -- serialisation ------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Calibration:
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict())
+
+    @classmethod
+    def from_json(cls, s: str) -> Calibration:
+        return cls.from_dict(json.loads(s))
+
+    def describe(self) -> str:
+        """One human-readable line per calibration."""
+        lines = []
+        s = self.scan_step
+        lines.append(
+            f"scan step: {s[0]:.4g} x {s[1]:.4g} {pretty_unit(self.scan_units)}" if s else "scan step: unknown"
+        )
+        d = self.detector_pixel
+        lines.append(
+            f"detector pixel: {d[0]:.4g} x {d[1]:.4g} {pretty_unit(self.detector_units)}"
+            if d
+            else "detector pixel: unknown"
+        )
+        lines.append(f"beam energy: {self.energy_ev / 1e3:.4g} keV" if self.energy_ev else "beam energy: unknown")
+        lines.append(
+            f"convergence semi-angle: {self.convergence_mrad:.4g} mrad"
+            if self.convergence_mrad
+            else "convergence semi-angle: unknown"
+        )
+        if self.camera_length_m:
+            lines.append(f"camera length: {self.camera_length_m:.4g} m")
+        return "\n".join(lines)
+
+
+def pretty_unit(token: str) -> str:
+    """Display form of a unit token ('A' -> 'Å', 'A^-1' -> 'Å⁻¹')."""
+    return {"A": "Å", "A^-1": "Å⁻¹", "nm": "nm", "mrad": "mrad", "pixels": "px"}.get(token, token)
+
+
+def napari_unit(token: str) -> str:
+    """A unit string napari (pint) parses."""
+    return {"A": "angstrom", "A^-1": "1/angstrom", "nm": "nanometer", "mrad": "milliradian", "pixels": "pixel"}.get(
+        token, "pixel"
+    )
+
+
+@dataclass
+class Dataset4D:
+    """A 4D-STEM data set: ``data`` is ``(scan_y, scan_x, ky, kx)``, lazy where possible.
+
+    ``data`` is a NumPy array (often a read-only ``np.memmap``) or a Dask array; nothing
+    here reads it whole. ``source`` is the file it came from, ``reader`` the name of the
+    reader that opened it, ``metadata`` anything else the file said.
+    """
+
+    data: Any
+    calibration: Calibration = field(default_factory=Calibration)
+    source: Path | None = None
+    reader: str = "array"
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if getattr(self.data, "ndim", None) != 4:
+            raise ValueError(
+                "a 4D-STEM data set must be 4D (scan_y, scan_x, ky, kx), "
+                f"got shape {getattr(self.data, 'shape', None)}"
+            )
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        return tuple(int(n) for n in self.data.shape)  # type: ignore[return-value]
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(self.data.dtype)
+
+    @property
+    def scan_shape(self) -> tuple[int, int]:
+        return self.shape[0], self.shape[1]
+
+    @property
+    def detector_shape(self) -> tuple[int, int]:
+        return self.shape[2], self.shape[3]
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape)) * self.dtype.itemsize
+
+    @property
+    def is_lazy(self) -> bool:
+        return isinstance(self.data, np.memmap) or type(self.data).__module__.startswith("dask")
+
+    def pattern(self, iy: int, ix: int) -> np.ndarray:
+        """One diffraction pattern ``(ky, kx)`` as a NumPy array."""
+        return np.asarray(self.data[iy, ix])
+
+    def as_dask(self, rows_per_chunk: int | None = None):
+        """The data as a Dask array chunked over scan rows (detector axes whole)."""
+        import dask.array as da
+
+        if type(self.data).__module__.startswith("dask"):
+            return self.data
+        if rows_per_chunk is None:
+            row_bytes = self.shape[1] * self.shape[2] * self.shape[3] * self.dtype.itemsize
+            rows_per_chunk = max(1, int(64e6 // max(row_bytes, 1)))
+        return da.from_array(self.data, chunks=(rows_per_chunk, -1, -1, -1))
+
+    def scale(self) -> tuple[float, float, float, float]:
+        """Per-axis scale for display: scan step and detector pixel (1 when unknown)."""
+        c = self.calibration
+        s = c.scan_step or (1.0, 1.0)
+        d = c.detector_pixel or (1.0, 1.0)
+        return (s[0], s[1], d[0], d[1])
+
+    def units(self) -> tuple[str, str, str, str]:
+        """Per-axis unit tokens matching :meth:`scale`."""
+        c = self.calibration
+        su = c.scan_units if c.scan_step else "pixels"
+        du = c.detector_units if c.detector_pixel else "pixels"
+        return (su, su, du, du)
+
+    def summary(self) -> str:
+        """Shape, dtype, reader, source and calibrations, for ``stemml info``."""
+        ny, nx, ky, kx = self.shape
+        lines = [
+            f"file: {self.source}" if self.source else "file: (in memory)",
+            f"reader: {self.reader}",
+            f"shape (scan_y, scan_x, ky, kx): {ny} x {nx} x {ky} x {kx}",
+            f"dtype: {self.dtype}",
+            f"size: {self.nbytes / 1e9:.3g} GB ({'lazy' if self.is_lazy else 'in memory'})",
+            self.calibration.describe(),
+        ]
+        return "\n".join(lines)

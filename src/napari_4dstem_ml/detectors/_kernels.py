@@ -1,0 +1,66 @@
+"""Numba kernels of the virtual-detector engine (imported lazily: numba is slow to import).
+
+All kernels use ``fastmath=False``; reductions are written so that LLVM can vectorise them
+without re-association (element-wise accumulation into a small array, reduced at the end).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+
+@njit(parallel=True, fastmath=False, cache=True, nogil=True)
+def cast_rows(src, r0, r1, dst):  # pragma: no cover - compiled
+    """``dst[p, (r - r0) * kx + j] = float32(src[p, r, j])`` for detector rows ``r0 <= r < r1``.
+
+    ``src`` is ``(P, ky, kx)`` (any numeric dtype, C-contiguous), ``dst`` ``(>= P, (r1-r0)*kx)``
+    float32. Parallel over patterns.
+    """
+    p_n, _, kx = src.shape
+    for p in prange(p_n):
+        for r in range(r0, r1):
+            o = (r - r0) * kx
+            s = src[p, r]
+            d = dst[p]
+            for j in range(kx):
+                d[o + j] = np.float32(s[j])
+
+
+@njit(inline="always", fastmath=False)
+def _fma_run(acc, c0, w, wo, x, n):  # pragma: no cover - compiled
+    for i in range(n):
+        acc[c0 + i] += w[wo + i] * np.float32(x[c0 + i])
+
+
+@njit(parallel=True, fastmath=False, cache=True, nogil=True)
+def runs_dot(block, group, run_row, run_col, run_len, run_woff, set_ptr, weights, n_masks, out):
+    """Sparse masked dot with a mask set per scan position.
+
+    ``block`` ``(R, NX, ky, kx)`` C-contiguous, any numeric dtype; ``group`` ``(R, NX)`` int64 —
+    the mask set of each position; mask ``m`` of set ``g`` is the runs ``set_ptr[g*M+m] ..
+    set_ptr[g*M+m+1]``, run ``k`` covering detector row ``run_row[k]``, columns
+    ``run_col[k] .. + run_len[k]`` with weights ``weights[run_woff[k]:...]``.
+    ``out`` ``(M, R, NX)`` float32. float32 accumulation per detector column, then summed.
+    """
+    r_n, nx, _, kx = block.shape
+    n = r_n * nx
+    n_chunks = min(n, 256)
+    for t in prange(n_chunks):
+        acc = np.zeros(kx, np.float32)
+        q0 = t * n // n_chunks
+        q1 = (t + 1) * n // n_chunks
+        for q in range(q0, q1):
+            r = q // nx
+            c = q - r * nx
+            g = group[r, c]
+            for m in range(n_masks):
+                for j in range(kx):
+                    acc[j] = 0.0
+                for k in range(set_ptr[g * n_masks + m], set_ptr[g * n_masks + m + 1]):
+                    _fma_run(acc, run_col[k], weights, run_woff[k], block[r, c, run_row[k]],
+                             run_len[k])
+                s = np.float32(0.0)
+                for j in range(kx):
+                    s += acc[j]
+                out[m, r, c] = s

@@ -1,0 +1,41 @@
+"""Exceptions raised by the readers (all are ``ValueError`` subclasses).
+
+- :class:`ReaderError`: a file a reader handles is broken or not what was expected; the
+  message names the file and what was expected.
+- :class:`AmbiguousDatasetError`: a container (HDF5, ``.npz``, multi-signal RosettaSciIO
+  file) holds several candidate 3D/4D arrays and none was chosen; ``candidates`` lists
+  them (pass one back as ``dataset=`` / ``key=``).
+- :class:`ScanShapeRequired`: a stack of ``n_frames`` frames whose scan shape the file does
+  not say; pass ``scan_shape=(ny, nx)``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class ReaderError(ValueError):
+    """A file that a reader handles but that is broken or not what was expected."""
+
+    def __init__(self, message: str, path: str | Path | None = None) -> None:
+        super().__init__(message)
+        self.path = None if path is None else Path(path)
+
+
+class AmbiguousDatasetError(ReaderError):
+    """Several candidate arrays and no choice: ``candidates`` holds their names/paths."""
+
+    def __init__(self, message: str, path: str | Path | None, candidates: list[str],
+                 option: str = "dataset") -> None:
+        super().__init__(message, path)
+        self.candidates = list(candidates)
+        #: the ``load`` keyword that picks one candidate ("dataset" or "key")
+        self.option = option
+
+
+class ScanShapeRequired(ReaderError):
+    """A stack of ``n_frames`` diffraction patterns whose scan shape is unknown."""
+
+    def __init__(self, message: str, path: str | Path | None, n_frames: int) -> None:
+        super().__init__(message, path)
+        self.n_frames = int(n_frames)

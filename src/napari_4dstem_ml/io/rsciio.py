@@ -1,0 +1,173 @@
+"""Formats read through RosettaSciIO, lazily: Merlin ``.mib``, Gatan ``.dm3``/``.dm4``,
+``.blo`` blockfiles, HyperSpy ``.hspy``/``.zspy`` (the last needs ``zarr``).
+
+RosettaSciIO returns, per signal, ``data`` and an ``axes`` list in array order (each with
+``index_in_array`` when given, ``navigate``, ``scale``, ``units``). Navigation axes become
+``(scan_y, scan_x)`` and signal axes ``(ky, kx)`` (transposed lazily where they are not in
+that order). Units: real space ``nm`` x 10 -> Å (also ``Å``, ``pm``, ``µm``, ``m``); reciprocal
+``1/nm`` x 0.1 -> Å⁻¹, ``1/Å``; angles ``mrad``, ``rad`` x 1000. HyperSpy metadata
+``Acquisition_instrument.TEM``: ``beam_energy`` (keV) -> eV, ``convergence_angle`` (mrad),
+``camera_length`` (mm) -> m.
+
+A stack of frames (one navigation axis) needs ``scan_shape=(ny, nx)``; for ``.mib`` it is
+passed to RosettaSciIO as the navigation shape (otherwise RosettaSciIO takes it from the
+``.hdr`` file beside the ``.mib``, or guesses it from the frame time stamps). ``dataset=`` picks
+one signal of a multi-signal file by title or index. ``rsciio`` is imported only here.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any
+
+from ..dataset import Calibration, Dataset4D
+from .errors import AmbiguousDatasetError, ReaderError
+from .shapes import normalize_scan_shape, require_scan_shape, stack_to_4d
+from .units import as_text, detector_step, length_to_A, positive
+
+NAME = "rsciio"
+#: extension -> RosettaSciIO plugin module
+PLUGINS = {
+    ".mib": "quantumdetector",
+    ".dm3": "digitalmicrograph",
+    ".dm4": "digitalmicrograph",
+    ".blo": "blockfile",
+    ".hspy": "hspy",
+    ".zspy": "zspy",
+}
+EXTENSIONS = tuple(PLUGINS)
+
+
+def _plugin(plugin: str):
+    try:
+        return importlib.import_module(f"rsciio.{plugin}")
+    except ImportError as exc:
+        raise ReaderError(
+            f"reading this format needs RosettaSciIO's '{plugin}' plugin and its dependencies "
+            f"({exc}); install rosettasciio with that format's extras") from exc
+
+
+def _title(sig: dict, i: int) -> str:
+    try:
+        t = sig["metadata"]["General"]["title"]
+    except (KeyError, TypeError):
+        t = ""
+    return str(t) if t else f"signal {i}"
+
+
+def _get(d: Any, *keys: str) -> Any:
+    for k in keys:
+        if not isinstance(d, dict) or k not in d:
+            return None
+        d = d[k]
+    return d
+
+
+def _is_dask(a: Any) -> bool:
+    return type(a).__module__.startswith("dask")
+
+
+def _to_4d(data: Any, n_nav: int, scan_shape: tuple[int, int] | None, path: Path):
+    if n_nav == 2 and data.ndim == 4:
+        if scan_shape is not None and tuple(scan_shape) != tuple(data.shape[:2]):
+            raise ReaderError(
+                f"{path}: the file's scan shape is {data.shape[0]} x {data.shape[1]}, not the "
+                f"requested {scan_shape[0]} x {scan_shape[1]}", path)
+        return data
+    if n_nav == 1 and data.ndim == 3:
+        if not _is_dask(data):
+            return stack_to_4d(data, scan_shape, path)
+        ny, nx = require_scan_shape(data.shape[0], scan_shape, path, "diffraction patterns")
+        return data.reshape((ny, nx, *data.shape[1:]))
+    raise ReaderError(
+        f"{path}: expected 4D-STEM data (two navigation and two signal axes, or a stack of "
+        f"patterns), got shape {tuple(data.shape)} with {n_nav} navigation axes", path)
+
+
+def _calibration(sig: dict, axes: list[dict]) -> Calibration:
+    changes: dict = {}
+    nav, det = axes[:2], axes[2:]
+    if len(nav) == 2:
+        s = [length_to_A(a.get("scale", 1.0), a.get("units") or "") for a in nav]
+        if all(x and x > 0 for x in s):
+            changes.update(scan_step=(s[0], s[1]), scan_units="A")
+    d = [detector_step(a.get("scale", 1.0), a.get("units") or "") for a in det]
+    if len(d) == 2 and all(d) and d[0][1] == d[1][1] and d[0][0] > 0 and d[1][0] > 0:
+        changes.update(detector_pixel=(d[0][0], d[1][0]), detector_units=d[0][1])
+    tem = _get(sig.get("metadata"), "Acquisition_instrument", "TEM") or {}
+    e = positive(tem.get("beam_energy"))
+    if e:
+        changes["energy_ev"] = e * 1e3
+    c = positive(tem.get("convergence_angle"))
+    if c:
+        changes["convergence_mrad"] = c
+    cl = positive(tem.get("camera_length"))
+    if cl:
+        changes["camera_length_m"] = cl * 1e-3
+    return Calibration(**changes)
+
+
+def read(path: str | Path, plugin: str | None = None, scan_shape=None,
+         dataset: str | int | None = None, **_ignored) -> Dataset4D:
+    """Open a file with RosettaSciIO (``lazy=True``) as a 4D data set."""
+    path = Path(path)
+    scan_shape = normalize_scan_shape(scan_shape, path)
+    plugin = plugin or PLUGINS.get(path.suffix.lower())
+    if plugin is None:
+        raise ReaderError(f"{path}: no RosettaSciIO plugin for '{path.suffix}' files", path)
+    mod = _plugin(plugin)
+    kwargs: dict = {"lazy": True}
+    if plugin == "quantumdetector" and scan_shape is not None:
+        kwargs["navigation_shape"] = (scan_shape[1], scan_shape[0])  # rsciio wants (x, y)
+    try:
+        sigs = mod.file_reader(str(path), **kwargs)
+    except ReaderError:
+        raise
+    except Exception as exc:  # any failure inside the plugin
+        raise ReaderError(f"{path}: RosettaSciIO ({plugin}) could not read it: {exc}", path) from exc
+
+    usable = [(i, s) for i, s in enumerate(sigs) if getattr(s.get("data"), "ndim", 0) in (3, 4)]
+    names = [_title(s, i) for i, s in usable]
+    if not usable:
+        shapes = [tuple(getattr(s.get("data"), "shape", ())) for s in sigs]
+        raise ReaderError(f"{path}: no 3D/4D signal in the file (found shapes {shapes})", path)
+    if dataset is not None:
+        pick = [(i, s) for (i, s), n in zip(usable, names) if n == str(dataset) or str(i) == str(dataset)]
+        if not pick:
+            raise AmbiguousDatasetError(f"{path}: no signal {dataset!r}; candidates: {names}",
+                                        path, names)
+        idx, sig = pick[0]
+    elif len(usable) == 1:
+        idx, sig = usable[0]
+    else:
+        four = [(i, s) for i, s in usable if s["data"].ndim == 4]
+        if len(four) != 1:
+            raise AmbiguousDatasetError(
+                f"{path}: several signals and none chosen; pass dataset= one of {names}",
+                path, names)
+        idx, sig = four[0]
+
+    data = sig["data"]
+    axes = [dict(a) for a in sig.get("axes", [])]
+    if len(axes) == data.ndim:
+        if all("index_in_array" in a for a in axes):
+            axes.sort(key=lambda a: a["index_in_array"])
+        nav_flags = [bool(a.get("navigate", i < data.ndim - 2)) for i, a in enumerate(axes)]
+    else:  # no usable axes: assume navigation first
+        axes = [{} for _ in range(data.ndim)]
+        nav_flags = [i < data.ndim - 2 for i in range(data.ndim)]
+    order = [i for i, f in enumerate(nav_flags) if f] + [i for i, f in enumerate(nav_flags) if not f]
+    n_nav = sum(nav_flags)
+    if order != list(range(data.ndim)):
+        data = data.transpose(order)
+        axes = [axes[i] for i in order]
+    data = _to_4d(data, n_nav, scan_shape, path)
+    if data.ndim == 4 and n_nav == 1:
+        axes = [{}, {}, *axes[1:]]
+    cal = _calibration(sig, axes)
+    meta = {"plugin": plugin, "title": _title(sig, idx), "signal_index": idx,
+            "original_axes": [{k: (as_text(v) if isinstance(v, bytes) else v)
+                               for k, v in a.items() if k in ("name", "scale", "units", "offset")}
+                              for a in axes]}
+    return Dataset4D(data, calibration=cal, source=path, reader=f"{NAME}:{plugin}", metadata=meta)

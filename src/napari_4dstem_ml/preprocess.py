@@ -1,0 +1,490 @@
+"""The pattern transform applied identically in training and inference.
+
+Axis order ``(scan_y, scan_x, ky, kx)``. A :class:`Preprocessor` maps raw diffraction
+patterns ``(..., ky, kx)`` onto the *model's angular grid* ``(..., oy, ox)`` (pixel
+``output_pixel`` mrad, centred on the bright-field disk) in this order:
+
+1. cast to float32 and clip negatives to 0 (background-subtracted detectors such as EMPAD);
+2. resample onto the output grid, a separable linear map per detector axis:
+
+   - scale ``s`` = output pixel / detector pixel (detector pixels per output pixel);
+   - ``s < 2``: bilinear interpolation of the intensity density, multiplied by ``s`` per axis
+     so that values stay *counts per output pixel*;
+   - ``s >= 2``: area-weighted binning (each detector pixel's counts are shared between the
+     output pixels in proportion to the overlap of the two pixels), also counts per output pixel;
+   - when ``s`` is an integer and ``snap_to_pixels`` is on, the grid is shifted by at most half
+     a detector pixel so its pixel edges fall on detector pixel edges: the transform is then an
+     exact crop (``s = 1``) or crop + ``s``×``s`` bin (``s >= 2``), with no interpolation blur;
+   - output pixels outside the detector are 0; with ``max_angle_mrad`` the pixels whose centre
+     lies beyond that angle from the centre are set to 0 (a circular crop);
+3. ``normalise``: divide by the data set's mean total counts per pattern (over the whole
+   detector, fitted), times the number of output pixels, so the mean output pixel is about 1
+   whatever the dose;
+4. ``compression``: ``"power"`` (x ** ``power``; AIRPI uses 0.1) or ``"log"`` (log(1 + x));
+5. ``standardise``: subtract the fitted mean and divide by the fitted standard deviation
+   (scalars over all pixels of the fitting subsample).
+
+Fitted values fall in two groups. *Model* values travel with a trained model: the output grid,
+the standardisation mean/std and the label normalisation. *Data-set* values are refitted for
+each data set by :meth:`Preprocessor.adapt`: the detector geometry (shape, pixel in mrad),
+the bright-field centre and the mean total counts. So a model trained on MoS2 at 80 keV
+(0.84 mrad/px) applies to PrScO3 at 300 keV with another mrad/px.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import zlib
+from dataclasses import asdict, dataclass, replace
+from functools import cached_property
+from typing import Any
+
+import numpy as np
+
+from .dataset import Dataset4D
+
+__all__ = [
+    "PreprocessConfig",
+    "Preprocessor",
+    "PreprocessError",
+    "bf_centre",
+    "dataset_key",
+    "resampling_matrix",
+    "sample_patterns",
+]
+
+COMPRESSIONS = ("none", "power", "log")
+_CHUNK = 2048  # patterns per internal chunk of transform()
+
+
+class PreprocessError(ValueError):
+    """A preprocessing parameter or data set does not fit."""
+
+
+def _pair(v: Any, name: str, cast=float) -> tuple | None:
+    if v is None:
+        return None
+    t = tuple(cast(x) for x in (v if np.ndim(v) else (v, v)))
+    if len(t) != 2:
+        raise PreprocessError(f"{name} must be one or two numbers, got {v!r}")
+    return t
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """How to prepare patterns; all angles in mrad, pixel counts as (y, x).
+
+    ``max_angle_mrad``: circular crop around the centre (``None``: keep everything);
+    ``bin_factor``: detector binning, used to choose the output pixel when
+    ``output_pixel_mrad`` is ``None`` (output pixel = ``bin_factor`` × detector pixel);
+    ``centre``: bright-field centre (cy, cx) in detector pixels (``None``: fitted from the mean
+    pattern); ``output_shape``: the model's detector grid (``None``: from ``max_angle_mrad``,
+    else the detector extent / ``bin_factor``); ``output_pixel_mrad``: the model's angular pixel;
+    ``normalise``, ``compression`` (``"none"|"power"|"log"``), ``power``, ``standardise``:
+    see the module docstring; ``snap_to_pixels``: exact crop/bin when the scale is an integer;
+    ``fit_max_patterns``: size of the subsample statistics are fitted on.
+    """
+
+    max_angle_mrad: float | None = None
+    bin_factor: int = 1
+    centre: tuple[float, float] | None = None
+    output_shape: tuple[int, int] | None = None
+    output_pixel_mrad: float | None = None
+    normalise: bool = True
+    compression: str = "none"
+    power: float = 0.25
+    standardise: bool = True
+    snap_to_pixels: bool = True
+    fit_max_patterns: int = 1024
+
+    def __post_init__(self) -> None:
+        if self.max_angle_mrad is not None and not float(self.max_angle_mrad) > 0:
+            raise PreprocessError(f"max_angle_mrad must be > 0 or None, got {self.max_angle_mrad!r}")
+        if isinstance(self.bin_factor, bool) or int(self.bin_factor) != self.bin_factor or self.bin_factor < 1:
+            raise PreprocessError(f"bin_factor must be an integer >= 1, got {self.bin_factor!r}")
+        object.__setattr__(self, "bin_factor", int(self.bin_factor))
+        object.__setattr__(self, "centre", _pair(self.centre, "centre"))
+        shape = _pair(self.output_shape, "output_shape", int)
+        if shape is not None and min(shape) < 1:
+            raise PreprocessError(f"output_shape must be positive, got {self.output_shape!r}")
+        object.__setattr__(self, "output_shape", shape)
+        if self.output_pixel_mrad is not None and not float(self.output_pixel_mrad) > 0:
+            raise PreprocessError(
+                f"output_pixel_mrad must be > 0 or None, got {self.output_pixel_mrad!r}"
+            )
+        if self.compression not in COMPRESSIONS:
+            raise PreprocessError(
+                f"compression must be one of {COMPRESSIONS}, got {self.compression!r}"
+            )
+        if not float(self.power) > 0:
+            raise PreprocessError(f"power must be > 0, got {self.power!r}")
+        if int(self.fit_max_patterns) < 1:
+            raise PreprocessError(f"fit_max_patterns must be >= 1, got {self.fit_max_patterns!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> PreprocessConfig:
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise PreprocessError(f"PreprocessConfig: unknown parameter(s) {unknown}")
+        return cls(**d)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict())
+
+    @classmethod
+    def from_json(cls, s: str) -> PreprocessConfig:
+        return cls.from_dict(json.loads(s))
+
+
+# ---------------------------------------------------------------------------------------------
+# building blocks
+# ---------------------------------------------------------------------------------------------
+def resampling_matrix(
+    n_in: int, centre: float, scale: float, n_out: int, *, snap: bool = True
+) -> np.ndarray:
+    """1-D resampling operator ``(n_out, n_in)`` float64 (see the module docstring).
+
+    Input pixel ``i`` covers [i - 0.5, i + 0.5]; output pixel ``j`` is centred at
+    ``centre + (j - (n_out - 1) / 2) * scale`` (input pixel units) and ``scale`` wide.
+    Values are counts per output pixel (the matrix conserves counts inside the detector).
+    """
+    s = float(scale)
+    c = float(centre)
+    if snap and abs(s - round(s)) < 1e-6 and round(s) >= 1:
+        s = float(round(s))
+        half = n_out * s / 2.0
+        c = round(c - half + 0.5) + half - 0.5
+    u = c + (np.arange(n_out) - (n_out - 1) / 2.0) * s  # output pixel centres
+    i = np.arange(n_in)
+    if s >= 2.0:
+        lo = np.maximum(u[:, None] - s / 2, i[None, :] - 0.5)
+        hi = np.minimum(u[:, None] + s / 2, i[None, :] + 0.5)
+        w = np.clip(hi - lo, 0.0, None)
+    else:
+        w = np.clip(1.0 - np.abs(u[:, None] - i[None, :]), 0.0, None) * s
+    w[np.abs(w) < 1e-12] = 0.0
+    return w
+
+
+def bf_centre(mean_pattern: np.ndarray) -> tuple[float, float]:
+    """Centre (cy, cx) in pixels of the bright-field disk of a mean pattern ``(ky, kx)``.
+
+    Uses ``napari_4dstem_ml.detectors.centre.find_bf_centre`` when that module exists, else
+    the centroid of the pixels brighter than half-way between the median and the maximum.
+    """
+    p = np.asarray(mean_pattern, dtype=np.float64)
+    try:  # the detectors helper's implementation, when present
+        from .detectors.centre import find_bf_centre  # type: ignore[import-not-found]
+    except ImportError:
+        find_bf_centre = None
+    if find_bf_centre is not None:
+        try:
+            c = find_bf_centre(p)
+            c = getattr(c, "centre", c)
+            cy, cx = (float(v) for v in c)
+            if math.isfinite(cy) and math.isfinite(cx):
+                return cy, cx
+        except (TypeError, ValueError):
+            pass
+    lo, hi = float(np.median(p)), float(p.max())
+    if not hi > lo:
+        return (p.shape[0] - 1) / 2.0, (p.shape[1] - 1) / 2.0
+    m = p > lo + 0.5 * (hi - lo)
+    yy, xx = np.nonzero(m)
+    return float(yy.mean()), float(xx.mean())
+
+
+def sample_patterns(dataset: Dataset4D, max_patterns: int = 1024) -> np.ndarray:
+    """Up to about ``max_patterns`` patterns on a regular sub-grid of the scan, float32,
+    negatives clipped, ``(n, ky, kx)``. Reads one strided scan row at a time (lazy-safe)."""
+    ny, nx = dataset.scan_shape
+    total = ny * nx
+    stride = max(1, int(math.ceil(math.sqrt(total / max(1, max_patterns)))))
+    sy = sx = stride
+    rows = range(sy // 2, ny, sy) if ny > sy // 2 else range(ny)
+    out = []
+    for y in rows:
+        block = np.asarray(dataset.data[y, sx // 2 :: sx], dtype=np.float32)
+        out.append(np.clip(block, 0, None))
+    return np.concatenate(out, 0)
+
+
+# ---------------------------------------------------------------------------------------------
+# the fitted transform
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Preprocessor:
+    """A :class:`PreprocessConfig` plus fitted statistics; see the module docstring.
+
+    Model values: ``output_shape`` (oy, ox), ``output_pixel`` (in ``grid_units``: ``"mrad"``,
+    or ``"pixels"`` = detector pixels of the training data when it had no calibration),
+    ``input_mean``/``input_std`` (standardisation), ``label_mean``/``label_std`` (the model
+    predicts ``(label - label_mean) / label_std``). Data-set values: ``detector_shape``,
+    ``detector_pixel`` (dky, dkx in ``grid_units``), ``centre`` (cy, cx) in detector pixels,
+    ``mean_counts`` (mean total counts per pattern), ``dataset_key`` (what they were fitted on).
+    """
+
+    config: PreprocessConfig
+    output_shape: tuple[int, int]
+    output_pixel: float
+    grid_units: str
+    detector_shape: tuple[int, int]
+    detector_pixel: tuple[float, float]
+    centre: tuple[float, float]
+    mean_counts: float = 1.0
+    input_mean: float = 0.0
+    input_std: float = 1.0
+    label_mean: float = 0.0
+    label_std: float = 1.0
+    dataset_key: str = ""
+
+    # -- fitting ------------------------------------------------------------------------------
+    @classmethod
+    def fit(cls, dataset: Dataset4D, config: PreprocessConfig | None = None) -> Preprocessor:
+        """Fit on a subsample of ``dataset`` (never reads the whole array)."""
+        config = config or PreprocessConfig()
+        ky, kx = dataset.detector_shape
+        cal = dataset.calibration
+        px = cal.detector_pixel_mrad
+        needs_mrad = config.output_pixel_mrad is not None or config.max_angle_mrad is not None
+        if px is None and needs_mrad:
+            what = (
+                "cropping to max_angle_mrad"
+                if config.output_pixel_mrad is None
+                else "resampling onto the model's angular grid (output_pixel_mrad)"
+            )
+            cal.require_detector_mrad(what)  # raises, naming the missing calibration
+        if px is None:
+            units, det_px = "pixels", (1.0, 1.0)
+        else:
+            units, det_px = "mrad", (float(px[0]), float(px[1]))
+        if config.output_pixel_mrad is not None:
+            out_px = float(config.output_pixel_mrad)
+        else:
+            out_px = config.bin_factor * math.sqrt(det_px[0] * det_px[1])
+        if config.output_shape is not None:
+            oshape = config.output_shape
+        elif config.max_angle_mrad is not None:
+            n = 2 * int(math.ceil(float(config.max_angle_mrad) / out_px - 1e-9))
+            oshape = (max(n, 1), max(n, 1))
+        else:
+            oshape = (
+                max(1, int(math.floor(ky * det_px[0] / out_px + 1e-9))),
+                max(1, int(math.floor(kx * det_px[1] / out_px + 1e-9))),
+            )
+        sample = sample_patterns(dataset, config.fit_max_patterns)
+        geometry = cls._geometry(dataset, config, units, sample)
+        pre = cls(
+            config=config,
+            output_shape=(int(oshape[0]), int(oshape[1])),
+            output_pixel=out_px,
+            grid_units=units,
+            **geometry,
+        )
+        if config.standardise:
+            sample = pre.transform(sample, standardise=False)
+            mean = float(sample.mean(dtype=np.float64))
+            std = float(sample.std(dtype=np.float64))
+            pre = replace(pre, input_mean=mean, input_std=std if std > 0 else 1.0)
+        return pre
+
+    @staticmethod
+    def _geometry(
+        dataset: Dataset4D, config: PreprocessConfig, units: str, sample: np.ndarray | None = None
+    ) -> dict[str, Any]:
+        if sample is None:
+            sample = sample_patterns(dataset, config.fit_max_patterns)
+        if units == "mrad":
+            det_px = dataset.calibration.require_detector_mrad("resampling onto the model's angular grid")
+        else:
+            det_px = (1.0, 1.0)
+        centre = config.centre if config.centre is not None else bf_centre(sample.mean(0))
+        mean_counts = float(sample.sum(axis=(1, 2), dtype=np.float64).mean())
+        return {
+            "detector_shape": tuple(int(v) for v in dataset.detector_shape),
+            "detector_pixel": (float(det_px[0]), float(det_px[1])),
+            "centre": (float(centre[0]), float(centre[1])),
+            "mean_counts": mean_counts if mean_counts > 0 else 1.0,
+            "dataset_key": dataset_key(dataset),
+        }
+
+    def adapt(self, dataset: Dataset4D) -> Preprocessor:
+        """This preprocessor with the data-set values refitted on ``dataset`` (model values kept).
+
+        Returns ``self`` when ``dataset`` is the one it was fitted on. A data set without a
+        detector calibration is accepted only when its detector has the shape of the fitted one
+        (then the same pixel size is assumed); otherwise the missing calibration is named.
+        """
+        if dataset_key(dataset) == self.dataset_key:
+            return self
+        units = self.grid_units
+        has_mrad = dataset.calibration.detector_pixel_mrad is not None
+        if units == "mrad" and not has_mrad:
+            if tuple(dataset.detector_shape) != tuple(self.detector_shape):
+                dataset.calibration.require_detector_mrad("resampling onto the model's angular grid")
+            geo = self._geometry(dataset, self.config, "pixels")
+            geo["detector_pixel"] = self.detector_pixel  # same geometry as the training data
+        elif units == "pixels" and tuple(dataset.detector_shape) != tuple(self.detector_shape):
+            raise PreprocessError(
+                f"the model was trained on an uncalibrated {self.detector_shape} detector; "
+                f"this data set's detector is {dataset.detector_shape}: resampling needs both "
+                "detector pixel sizes in mrad"
+            )
+        else:
+            geo = self._geometry(dataset, self.config, units)
+        return replace(self, **geo)
+
+    def with_label_stats(self, mean: float, std: float) -> Preprocessor:
+        """Copy with the label normalisation set (``std`` <= 0 becomes 1)."""
+        std = float(std)
+        return replace(self, label_mean=float(mean), label_std=std if std > 0 else 1.0)
+
+    # -- applying ---------------------------------------------------------------------------
+    @cached_property
+    def _operators(self) -> tuple[np.ndarray, slice, np.ndarray, slice, np.ndarray | None]:
+        oy, ox = self.output_shape
+        ky, kx = self.detector_shape
+        snap = self.config.snap_to_pixels
+        ry = resampling_matrix(ky, self.centre[0], self.output_pixel / self.detector_pixel[0], oy, snap=snap)
+        rx = resampling_matrix(kx, self.centre[1], self.output_pixel / self.detector_pixel[1], ox, snap=snap)
+        sly, slx = _support(ry), _support(rx)
+        ry, rx = ry[:, sly], rx[:, slx]
+        scale = 1.0
+        if self.config.normalise:
+            scale = oy * ox / self.mean_counts
+        ry = ry * scale
+        mask = None
+        if self.config.max_angle_mrad is not None:
+            a = (np.arange(oy) - (oy - 1) / 2) * self.output_pixel
+            b = (np.arange(ox) - (ox - 1) / 2) * self.output_pixel
+            mask = (a[:, None] ** 2 + b[None, :] ** 2) <= float(self.config.max_angle_mrad) ** 2
+        return ry.astype(np.float32), sly, rx.T.astype(np.float32).copy(), slx, mask
+
+    def transform(self, block: Any, *, standardise: bool = True) -> np.ndarray:
+        """Raw patterns ``(..., ky, kx)`` (any real dtype) → float32 ``(..., oy, ox)``."""
+        block = np.asarray(block)
+        ky, kx = self.detector_shape
+        if block.shape[-2:] != (ky, kx):
+            raise PreprocessError(
+                f"patterns must be (..., {ky}, {kx}) to match the fitted detector, "
+                f"got {block.shape}; call adapt(dataset) for another data set"
+            )
+        lead = block.shape[:-2]
+        flat = block.reshape(-1, ky, kx)
+        ry, sly, rxt, slx, mask = self._operators
+        oy, ox = self.output_shape
+        out = np.empty((flat.shape[0], oy, ox), np.float32)
+        cfg = self.config
+        for i0 in range(0, flat.shape[0], _CHUNK):
+            a = np.asarray(flat[i0 : i0 + _CHUNK, sly, slx], dtype=np.float32)
+            np.clip(a, 0, None, out=a)
+            n, sy, sx = a.shape
+            t = (a.reshape(n * sy, sx) @ rxt).reshape(n, sy, ox)  # along kx
+            r = np.matmul(ry, t)  # along ky: (n, oy, ox)
+            if mask is not None:
+                r *= mask
+            if cfg.compression == "power":
+                np.clip(r, 0, None, out=r)
+                np.power(r, np.float32(cfg.power), out=r)
+            elif cfg.compression == "log":
+                np.clip(r, 0, None, out=r)
+                np.log1p(r, out=r)
+            if standardise and cfg.standardise:
+                r -= np.float32(self.input_mean)
+                r /= np.float32(self.input_std)
+            out[i0 : i0 + n] = r
+        return out.reshape(*lead, oy, ox)
+
+    def label_to_model(self, label: np.ndarray) -> np.ndarray:
+        """Label units → the model's standardised target."""
+        return ((np.asarray(label, np.float64) - self.label_mean) / self.label_std).astype(np.float32)
+
+    def model_to_label(self, y: np.ndarray) -> np.ndarray:
+        """The model's output → label units."""
+        return (np.asarray(y, np.float64) * self.label_std + self.label_mean).astype(np.float32)
+
+    def grid_mrad(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """Angles (mrad) of the output pixel centres along y and x, or None when uncalibrated."""
+        if self.grid_units != "mrad":
+            return None
+        oy, ox = self.output_shape
+        return (
+            (np.arange(oy) - (oy - 1) / 2) * self.output_pixel,
+            (np.arange(ox) - (ox - 1) / 2) * self.output_pixel,
+        )
+
+    # -- serialisation ------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "config": self.config.to_dict(),
+            "output_shape": list(self.output_shape),
+            "output_pixel": self.output_pixel,
+            "grid_units": self.grid_units,
+            "detector_shape": list(self.detector_shape),
+            "detector_pixel": list(self.detector_pixel),
+            "centre": list(self.centre),
+            "mean_counts": self.mean_counts,
+            "input_mean": self.input_mean,
+            "input_std": self.input_std,
+            "label_mean": self.label_mean,
+            "label_std": self.label_std,
+            "dataset_key": self.dataset_key,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Preprocessor:
+        try:
+            return cls(
+                config=PreprocessConfig.from_dict(d["config"]),
+                output_shape=tuple(int(v) for v in d["output_shape"]),
+                output_pixel=float(d["output_pixel"]),
+                grid_units=str(d["grid_units"]),
+                detector_shape=tuple(int(v) for v in d["detector_shape"]),
+                detector_pixel=tuple(float(v) for v in d["detector_pixel"]),
+                centre=tuple(float(v) for v in d["centre"]),
+                mean_counts=float(d["mean_counts"]),
+                input_mean=float(d["input_mean"]),
+                input_std=float(d["input_std"]),
+                label_mean=float(d.get("label_mean", 0.0)),
+                label_std=float(d.get("label_std", 1.0)),
+                dataset_key=str(d.get("dataset_key", "")),
+            )
+        except (KeyError, TypeError) as e:
+            raise PreprocessError(f"incomplete preprocessor description: {e!r}") from e
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict())
+
+    @classmethod
+    def from_json(cls, s: str) -> Preprocessor:
+        return cls.from_dict(json.loads(s))
+
+
+def _support(m: np.ndarray) -> slice:
+    """The range of input pixels a resampling matrix reads (at least one pixel)."""
+    cols = np.nonzero(np.any(m != 0, axis=0))[0]
+    if len(cols) == 0:
+        return slice(0, 1)
+    return slice(int(cols[0]), int(cols[-1]) + 1)
+
+
+def dataset_key(dataset: Dataset4D) -> str:
+    """What identifies a data set for :meth:`Preprocessor.adapt`: source, shape, calibration
+    and a checksum of its first and last patterns."""
+    ends = np.stack([np.asarray(dataset.data[0, 0]), np.asarray(dataset.data[-1, -1])])
+    return json.dumps(
+        {
+            "source": str(dataset.source) if dataset.source else "memory",
+            "crc32": zlib.crc32(np.ascontiguousarray(ends).tobytes()),
+            "shape": list(dataset.shape),
+            "detector_pixel": list(dataset.calibration.detector_pixel or ()),
+            "units": dataset.calibration.detector_units,
+            "energy": dataset.calibration.energy_ev,
+        }
+    )

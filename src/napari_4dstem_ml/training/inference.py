@@ -1,0 +1,135 @@
+"""Chunked prediction of a whole scan with bounded memory.
+
+The scan is processed in tiles of ``tile_rows`` scan rows; each tile is read with a K//2 halo
+of rows (reflected at the data edges, ``np.pad(mode="reflect")`` semantics) and the columns are
+reflected too, so the result equals predicting the whole reflected field at once. Data sets are
+read lazily, one tile (plus halo) at a time. Output ``(Ny, Nx)`` float32 in label units.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..dataset import Dataset4D
+from ..preprocess import Preprocessor
+from .clusters import PatternSource, check_cluster_size, default_tile_rows
+
+__all__ = ["PredictEvent", "iter_predict", "iter_predict_source", "predict", "resolve_device"]
+
+
+@dataclass(frozen=True)
+class PredictEvent:
+    """Progress: ``rows_done`` of ``rows_total`` scan rows are in ``image``.
+
+    ``image`` is the ``(Ny, Nx)`` float32 result being filled in place (NaN where not yet
+    predicted, label units); copy it to keep a snapshot.
+    """
+
+    rows_done: int
+    rows_total: int
+    image: np.ndarray
+    elapsed_s: float
+
+    @property
+    def fraction(self) -> float:
+        return self.rows_done / max(1, self.rows_total)
+
+
+def resolve_device(device: Any = "auto"):
+    """``"auto"`` → CUDA when available else CPU; strings and ``torch.device`` pass through."""
+    import torch
+
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _model_device(model):
+    try:
+        return next(model.parameters()).device
+    except StopIteration:
+        import torch
+
+        return torch.device("cpu")
+
+
+def iter_predict_source(
+    model, source: PatternSource, *, tile_rows: int | None = None
+) -> Generator[PredictEvent, None, np.ndarray]:
+    """Predict every position of ``source`` in tiles; yields :class:`PredictEvent` per tile and
+    returns the image in label units. The model is put in eval mode (and restored after)."""
+    import torch
+
+    k = int(model.cluster_size)
+    check_cluster_size(k, source.scan_shape)
+    ny, nx = source.scan_shape
+    if tile_rows is None:
+        tile_rows = default_tile_rows(source, k)
+    tile_rows = max(1, int(tile_rows))
+    pre = source.preprocessor
+    device = _model_device(model)
+    image = np.full((ny, nx), np.nan, np.float32)
+    was_training = model.training
+    model.eval()
+    t0 = time.perf_counter()
+    try:
+        for y0 in range(0, ny, tile_rows):
+            y1 = min(ny, y0 + tile_rows)
+            tile = torch.from_numpy(np.ascontiguousarray(source.padded_tile(y0, y1, k)))
+            with torch.no_grad():
+                out = model.predict_field(tile.to(device))
+            image[y0:y1] = pre.model_to_label(out.detach().cpu().numpy())
+            yield PredictEvent(y1, ny, image, time.perf_counter() - t0)
+    finally:
+        model.train(was_training)
+    return image
+
+
+def iter_predict(
+    model,
+    preprocessor: Preprocessor,
+    dataset: Dataset4D,
+    *,
+    tile_rows: int | None = None,
+    device: Any = None,
+) -> Generator[PredictEvent, None, np.ndarray]:
+    """Generator form of :func:`predict`: yields a :class:`PredictEvent` after every tile and
+    returns (``StopIteration.value``) the ``(Ny, Nx)`` image in label units.
+
+    ``preprocessor`` is adapted to ``dataset`` first (its centre, detector pixel and dose are
+    refitted when it is another data set). ``device``: move the model there first (``None``:
+    leave it where it is; ``"auto"``: CUDA when available).
+    """
+    if device is not None:
+        model.to(resolve_device(device))
+    pre = preprocessor.adapt(dataset)
+    source = PatternSource(dataset, pre, cache_budget_bytes=0)
+    return (yield from iter_predict_source(model, source, tile_rows=tile_rows))
+
+
+def predict(
+    model,
+    preprocessor: Preprocessor,
+    dataset: Dataset4D,
+    *,
+    tile_rows: int | None = None,
+    progress: Callable[[PredictEvent], Any] | None = None,
+    device: Any = None,
+) -> np.ndarray:
+    """Predict the image ``(Ny, Nx)`` float32 (label units) of ``dataset``, tile by tile.
+
+    ``progress`` is called with each :class:`PredictEvent`.
+    """
+    gen = iter_predict(model, preprocessor, dataset, tile_rows=tile_rows, device=device)
+    while True:
+        try:
+            ev = next(gen)
+        except StopIteration as stop:
+            return stop.value
+        if progress is not None:
+            progress(ev)

@@ -1,0 +1,493 @@
+"""The training loop as a generator of small event dataclasses.
+
+``train(...)`` yields :class:`PrepareEvent` (preprocessing cache), :class:`StepEvent` (every
+optimiser step), :class:`EpochEvent` (validation loss and metrics), :class:`PreviewEvent`
+(reconstruction of the whole field) and a final :class:`DoneEvent`; it returns the
+:class:`TrainResult` as ``StopIteration.value``. Stop it at any time between steps with
+``gen.close()`` (or by setting a ``cancel`` object with ``is_set()``, e.g.
+``threading.Event``: the loop then ends cleanly and still returns a result with the best
+weights so far). Losses are on the standardised label; metrics are in label units.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import time
+from collections.abc import Generator
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..dataset import Dataset4D
+from ..preprocess import PreprocessConfig, Preprocessor
+from .clusters import PatternSource, RegionSplit, check_cluster_size
+from .inference import iter_predict_source, resolve_device
+
+__all__ = [
+    "DoneEvent",
+    "EpochEvent",
+    "PrepareEvent",
+    "PreviewEvent",
+    "StepEvent",
+    "TrainConfig",
+    "TrainError",
+    "TrainResult",
+    "run_training",
+    "train",
+    "validation_metrics",
+]
+
+LOSSES = ("mse", "l1")
+SCHEDULES = ("none", "cosine", "plateau")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+class TrainError(ValueError):
+    """Training inputs or settings do not fit together."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training settings.
+
+    ``epochs`` passes over the training positions (``steps_per_epoch`` caps a pass; ``None``:
+    all positions); ``batch_size`` clusters per step; ``lr`` Adam learning rate,
+    ``weight_decay``; ``loss`` ``"mse"|"l1"``; ``schedule`` ``"none"|"cosine"`` (per step, to
+    ``lr·min_lr_fraction``) ``|"plateau"`` (halve the rate after ``plateau_patience`` epochs
+    without improvement); ``patience`` epochs without validation improvement before early
+    stopping (``None``: never); ``seed``; ``device`` ``"auto"|"cpu"|"cuda"``;
+    ``preview_every`` steps between previews (``None``: at the end of every epoch; 0: never);
+    ``max_steps`` / ``time_limit_s`` stop early; ``num_threads`` CPU threads (``None``: all
+    cores); ``val_max_positions`` caps the validation set (a fixed random subset);
+    ``cache_budget_bytes`` for the preprocessed field.
+    """
+
+    epochs: int = 20
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    loss: str = "mse"
+    schedule: str = "cosine"
+    min_lr_fraction: float = 0.05
+    plateau_patience: int = 2
+    patience: int | None = 5
+    seed: int = 0
+    device: str = "auto"
+    preview_every: int | None = None
+    max_steps: int | None = None
+    time_limit_s: float | None = None
+    num_threads: int | None = None
+    steps_per_epoch: int | None = None
+    val_max_positions: int | None = 20000
+    cache_budget_bytes: float = 2e9
+
+    def __post_init__(self) -> None:
+        def pos_int(name, allow_none=False, minimum=1):
+            v = getattr(self, name)
+            if v is None and allow_none:
+                return
+            if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
+                raise TrainError(f"{name} must be an integer >= {minimum}, got {v!r}")
+
+        pos_int("epochs")
+        pos_int("batch_size")
+        pos_int("plateau_patience")
+        pos_int("patience", True)
+        pos_int("seed", minimum=0)
+        pos_int("preview_every", True, 0)
+        pos_int("max_steps", True)
+        pos_int("num_threads", True)
+        pos_int("steps_per_epoch", True)
+        pos_int("val_max_positions", True)
+        if not float(self.lr) > 0:
+            raise TrainError(f"lr must be > 0, got {self.lr!r}")
+        if float(self.weight_decay) < 0:
+            raise TrainError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
+        if not 0 < float(self.min_lr_fraction) <= 1:
+            raise TrainError(f"min_lr_fraction must be in (0, 1], got {self.min_lr_fraction!r}")
+        if self.loss not in LOSSES:
+            raise TrainError(f"loss must be one of {LOSSES}, got {self.loss!r}")
+        if self.schedule not in SCHEDULES:
+            raise TrainError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if self.device not in DEVICES:
+            raise TrainError(f"device must be one of {DEVICES}, got {self.device!r}")
+        if self.time_limit_s is not None and not float(self.time_limit_s) > 0:
+            raise TrainError(f"time_limit_s must be > 0 or None, got {self.time_limit_s!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        unknown = sorted(set(d) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise TrainError(f"TrainConfig: unknown parameter(s) {unknown}")
+        return cls(**d)
+
+
+# ---------------------------------------------------------------------------------------------
+# events
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class PrepareEvent:
+    """Preprocessing the field into memory: ``done`` of ``total`` scan rows."""
+
+    stage: str
+    done: int
+    total: int
+
+
+@dataclass(frozen=True)
+class StepEvent:
+    """One optimiser step: the batch's training loss (standardised label units)."""
+
+    step: int
+    epoch: int
+    train_loss: float
+    elapsed_s: float
+
+
+@dataclass(frozen=True)
+class EpochEvent:
+    """End of an epoch: mean training loss, validation loss (NaN without validation
+    positions), ``metrics`` on the validation positions in label units (``pearson_r``,
+    ``psnr``), the learning rate and whether this epoch is the best so far."""
+
+    epoch: int
+    train_loss: float
+    val_loss: float
+    metrics: dict[str, float]
+    lr: float
+    elapsed_s: float
+    step: int = 0
+    is_best: bool = False
+
+
+@dataclass(frozen=True)
+class PreviewEvent:
+    """Reconstruction ``image`` ``(Ny, Nx)`` of the whole field (label units) at ``step``;
+    ``masks`` holds model-specific views (linear: ``detector_mask`` (oy, ox),
+    ``cluster_weights`` (K, K))."""
+
+    step: int
+    image: np.ndarray
+    masks: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+@dataclass
+class TrainResult:
+    """What training produced. ``model`` holds the best-validation weights (eval mode)."""
+
+    model: Any
+    model_config: Any
+    preprocessor: Preprocessor
+    history: list[dict[str, Any]]
+    best_epoch: int
+    best_val_loss: float
+    metrics: dict[str, float]
+    stopped: str
+    steps: int
+    elapsed_s: float
+    train_summary: dict[str, Any]
+
+    def time_to_within(self, fraction: float = 0.05) -> float | None:
+        """Seconds until the validation loss first came within ``fraction`` of the best."""
+        if not math.isfinite(self.best_val_loss):
+            return None
+        for h in self.history:
+            if h["val_loss"] <= self.best_val_loss * (1 + fraction):
+                return h["elapsed_s"]
+        return None
+
+
+@dataclass(frozen=True)
+class DoneEvent:
+    """Training finished (``result.stopped`` says why)."""
+
+    result: TrainResult
+
+
+TrainEvent = PrepareEvent | StepEvent | EpochEvent | PreviewEvent | DoneEvent
+
+
+# ---------------------------------------------------------------------------------------------
+# metrics
+# ---------------------------------------------------------------------------------------------
+def validation_metrics(pred: np.ndarray, target: np.ndarray) -> dict[str, float]:
+    """Pearson r (after a least-squares scale/offset fit, which leaves r unchanged) and PSNR
+    (data range = range of ``target``) of two equally shaped arrays, in float64."""
+    p = np.asarray(pred, np.float64).ravel()
+    t = np.asarray(target, np.float64).ravel()
+    if p.size < 2:
+        return {"pearson_r": float("nan"), "psnr": float("nan")}
+    try:
+        from .. import metrics as m  # the metrics helper's module, when present
+
+        r = float(m.pearson_r(p[None, :], t[None, :]))
+        psnr = float(m.psnr(p[None, :], t[None, :], data_range=float(t.max() - t.min())))
+        return {"pearson_r": r, "psnr": psnr}
+    except (ImportError, AttributeError, TypeError, ValueError):
+        pass  # no metrics module (yet), or it wants other shapes: the float64 fallback below
+    pc, tc = p - p.mean(), t - t.mean()
+    denom = math.sqrt(float(pc @ pc) * float(tc @ tc))
+    r = float(pc @ tc) / denom if denom > 0 else float("nan")
+    mse = float(np.mean((p - t) ** 2))
+    rng = float(t.max() - t.min())
+    psnr = 10 * math.log10(rng**2 / mse) if mse > 0 and rng > 0 else float("inf")
+    return {"pearson_r": r, "psnr": psnr}
+
+
+# ---------------------------------------------------------------------------------------------
+# the loop
+# ---------------------------------------------------------------------------------------------
+def _check_label(label: np.ndarray, label_mask: np.ndarray | None, scan_shape) -> tuple:
+    label = np.asarray(label, dtype=np.float64)
+    if label.shape != tuple(scan_shape):
+        raise TrainError(
+            f"label must be on the scan grid {tuple(scan_shape)} (register it first), "
+            f"got shape {label.shape}"
+        )
+    cov = np.isfinite(label)
+    if label_mask is not None:
+        m = np.asarray(label_mask, bool)
+        if m.shape != label.shape:
+            raise TrainError(f"label_mask must have the scan shape {label.shape}, got {m.shape}")
+        cov &= m
+    return label, cov
+
+
+def _model_masks(model) -> dict[str, np.ndarray]:
+    out = {}
+    for name in ("detector_mask", "cluster_weights"):
+        fn = getattr(model, name, None)
+        if callable(fn):
+            out[name] = np.asarray(fn())
+    return out
+
+
+def train(
+    dataset: Dataset4D,
+    label: np.ndarray,
+    model_config: Any,
+    preprocess_config: PreprocessConfig | None = None,
+    train_config: TrainConfig | None = None,
+    *,
+    label_mask: np.ndarray | None = None,
+    split: RegionSplit | None = None,
+    preprocessor: Preprocessor | None = None,
+    cancel: Any = None,
+) -> Generator[TrainEvent, None, TrainResult]:
+    """Train a model mapping K×K pattern clusters of ``dataset`` to ``label`` ``(Ny, Nx)``.
+
+    ``label`` is on the scan grid (NaN = unknown); ``label_mask`` ``(Ny, Nx)`` bool marks the
+    covered positions. ``split`` (default: upper half trains, lower half validates).
+    ``preprocessor``: a fitted one to reuse (else fitted with ``preprocess_config``).
+    ``cancel``: optional object whose ``is_set()`` stops training between steps.
+    """
+    import torch
+
+    from ..models import build_model
+
+    cfg = train_config or TrainConfig()
+    split = split or RegionSplit()
+    scan_shape = dataset.scan_shape
+    label, coverage = _check_label(label, label_mask, scan_shape)
+    k = check_cluster_size(int(model_config.cluster_size), scan_shape)
+    train_pos, val_pos = split.positions(scan_shape, k, coverage)
+    ty, tx = np.nonzero(train_pos)
+    vy, vx = np.nonzero(val_pos)
+    if len(ty) == 0:
+        raise TrainError(
+            "no training positions: the training region holds no position whose whole "
+            f"{k}×{k} cluster lies inside it and whose label is covered"
+        )
+    rng = np.random.default_rng(cfg.seed)
+    if cfg.val_max_positions is not None and len(vy) > cfg.val_max_positions:
+        pick = np.sort(rng.choice(len(vy), cfg.val_max_positions, replace=False))
+        vy, vx = vy[pick], vx[pick]
+
+    t_start = time.perf_counter()
+    pre = preprocessor.adapt(dataset) if preprocessor is not None else Preprocessor.fit(
+        dataset, preprocess_config
+    )
+    lab_train = label[ty, tx]
+    pre = pre.with_label_stats(float(lab_train.mean()), float(lab_train.std()))
+    target = pre.label_to_model(np.where(coverage, label, 0.0))
+
+    source = PatternSource(dataset, pre, cache_budget_bytes=cfg.cache_budget_bytes)
+    for p in source.fill_cache():
+        yield PrepareEvent("preprocessing", p.rows_done, p.rows_total)
+
+    device = resolve_device(cfg.device)
+    old_threads = torch.get_num_threads()
+    if device.type == "cpu":
+        torch.set_num_threads(int(cfg.num_threads or os.cpu_count() or 1))
+    try:
+        torch.manual_seed(cfg.seed)
+        model = build_model(model_config, tuple(pre.output_shape)).to(device)
+        opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        loss_fn = torch.nn.MSELoss() if cfg.loss == "mse" else torch.nn.L1Loss()
+        n_batches = math.ceil(len(ty) / cfg.batch_size)
+        if cfg.steps_per_epoch is not None:
+            n_batches = min(n_batches, cfg.steps_per_epoch)
+        total_steps = n_batches * cfg.epochs
+        if cfg.max_steps is not None:
+            total_steps = min(total_steps, cfg.max_steps)
+        if cfg.schedule == "cosine":
+            sched = torch.optim.lr_scheduler.CosineAnnealingLR(
+                opt, T_max=max(1, total_steps), eta_min=cfg.lr * cfg.min_lr_fraction
+            )
+        elif cfg.schedule == "plateau":
+            sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
+                opt, factor=0.5, patience=cfg.plateau_patience
+            )
+        else:
+            sched = None
+
+        val_target = target[vy, vx]
+        val_label = label[vy, vx]
+
+        def batch(ys, xs):
+            x = torch.from_numpy(np.ascontiguousarray(source.clusters(ys, xs, k))).to(device)
+            y = torch.from_numpy(target[ys, xs]).to(device)
+            return x, y
+
+        def evaluate() -> tuple[float, dict[str, float]]:
+            if len(vy) == 0:
+                return float("nan"), {}
+            model.eval()
+            preds = []
+            with torch.no_grad():
+                for i0 in range(0, len(vy), cfg.batch_size * 4):
+                    x, _ = batch(vy[i0 : i0 + cfg.batch_size * 4], vx[i0 : i0 + cfg.batch_size * 4])
+                    preds.append(model(x).float().cpu().numpy())
+            model.train()
+            p = np.concatenate(preds)
+            pt = torch.from_numpy(p)
+            loss = float(loss_fn(pt, torch.from_numpy(val_target)))
+            return loss, validation_metrics(pre.model_to_label(p), val_label)
+
+        def preview(step: int) -> PreviewEvent:
+            gen = iter_predict_source(model, source)
+            img = None
+            while True:
+                try:
+                    next(gen)
+                except StopIteration as stop:
+                    img = stop.value
+                    break
+            return PreviewEvent(step, img, _model_masks(model))
+
+        history: list[dict[str, Any]] = []
+        best = (math.inf, -1, None, {})  # (val loss, epoch, state, metrics)
+        step = 0
+        stopped = "completed"
+        epochs_since_best = 0
+        model.train()
+        for epoch in range(cfg.epochs):
+            perm = rng.permutation(len(ty))[: n_batches * cfg.batch_size]
+            losses = []
+            for b0 in range(0, len(perm), cfg.batch_size):
+                idx = np.sort(perm[b0 : b0 + cfg.batch_size])
+                x, y = batch(ty[idx], tx[idx])
+                opt.zero_grad(set_to_none=True)
+                loss = loss_fn(model(x), y)
+                loss.backward()
+                opt.step()
+                if cfg.schedule == "cosine":
+                    sched.step()
+                step += 1
+                lv = float(loss.detach())
+                losses.append(lv)
+                yield StepEvent(step, epoch, lv, time.perf_counter() - t_start)
+                if cfg.preview_every and step % cfg.preview_every == 0:
+                    yield preview(step)
+                if cancel is not None and cancel.is_set():
+                    stopped = "cancelled"
+                elif cfg.max_steps is not None and step >= cfg.max_steps:
+                    stopped = "max_steps"
+                elif cfg.time_limit_s is not None and time.perf_counter() - t_start >= cfg.time_limit_s:
+                    stopped = "time_limit"
+                if stopped != "completed":
+                    break
+            val_loss, metrics = evaluate()
+            if cfg.schedule == "plateau" and math.isfinite(val_loss):
+                sched.step(val_loss)
+            is_best = (not math.isfinite(best[0]) and not math.isfinite(val_loss)) or (
+                math.isfinite(val_loss) and val_loss < best[0]
+            )
+            if is_best or best[2] is None:
+                best = (val_loss, epoch, copy.deepcopy(model.state_dict()), metrics)
+                epochs_since_best = 0
+            else:
+                epochs_since_best += 1
+            ev = EpochEvent(
+                epoch=epoch,
+                train_loss=float(np.mean(losses)) if losses else float("nan"),
+                val_loss=val_loss,
+                metrics=metrics,
+                lr=float(opt.param_groups[0]["lr"]),
+                elapsed_s=time.perf_counter() - t_start,
+                step=step,
+                is_best=bool(is_best),
+            )
+            history.append(asdict(ev))
+            yield ev
+            if cfg.preview_every is None:
+                yield preview(step)
+            if stopped != "completed":
+                break
+            if cfg.patience is not None and math.isfinite(val_loss) and epochs_since_best >= cfg.patience:
+                stopped = "early_stopping"
+                break
+
+        model.load_state_dict(best[2])
+        model.eval()
+        result = TrainResult(
+            model=model,
+            model_config=model_config,
+            preprocessor=pre,
+            history=history,
+            best_epoch=best[1],
+            best_val_loss=best[0],
+            metrics=dict(best[3]),
+            stopped=stopped,
+            steps=step,
+            elapsed_s=time.perf_counter() - t_start,
+            train_summary={
+                "source": str(dataset.source) if dataset.source else None,
+                "data_shape": list(dataset.shape),
+                "calibration": dataset.calibration.to_dict(),
+                "split": split.to_dict(),
+                "n_train": int(len(ty)),
+                "n_val": int(len(vy)),
+                "cluster_size": k,
+                "label_mean": pre.label_mean,
+                "label_std": pre.label_std,
+                "train_config": cfg.to_dict(),
+                "best_epoch": best[1],
+                "epochs_run": len(history),
+                "steps": step,
+                "stopped": stopped,
+                "device": str(device),
+            },
+        )
+        yield DoneEvent(result)
+        return result
+    finally:
+        torch.set_num_threads(old_threads)
+
+
+def run_training(*args: Any, on_event: Any = None, **kwargs: Any) -> TrainResult:
+    """Run :func:`train` to the end (same arguments); ``on_event(event)`` sees every event."""
+    gen = train(*args, **kwargs)
+    while True:
+        try:
+            ev = next(gen)
+        except StopIteration as stop:
+            return stop.value
+        if on_event is not None:
+            on_event(ev)

@@ -1,0 +1,240 @@
+"""The 4D-STEM browser: the diffraction pattern at the scan position, and a navigation image.
+
+The main canvas shows the navigation image (total intensity or virtual bright field, in Å);
+this dock shows the diffraction view (the pattern at the current scan position, calibrated in
+mrad or Å⁻¹, on a log or power scale). Clicking on the main canvas, or dragging the
+"scan position" marker (Points layer, select mode), moves the scan position.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+from napari.qt import QtViewer
+from napari.qt.threading import create_worker
+from napari.utils.notifications import show_error
+from qtpy.QtWidgets import (
+    QComboBox,
+    QDoubleSpinBox,
+    QFormLayout,
+    QLabel,
+    QVBoxLayout,
+    QWidget,
+)
+
+from .. import display
+from ..dataset import pretty_unit
+from .session import MEAN_LAYER, Session, nav_layer_name, on_viewer_close, session_for
+
+if TYPE_CHECKING:
+    import napari
+
+NAV_KINDS = ("total intensity", "virtual bright field")
+
+
+def navigation_job(data, kind: str = "total intensity", calibration=None):
+    """Generator run in a worker: yields ``("navigation", image)``, progress, ``("mean", pattern)``.
+
+    The navigation image is a virtual image from the core engine (a mask of ones = total
+    intensity, or a bright-field disk from the core's BF-centre finder); the mean pattern comes
+    from :func:`napari_4dstem_ml.display.mean_pattern`.
+    """
+    from ..detectors.engine import virtual_images
+
+    ky, kx = data.shape[2:]
+    mask = np.ones((ky, kx), np.float32)
+    if kind == "virtual bright field":
+        mask = _bright_field_mask(data, calibration)
+    yield ("navigation", virtual_images(data, mask))
+    gen = display.mean_pattern(data)
+    while True:
+        try:
+            yield ("progress", next(gen))
+        except StopIteration as stop:
+            yield ("mean", stop.value)
+            return
+
+
+def _bright_field_mask(data, calibration) -> np.ndarray:
+    """Bright-field disk mask from the core (``find_bf_centre`` + ``annular_mask``)."""
+    from ..detectors import centre, geometry
+
+    found = centre.find_bf_centre(display.mean_pattern_array(data))
+    cy, cx, r = _centre_tuple(found)
+    return np.asarray(geometry.annular_mask(data.shape[2:], (cy, cx), 0.0, r), np.float32)
+
+
+def _centre_tuple(found) -> tuple[float, float, float]:
+    """(cy, cx, radius) in pixels from whatever ``find_bf_centre`` returns."""
+    if isinstance(found, tuple) and len(found) >= 3:
+        return float(found[0]), float(found[1]), float(found[2])
+    for names in (("cy", "cx", "radius"), ("centre_y", "centre_x", "radius_px")):
+        if all(hasattr(found, n) for n in names):
+            return tuple(float(getattr(found, n)) for n in names)  # type: ignore[return-value]
+    if hasattr(found, "centre") and hasattr(found, "radius"):
+        return float(found.centre[0]), float(found.centre[1]), float(found.radius)
+    raise TypeError(f"unexpected find_bf_centre result {found!r}")
+
+
+class BrowserWidget(QWidget):
+    """Dock widget: dataset chooser, display controls and the diffraction view."""
+
+    def __init__(self, napari_viewer: napari.Viewer, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self.session: Session = session_for(napari_viewer)
+        self.worker = None
+
+        self.qt_diffraction = QtViewer(self.session.diffraction)
+        self.qt_diffraction.setMinimumHeight(260)
+        self.session.diffraction.canvas.overlays.scale_bar.visible = True
+
+        self.dataset_box = QComboBox()
+        self.mode_box = QComboBox()
+        self.mode_box.addItems(["log", "power", "linear"])
+        self.mode_box.setCurrentText(self.session.display_mode)
+        self.exponent = QDoubleSpinBox()
+        self.exponent.setRange(0.01, 1.0)
+        self.exponent.setSingleStep(0.05)
+        self.exponent.setValue(self.session.exponent)
+        self.nav_box = QComboBox()
+        self.nav_box.addItems(list(NAV_KINDS))
+        self.position_label = QLabel("no 4D data set: open a file or a sample")
+        self.position_label.setWordWrap(True)
+
+        form = QFormLayout()
+        form.addRow("data set", self.dataset_box)
+        form.addRow("display", self.mode_box)
+        form.addRow("power exponent", self.exponent)
+        form.addRow("navigation", self.nav_box)
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addWidget(self.position_label)
+        layout.addWidget(self.qt_diffraction, stretch=1)
+
+        self.dataset_box.currentTextChanged.connect(self._on_choose)
+        self.mode_box.currentTextChanged.connect(self._on_display)
+        self.exponent.valueChanged.connect(self._on_display)
+        self.nav_box.currentTextChanged.connect(lambda _: self.compute_navigation())
+        s = self.session
+        s.datasets_changed.connect(self._refresh_datasets)
+        s.dataset_changed.connect(self._on_dataset)
+        s.position_changed.connect(self._on_position)
+        napari_viewer.mouse_drag_callbacks.append(self._on_mouse)
+
+        def _cleanup(*_, viewer=napari_viewer, cb=self._on_mouse, slots=(
+            (s.datasets_changed, self._refresh_datasets),
+            (s.dataset_changed, self._on_dataset),
+            (s.position_changed, self._on_position),
+        )):
+            if cb in viewer.mouse_drag_callbacks:
+                viewer.mouse_drag_callbacks.remove(cb)
+            for sig, slot in slots:
+                sig.disconnect(slot)
+
+        self._cleanup = _cleanup
+        on_viewer_close(napari_viewer, self.teardown)
+        self._refresh_datasets()
+        if s.current is not None:
+            self._on_dataset(s.current)
+
+    def teardown(self) -> None:
+        """Release the diffraction canvas and the connections (the viewer is closing)."""
+        if self.worker is not None:
+            self.worker.quit()
+        self._cleanup()
+        qt = self.__dict__.pop("qt_diffraction", None)
+        if qt is not None:
+            qt.close()
+            qt.setParent(None)
+            qt.deleteLater()
+
+    # -- slots -----------------------------------------------------------------
+    def _refresh_datasets(self) -> None:
+        names = list(self.session.datasets)
+        self.dataset_box.blockSignals(True)
+        self.dataset_box.clear()
+        self.dataset_box.addItems(names)
+        if self.session.current:
+            self.dataset_box.setCurrentText(self.session.current)
+        self.dataset_box.blockSignals(False)
+
+    def _on_choose(self, name: str) -> None:
+        if name and name != self.session.current and name in self.session.datasets:
+            self.session.set_current(name)
+
+    def _on_display(self, *_) -> None:
+        self.session.set_display(self.mode_box.currentText(), self.exponent.value())
+
+    def _on_dataset(self, name: str) -> None:
+        self.dataset_box.blockSignals(True)
+        self.dataset_box.setCurrentText(name)
+        self.dataset_box.blockSignals(False)
+        self.compute_navigation()
+
+    def _on_position(self, iy: int, ix: int) -> None:
+        ds = self.session.dataset
+        if ds is None:
+            return
+        dy, dx = ds.scale()[:2]
+        unit = pretty_unit(ds.units()[0])
+        self.position_label.setText(
+            f"scan position (iy, ix) = ({iy}, {ix}); (y, x) = ({iy * dy:.3g}, {ix * dx:.3g}) {unit}"
+        )
+
+    def _on_mouse(self, viewer, event):
+        """Click on the main canvas: move the scan position there."""
+        if event.type != "mouse_press" or self.session.dataset is None:
+            return
+        if "Shift" in event.modifiers or "Control" in event.modifiers:
+            return
+        pos = np.asarray(event.position, float)[-2:]
+        ds = self.session.dataset
+        extent = np.array(ds.scan_shape) * np.array(ds.scale()[:2])
+        if np.all(pos >= -0.5 * np.array(ds.scale()[:2])) and np.all(pos < extent):
+            self.session.set_position_world(pos)
+
+    # -- work ------------------------------------------------------------------
+    def compute_navigation(self):
+        """Start the navigation-image + mean-pattern worker for the current data set."""
+        ds, name = self.session.dataset, self.session.current
+        if ds is None:
+            return None
+        if self.worker is not None:
+            self.worker.quit()
+        kind = self.nav_box.currentText()
+        worker = create_worker(
+            navigation_job,
+            ds.data,
+            kind,
+            ds.calibration,
+            _progress={"desc": f"navigation image of {name}"},
+        )
+        worker.yielded.connect(lambda item, name=name, kind=kind: self._on_result(name, kind, item))
+        worker.errored.connect(lambda err: show_error(f"navigation image of {name} failed: {err}"))
+        worker.finished.connect(lambda w=worker: self._on_finished(w))
+        self.worker = worker
+        worker.start()
+        return worker
+
+    def _on_finished(self, worker) -> None:
+        if self.worker is worker:
+            self.worker = None
+
+    def _on_result(self, name: str, kind: str, item) -> None:
+        what, value = item
+        if name != self.session.current:
+            return
+        if what == "navigation":
+            layer = self.session.show_scan_image(nav_layer_name(name), value)
+            layer.metadata["navigation"] = kind
+            self.viewer.reset_view()
+        elif what == "mean":
+            layer = self.session.show_detector_image(
+                MEAN_LAYER,
+                display.transform(value, self.session.display_mode, self.session.exponent),
+                colormap="magma",
+                visible=False,
+            )
+            layer.metadata["raw"] = value

@@ -1,0 +1,332 @@
+"""Per-viewer state shared by the plugin's widgets: the 4D data sets and the diffraction view.
+
+napari has one world per viewer, and a 4D data set ``(scan_y, scan_x, ky, kx)`` does not share
+it with 2D scan-plane images (virtual images, labels, reconstructions), which napari would align
+with the detector axes. So the plugin splits the two planes:
+
+- the **main viewer** is the scan plane (Å): navigation image, scan-position marker, virtual
+  detector images, CoM/iCoM, labels, reconstructions;
+- the **diffraction view** (a second :class:`~napari.components.ViewerModel`, shown by the
+  4D-STEM browser dock) is the detector plane (mrad or Å⁻¹): the pattern at the current scan
+  position, the mean pattern, the detector shapes, learned detector masks.
+
+A 4D image layer opened into the main viewer (by this plugin's reader, a sample, or any other
+4D image) is *adopted*: its data set is registered here and the layer leaves the main viewer.
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import TYPE_CHECKING
+
+import numpy as np
+from napari.components import ViewerModel
+from psygnal import Signal
+from qtpy.QtCore import QEvent, QObject, QTimer
+
+from .. import display
+from ..dataset import Calibration, Dataset4D, napari_unit
+
+if TYPE_CHECKING:
+    import napari
+
+PATTERN_LAYER = "diffraction pattern"
+MEAN_LAYER = "mean diffraction pattern"
+MARKER_LAYER = "scan position"
+
+
+def nav_layer_name(name: str) -> str:
+    return f"navigation: {name}"
+
+
+class Session:
+    """State of one main viewer: data sets, current data set, scan position, display mode."""
+
+    dataset_changed = Signal(str)
+    datasets_changed = Signal()
+    position_changed = Signal(int, int)
+
+    def __init__(self, viewer: napari.Viewer) -> None:
+        self._viewer_ref = weakref.ref(viewer)
+        self.diffraction = ViewerModel(title="diffraction")
+        self.datasets: dict[str, Dataset4D] = {}
+        self.current: str | None = None
+        self.position: tuple[int, int] = (0, 0)
+        self.display_mode = "log"
+        self.exponent = 0.25
+        self._limits: dict[tuple[str, str, float], tuple[float, float]] = {}
+        viewer.layers.events.inserted.connect(self._on_inserted)
+        for layer in list(viewer.layers):
+            self._maybe_adopt(layer)
+
+    # -- data sets -----------------------------------------------------------
+    @property
+    def viewer(self) -> napari.Viewer | None:
+        return self._viewer_ref()
+
+    @property
+    def dataset(self) -> Dataset4D | None:
+        return None if self.current is None else self.datasets[self.current]
+
+    def _on_inserted(self, event) -> None:
+        layer = event.value
+        if is_4d_layer(layer):
+            # not inside the LayerList's own insert event: remove on the next event-loop turn
+            QTimer.singleShot(0, lambda: self._maybe_adopt(layer))
+
+    def _maybe_adopt(self, layer) -> None:
+        viewer = self.viewer
+        if viewer is None or not is_4d_layer(layer) or layer not in viewer.layers:
+            return
+        ds = layer.metadata.get("dataset4d") or dataset_from_layer(layer)
+        viewer.layers.remove(layer)
+        self.add_dataset(layer.name, ds)
+
+    def add_dataset(self, name: str, ds: Dataset4D, make_current: bool = True) -> str:
+        """Register ``ds`` under a unique ``name``; returns the name used."""
+        base, k = name, 1
+        while name in self.datasets:
+            k += 1
+            name = f"{base} [{k}]"
+        self.datasets[name] = ds
+        self.datasets_changed.emit()
+        if make_current or self.current is None:
+            self.set_current(name)
+        return name
+
+    def set_current(self, name: str) -> None:
+        if name not in self.datasets:
+            raise ValueError(f"no 4D data set named {name!r}; have {list(self.datasets)}")
+        self.current = name
+        ds = self.datasets[name]
+        ny, nx = ds.scan_shape
+        self.position = (ny // 2, nx // 2)
+        self._update_pattern(reset_limits=True)
+        self._update_marker()
+        self.dataset_changed.emit(name)
+        self.position_changed.emit(*self.position)
+
+    # -- scan position ---------------------------------------------------------
+    def set_position(self, iy: int, ix: int) -> tuple[int, int]:
+        """Move to scan position ``(iy, ix)`` (clipped to the scan); returns the position used."""
+        ds = self.dataset
+        if ds is None:
+            return self.position
+        ny, nx = ds.scan_shape
+        pos = (int(np.clip(iy, 0, ny - 1)), int(np.clip(ix, 0, nx - 1)))
+        if pos == self.position and PATTERN_LAYER in self.diffraction.layers:
+            return pos
+        self.position = pos
+        self._update_pattern()
+        self._update_marker()
+        self.position_changed.emit(*pos)
+        return pos
+
+    def set_position_world(self, world_yx) -> tuple[int, int]:
+        """Move to the scan position under a main-viewer world coordinate ``(y, x)`` in Å."""
+        ds = self.dataset
+        if ds is None:
+            return self.position
+        dy, dx = ds.scale()[:2]
+        return self.set_position(round(float(world_yx[0]) / dy), round(float(world_yx[1]) / dx))
+
+    # -- display ---------------------------------------------------------------
+    def set_display(self, mode: str, exponent: float | None = None) -> None:
+        if mode not in display.DISPLAY_MODES:
+            raise ValueError(f"display mode must be one of {display.DISPLAY_MODES}, got {mode!r}")
+        self.display_mode = mode
+        if exponent is not None:
+            self.exponent = float(exponent)
+        self._update_pattern(reset_limits=True)
+        if MEAN_LAYER in self.diffraction.layers:
+            layer = self.diffraction.layers[MEAN_LAYER]
+            raw = layer.metadata.get("raw")
+            if raw is not None:
+                layer.data = display.transform(raw, self.display_mode, self.exponent)
+                layer.contrast_limits = display.robust_limits(layer.data)
+
+    def pattern_limits(self) -> tuple[float, float]:
+        key = (self.current or "", self.display_mode, self.exponent)
+        if key not in self._limits:
+            self._limits[key] = display.pattern_limits(
+                self.dataset.data, self.display_mode, exponent=self.exponent
+            )
+        return self._limits[key]
+
+    def detector_layer_kwargs(self) -> dict:
+        ds = self.dataset
+        units = tuple(napari_unit(u) for u in ds.units()[2:])
+        return {"scale": ds.scale()[2:], "units": units, "axis_labels": ("ky", "kx")}
+
+    def scan_layer_kwargs(self) -> dict:
+        ds = self.dataset
+        units = tuple(napari_unit(u) for u in ds.units()[:2])
+        return {"scale": ds.scale()[:2], "units": units, "axis_labels": ("y", "x")}
+
+    def raw_pattern(self) -> np.ndarray:
+        """The current pattern ``(ky, kx)``, untransformed: ``data[iy, ix]``."""
+        return self.dataset.pattern(*self.position)
+
+    def _update_pattern(self, reset_limits: bool = False) -> None:
+        ds = self.dataset
+        if ds is None:
+            return
+        shown = display.transform(self.raw_pattern(), self.display_mode, self.exponent)
+        layers = self.diffraction.layers
+        if PATTERN_LAYER in layers and layers[PATTERN_LAYER].data.shape == shown.shape:
+            layer = layers[PATTERN_LAYER]
+            layer.data = shown
+            if reset_limits:
+                layer.scale = self.detector_layer_kwargs()["scale"]
+                layer.contrast_limits = self.pattern_limits()
+        else:
+            if PATTERN_LAYER in layers:
+                layers.remove(PATTERN_LAYER)
+            self.diffraction.add_image(
+                shown,
+                name=PATTERN_LAYER,
+                colormap="inferno",
+                contrast_limits=self.pattern_limits(),
+                **self.detector_layer_kwargs(),
+            )
+            self.diffraction.reset_view()
+        self.diffraction.layers[PATTERN_LAYER].metadata["position"] = self.position
+
+    def _update_marker(self) -> None:
+        viewer = self.viewer
+        if viewer is None or self.dataset is None:
+            return
+        pt = np.array([self.position], dtype=float)
+        if MARKER_LAYER in viewer.layers:
+            layer = viewer.layers[MARKER_LAYER]
+            if not np.array_equal(np.round(layer.data), pt):
+                layer.data = pt
+            layer.scale = self.scan_layer_kwargs()["scale"]
+        else:
+            layer = viewer.add_points(
+                pt,
+                name=MARKER_LAYER,
+                symbol="cross",
+                size=max(self.dataset.scan_shape) / 12,
+                face_color="cyan",
+                border_color="cyan",
+                **self.scan_layer_kwargs(),
+            )
+            # dragging the marker (select mode) moves the scan position
+            layer.events.data.connect(self._on_marker_moved)
+
+    def _on_marker_moved(self, event) -> None:
+        layer = event.source
+        if len(layer.data):
+            iy, ix = np.round(np.asarray(layer.data[-1], float)[-2:]).astype(int)
+            if (iy, ix) != self.position:
+                self.set_position(iy, ix)
+
+    # -- layer helpers ---------------------------------------------------------
+    def show_scan_image(self, name: str, data: np.ndarray, **kwargs):
+        """Add or update (in place) a 2D scan-plane image layer in the main viewer."""
+        viewer = self.viewer
+        if name in viewer.layers and viewer.layers[name].data.shape == data.shape:
+            layer = viewer.layers[name]
+            layer.data = data
+            layer.contrast_limits = display.robust_limits(data, 0.1, 99.9)
+            return layer
+        if name in viewer.layers:
+            viewer.layers.remove(name)
+        kw = {**self.scan_layer_kwargs(), "colormap": "gray", **kwargs}
+        layer = viewer.add_image(
+            data, name=name, contrast_limits=display.robust_limits(data, 0.1, 99.9), **kw
+        )
+        if MARKER_LAYER in viewer.layers:  # keep the marker on top
+            viewer.layers.move(viewer.layers.index(MARKER_LAYER), len(viewer.layers))
+        return layer
+
+    def show_detector_image(self, name: str, data: np.ndarray, **kwargs):
+        """Add or update (in place) a 2D detector-plane image layer in the diffraction view."""
+        layers = self.diffraction.layers
+        if name in layers and layers[name].data.shape == data.shape:
+            layers[name].data = data
+            layers[name].contrast_limits = display.robust_limits(data, 0.1, 99.9)
+            return layers[name]
+        if name in layers:
+            layers.remove(name)
+        kw = {**self.detector_layer_kwargs(), "colormap": "gray", **kwargs}
+        return self.diffraction.add_image(
+            data, name=name, contrast_limits=display.robust_limits(data, 0.1, 99.9), **kw
+        )
+
+
+def is_4d_layer(layer) -> bool:
+    return (
+        layer.__class__.__name__ == "Image"
+        and getattr(layer, "ndim", 0) == 4
+        and not getattr(layer, "rgb", False)
+        and not getattr(layer, "multiscale", False)
+    )
+
+
+def dataset_from_layer(layer) -> Dataset4D:
+    """A :class:`Dataset4D` for a foreign 4D image layer (calibrated from its scale if it has units)."""
+    units = [str(u) for u in getattr(layer, "units", ())]
+    scale = tuple(float(s) for s in layer.scale)
+    scan_units = {"angstrom": "A", "nanometer": "nm"}.get(units[0] if units else "", "pixels")
+    det_units = {"milliradian": "mrad", "1 / angstrom": "A^-1"}.get(units[2] if units else "", "pixels")
+    cal = Calibration(
+        scan_step=scale[:2], scan_units=scan_units, detector_pixel=scale[2:], detector_units=det_units
+    )
+    return Dataset4D(layer.data, cal, reader="napari-layer")
+
+
+_SESSIONS: dict[int, Session] = {}
+
+
+def session_for(viewer: napari.Viewer) -> Session:
+    """The :class:`Session` of ``viewer`` (created on first use)."""
+    for key in [k for k, s in _SESSIONS.items() if s.viewer is None]:
+        del _SESSIONS[key]
+    s = _SESSIONS.get(id(viewer))
+    if s is None or s.viewer is not viewer:
+        s = _SESSIONS[id(viewer)] = Session(viewer)
+    return s
+
+
+def drop_session(viewer: napari.Viewer) -> None:
+    """Forget the session of ``viewer`` (called when the viewer closes)."""
+    s = _SESSIONS.pop(id(viewer), None)
+    if s is not None:
+        if s.viewer is not None:
+            s.viewer.layers.events.inserted.disconnect(s._on_inserted)
+        s.diffraction.layers.clear()
+
+
+class _CloseWatcher(QObject):
+    """Calls its callbacks once when the watched window gets a Close event."""
+
+    def __init__(self, parent: QObject) -> None:
+        super().__init__(parent)
+        self.callbacks: list = []
+
+    def eventFilter(self, obj, event) -> bool:  # noqa: N802 (Qt API)
+        if event.type() == QEvent.Type.Close:
+            callbacks, self.callbacks = self.callbacks, []
+            for cb in callbacks:
+                cb()
+        return False
+
+
+def on_viewer_close(viewer: napari.Viewer, callback) -> None:
+    """Run ``callback()`` when the viewer's main window closes (widgets release Qt resources).
+
+    Without a Qt window (``ViewerModel``-only tests) nothing is installed.
+    """
+    try:
+        window = viewer.window._qt_window
+    except AttributeError:
+        return
+    watcher = window.findChild(_CloseWatcher, "napari_4dstem_ml_close_watcher")
+    if watcher is None:
+        watcher = _CloseWatcher(window)
+        watcher.setObjectName("napari_4dstem_ml_close_watcher")
+        window.installEventFilter(watcher)
+        watcher.callbacks.append(lambda: drop_session(viewer))
+    watcher.callbacks.insert(0, callback)

@@ -1,0 +1,226 @@
+"""End-to-end jobs shared by the CLI, the headless ``make run`` and scripts.
+
+``run_job`` trains one model from a data set and a label file: load the label, register it
+onto the scan grid against a virtual image of the same field, train, save an atomic
+checkpoint. It is a generator: it yields :class:`Message` lines, the training events of
+:func:`napari_4dstem_ml.training.loop.train`, and finally a :class:`JobResult`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .dataset import Dataset4D
+
+
+@dataclass(frozen=True)
+class Message:
+    """A line of text for the user."""
+
+    text: str
+
+
+def reference_image(dataset: Dataset4D) -> tuple[np.ndarray, str]:
+    """A virtual dark-field image ``(Ny, Nx)`` of ``dataset`` to register a label against.
+
+    The annulus runs from 1.5× to 4× the bright-field disk radius (the ADF preset), clipped
+    to the detector; the disk radius comes from the convergence angle when calibrated,
+    otherwise from the mean pattern.
+    """
+    from .detectors import (
+        annular_mask,
+        bf_disk_radius,
+        find_bf_centre,
+        max_radius_px,
+        mean_pattern,
+        virtual_images,
+    )
+
+    mean = mean_pattern(dataset.data, step=max(1, min(dataset.scan_shape) // 32))
+    centre = find_bf_centre(mean)
+    cal = dataset.calibration
+    px = cal.detector_pixel_mrad
+    if px is not None and cal.convergence_mrad:
+        r_bf = cal.convergence_mrad / px[0]
+    else:
+        r_bf = bf_disk_radius(mean, centre)
+    r_max = max_radius_px(dataset.detector_shape, centre)
+    inner, outer = 1.5 * r_bf, min(4.0 * r_bf, r_max)
+    if inner >= outer:  # detector barely larger than the disk: use its outer ring
+        inner, outer = 1.05 * r_bf, r_max
+    mask = annular_mask(dataset.detector_shape, centre, inner, outer)
+    return virtual_images(dataset.data, mask), f"virtual ADF {inner:.1f}-{outer:.1f} px"
+
+
+@dataclass(frozen=True)
+class TrainingJob:
+    """Everything ``stemml train`` needs. Angles in mrad, pixel sizes in Å."""
+
+    label: str
+    output: str
+    model: str = "linear"
+    cluster_size: int = 5
+    epochs: int | None = None
+    lr: float | None = None
+    batch_size: int | None = None
+    seed: int = 0
+    device: str = "auto"
+    detector_size: int = 64
+    max_angle_mrad: float | None = None
+    label_dataset: str | None = None
+    label_pixel_A: float | None = None
+    register: bool = True
+    overwrite: bool = False
+    time_limit_s: float | None = None
+
+    @classmethod
+    def from_cli(cls, args: Any) -> TrainingJob:
+        return cls(
+            label=args.label,
+            output=args.output,
+            model=args.model,
+            cluster_size=args.cluster,
+            epochs=args.epochs,
+            lr=args.lr,
+            batch_size=args.batch_size,
+            seed=args.seed,
+            device=args.device,
+            detector_size=args.detector_size,
+            max_angle_mrad=args.max_angle,
+            label_dataset=args.label_dataset,
+            label_pixel_A=args.label_pixel,
+            register=not args.no_register,
+            overwrite=args.overwrite,
+        )
+
+    def configs(self, dataset: Dataset4D):
+        """(model config, preprocessing config, training config) for this job."""
+        from .models import CNN4dConfig, LinearConfig
+        from .preprocess import PreprocessConfig
+        from .training.loop import TrainConfig
+
+        if self.model == "linear":
+            model_cfg = LinearConfig(cluster_size=self.cluster_size)
+            defaults = {"epochs": 30, "lr": 2e-2, "batch_size": 256}
+            compression = "none"  # a linear model must see linear intensities
+        elif self.model == "conv4d":
+            model_cfg = CNN4dConfig(cluster_size=self.cluster_size)
+            defaults = {"epochs": 20, "lr": 2e-3, "batch_size": 64}
+            compression = "power"
+        else:
+            raise ValueError(f"model must be 'linear' or 'conv4d', got {self.model!r}")
+        size = int(self.detector_size)
+        max_angle = self.max_angle_mrad
+        pixel = None
+        mrad = dataset.calibration.detector_pixel_mrad
+        if max_angle is None and mrad is not None:
+            # the whole detector's inscribed circle, sampled on the model's grid
+            max_angle = 0.5 * min(dataset.detector_shape) * mrad[0]
+        if max_angle is not None and mrad is not None:
+            pixel = 2.0 * max_angle / size
+        pre_cfg = PreprocessConfig(
+            max_angle_mrad=max_angle if mrad is not None else None,
+            output_shape=(size, size),
+            output_pixel_mrad=pixel,
+            bin_factor=max(1, min(dataset.detector_shape) // size) if pixel is None else 1,
+            compression=compression,
+        )
+        train_cfg = TrainConfig(
+            epochs=self.epochs or defaults["epochs"],
+            lr=self.lr or defaults["lr"],
+            batch_size=self.batch_size or defaults["batch_size"],
+            seed=self.seed,
+            device=self.device,
+            time_limit_s=self.time_limit_s,
+        )
+        return model_cfg, pre_cfg, train_cfg
+
+
+@dataclass
+class JobResult:
+    """A finished job: where the model went and how well it fits."""
+
+    checkpoint: Path
+    registration: dict[str, Any]
+    metrics: dict[str, float]
+    stopped: str
+    epochs: int
+    elapsed_s: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def report(self) -> str:
+        m = ", ".join(f"{k} {v:.4g}" for k, v in self.metrics.items() if isinstance(v, float))
+        return (
+            f"saved {self.checkpoint} after {self.epochs} epochs ({self.stopped}, "
+            f"{self.elapsed_s:.1f} s); validation: {m}"
+        )
+
+
+def registered_label(
+    dataset: Dataset4D, label_path: str | Path, *, dataset_name: str | None = None,
+    pixel_size_A: float | None = None, register: bool = True,
+) -> Generator[Message, None, tuple[np.ndarray, np.ndarray, dict[str, Any]]]:
+    """Load a label file and put it on the scan grid; returns (image, coverage mask, summary)."""
+    from .registration import load_label, register_label
+
+    lab = load_label(label_path, pixel_size=pixel_size_A, dataset=dataset_name)
+    if not register:
+        if lab.image.shape != dataset.scan_shape:
+            raise ValueError(
+                f"{label_path}: label is {lab.image.shape} but the scan is {dataset.scan_shape}; "
+                "it must be on the scan grid when registration is turned off"
+            )
+        return lab.image, np.isfinite(lab.image), {"registered": False}
+    step = dataset.calibration.scan_step_A
+    if lab.pixel_size_A is None or step is None:
+        missing = "the label's pixel size (--label-pixel)" if lab.pixel_size_A is None else "the scan step"
+        raise ValueError(f"registering {label_path} onto the scan grid needs {missing}")
+    ref, what = reference_image(dataset)
+    yield Message(f"registering the label against a {what} image ...")
+    reg = register_label(lab.image, lab.pixel_size_A, ref, step)
+    p = reg.params
+    summary = {"registered": True, "reference": what, **p.to_dict(), "score": reg.score,
+               "coverage": reg.coverage}
+    yield Message(
+        f"label registered: scale {p.scale:.4g}, rotation {p.rotation_deg:.2f}°, shift "
+        f"({p.shift_yx[0]:.2f}, {p.shift_yx[1]:.2f}) scan steps, r = {reg.score:+.3f}, "
+        f"covers {100 * reg.coverage:.0f} % of the scan"
+    )
+    if abs(reg.score) < 0.3:
+        yield Message("warning: the label correlates poorly with the virtual image; check the fit")
+    return reg.image_on_scan_grid, reg.coverage_mask, summary
+
+
+def run_job(job: TrainingJob, dataset: Dataset4D) -> Generator[Any, None, JobResult]:
+    """Train ``job.model`` on ``dataset`` against ``job.label`` and save the checkpoint."""
+    from .export import check_output
+    from .training.checkpoint import save_checkpoint
+    from .training.loop import DoneEvent, train
+
+    out = check_output(Path(job.output), job.overwrite, suffixes=(".pt",))
+    label, coverage, reg_summary = yield from registered_label(
+        dataset, job.label, dataset_name=job.label_dataset, pixel_size_A=job.label_pixel_A,
+        register=job.register,
+    )
+    model_cfg, pre_cfg, train_cfg = job.configs(dataset)
+    yield Message(f"training a {job.model} model (K = {job.cluster_size}) on {dataset.scan_shape} positions")
+    result = None
+    for event in train(dataset, label, model_cfg, pre_cfg, train_cfg, label_mask=coverage):
+        yield event
+        if isinstance(event, DoneEvent):
+            result = event.result
+    summary = dict(result.train_summary)
+    summary.update(source=str(dataset.source), label=str(job.label), registration=reg_summary,
+                   job=asdict(job))
+    save_checkpoint(out, result.model, result.model_config, result.preprocessor,
+                    train_summary=summary, metrics=result.metrics)
+    metrics = {k: float(v) for k, v in result.metrics.items() if isinstance(v, (int, float))}
+    res = JobResult(out, reg_summary, metrics, result.stopped, len(result.history), result.elapsed_s)
+    yield res
+    return res
+

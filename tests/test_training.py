@@ -1,0 +1,189 @@
+"""The training generator on synthetic data with a known answer."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from napari_4dstem_ml.models import CNN4dConfig, LinearConfig  # noqa: E402
+from napari_4dstem_ml.preprocess import PreprocessConfig  # noqa: E402
+from napari_4dstem_ml.training.clusters import PatternSource, RegionSplit, cluster_indices  # noqa: E402
+from napari_4dstem_ml.training.inference import predict  # noqa: E402
+from napari_4dstem_ml.training.loop import (  # noqa: E402
+    DoneEvent,
+    EpochEvent,
+    PrepareEvent,
+    PreviewEvent,
+    StepEvent,
+    TrainConfig,
+    TrainError,
+    run_training,
+    train,
+)
+from napari_4dstem_ml.training.synthetic import make_synthetic  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def syn():
+    return make_synthetic(scan_shape=(48, 48), detector_shape=(32, 32), seed=0)
+
+
+def _val_baseline(syn, k):
+    """Validation MSE of predicting the training mean (standardised units)."""
+    lab = syn.label
+    tr, va = RegionSplit().positions(lab.shape, k)
+    m, s = lab[tr].mean(), lab[tr].std()
+    return float(np.mean(((lab[va] - m) / s) ** 2)), va
+
+
+def _r(a, b):
+    return float(np.corrcoef(np.ravel(a), np.ravel(b))[0, 1])
+
+
+def test_linear_model_learns_the_synthetic_potential(syn):
+    cfg = TrainConfig(epochs=10, lr=0.01, batch_size=32, num_threads=1, preview_every=0)
+    res = run_training(syn.dataset, syn.label, LinearConfig(cluster_size=5), PreprocessConfig(), cfg)
+    baseline, va = _val_baseline(syn, 5)
+    assert res.best_val_loss * 3 < baseline
+    assert res.best_val_loss * 3 < res.history[0]["val_loss"]
+    img = predict(res.model, res.preprocessor, syn.dataset)
+    assert _r(img[va], syn.truth[va]) > 0.9
+    assert res.metrics["pearson_r"] > 0.9
+    # predictions come back in label units
+    assert abs(img[va].mean() - syn.label[va].mean()) < 0.1 * syn.label.std()
+    # the returned weights are the best-validation ones
+    best = min(h["val_loss"] for h in res.history)
+    assert res.best_val_loss == best
+    assert res.history[res.best_epoch]["val_loss"] == best
+
+
+def test_cnn_learns_the_synthetic_potential(syn):
+    cfg = TrainConfig(epochs=4, lr=3e-3, batch_size=32, num_threads=1, preview_every=0)
+    mc = CNN4dConfig(cluster_size=5, channels=(4, 8))
+    res = run_training(syn.dataset, syn.label, mc, PreprocessConfig(), cfg)
+    baseline, va = _val_baseline(syn, 5)
+    assert res.best_val_loss * 3 < baseline
+    img = predict(res.model, res.preprocessor, syn.dataset)
+    assert _r(img[va], syn.truth[va]) > 0.9
+
+
+def _small_run(syn, **kw):
+    cfg = dict(epochs=2, lr=0.01, batch_size=16, num_threads=1, max_steps=12, preview_every=5)
+    cfg.update(kw)
+    return train(syn.dataset, syn.label, LinearConfig(cluster_size=3), PreprocessConfig(), TrainConfig(**cfg))
+
+
+def _drain(gen):
+    events = []
+    while True:
+        try:
+            events.append(next(gen))
+        except StopIteration as stop:
+            return events, stop.value
+
+
+def test_events_and_seeded_runs_are_identical(syn):
+    ev1, res1 = _drain(_small_run(syn))
+    ev2, res2 = _drain(_small_run(syn))
+    _, res3 = _drain(_small_run(syn, seed=1))
+    kinds = [type(e) for e in ev1]
+    assert kinds[0] is PrepareEvent and kinds[-1] is DoneEvent and ev1[-1].result is res1
+    steps = [e for e in ev1 if isinstance(e, StepEvent)]
+    assert [s.step for s in steps] == list(range(1, 13))
+    previews = [e for e in ev1 if isinstance(e, PreviewEvent)]
+    assert [p.step for p in previews] == [5, 10]
+    assert previews[0].image.shape == (48, 48) and np.isfinite(previews[0].image).all()
+    assert set(previews[0].masks) == {"detector_mask", "cluster_weights"}
+    assert previews[0].masks["cluster_weights"].shape == (3, 3)
+    epochs = [e for e in ev1 if isinstance(e, EpochEvent)]
+    assert len(epochs) == 1 and res1.stopped == "max_steps"
+    assert set(epochs[0].metrics) >= {"pearson_r", "psnr"}
+    assert [s.train_loss for s in steps] == [s.train_loss for s in ev2 if isinstance(s, StepEvent)]
+    for k, v in res1.model.state_dict().items():
+        assert torch.equal(v, res2.model.state_dict()[k])
+    assert res1.history[0]["val_loss"] == res2.history[0]["val_loss"]
+    assert res3.history[0]["val_loss"] != res1.history[0]["val_loss"]
+
+
+def test_cancel_and_close(syn):
+    threads = torch.get_num_threads()
+    gen = _small_run(syn, max_steps=None, preview_every=0)
+    n = 0
+    for ev in gen:
+        n += isinstance(ev, StepEvent)
+        if n == 3:
+            gen.close()
+            break
+    assert torch.get_num_threads() == threads
+    flag = threading.Event()
+    gen = train(
+        syn.dataset, syn.label, LinearConfig(cluster_size=3), PreprocessConfig(),
+        TrainConfig(epochs=5, batch_size=16, num_threads=1, preview_every=0), cancel=flag,
+    )
+    events = []
+    for ev in gen:
+        events.append(ev)
+        if isinstance(ev, StepEvent) and ev.step == 4:
+            flag.set()
+    res = events[-1].result
+    assert res.stopped == "cancelled" and res.steps == 4 and len(res.history) == 1
+
+
+def test_training_never_mixes_train_and_validation_patterns(syn, monkeypatch):
+    requested = []
+    orig = PatternSource.clusters
+
+    def spy(self, ys, xs, k):
+        requested.extend(zip(np.asarray(ys).tolist(), np.asarray(xs).tolist()))
+        return orig(self, ys, xs, k)
+
+    monkeypatch.setattr(PatternSource, "clusters", spy)
+    mask = np.ones(syn.label.shape, bool)
+    mask[:, :3] = False  # the label does not cover the first columns
+    _drain(_small_run(syn, preview_every=0, max_steps=30, epochs=1, batch_size=64))
+    k, shape = 3, syn.label.shape
+    tr, va = RegionSplit().positions(shape, k)
+    req = np.array(requested)
+    in_tr, in_va = tr[req[:, 0], req[:, 1]], va[req[:, 0], req[:, 1]]
+    assert np.all(in_tr | in_va) and in_tr.any() and in_va.any()
+
+    def members(pos):
+        ry, rx = cluster_indices(pos[:, 0], pos[:, 1], k, shape)
+        return {(a, b) for yr, xr in zip(ry, rx) for a in yr for b in xr}
+
+    assert not members(req[in_tr]) & members(req[in_va])
+    # with a coverage mask, uncovered positions are never cluster centres
+    requested.clear()
+    gen = train(syn.dataset, syn.label, LinearConfig(cluster_size=3), PreprocessConfig(),
+                TrainConfig(epochs=1, batch_size=64, num_threads=1, preview_every=0, max_steps=5),
+                label_mask=mask)
+    _drain(gen)
+    assert min(x for _, x in requested) >= 3
+
+
+def test_lazy_data_trains_like_eager(syn):
+    da = pytest.importorskip("dask.array")
+    from napari_4dstem_ml.dataset import Dataset4D
+
+    lazy = Dataset4D(da.from_array(syn.dataset.data, chunks=(8, -1, -1, -1)), syn.dataset.calibration)
+    cfg = TrainConfig(epochs=1, lr=0.01, batch_size=16, num_threads=1, preview_every=0, max_steps=8,
+                      cache_budget_bytes=0)
+    res_lazy = run_training(lazy, syn.label, LinearConfig(cluster_size=3), PreprocessConfig(), cfg)
+    res_eager = run_training(syn.dataset, syn.label, LinearConfig(cluster_size=3), PreprocessConfig(), cfg)
+    assert res_lazy.history[0]["val_loss"] == pytest.approx(res_eager.history[0]["val_loss"], rel=1e-4)
+
+
+def test_bad_inputs(syn):
+    with pytest.raises(TrainError, match="scan grid"):
+        next(train(syn.dataset, syn.label[:10], LinearConfig(cluster_size=3)))
+    empty = np.full(syn.label.shape, np.nan)
+    with pytest.raises(TrainError, match="no training positions"):
+        next(train(syn.dataset, empty, LinearConfig(cluster_size=3)))
+    for bad in ({"loss": "huber"}, {"epochs": 0}, {"device": "tpu"}, {"lr": -1.0}):
+        with pytest.raises(TrainError):
+            TrainConfig(**bad)
+    assert TrainConfig.from_dict(TrainConfig(epochs=3).to_dict()) == TrainConfig(epochs=3)
