@@ -8,6 +8,7 @@ import pytest
 pytestmark = pytest.mark.gui
 
 
+@pytest.mark.slow
 def test_train_save_apply(make_napari_viewer, qtbot, tmp_path):
     from napari_4dstem_ml.training.checkpoint import load_checkpoint
     from napari_4dstem_ml.training.inference import predict
@@ -20,7 +21,7 @@ def test_train_save_apply(make_napari_viewer, qtbot, tmp_path):
     widget = TrainingWidget(viewer)
     widget.session.add_dataset("train", syn.dataset)
     widget.session.add_dataset("other", other.dataset, make_current=False)
-    viewer.add_image(syn.label, name="label", scale=syn.dataset.scale()[:2])
+    viewer.add_image(syn.label, name="label", scale=syn.dataset.scale()[:2], units="angstrom")
     widget.dataset_box.setCurrentText("train")
     widget.label_box.setCurrentText("label")
     widget.kind_box.setCurrentText("linear")
@@ -59,18 +60,24 @@ def test_training_error_is_notified(make_napari_viewer, qtbot, monkeypatch):
     viewer = make_napari_viewer()
     widget = tw.TrainingWidget(viewer)
     widget.session.add_dataset("d", syn.dataset)
-    messages = []
-    monkeypatch.setattr(tw, "show_error", messages.append)
+    from napari.utils.notifications import notification_manager
+
+    messages = []  # napari relays a worker's error to its notification manager
+    monkeypatch.setattr(
+        type(notification_manager), "receive_error",
+        lambda self, t, v, *a, **k: messages.append(str(v)),
+    )
 
     def boom(*args, **kwargs):
         raise RuntimeError("model exploded")
         yield  # pragma: no cover
 
     monkeypatch.setattr(tw, "train_job", boom)
-    viewer.add_image(syn.label, name="label")
+    viewer.add_image(syn.label, name="label", scale=syn.dataset.scale()[:2], units="angstrom")
     widget.label_box.setCurrentText("label")
     worker = widget.start()
     assert worker is not None, messages
     qtbot.waitUntil(lambda: widget.worker is None, timeout=20000)
     assert any("model exploded" in m for m in messages)
     assert widget.start_button.isEnabled()
+    assert "model exploded" in widget.readout.text()

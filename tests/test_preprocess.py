@@ -57,7 +57,9 @@ def test_default_grid_is_the_whole_detector_and_negatives_are_clipped():
     ds = _random_ds(negatives=True)
     pre = Preprocessor.fit(ds, _plain(centre=(9.5, 9.5)))
     assert pre.output_shape == (20, 20)
-    np.testing.assert_array_equal(pre.transform(ds.data), np.clip(ds.data, 0, None))
+    before = ds.data.copy()
+    np.testing.assert_array_equal(pre.transform(ds.data), np.clip(before, 0, None))
+    np.testing.assert_array_equal(ds.data, before)  # the input is left alone
 
 
 def _render(density, px_mrad, n, centre_px):

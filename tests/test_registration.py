@@ -120,12 +120,12 @@ def test_register_full_circle_inverted_contrast_partial_coverage():
 
 
 def test_coverage_mask_excludes_padding_with_manual_parameters():
-    label, ref, truth, inside, scale = make_case(theta=10.0, shift=(12.0, 14.0))
+    label, ref, truth, inside, scale = make_case(theta=10.0, shift=(25.0, 28.0))
     assert inside.mean() < 0.9
-    reg = R.register_label(label, 0.1, ref, 0.4, rotation_deg=10.0, shift=(12.0, 14.0))
+    reg = R.register_label(label, 0.1, ref, 0.4, rotation_deg=10.0, shift=(25.0, 28.0))
     assert reg.estimated == ()
     assert reg.params.rotation_deg == pytest.approx(10.0)
-    assert reg.params.shift_yx == (12.0, 14.0)
+    assert reg.params.shift_yx == (25.0, 28.0)
     m = reg.coverage_mask
     assert not np.any(m & ~inside)
     assert (inside & ~m).sum() <= 0.03 * inside.size
@@ -224,14 +224,14 @@ def test_load_hdf5(tmp_path):
     img = np.random.default_rng(1).normal(size=(16, 20)).astype(np.float32)
     p = tmp_path / "lab.h5"
     with h5py.File(p, "w") as f:
-        d = f.create_dataset("recon/phase", data=img)
+        d = f.create_dataset("recon/a", data=img)
         d.attrs["pixel_size"] = 0.012
         d.attrs["units"] = "nm"
         f.create_dataset("recon/stack", data=np.zeros((3, 16, 20)))
         f.create_dataset("other/amp", data=img + 1)
     with pytest.raises(AmbiguousDatasetError):
         R.load_label(p)
-    lab = R.load_label(p, dataset="/recon/phase")
+    lab = R.load_label(p, dataset="/recon/a")
     np.testing.assert_array_equal(lab.image, img)
     assert lab.pixel_size_A == pytest.approx(0.12)
     with pytest.raises(R.LabelError, match="nothing"):

@@ -141,22 +141,28 @@ def test_training_never_mixes_train_and_validation_patterns(syn, monkeypatch):
         requested.extend(zip(np.asarray(ys).tolist(), np.asarray(xs).tolist()))
         return orig(self, ys, xs, k)
 
-    monkeypatch.setattr(PatternSource, "clusters", spy)
-    mask = np.ones(syn.label.shape, bool)
-    mask[:, :3] = False  # the label does not cover the first columns
-    _drain(_small_run(syn, preview_every=0, max_steps=30, epochs=1, batch_size=64))
+    monkeypatch.setattr(PatternSource, "clusters", spy)  # only training batches use clusters()
+    _, res = _drain(_small_run(syn, preview_every=0, max_steps=30, epochs=1, batch_size=64))
     k, shape = 3, syn.label.shape
     tr, va = RegionSplit().positions(shape, k)
     req = np.array(requested)
-    in_tr, in_va = tr[req[:, 0], req[:, 1]], va[req[:, 0], req[:, 1]]
-    assert np.all(in_tr | in_va) and in_tr.any() and in_va.any()
+    assert tr[req[:, 0], req[:, 1]].all()
 
-    def members(pos):
-        ry, rx = cluster_indices(pos[:, 0], pos[:, 1], k, shape)
+    def members(ys, xs):
+        ry, rx = cluster_indices(ys, xs, k, shape)
         return {(a, b) for yr, xr in zip(ry, rx) for a in yr for b in xr}
 
-    assert not members(req[in_tr]) & members(req[in_va])
+    assert not members(req[:, 0], req[:, 1]) & members(*np.nonzero(va))
+    # the reported validation loss is forward() on exactly the validation clusters
+    vy, vx = np.nonzero(va)
+    x = orig(PatternSource(syn.dataset, res.preprocessor), vy, vx, k)
+    with torch.no_grad():
+        p = res.model(torch.from_numpy(x)).numpy().astype(np.float64)
+    t = res.preprocessor.label_to_model(syn.label[vy, vx])
+    assert res.history[0]["val_loss"] == pytest.approx(np.mean((p - t) ** 2), rel=1e-4)
     # with a coverage mask, uncovered positions are never cluster centres
+    mask = np.ones(shape, bool)
+    mask[:, :3] = False
     requested.clear()
     gen = train(syn.dataset, syn.label, LinearConfig(cluster_size=3), PreprocessConfig(),
                 TrainConfig(epochs=1, batch_size=64, num_threads=1, preview_every=0, max_steps=5),

@@ -90,25 +90,30 @@ def cmd_adf(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from .export import check_output
-    from .workflow import TrainingJob, run_job
+    from .training.loop import EpochEvent, PrepareEvent, StepEvent
+    from .workflow import JobResult, Message, TrainingJob, run_job
 
     check_output(Path(args.output), args.overwrite, suffixes=(".pt",))
     ds = _load(args.data, args)
     job = TrainingJob.from_cli(args)
+    epochs = job.configs(ds)[2].epochs
     bar = None
     result = None
     for event in run_job(job, ds):
-        kind = type(event).__name__
-        if kind == "Message":
+        if isinstance(event, Message):
             print(event.text)
-        elif kind == "StepEvent":
+        elif isinstance(event, PrepareEvent):
+            if event.done == 0:
+                print(f"{event.stage} ({event.total} scan rows) ...")
+        elif isinstance(event, StepEvent):
             if bar is None:
-                bar = _progress(event.total_steps or 0, "training", unit="steps")
-            bar.update(event.step - bar.n)
-            bar.set_postfix(loss=f"{event.train_loss:.4g}")
-        elif kind == "EpochEvent" and bar is not None:
-            bar.set_postfix(train=f"{event.train_loss:.4g}", val=f"{event.val_loss:.4g}")
-        elif kind == "JobResult":
+                bar = _progress(epochs, "training", unit="epochs")
+            bar.set_postfix(step=event.step, loss=f"{event.train_loss:.4g}")
+        elif isinstance(event, EpochEvent) and bar is not None:
+            bar.update(event.epoch + 1 - bar.n)
+            r = event.metrics.get("pearson_r", float("nan"))
+            bar.set_postfix(train=f"{event.train_loss:.4g}", val=f"{event.val_loss:.4g}", r=f"{r:.3f}")
+        elif isinstance(event, JobResult):
             result = event
     if bar is not None:
         bar.close()
@@ -143,15 +148,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .metrics import compare
     from .registration import load_label
 
-    image = load_label(args.image).image
-    reference = load_label(args.reference, dataset=args.dataset).image
+    img = load_label(args.image)
+    ref = load_label(args.reference, dataset=args.dataset)
+    image, reference = img.image, ref.image
+    pixel = args.pixel_size or img.pixel_size_A or ref.pixel_size_A
     if image.shape != reference.shape:
         raise UserError(
             f"{args.image} is {image.shape[0]} x {image.shape[1]} but {args.reference} is "
             f"{reference.shape[0]} x {reference.shape[1]}; register the reference onto the scan grid first"
         )
-    report = compare(image, reference, crop=args.crop, pixel_size=args.pixel_size)
-    print(report.format() if hasattr(report, "format") else report)
+    report = compare(image, reference, crop=args.crop, pixel_size=pixel or 1.0)
+    print(report.summary() + ("" if pixel else " (FRC in pixels: no pixel size known)"))
     return 0
 
 

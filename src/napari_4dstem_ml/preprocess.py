@@ -347,24 +347,33 @@ class Preprocessor:
 
     # -- applying ---------------------------------------------------------------------------
     @cached_property
-    def _operators(self) -> tuple[np.ndarray, slice, np.ndarray, slice, np.ndarray | None]:
+    def _operators(self) -> tuple:
+        """Per axis (slice of the detector read, operator), the scalar scale, the angle mask.
+
+        An operator is an int ``b`` (sum blocks of ``b`` pixels: crop/bin, no arithmetic
+        beyond the sum) or a float32 matrix ``(n_out, n_read)``.
+        """
         oy, ox = self.output_shape
         ky, kx = self.detector_shape
         snap = self.config.snap_to_pixels
-        ry = resampling_matrix(ky, self.centre[0], self.output_pixel / self.detector_pixel[0], oy, snap=snap)
-        rx = resampling_matrix(kx, self.centre[1], self.output_pixel / self.detector_pixel[1], ox, snap=snap)
-        sly, slx = _support(ry), _support(rx)
-        ry, rx = ry[:, sly], rx[:, slx]
+        ops = []
+        for n_in, c, px, n_out in (
+            (ky, self.centre[0], self.detector_pixel[0], oy),
+            (kx, self.centre[1], self.detector_pixel[1], ox),
+        ):
+            m = resampling_matrix(n_in, c, self.output_pixel / px, n_out, snap=snap)
+            sl = _support(m)
+            m = m[:, sl]
+            ops.append((sl, _as_block_sum(m)))
         scale = 1.0
         if self.config.normalise:
             scale = oy * ox / self.mean_counts
-        ry = ry * scale
         mask = None
         if self.config.max_angle_mrad is not None:
             a = (np.arange(oy) - (oy - 1) / 2) * self.output_pixel
             b = (np.arange(ox) - (ox - 1) / 2) * self.output_pixel
             mask = (a[:, None] ** 2 + b[None, :] ** 2) <= float(self.config.max_angle_mrad) ** 2
-        return ry.astype(np.float32), sly, rx.T.astype(np.float32).copy(), slx, mask
+        return ops[0], ops[1], scale, mask
 
     def transform(self, block: Any, *, standardise: bool = True) -> np.ndarray:
         """Raw patterns ``(..., ky, kx)`` (any real dtype) → float32 ``(..., oy, ox)``."""
@@ -377,23 +386,29 @@ class Preprocessor:
             )
         lead = block.shape[:-2]
         flat = block.reshape(-1, ky, kx)
-        ry, sly, rxt, slx, mask = self._operators
+        (sly, opy), (slx, opx), scale, mask = self._operators
         oy, ox = self.output_shape
         out = np.empty((flat.shape[0], oy, ox), np.float32)
         cfg = self.config
         for i0 in range(0, flat.shape[0], _CHUNK):
-            a = np.asarray(flat[i0 : i0 + _CHUNK, sly, slx], dtype=np.float32)
+            a = np.array(flat[i0 : i0 + _CHUNK, sly, slx], dtype=np.float32)
             np.clip(a, 0, None, out=a)
             n, sy, sx = a.shape
-            t = (a.reshape(n * sy, sx) @ rxt).reshape(n, sy, ox)  # along kx
-            r = np.matmul(ry, t)  # along ky: (n, oy, ox)
+            if isinstance(opx, int):  # along kx
+                r = a if opx == 1 else a.reshape(n, sy, ox, opx).sum(-1)
+            else:
+                r = (a.reshape(n * sy, sx) @ opx.T).reshape(n, sy, ox)
+            if isinstance(opy, int):  # along ky
+                r = r if opy == 1 else r.reshape(n, oy, opy, ox).sum(2)
+            else:
+                r = np.matmul(opy, r)
+            if scale != 1.0:
+                r *= np.float32(scale)
             if mask is not None:
                 r *= mask
             if cfg.compression == "power":
-                np.clip(r, 0, None, out=r)
                 np.power(r, np.float32(cfg.power), out=r)
             elif cfg.compression == "log":
-                np.clip(r, 0, None, out=r)
                 np.log1p(r, out=r)
             if standardise and cfg.standardise:
                 r -= np.float32(self.input_mean)
@@ -472,6 +487,17 @@ def _support(m: np.ndarray) -> slice:
     if len(cols) == 0:
         return slice(0, 1)
     return slice(int(cols[0]), int(cols[-1]) + 1)
+
+
+def _as_block_sum(m: np.ndarray) -> int | np.ndarray:
+    """``b`` when ``m`` sums consecutive blocks of ``b`` input pixels exactly, else ``m``
+    (float32)."""
+    n_out, n_in = m.shape
+    if n_in % n_out == 0:
+        b = n_in // n_out
+        if np.array_equal(m, np.kron(np.eye(n_out), np.ones((1, b)))):
+            return b
+    return m.astype(np.float32)
 
 
 def dataset_key(dataset: Dataset4D) -> str:

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 from scipy import fft as sfft
-from scipy import ndimage, optimize
+from scipy import ndimage
 
 from .io.errors import AmbiguousDatasetError, ReaderError
 
@@ -42,7 +42,9 @@ __all__ = [
     "valid_region",
 ]
 
-LABEL_EXTENSIONS = (".tif", ".tiff", ".npy", ".npz", ".h5", ".hdf5", ".hdf", ".mat", ".png")
+LABEL_EXTENSIONS = (
+    ".tif", ".tiff", ".npy", ".npz", ".h5", ".hdf5", ".hdf", ".emd", ".mat", ".png", ".jpg", ".jpeg", ".bmp",
+)
 
 #: plausible pixel sizes (Å) for an atomic-resolution label; a file's resolution tags
 #: outside this window (e.g. the 72 dpi of image editors) are ignored
@@ -83,7 +85,6 @@ def _unit_factor(unit: Any) -> float | None:
     if isinstance(unit, bytes):
         unit = unit.decode("utf-8", "replace")
     u = str(np.asarray(unit).ravel()[0] if np.ndim(unit) else unit).strip().lower()
-    u = u.replace("\\u00c5", "å")
     return _UNIT_TO_A.get(u)
 
 
@@ -230,7 +231,7 @@ def _load_npz(path: Path, dataset: str | None) -> Label:
     return Label(img, px, path, f"array {key!r}" + (f"; {note}" if note else ""))
 
 
-def _h5_candidates(f: Any, matlab: bool) -> list[str]:
+def _h5_candidates(f: Any) -> list[str]:
     import h5py
 
     out: list[str] = []
@@ -256,7 +257,7 @@ def _load_hdf5(path: Path, dataset: str | None, matlab: bool) -> Label:
     except OSError as e:
         raise LabelError(f"{path}: cannot open as HDF5 ({e})", path) from e
     with f:
-        cands = _h5_candidates(f, matlab)
+        cands = _h5_candidates(f)
         key = _pick(cands, dataset, path, prefer=("object", "image", "label", "phase"))
         ds = f[key]
         arr = ds[()]
@@ -417,12 +418,11 @@ def valid_region(image: np.ndarray) -> np.ndarray:
     valid = np.isfinite(a)
     if not valid.any():
         return valid
-    h, w = a.shape
     border = np.zeros(a.shape, bool)
     border[0, :] = border[-1, :] = border[:, 0] = border[:, -1] = True
     for v in np.unique(a[border & valid]):
         same = a == v
-        lab, n = ndimage.label(same)
+        lab, _ = ndimage.label(same)
         touching = np.unique(lab[border & same])
         for k in touching[touching > 0]:
             comp = lab == k
@@ -718,6 +718,8 @@ def register_label(
         return sc, d["rot"], (d["dy"], d["dx"])
 
     if free:
+        from scipy import optimize
+
         start = np.array([x0[k] for k in free])
         steps = {"rot": (rotation_step or 1.0) / 2, "dy": 0.5, "dx": 0.5, "lnscale": 0.02}
         simplex = [start] + [start + np.eye(len(free))[i] * steps[k] for i, k in enumerate(free)]

@@ -106,11 +106,11 @@ class TrainingJob:
 
         if self.model == "linear":
             model_cfg = LinearConfig(cluster_size=self.cluster_size)
-            defaults = {"epochs": 30, "lr": 2e-2, "batch_size": 256}
+            defaults = {"epochs": 40, "lr": 1e-2, "batch_size": 32}
             compression = "none"  # a linear model must see linear intensities
         elif self.model == "conv4d":
             model_cfg = CNN4dConfig(cluster_size=self.cluster_size)
-            defaults = {"epochs": 20, "lr": 2e-3, "batch_size": 64}
+            defaults = {"epochs": 20, "lr": 2e-3, "batch_size": 32}
             compression = "power"
         else:
             raise ValueError(f"model must be 'linear' or 'conv4d', got {self.model!r}")

@@ -11,20 +11,23 @@ from numba import njit, prange
 
 
 @njit(parallel=True, fastmath=False, cache=True, nogil=True)
-def cast_rows(src, r0, r1, dst):  # pragma: no cover - compiled
-    """``dst[p, (r - r0) * kx + j] = float32(src[p, r, j])`` for detector rows ``r0 <= r < r1``.
+def cast_rows(src, r0, dst):  # pragma: no cover - compiled
+    """``dst[p, i, j] = float32(src[p, r0 + i, j])``: detector rows ``r0 .. r0 + dst.shape[1]``.
 
-    ``src`` is ``(P, ky, kx)`` (any numeric dtype, C-contiguous), ``dst`` ``(>= P, (r1-r0)*kx)``
-    float32. Parallel over patterns.
+    ``src`` is ``(P, ky, kx)`` (any numeric dtype, C-contiguous), ``dst`` ``(>= P, nr, kx)``
+    float32 C-contiguous. Parallel over patterns.
     """
-    p_n, _, kx = src.shape
+    p_n = src.shape[0]
+    nr, kx = dst.shape[1], dst.shape[2]
     for p in prange(p_n):
-        for r in range(r0, r1):
-            o = (r - r0) * kx
-            s = src[p, r]
-            d = dst[p]
-            for j in range(kx):
-                d[o + j] = np.float32(s[j])
+        for i in range(nr):
+            _cast_row(src[p, r0 + i], dst[p, i], kx)
+
+
+@njit(inline="always", fastmath=False)
+def _cast_row(s, d, n):  # pragma: no cover - compiled
+    for j in range(n):
+        d[j] = np.float32(s[j])
 
 
 @njit(inline="always", fastmath=False)

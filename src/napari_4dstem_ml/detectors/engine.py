@@ -133,7 +133,7 @@ def iter_virtual_images(
     out = np.zeros((len(m3), ny, nx), np.float32)
     image = out[0] if single else out
     if centres is None:
-        plan: _Plan = _DensePlan(m3)
+        plan: _Plan = _choose_plan(m3)
     else:
         cmap = _centre_maps(centres, shape[:2])
         if step > 1:
@@ -258,21 +258,28 @@ class _DensePlan(_Plan):
         dt = p3.dtype
         if dt == np.float32 and dt.isnative:
             flat = p3.reshape(p, -1)[:, self.r0 * self.kx : self.r1 * self.kx]
-            np.matmul(flat, self.wt, out=res)
+            if self.n == 1:  # matrix-vector (gemv): sgemm with one column packs the data
+                np.matmul(flat, self.wt[:, 0], out=res[:, 0])
+            else:
+                np.matmul(flat, self.wt, out=res)
         else:
             sub = max(1, CAST_BYTES // (4 * kc))
             if self._buf is None or self._buf.shape[1] != kc:
                 self._buf = np.empty((sub, kc), np.float32)
             buf = self._buf
+            buf3 = buf.reshape(len(buf), self.r1 - self.r0, self.kx)
             numba_ok = dt.isnative and dt.kind in "iuf"
             cast = _kernels().cast_rows if numba_ok else None
             for s in range(0, p, sub):
                 e = min(p, s + sub)
                 if cast is not None:
-                    cast(p3[s:e], self.r0, self.r1, buf)
+                    cast(p3[s:e], self.r0, buf3)
                 else:
                     buf[: e - s] = p3[s:e, self.r0 : self.r1].reshape(e - s, kc)
-                np.matmul(buf[: e - s], self.wt, out=res[s:e])
+                if self.n == 1:
+                    np.matmul(buf[: e - s], self.wt[:, 0], out=res[s:e, 0])
+                else:
+                    np.matmul(buf[: e - s], self.wt, out=res[s:e])
         out[...] = res.T.reshape(self.n, a, b)
 
 
@@ -304,27 +311,49 @@ def _mask_runs(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np
     return sr.astype(np.int64), sc.astype(np.int64), lens.astype(np.int64), weights
 
 
+#: several masks use the sparse kernel when their nonzeros are below this fraction of M × pixels
+SPARSE_FRACTION = 0.5
+
+
+def _choose_plan(m3: np.ndarray) -> _Plan:
+    """Dense BLAS product, or the sparse run kernel for several sparse masks (e.g. annuli).
+
+    With many masks, sgemm with a handful of columns is compute-bound; the run kernel's cost
+    scales with the total number of nonzero mask pixels instead.
+    """
+    if len(m3) > 1 and np.count_nonzero(m3) < SPARSE_FRACTION * m3.size:
+        return _RunsPlan(m3, None, None, 1.0)
+    return _DensePlan(m3)
+
+
 class _RunsPlan(_Plan):
-    """Masks following per-position centres: groups of positions by rounded shift."""
+    """Sparse masks (row runs of nonzero pixels), optionally following per-position centres:
+    positions grouped by rounded shift, each group with its shifted masks."""
 
     def __init__(
         self,
         m3: np.ndarray,
-        cmap: np.ndarray,
+        cmap: np.ndarray | None,
         reference_centre: tuple[float, float] | None,
         shift_step: float,
     ) -> None:
         step = float(shift_step)
         if not step > 0:
             raise EngineError(f"shift_step must be positive (px), got {shift_step!r}")
-        if reference_centre is None:
+        if cmap is None:
+            self.group = None
+            keys = np.zeros((1, 2), np.int64)
+        elif reference_centre is None:
             ref = (float(cmap[0].mean()), float(cmap[1].mean()))
         else:
             ref = (float(reference_centre[0]), float(reference_centre[1]))
-        qy = np.round((cmap[0] - ref[0]) / step).astype(np.int64)
-        qx = np.round((cmap[1] - ref[1]) / step).astype(np.int64)
-        keys, group = np.unique(np.stack([qy.ravel(), qx.ravel()], 1), axis=0, return_inverse=True)
-        self.group = np.ascontiguousarray(group.reshape(qy.shape).astype(np.int64))
+        if cmap is not None:
+            qy = np.round((cmap[0] - ref[0]) / step).astype(np.int64)
+            qx = np.round((cmap[1] - ref[1]) / step).astype(np.int64)
+            keys, group = np.unique(
+                np.stack([qy.ravel(), qx.ravel()], 1), axis=0, return_inverse=True
+            )
+            self.group = np.ascontiguousarray(group.reshape(qy.shape).astype(np.int64))
         self.n = len(m3)
         rows, cols, lens, woffs, ws, ptr = [], [], [], [], [], [0]
         off = 0
@@ -351,7 +380,10 @@ class _RunsPlan(_Plan):
         blk = block if block.flags.c_contiguous else np.ascontiguousarray(block)
         if not (blk.dtype.isnative and blk.dtype.kind in "iuf"):
             blk = blk.astype(np.float32)
-        grp = np.ascontiguousarray(self.group[y0 : y0 + a, x0 : x0 + b])
+        if self.group is None:
+            grp = np.zeros((a, b), np.int64)
+        else:
+            grp = np.ascontiguousarray(self.group[y0 : y0 + a, x0 : x0 + b])
         res = np.empty((self.n, a, b), np.float32)
         _kernels().runs_dot(
             blk, grp, self.run_row, self.run_col, self.run_len, self.run_woff, self.set_ptr,

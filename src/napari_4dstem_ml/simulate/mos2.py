@@ -13,7 +13,7 @@ import hashlib
 import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -62,7 +62,7 @@ class MoS2Config:
     label_pad_A: float = 2.0
     label_offset_A: tuple[float, float] = (0.037, -0.052)
     seed: int = 20180719
-    rows_per_chunk: int = 8
+    rows_per_chunk: int = 4
 
     @classmethod
     def tiny(cls) -> MoS2Config:
@@ -252,6 +252,3 @@ def simulate_mos2(cfg: MoS2Config, out: str | Path, log: Callable[[str], None] =
     log(f"mos2: wrote {out} ({out.stat().st_size / 1e6:.1f} MB) after {time.time() - t0:.0f} s")
     return out
 
-
-def with_overrides(cfg: MoS2Config, **kw) -> MoS2Config:
-    return replace(cfg, **kw)

@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING
 import numpy as np
 from napari.qt import QtViewer
 from napari.qt.threading import create_worker
-from napari.utils.notifications import show_error
 from qtpy.QtWidgets import (
     QComboBox,
     QDoubleSpinBox,
@@ -25,7 +24,14 @@ from qtpy.QtWidgets import (
 
 from .. import display
 from ..dataset import pretty_unit
-from .session import MEAN_LAYER, Session, nav_layer_name, on_viewer_close, session_for
+from .session import (
+    MEAN_LAYER,
+    Session,
+    guarded,
+    nav_layer_name,
+    on_viewer_close,
+    session_for,
+)
 
 if TYPE_CHECKING:
     import napari
@@ -205,14 +211,16 @@ class BrowserWidget(QWidget):
             self.worker.quit()
         kind = self.nav_box.currentText()
         worker = create_worker(
-            navigation_job,
+            guarded(navigation_job),
             ds.data,
             kind,
             ds.calibration,
             _progress={"desc": f"navigation image of {name}"},
         )
         worker.yielded.connect(lambda item, name=name, kind=kind: self._on_result(name, kind, item))
-        worker.errored.connect(lambda err: show_error(f"navigation image of {name} failed: {err}"))
+        worker.errored.connect(
+            lambda err: self.position_label.setText(f"navigation image of {name} failed: {err}")
+        )
         worker.finished.connect(lambda w=worker: self._on_finished(w))
         self.worker = worker
         worker.start()

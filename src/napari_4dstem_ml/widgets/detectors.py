@@ -31,7 +31,7 @@ from qtpy.QtWidgets import (
 )
 
 from ..detectors import geometry
-from .session import Session, on_viewer_close, session_for
+from .session import Session, guarded, on_viewer_close, session_for
 
 if TYPE_CHECKING:
     import napari
@@ -368,10 +368,10 @@ class DetectorsWidget(QWidget):
         if not specs and not with_com:
             return None
         worker = create_worker(
-            detector_job, ds.data, specs, with_com, _progress={"desc": "virtual images"}
+            guarded(detector_job), ds.data, specs, with_com, _progress={"desc": "virtual images"}
         )
         worker.yielded.connect(self._on_images)
-        worker.errored.connect(lambda err: show_error(f"virtual images failed: {err}"))
+        worker.errored.connect(lambda err: self.status.setText(f"virtual images failed: {err}"))
         worker.finished.connect(self._on_finished)
         self.worker = worker
         worker.start()

@@ -16,6 +16,7 @@ A 4D image layer opened into the main viewer (by this plugin's reader, a sample,
 
 from __future__ import annotations
 
+import functools
 import weakref
 from typing import TYPE_CHECKING
 
@@ -275,6 +276,25 @@ def dataset_from_layer(layer) -> Dataset4D:
         scan_step=scale[:2], scan_units=scan_units, detector_pixel=scale[2:], detector_units=det_units
     )
     return Dataset4D(layer.data, cal, reader="napari-layer")
+
+
+class JobError(Exception):
+    """A worker job failed with a ``RuntimeError`` (re-raised as this so that the worker's
+    ``errored`` signal fires: superqt treats a ``RuntimeError`` as an aborted thread and emits
+    neither ``errored`` nor ``finished``)."""
+
+
+def guarded(func):
+    """Wrap a worker generator function so that its ``RuntimeError`` reaches ``errored``."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return (yield from func(*args, **kwargs))
+        except RuntimeError as err:
+            raise JobError(f"{type(err).__name__}: {err}") from err
+
+    return wrapper
 
 
 _SESSIONS: dict[int, Session] = {}

@@ -30,7 +30,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from .session import Session, on_viewer_close, session_for
+from .session import Session, guarded, on_viewer_close, session_for
 
 if TYPE_CHECKING:
     import napari
@@ -238,12 +238,12 @@ class TrainingWidget(QWidget):
         self._training_name = name
         kind = self.kind_box.currentText()
         worker = create_worker(
-            train_job, ds, label, kind, self.cluster.value(), self.epochs.value(),
+            guarded(train_job), ds, label, kind, self.cluster.value(), self.epochs.value(),
             self.lr.value(), self.batch.value(), self.cancel,
             _progress={"desc": f"training {kind} on {name}"},
         )
         worker.yielded.connect(self._on_event)
-        worker.errored.connect(lambda err: show_error(f"training failed: {err}"))
+        worker.errored.connect(lambda err: self.readout.setText(f"training failed: {err}"))
         worker.finished.connect(self._on_finished)
         self.worker = worker
         self.start_button.setEnabled(False)
@@ -350,7 +350,7 @@ class TrainingWidget(QWidget):
             show_error("train a model and choose a loaded 4D data set to apply it to")
             return None
         ds = self.session.datasets[name]
-        worker = create_worker(predict_job, self.result.model, self.result.preprocessor, ds,
+        worker = create_worker(guarded(predict_job), self.result.model, self.result.preprocessor, ds,
                                _progress={"desc": f"reconstructing {name}"})
 
         def on_event(ev, name=name):
@@ -368,7 +368,9 @@ class TrainingWidget(QWidget):
 
         worker.yielded.connect(on_event)
         worker.returned.connect(on_return)
-        worker.errored.connect(lambda err: show_error(f"reconstruction of {name} failed: {err}"))
+        worker.errored.connect(
+            lambda err: self.readout.setText(f"reconstruction of {name} failed: {err}")
+        )
         self.apply_worker = worker
         worker.start()
         return worker
