@@ -60,13 +60,10 @@ def test_training_error_is_notified(make_napari_viewer, qtbot, monkeypatch):
     viewer = make_napari_viewer()
     widget = tw.TrainingWidget(viewer)
     widget.session.add_dataset("d", syn.dataset)
-    from napari.utils.notifications import notification_manager
+    from napari_4dstem_ml.widgets import session
 
-    messages = []  # napari relays a worker's error to its notification manager
-    monkeypatch.setattr(
-        type(notification_manager), "receive_error",
-        lambda self, t, v, *a, **k: messages.append(str(v)),
-    )
+    messages = []
+    monkeypatch.setattr(session, "show_error", messages.append)
 
     def boom(*args, **kwargs):
         raise RuntimeError("model exploded")

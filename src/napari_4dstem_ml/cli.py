@@ -162,6 +162,19 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .workflow import Message, run_headless
+
+    for event in run_headless(args.output, model=args.model, time_limit_s=args.time_limit):
+        if isinstance(event, Message):
+            print(event.text, flush=True)
+        elif type(event).__name__ == "EpochEvent":
+            r = event.metrics.get("pearson_r", float("nan"))
+            print(f"  epoch {event.epoch + 1}: train {event.train_loss:.4g}, validation "
+                  f"{event.val_loss:.4g}, r {r:.3f} ({event.elapsed_s:.0f} s)", flush=True)
+    return 0
+
+
 # -- parser -----------------------------------------------------------------------------
 def _add_data_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", help="HDF5: path of the 4D dataset inside the file")
@@ -226,6 +239,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--crop", type=int, default=4, help="pixels cropped at each edge before comparing")
     p.add_argument("--pixel-size", type=float, default=None, help="pixel size in Å (for FRC resolution)")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("demo", help="the whole workflow on the bundled MoS2 and PrScO3 samples")
+    p.add_argument("-o", "--output", default="stemml-output", help="folder for a new run subfolder")
+    p.add_argument("--model", choices=("linear", "conv4d"), default="linear")
+    p.add_argument("--time-limit", type=float, default=300.0, help="training time limit (s)")
+    p.set_defaults(func=cmd_demo)
     return parser
 
 

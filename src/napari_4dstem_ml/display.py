@@ -70,29 +70,3 @@ def pattern_limits(
     pos = sample_positions(data.shape[:2], n_patterns)
     stack = np.stack([transform(np.asarray(data[y, x]), mode, exponent) for y, x in pos])
     return robust_limits(stack)
-
-
-def mean_pattern(data, rows_per_chunk: int = 8):
-    """Mean diffraction pattern ``(ky, kx)`` of 4D ``data``, streamed over scan rows.
-
-    A generator: yields the fraction done (0..1] after each block of rows and returns the
-    float64-accumulated mean as float32 (``StopIteration.value``); use :func:`mean_pattern_array`
-    for the plain result.
-    """
-    ny, nx, ky, kx = data.shape
-    acc = np.zeros((ky, kx), np.float64)
-    for y0 in range(0, ny, rows_per_chunk):
-        block = np.asarray(data[y0 : y0 + rows_per_chunk], dtype=np.float64)
-        acc += block.sum(axis=(0, 1))
-        yield min(1.0, (y0 + len(block)) / ny)
-    return (acc / (ny * nx)).astype(np.float32)
-
-
-def mean_pattern_array(data, rows_per_chunk: int = 8) -> np.ndarray:
-    """Mean diffraction pattern ``(ky, kx)`` (float32) of 4D ``data``."""
-    gen = mean_pattern(data, rows_per_chunk)
-    while True:
-        try:
-            next(gen)
-        except StopIteration as stop:
-            return stop.value

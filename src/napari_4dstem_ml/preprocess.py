@@ -55,7 +55,7 @@ __all__ = [
 ]
 
 COMPRESSIONS = ("none", "power", "log")
-_CHUNK = 2048  # patterns per internal chunk of transform()
+_CHUNK_BYTES = 8e6  # float32 bytes per internal chunk of transform()
 
 
 class PreprocessError(ValueError):
@@ -390,8 +390,14 @@ class Preprocessor:
         oy, ox = self.output_shape
         out = np.empty((flat.shape[0], oy, ox), np.float32)
         cfg = self.config
-        for i0 in range(0, flat.shape[0], _CHUNK):
-            a = np.array(flat[i0 : i0 + _CHUNK, sly, slx], dtype=np.float32)
+        std = standardise and cfg.standardise
+        # an affine (scale, shift) folds normalisation and, without compression, standardisation
+        a_mul, a_add = float(scale), 0.0
+        if std and cfg.compression == "none":
+            a_mul, a_add = a_mul / self.input_std, -self.input_mean / self.input_std
+        chunk = max(1, int(_CHUNK_BYTES // (4 * ky * kx)))  # cache-sized pieces
+        for i0 in range(0, flat.shape[0], chunk):
+            a = np.array(flat[i0 : i0 + chunk, sly, slx], dtype=np.float32)
             np.clip(a, 0, None, out=a)
             n, sy, sx = a.shape
             if isinstance(opx, int):  # along kx
@@ -402,15 +408,17 @@ class Preprocessor:
                 r = r if opy == 1 else r.reshape(n, oy, opy, ox).sum(2)
             else:
                 r = np.matmul(opy, r)
-            if scale != 1.0:
-                r *= np.float32(scale)
+            if a_mul != 1.0:
+                r *= np.float32(a_mul)
             if mask is not None:
                 r *= mask
+            if a_add != 0.0:
+                r += np.float32(a_add)
             if cfg.compression == "power":
                 np.power(r, np.float32(cfg.power), out=r)
             elif cfg.compression == "log":
                 np.log1p(r, out=r)
-            if standardise and cfg.standardise:
+            if std and cfg.compression != "none":
                 r -= np.float32(self.input_mean)
                 r /= np.float32(self.input_std)
             out[i0 : i0 + n] = r

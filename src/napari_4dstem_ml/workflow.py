@@ -224,3 +224,85 @@ def run_job(job: TrainingJob, dataset: Dataset4D) -> Generator[Any, None, JobRes
     yield res
     return res
 
+
+
+def _new_run_dir(out_dir: str | Path) -> Path:
+    """A fresh folder inside ``out_dir`` (never reusing one, so nothing is overwritten)."""
+    import time
+
+    base = Path(out_dir)
+    base.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for i in range(1000):
+        run = base / (f"run-{stamp}" + (f"-{i}" if i else ""))
+        try:
+            run.mkdir()
+            return run
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"could not create a new run folder in {base}")
+
+
+def run_headless(
+    out_dir: str | Path = "stemml-output", *, model: str = "linear", time_limit_s: float | None = 300.0,
+) -> Generator[Any, None, Path]:
+    """The main job on the bundled samples, without a display.
+
+    Train ``model`` on the MoS2 sample against its ptychography label (registered onto the
+    scan grid automatically), apply it to MoS2 and to the thick PrScO3 sample, and compare
+    each reconstruction and the conventional ADF image with the ground truth. Writes TIFF
+    and PNG images, the checkpoint and ``summary.json`` into a new run folder of
+    ``out_dir``, which it returns. Yields :class:`Message` lines and training events.
+    """
+    import json
+
+    from .export import write_image
+    from .metrics import compare
+    from .samples import SAMPLES, load_sample, sample_path
+    from .training.inference import predict
+
+    run = _new_run_dir(out_dir)
+    yield Message(f"writing results to {run}")
+    mos2 = load_sample("mos2")
+    ds = mos2.dataset
+    yield Message(f"training data: {SAMPLES['mos2'].display_name}\n{ds.summary()}")
+    step = ds.calibration.scan_step_A[1]
+    nav, what = reference_image(ds)
+    for suffix in (".tif", ".png"):
+        write_image(run / f"mos2_navigation{suffix}", nav, step)
+    yield Message(f"navigation image: {what}")
+
+    job = TrainingJob(
+        label=str(sample_path("mos2")), label_dataset="label/image", output=str(run / f"{model}.pt"),
+        model=model, time_limit_s=time_limit_s,
+    )
+    result = None
+    for event in run_job(job, ds):
+        if isinstance(event, JobResult):
+            result = event
+        yield event
+
+    from .training.checkpoint import load_checkpoint
+
+    loaded = load_checkpoint(result.checkpoint)
+    summary: dict[str, Any] = {"model": model, "checkpoint": str(result.checkpoint),
+                               "registration": result.registration, "validation": result.metrics}
+    for key in ("mos2", "prsco3"):
+        try:
+            sample = mos2 if key == "mos2" else load_sample(key)
+        except FileNotFoundError as exc:
+            yield Message(f"skipping {key}: {exc}")
+            continue
+        image = predict(loaded.model, loaded.preprocessor, sample.dataset)
+        px = sample.dataset.calibration.scan_step_A[1]
+        for suffix in (".tif", ".png"):
+            write_image(run / f"{key}_{model}{suffix}", image, px)
+            write_image(run / f"{key}_adf{suffix}", sample.adf, px)
+        ml = compare(image, sample.ground_truth, pixel_size=px)
+        adf = compare(sample.adf, sample.ground_truth, pixel_size=px)
+        summary[key] = {"ml_vs_truth": ml.to_dict(), "adf_vs_truth": adf.to_dict()}
+        yield Message(f"{key}: {model} vs ground truth: {ml.summary()}")
+        yield Message(f"{key}: ADF vs ground truth:    {adf.summary()}")
+    (run / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    yield Message(f"done: {run}")
+    return run

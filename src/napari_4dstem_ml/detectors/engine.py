@@ -133,7 +133,7 @@ def iter_virtual_images(
     out = np.zeros((len(m3), ny, nx), np.float32)
     image = out[0] if single else out
     if centres is None:
-        plan: _Plan = _choose_plan(m3)
+        plan: _Plan = _choose_plan(m3, np.dtype(data.dtype))
     else:
         cmap = _centre_maps(centres, shape[:2])
         if step > 1:
@@ -315,12 +315,17 @@ def _mask_runs(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np
 SPARSE_FRACTION = 0.5
 
 
-def _choose_plan(m3: np.ndarray) -> _Plan:
-    """Dense BLAS product, or the sparse run kernel for several sparse masks (e.g. annuli).
+def _choose_plan(m3: np.ndarray, dtype: np.dtype | None = None) -> _Plan:
+    """Dense BLAS product, or the fused sparse run kernel (numba: cast + masked dot in one pass).
 
-    With many masks, sgemm with a handful of columns is compute-bound; the run kernel's cost
-    scales with the total number of nonzero mask pixels instead.
+    float32 data with one mask (or dense masks) goes to BLAS. Other native numeric dtypes go to
+    the fused kernel (no cast copy, one thread pool: alternating numba and BLAS thread pools per
+    cache-sized block was slow on a busy machine). Several sparse masks (annuli) also use it:
+    sgemm with a handful of columns is compute-bound, the run kernel's cost scales with the total
+    number of nonzero mask pixels.
     """
+    if dtype is not None and dtype != np.float32 and dtype.isnative and dtype.kind in "iuf":
+        return _RunsPlan(m3, None, None, 1.0)
     if len(m3) > 1 and np.count_nonzero(m3) < SPARSE_FRACTION * m3.size:
         return _RunsPlan(m3, None, None, 1.0)
     return _DensePlan(m3)

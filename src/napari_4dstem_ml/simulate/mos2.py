@@ -76,7 +76,11 @@ class MoS2Config:
         return asdict(self)
 
     def digest(self) -> str:
-        return hashlib.sha1(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:10]
+        """Cache key of the multislice results (ignores dose, noise seed, blur and label)."""
+        skip = {"dose_e_per_pattern", "seed", "source_fwhm_A", "label_pixel_A",
+                "label_resolution_A", "label_pad_A", "label_offset_A"}
+        d = {k: v for k, v in self.to_dict().items() if k not in skip}
+        return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
 
 
 def build_atoms(cfg: MoS2Config):

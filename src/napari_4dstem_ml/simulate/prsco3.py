@@ -95,7 +95,13 @@ class PrScO3Config:
         return asdict(self)
 
     def digest(self) -> str:
-        return hashlib.sha1(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:10]
+        """Cache key of the per-configuration multislice results (independent of the number
+        of frozen-phonon configurations, so more can be added to a finished run)."""
+        skip = {"frozen_phonons", "dose_e_per_pattern", "source_fwhm_A", "scan_shape",
+                "scan_step_A", "scan_origin_A", "label_pixel_A", "label_resolution_A",
+                "label_pad_A", "label_offset_A"}
+        d = {k: v for k, v in self.to_dict().items() if k not in skip}
+        return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
 
 
 def unit_cell(lattice_A=(5.61, 5.78, 8.03)):

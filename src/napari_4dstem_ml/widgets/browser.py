@@ -27,6 +27,7 @@ from ..dataset import pretty_unit
 from .session import (
     MEAN_LAYER,
     Session,
+    error_reporter,
     guarded,
     nav_layer_name,
     on_viewer_close,
@@ -40,47 +41,40 @@ NAV_KINDS = ("total intensity", "virtual bright field")
 
 
 def navigation_job(data, kind: str = "total intensity", calibration=None):
-    """Generator run in a worker: yields ``("navigation", image)``, progress, ``("mean", pattern)``.
+    """Generator run in a worker: ``("navigation", partial image)`` per band of rows, then
+    ``("mean", pattern)``.
 
-    The navigation image is a virtual image from the core engine (a mask of ones = total
-    intensity, or a bright-field disk from the core's BF-centre finder); the mean pattern comes
-    from :func:`napari_4dstem_ml.display.mean_pattern`.
+    The navigation image is a virtual image from the core engine: a mask of ones (total
+    intensity) or the bright-field disk (centre from the core's finder, radius from the
+    convergence angle or the mean pattern).
     """
-    from ..detectors.engine import virtual_images
+    from ..detectors import engine
 
     ky, kx = data.shape[2:]
+    mean = None
     mask = np.ones((ky, kx), np.float32)
     if kind == "virtual bright field":
-        mask = _bright_field_mask(data, calibration)
-    yield ("navigation", virtual_images(data, mask))
-    gen = display.mean_pattern(data)
-    while True:
-        try:
-            yield ("progress", next(gen))
-        except StopIteration as stop:
-            yield ("mean", stop.value)
-            return
+        mean = engine.mean_pattern(data)
+        mask = bright_field_mask(mean, calibration)
+    for ev in engine.iter_virtual_images(data, mask):
+        if ev.rows_done:
+            yield ("navigation", ev.image)
+    if mean is None:
+        mean = engine.mean_pattern(data)
+    yield ("mean", np.asarray(mean, np.float32))
 
 
-def _bright_field_mask(data, calibration) -> np.ndarray:
-    """Bright-field disk mask from the core (``find_bf_centre`` + ``annular_mask``)."""
-    from ..detectors import centre, geometry
+def bright_field_mask(mean: np.ndarray, calibration=None) -> np.ndarray:
+    """Bright-field disk mask ``(ky, kx)`` for a mean pattern (core centre/radius/mask)."""
+    from ..detectors import annular_mask, bf_disk_radius, find_bf_centre
 
-    found = centre.find_bf_centre(display.mean_pattern_array(data))
-    cy, cx, r = _centre_tuple(found)
-    return np.asarray(geometry.annular_mask(data.shape[2:], (cy, cx), 0.0, r), np.float32)
-
-
-def _centre_tuple(found) -> tuple[float, float, float]:
-    """(cy, cx, radius) in pixels from whatever ``find_bf_centre`` returns."""
-    if isinstance(found, tuple) and len(found) >= 3:
-        return float(found[0]), float(found[1]), float(found[2])
-    for names in (("cy", "cx", "radius"), ("centre_y", "centre_x", "radius_px")):
-        if all(hasattr(found, n) for n in names):
-            return tuple(float(getattr(found, n)) for n in names)  # type: ignore[return-value]
-    if hasattr(found, "centre") and hasattr(found, "radius"):
-        return float(found.centre[0]), float(found.centre[1]), float(found.radius)
-    raise TypeError(f"unexpected find_bf_centre result {found!r}")
+    centre = find_bf_centre(mean)
+    px = None if calibration is None else calibration.detector_pixel_mrad
+    if px is not None and calibration.convergence_mrad:
+        r = calibration.convergence_mrad / px[0]
+    else:
+        r = bf_disk_radius(mean, centre)
+    return annular_mask(mean.shape, centre, 0.0, r)
 
 
 class BrowserWidget(QWidget):
@@ -216,11 +210,11 @@ class BrowserWidget(QWidget):
             kind,
             ds.calibration,
             _progress={"desc": f"navigation image of {name}"},
+            _start_thread=False,
+            _connect={"errored": error_reporter(f"navigation image of {name}",
+                                                self.position_label.setText)},
         )
         worker.yielded.connect(lambda item, name=name, kind=kind: self._on_result(name, kind, item))
-        worker.errored.connect(
-            lambda err: self.position_label.setText(f"navigation image of {name} failed: {err}")
-        )
         worker.finished.connect(lambda w=worker: self._on_finished(w))
         self.worker = worker
         worker.start()
@@ -235,9 +229,11 @@ class BrowserWidget(QWidget):
         if name != self.session.current:
             return
         if what == "navigation":
-            layer = self.session.show_scan_image(nav_layer_name(name), value)
+            new = nav_layer_name(name) not in self.viewer.layers
+            layer = self.session.show_scan_image(nav_layer_name(name), np.array(value))
             layer.metadata["navigation"] = kind
-            self.viewer.reset_view()
+            if new:
+                self.viewer.reset_view()
         elif what == "mean":
             layer = self.session.show_detector_image(
                 MEAN_LAYER,

@@ -31,7 +31,7 @@ from qtpy.QtWidgets import (
 )
 
 from ..detectors import geometry
-from .session import Session, guarded, on_viewer_close, session_for
+from .session import Session, error_reporter, guarded, on_viewer_close, session_for
 
 if TYPE_CHECKING:
     import napari
@@ -72,28 +72,37 @@ def ellipse_circle(corners) -> tuple[tuple[float, float], float]:
     return (float(centre[0]), float(centre[1])), float(np.mean(hi - lo) / 2)
 
 
-def detector_job(data, specs: list[DetectorSpec], with_com: bool = False):
-    """Worker generator: yields ``(names, images)`` from the core engine, then CoM if asked.
+def detector_job(data, specs: list[DetectorSpec], with_com: bool = False, descan: bool = False,
+                 scan_step=(1.0, 1.0)):
+    """Worker generator: yields ``(what, names, images)`` computed by the core engine.
 
-    For large scans the engine's strided preview (when the core has one) is yielded first.
+    For scans over 256×256 positions the engine's strided preview is yielded first. With
+    ``descan`` the BF-disk centre is tracked across the scan (core ``center_of_mass`` of the
+    BF disk + ``fit_descan``) and the masks follow it (engine ``centres=``).
     """
-    from ..detectors import engine
+    from ..detectors import center_of_mass, engine, fit_descan, integrate_com
 
     shape = tuple(data.shape[2:])
     names = [s.detector.name for s in specs]
+    centre = specs[0].centre if specs else ((shape[0] - 1) / 2, (shape[1] - 1) / 2)
+    kwargs = {}
+    if descan:
+        bf = [s for s in specs if s.detector.name == "BF"] or specs[:1]
+        if not bf:
+            raise ValueError("descan correction needs a detector (e.g. BF) to track")
+        cy, cx = center_of_mass(data, mask=bf[0].mask(shape), centre=(0.0, 0.0))
+        fit = fit_descan(cy, cx)
+        kwargs = {"centres": fit, "reference_centre": centre}
+        yield ("descan", [], fit)
     if specs:
         masks = np.stack([s.mask(shape) for s in specs])
-        preview = getattr(engine, "preview_virtual_images", None)
-        if preview is not None and data.shape[0] * data.shape[1] > 256 * 256:
-            yield ("preview", names, preview(data, masks))
-        yield ("images", names, engine.virtual_images(data, masks))
+        if data.shape[0] * data.shape[1] > 256 * 256:
+            yield ("preview", names, engine.preview_virtual_images(data, masks, **kwargs))
+        yield ("images", names, engine.virtual_images(data, masks, **kwargs))
     if with_com:
-        from ..detectors import com
-
-        cy, cx = specs[0].centre if specs else ((shape[0] - 1) / 2, (shape[1] - 1) / 2)
-        comy, comx = com.center_of_mass(data, centre=(cy, cx))
+        comy, comx = center_of_mass(data, centre=centre, **kwargs)
         yield ("images", ["CoM y", "CoM x"], np.stack([comy, comx]))
-        yield ("images", ["iCoM"], np.asarray(com.integrate_com(comy, comx))[None])
+        yield ("images", ["iCoM"], integrate_com(comy, comx, step=scan_step)[None])
 
 
 class DetectorsWidget(QWidget):
@@ -120,6 +129,7 @@ class DetectorsWidget(QWidget):
             box.setSuffix(" px")
         self.presets_button = QPushButton("Add BF / ABF / ADF / HAADF")
         self.centre_button = QPushButton("Auto centre (BF disk)")
+        self.descan = QCheckBox("descan correction (masks follow the BF disk)")
         self.custom_box = QComboBox()
         self.custom_button = QPushButton("Add custom")
         self.com_box = QCheckBox("centre of mass (CoM x/y, iCoM)")
@@ -138,6 +148,7 @@ class DetectorsWidget(QWidget):
         layout = QVBoxLayout(self)
         layout.addLayout(form)
         layout.addWidget(self.centre_button)
+        layout.addWidget(self.descan)
         layout.addWidget(self.presets_button)
         layout.addLayout(custom_row)
         layout.addWidget(self.com_box)
@@ -153,11 +164,7 @@ class DetectorsWidget(QWidget):
         self.centre_button.clicked.connect(self.auto_centre)
         self.custom_button.clicked.connect(self._on_add_custom)
         self.com_box.toggled.connect(lambda _: self.schedule())
-        try:
-            from ..detectors import com  # noqa: F401
-        except ImportError:
-            self.com_box.setEnabled(False)
-            self.com_box.setToolTip("needs the core's detectors.com module")
+        self.descan.toggled.connect(lambda _: self.schedule())
         self.custom_box.installEventFilter(self)  # refresh choices when opened
         self.session.dataset_changed.connect(self._on_dataset)
         on_viewer_close(napari_viewer, self.teardown)
@@ -253,16 +260,15 @@ class DetectorsWidget(QWidget):
 
     def auto_centre(self) -> None:
         """Centre from the core's BF-disk finder on the mean pattern; moves all detectors."""
-        from .. import display
-        from ..detectors import centre as centre_mod
-        from .browser import _centre_tuple
+        from ..detectors import bf_disk_radius, find_bf_centre, mean_pattern
 
         ds = self.session.dataset
         if ds is None:
             return
         try:
-            mean = display.mean_pattern_array(ds.data)
-            cy, cx, r = _centre_tuple(centre_mod.find_bf_centre(mean))
+            mean = mean_pattern(ds.data, step=max(1, min(ds.scan_shape) // 32))
+            cy, cx = find_bf_centre(mean)
+            r = bf_disk_radius(mean, (cy, cx))
         except Exception as err:  # noqa: BLE001 - shown to the user
             show_error(f"auto centre failed: {err}")
             return
@@ -367,11 +373,14 @@ class DetectorsWidget(QWidget):
         with_com = self.com_box.isChecked()
         if not specs and not with_com:
             return None
+        scan_step = ds.calibration.scan_step or (1.0, 1.0)
         worker = create_worker(
-            guarded(detector_job), ds.data, specs, with_com, _progress={"desc": "virtual images"}
+            guarded(detector_job), ds.data, specs, with_com, self.descan.isChecked(), scan_step,
+            _progress={"desc": "virtual images"},
+            _start_thread=False,
+            _connect={"errored": error_reporter("virtual images", self.status.setText)},
         )
         worker.yielded.connect(self._on_images)
-        worker.errored.connect(lambda err: self.status.setText(f"virtual images failed: {err}"))
         worker.finished.connect(self._on_finished)
         self.worker = worker
         worker.start()
@@ -385,6 +394,11 @@ class DetectorsWidget(QWidget):
 
     def _on_images(self, item) -> None:
         what, names, images = item
+        if what == "descan":
+            self.status.setText(
+                f"descan fit: rms {images.rms:.2f} px, {images.n_outliers} outliers"
+            )
+            return
         for name, img in zip(names, images):
             layer_name = name if name.startswith(("CoM", "iCoM")) else image_layer_name(name)
             layer = self.session.show_scan_image(layer_name, np.asarray(img))

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 from napari.components import ViewerModel
+from napari.utils.notifications import show_error
 from psygnal import Signal
 from qtpy.QtCore import QEvent, QObject, QTimer
 
@@ -295,6 +296,17 @@ def guarded(func):
             raise JobError(f"{type(err).__name__}: {err}") from err
 
     return wrapper
+
+
+def error_reporter(what: str, set_text):
+    """An ``errored`` slot: a notification plus the message in the widget's status line."""
+
+    def on_error(err: BaseException) -> None:
+        msg = f"{what} failed: {err}"
+        set_text(msg)
+        show_error(msg)
+
+    return on_error
 
 
 _SESSIONS: dict[int, Session] = {}

@@ -30,7 +30,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from .session import Session, guarded, on_viewer_close, session_for
+from .session import Session, error_reporter, guarded, on_viewer_close, session_for
 
 if TYPE_CHECKING:
     import napari
@@ -241,9 +241,10 @@ class TrainingWidget(QWidget):
             guarded(train_job), ds, label, kind, self.cluster.value(), self.epochs.value(),
             self.lr.value(), self.batch.value(), self.cancel,
             _progress={"desc": f"training {kind} on {name}"},
+            _start_thread=False,
+            _connect={"errored": error_reporter("training", self.readout.setText)},
         )
         worker.yielded.connect(self._on_event)
-        worker.errored.connect(lambda err: self.readout.setText(f"training failed: {err}"))
         worker.finished.connect(self._on_finished)
         self.worker = worker
         self.start_button.setEnabled(False)
@@ -351,7 +352,10 @@ class TrainingWidget(QWidget):
             return None
         ds = self.session.datasets[name]
         worker = create_worker(guarded(predict_job), self.result.model, self.result.preprocessor, ds,
-                               _progress={"desc": f"reconstructing {name}"})
+                               _progress={"desc": f"reconstructing {name}"},
+                               _start_thread=False,
+            _connect={"errored": error_reporter(f"reconstruction of {name}",
+                                                                   self.readout.setText)})
 
         def on_event(ev, name=name):
             layer = self.session.show_scan_image(
@@ -368,9 +372,6 @@ class TrainingWidget(QWidget):
 
         worker.yielded.connect(on_event)
         worker.returned.connect(on_return)
-        worker.errored.connect(
-            lambda err: self.readout.setText(f"reconstruction of {name} failed: {err}")
-        )
         self.apply_worker = worker
         worker.start()
         return worker

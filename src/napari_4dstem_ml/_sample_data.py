@@ -1,0 +1,69 @@
+"""npe2 sample data: the MoS2 training sample and the PrScO3 test sample.
+
+Each returns the lazy 4D layer plus the 2D scan-plane images, all calibrated in Å: the label
+on its own grid (its pixel size as ``scale``, its origin as ``translate``, so it overlays the
+scan field), the ground truth and the conventional ADF image (``scale`` = scan step). When a
+napari viewer is current, the 4D-STEM browser is docked too, so the 4D data set goes to the
+diffraction view and the main canvas stays the scan plane.
+"""
+
+from __future__ import annotations
+
+from ._reader import layer_data
+
+SCAN_AXES = ("y", "x")
+
+
+def _dock_browser() -> None:
+    try:
+        import napari
+
+        viewer = napari.current_viewer()
+        if viewer is not None:
+            from .widgets.session import session_for
+
+            session_for(viewer)  # adopts the 4D layer when it is added
+            viewer.window.add_plugin_dock_widget("napari-4dstem-ml", "4D-STEM browser")
+    except Exception:  # noqa: BLE001 - docking is a convenience, never a failure
+        pass
+
+
+def sample_layers(key: str) -> list[tuple]:
+    """Layer data tuples of sample ``key`` ("mos2" or "prsco3")."""
+    from .dataset import napari_unit
+    from .display import robust_limits
+    from .samples import SAMPLES, load_sample
+
+    s = load_sample(key)
+    ds = s.dataset
+    title = SAMPLES[key].display_name.split(" (")[0]
+    step = ds.calibration.scan_step_A or (1.0, 1.0)
+    unit = napari_unit("A") if ds.calibration.scan_step_A else "pixel"
+    scan = {"scale": step, "units": (unit, unit), "axis_labels": SCAN_AXES}
+    px = float(s.label_pixel_size_A)
+    layers = [
+        layer_data(ds, f"{title} 4D-STEM"),
+        (s.ground_truth, {"name": f"{title} ground truth", "colormap": "gray", "visible": False,
+                          "contrast_limits": robust_limits(s.ground_truth), **scan}, "image"),
+        (s.adf, {"name": f"{title} ADF ({s.adf_inner_mrad:.0f}-{s.adf_outer_mrad:.0f} mrad)",
+                 "colormap": "gray", "contrast_limits": robust_limits(s.adf), **scan}, "image"),
+        (s.label, {"name": f"{title} label ({s.label_method})", "colormap": "gray",
+                   "scale": (px, px), "translate": tuple(s.label_origin_A),
+                   "units": (unit, unit), "axis_labels": SCAN_AXES,
+                   "contrast_limits": robust_limits(s.label),
+                   "metadata": {"label_pixel_size_A": px, "label_origin_A": s.label_origin_A}},
+         "image"),
+    ]
+    return layers
+
+
+def sample_mos2() -> list[tuple]:
+    """MoS2 monolayer (training, with ptychography label)."""
+    _dock_browser()
+    return sample_layers("mos2")
+
+
+def sample_prsco3() -> list[tuple]:
+    """PrScO3 thick cross-section (test)."""
+    _dock_browser()
+    return sample_layers("prsco3")

@@ -1,0 +1,57 @@
+"""BF-disk centre, radius and descan fit on synthetic data with known answers."""
+
+import numpy as np
+import pytest
+
+from napari_4dstem_ml.detectors.centre import (
+    CentreError,
+    DescanFit,
+    bf_disk_radius,
+    find_bf_centre,
+    fit_descan,
+)
+
+
+def _disk(shape, cy, cx, r, level=100.0, bg=2.0, oversample=8):
+    """Anti-aliased disk: each pixel's area fraction inside the circle (sub-sampled)."""
+    o = oversample
+    sub = (np.arange(o) + 0.5) / o - 0.5
+    yy = np.arange(shape[0])[:, None, None, None] + sub[None, None, :, None]
+    xx = np.arange(shape[1])[None, :, None, None] + sub[None, None, None, :]
+    inside = ((yy - cy) ** 2 + (xx - cx) ** 2 < r**2).mean(axis=(2, 3))
+    return bg + (level - bg) * inside
+
+
+@pytest.mark.parametrize("cy, cx", [(31.37, 29.81), (40.5, 20.23)])
+def test_centre_of_synthetic_disk(cy, cx):
+    rng = np.random.default_rng(0)
+    p = _disk((64, 60), cy, cx, 11.3) + rng.normal(0, 0.5, (64, 60))
+    fy, fx = find_bf_centre(p)
+    assert abs(fy - cy) < 0.05 and abs(fx - cx) < 0.05
+    assert abs(bf_disk_radius(p, (fy, fx)) - 11.3) < 0.15
+
+
+def test_flat_pattern_raises():
+    with pytest.raises(CentreError):
+        find_bf_centre(np.ones((16, 16)))
+    with pytest.raises(CentreError):
+        find_bf_centre(np.ones(16))
+
+
+def test_descan_fit_recovers_planted_plane_despite_outliers():
+    rng = np.random.default_rng(3)
+    ny, nx = 20, 25
+    yy, xx = np.meshgrid(np.arange(ny), np.arange(nx), indexing="ij")
+    cy = 30.2 + 0.031 * yy - 0.012 * xx + rng.normal(0, 0.01, (ny, nx))
+    cx = 28.7 - 0.008 * yy + 0.045 * xx + rng.normal(0, 0.01, (ny, nx))
+    bad = rng.choice(ny * nx, 8, replace=False)
+    cy.ravel()[bad] += 5.0
+    cx.ravel()[bad[:4]] -= 7.0
+    fit = fit_descan(cy, cx)
+    np.testing.assert_allclose(fit.y, (30.2, 0.031, -0.012), atol=5e-3)
+    np.testing.assert_allclose(fit.x, (28.7, -0.008, 0.045), atol=5e-3)
+    assert fit.n_outliers >= 8 and fit.rms < 0.03
+    my, mx = fit.centres((ny, nx))
+    assert my.shape == (ny, nx)
+    assert np.allclose(fit.centre_at(3, 4), (my[3, 4], mx[3, 4]))
+    assert DescanFit.from_json(fit.to_json()) == fit
