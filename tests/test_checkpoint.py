@@ -93,6 +93,10 @@ def _write(path, obj):
     return path
 
 
+class _Unsafe:
+    """A class that a weights-only load refuses to unpickle."""
+
+
 def test_bad_files_raise_clear_errors(tmp_path, data):
     config = LinearConfig(cluster_size=3)
     model, pre = _model(config, data)
@@ -101,8 +105,17 @@ def test_bad_files_raise_clear_errors(tmp_path, data):
 
     text = tmp_path / "notes.pt"
     text.write_text("not a checkpoint")
-    with pytest.raises(CheckpointError, match="notes.pt.*not a readable torch"):
+    with pytest.raises(CheckpointError, match="notes.pt.*not a readable torch") as info:
         load_checkpoint(text)
+    # one short line naming the file; PyTorch's long explanation stays in the chained cause
+    msg = str(info.value)
+    assert "\n" not in msg and len(msg) < len(str(text)) + 120
+    assert "not a napari-4dstem-ml checkpoint" in msg and info.value.__cause__ is not None
+    pickled = tmp_path / "pickled.pt"
+    torch.save({"obj": _Unsafe()}, pickled)
+    with pytest.raises(CheckpointError, match="pickled.pt.*pickled Python objects") as info:
+        load_checkpoint(pickled)
+    assert "\n" not in str(info.value)
     truncated = tmp_path / "trunc.pt"
     truncated.write_bytes(good.read_bytes()[:200])
     with pytest.raises(CheckpointError, match="trunc.pt"):

@@ -60,6 +60,12 @@ def test_clusters_equal_brute_force_reflect_padding(k, lazy, cache):
     # the padded tile used for predict_field
     tile = src.padded_tile(2, 6, k)
     np.testing.assert_allclose(tile, padded[2 : 6 + 2 * h], rtol=1e-6)
+    # an arbitrary rectangle of the padded field (the input of a training patch)
+    ry = reflect_index(np.arange(3 - h, 7 + h), 9)
+    rx = reflect_index(np.arange(-h, 4 + h), 11)
+    rect = src.rect(ry, rx)
+    assert rect.shape == (4 + 2 * h, 4 + 2 * h, 6, 6) and rect.dtype == np.float32
+    np.testing.assert_allclose(rect, padded[3 : 7 + 2 * h, 0 : 4 + 2 * h], rtol=1e-6)
 
 
 def test_cluster_size_checks():

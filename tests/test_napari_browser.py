@@ -14,8 +14,9 @@ pytestmark = pytest.mark.gui
 def _dataset(ny=6, nx=5, k=16, seed=0) -> Dataset4D:
     rng = np.random.default_rng(seed)
     data = rng.random((ny, nx, k, k), dtype=np.float32)
-    cal = Calibration(scan_step=(0.4, 0.5), detector_pixel=(0.8, 0.8), energy_ev=300e3,
-                      convergence_mrad=4.0)
+    cal = Calibration(
+        scan_step=(0.4, 0.5), detector_pixel=(0.8, 0.8), energy_ev=300e3, convergence_mrad=4.0
+    )
     return Dataset4D(data, cal)
 
 

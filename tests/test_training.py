@@ -142,7 +142,8 @@ def test_training_never_mixes_train_and_validation_patterns(syn, monkeypatch):
         return orig(self, ys, xs, k)
 
     monkeypatch.setattr(PatternSource, "clusters", spy)  # only training batches use clusters()
-    _, res = _drain(_small_run(syn, preview_every=0, max_steps=30, epochs=1, batch_size=64))
+    _, res = _drain(_small_run(syn, preview_every=0, max_steps=30, epochs=1, batch_size=64,
+                               sampling="clusters"))
     k, shape = 3, syn.label.shape
     tr, va = RegionSplit().positions(shape, k)
     req = np.array(requested)
@@ -165,10 +166,119 @@ def test_training_never_mixes_train_and_validation_patterns(syn, monkeypatch):
     mask[:, :3] = False
     requested.clear()
     gen = train(syn.dataset, syn.label, LinearConfig(cluster_size=3), PreprocessConfig(),
-                TrainConfig(epochs=1, batch_size=64, num_threads=1, preview_every=0, max_steps=5),
+                TrainConfig(epochs=1, batch_size=64, num_threads=1, preview_every=0, max_steps=5,
+                            sampling="clusters"),
                 label_mask=mask)
     _drain(gen)
     assert min(x for _, x in requested) >= 3
+
+
+@pytest.mark.parametrize(
+    ("model_config", "sampling"),
+    [
+        (LinearConfig(cluster_size=3), "patches"),
+        (LinearConfig(cluster_size=3), "clusters"),
+        (CNN4dConfig(cluster_size=5, channels=(2, 2), dropout=0.5), "patches"),
+    ],
+)
+def test_validation_patterns_never_change_training(syn, monkeypatch, model_config, sampling):
+    """Replacing every pattern outside the training region by noise (after preprocessing)
+    leaves the trained weights bit-for-bit unchanged."""
+    orig_fill = PatternSource.fill_cache
+
+    def run(perturb):
+        def fill(self, *a, **kw):
+            yield from orig_fill(self, *a, **kw)
+            if perturb:
+                tr, _ = RegionSplit().region_masks(self.scan_shape)
+                noise = np.random.default_rng(5).normal(size=self.cache[~tr].shape) * 100
+                self.cache[~tr] = noise.astype(np.float32)
+
+        monkeypatch.setattr(PatternSource, "fill_cache", fill)
+        cfg = TrainConfig(epochs=1, lr=0.01, batch_size=64, num_threads=1, preview_every=0,
+                          max_steps=6, sampling=sampling, patch_size=6, schedule="none")
+        gen = train(syn.dataset, syn.label, model_config, PreprocessConfig(), cfg)
+        events, res = _drain(gen)
+        return res, [e.train_loss for e in events if isinstance(e, StepEvent)]
+
+    (res_a, loss_a), (res_b, loss_b) = run(False), run(True)
+    assert res_a.train_summary["sampling"] == sampling
+    assert loss_a == loss_b
+    for name, v in res_a.model.state_dict().items():
+        assert torch.equal(v, res_b.model.state_dict()[name]), name
+    # the validation loss does see the perturbation (so the perturbation took effect)
+    assert res_a.history[0]["val_loss"] != res_b.history[0]["val_loss"]
+
+
+def test_patch_sampling_trains_on_exactly_the_training_positions(syn, monkeypatch):
+    """With patches, the loss covers each training position once per epoch and nothing else;
+    every patch window has the same size; positions per step follow patches_per_step."""
+    import napari_4dstem_ml.training.loop as loop
+    from napari_4dstem_ml.training.patches import Patch
+
+    windows, kept = [], []
+    orig_input, orig_kept = loop.patch_input, Patch.kept
+
+    def spy_input(source, window, k, region):
+        windows.append(window)
+        return orig_input(source, window, k, region)
+
+    def spy_kept(self, train_pos):
+        m = orig_kept(self, train_pos)
+        kept.append((self.window, m))
+        return m
+
+    monkeypatch.setattr(loop, "patch_input", spy_input)
+    monkeypatch.setattr(Patch, "kept", spy_kept)
+    mask = np.ones(syn.label.shape, bool)
+    mask[:, :4] = False
+    cfg = TrainConfig(epochs=1, batch_size=16, num_threads=1, preview_every=0, patch_size=5,
+                      patches_per_step=3)
+    events, res = _drain(train(syn.dataset, syn.label, LinearConfig(cluster_size=3),
+                               PreprocessConfig(), cfg, label_mask=mask))
+    tr, _ = RegionSplit().positions(syn.label.shape, 3, mask)
+    assert [w for w, _ in kept] == windows
+    count = np.zeros(tr.shape, int)
+    for (y0, y1, x0, x1), m in kept:
+        assert (y1 - y0, x1 - x0) == (5, 5) and 0 <= y0 and y1 <= 48 and 0 <= x0 and x1 <= 48
+        count[y0:y1, x0:x1] += m
+    np.testing.assert_array_equal(count, tr.astype(int))
+    steps = [e for e in events if isinstance(e, StepEvent)]
+    assert sum(s.positions for s in steps) == tr.sum() == res.train_summary["positions_trained"]
+    assert len(steps) == -(-len(windows) // 3)
+
+
+def test_patch_outputs_equal_cluster_forward(syn):
+    """At training positions, a patch's masked input gives exactly what forward() gives on the
+    clusters (the zeroed patterns outside the training region feed only dropped outputs)."""
+    from napari_4dstem_ml.models import build_model
+    from napari_4dstem_ml.preprocess import Preprocessor
+    from napari_4dstem_ml.training.patches import patch_input, patch_plan
+
+    pre = Preprocessor.fit(syn.dataset, PreprocessConfig())
+    src = PatternSource(syn.dataset, pre)
+    for _ in src.fill_cache():
+        pass
+    k = 5
+    tr_pos, _ = RegionSplit().positions(syn.label.shape, k)
+    region = RegionSplit().region_masks(syn.label.shape)[0]
+    torch.manual_seed(0)
+    model = build_model(CNN4dConfig(cluster_size=k, channels=(2, 3)), tuple(pre.output_shape)).eval()
+    plan = patch_plan(tr_pos, 9, np.random.default_rng(3))
+    # patches on the scan edge and on the border with the validation region
+    last = int(np.nonzero(tr_pos.any(1))[0][-1])
+    picks = [p for p in plan if p.window[0] == 0 or p.cell[1] == last + 1][:4]
+    assert picks
+    for p in picks:
+        y0, y1, x0, x1 = p.window
+        tile = patch_input(src, p.window, k, region)
+        assert tile.shape[:2] == (y1 - y0 + k - 1, x1 - x0 + k - 1)
+        m = p.kept(tr_pos)
+        ys, xs = np.nonzero(m)
+        with torch.no_grad():
+            out = model.predict_field(torch.from_numpy(tile)).numpy()[m]
+            ref = model(torch.from_numpy(src.clusters(ys + y0, xs + x0, k))).numpy()
+        np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-5)
 
 
 def test_lazy_data_trains_like_eager(syn):

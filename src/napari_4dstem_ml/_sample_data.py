@@ -4,7 +4,8 @@ Each returns the lazy 4D layer plus the 2D scan-plane images, all calibrated in 
 on its own grid (its pixel size as ``scale``, its origin as ``translate``, so it overlays the
 scan field), the ground truth and the conventional ADF image (``scale`` = scan step). When a
 napari viewer is current, the 4D-STEM browser is docked too, so the 4D data set goes to the
-diffraction view and the main canvas stays the scan plane.
+diffraction view and the main canvas stays the scan plane: the 4D data set is then handed to
+the browser directly (not returned as a layer, which napari would first add to the scan plane).
 """
 
 from __future__ import annotations
@@ -14,18 +15,30 @@ from ._reader import layer_data
 SCAN_AXES = ("y", "x")
 
 
-def _dock_browser() -> None:
+def _browser_session():
+    """The plugin session of the current viewer, with the browser docked (or ``None``)."""
     try:
         import napari
 
         viewer = napari.current_viewer()
-        if viewer is not None:
-            from .widgets.session import session_for
+        if viewer is None:
+            return None
+        from .widgets.session import session_for
 
-            session_for(viewer)  # adopts the 4D layer when it is added
-            viewer.window.add_plugin_dock_widget("napari-4dstem-ml", "4D-STEM browser")
-    except Exception:  # noqa: BLE001 - docking is a convenience, never a failure
-        pass
+        session = session_for(viewer)
+        viewer.window.add_plugin_dock_widget("napari-4dstem-ml", "4D-STEM browser")
+        return session
+    except Exception:  # noqa: BLE001 - docking is a convenience; fall back to a 4D layer
+        return None
+
+
+def _sample(key: str) -> list[tuple]:
+    layers = sample_layers(key)
+    session = _browser_session()
+    if session is not None:
+        data, kwargs, _ = layers.pop(0)
+        session.add_dataset(kwargs["name"], kwargs["metadata"]["dataset4d"])
+    return layers
 
 
 def sample_layers(key: str) -> list[tuple]:
@@ -43,27 +56,54 @@ def sample_layers(key: str) -> list[tuple]:
     px = float(s.label_pixel_size_A)
     layers = [
         layer_data(ds, f"{title} 4D-STEM"),
-        (s.ground_truth, {"name": f"{title} ground truth", "colormap": "gray", "visible": False,
-                          "contrast_limits": robust_limits(s.ground_truth), **scan}, "image"),
-        (s.adf, {"name": f"{title} ADF ({s.adf_inner_mrad:.0f}-{s.adf_outer_mrad:.0f} mrad)",
-                 "colormap": "gray", "contrast_limits": robust_limits(s.adf), **scan}, "image"),
-        (s.label, {"name": f"{title} label ({s.label_method})", "colormap": "gray",
-                   "scale": (px, px), "translate": tuple(s.label_origin_A),
-                   "units": (unit, unit), "axis_labels": SCAN_AXES,
-                   "contrast_limits": robust_limits(s.label),
-                   "metadata": {"label_pixel_size_A": px, "label_origin_A": s.label_origin_A}},
-         "image"),
+        (
+            s.ground_truth,
+            {
+                "name": f"{title} ground truth",
+                "colormap": "gray",
+                "visible": False,
+                "contrast_limits": robust_limits(s.ground_truth),
+                **scan,
+            },
+            "image",
+        ),
+        (
+            s.adf,
+            {
+                "name": f"{title} ADF ({s.adf_inner_mrad:.0f}-{s.adf_outer_mrad:.0f} mrad)",
+                "colormap": "gray",
+                "contrast_limits": robust_limits(s.adf),
+                **scan,
+            },
+            "image",
+        ),
+        (
+            s.label,
+            {
+                "name": f"{title} label ({s.label_method.split(':')[0][:32]})",
+                "colormap": "gray",
+                "scale": (px, px),
+                "translate": tuple(s.label_origin_A),
+                "units": (unit, unit),
+                "axis_labels": SCAN_AXES,
+                "contrast_limits": robust_limits(s.label),
+                "metadata": {
+                    "label_pixel_size_A": px,
+                    "label_origin_A": s.label_origin_A,
+                    "label_method": s.label_method,
+                },
+            },
+            "image",
+        ),
     ]
     return layers
 
 
 def sample_mos2() -> list[tuple]:
     """MoS2 monolayer (training, with ptychography label)."""
-    _dock_browser()
-    return sample_layers("mos2")
+    return _sample("mos2")
 
 
 def sample_prsco3() -> list[tuple]:
     """PrScO3 thick cross-section (test)."""
-    _dock_browser()
-    return sample_layers("prsco3")
+    return _sample("prsco3")

@@ -47,9 +47,7 @@ def sample_positions(scan_shape: tuple[int, int], n: int = 8) -> list[tuple[int,
     return pos[: max(1, n)]
 
 
-def robust_limits(
-    values, low: float = 0.5, high: float = 99.95
-) -> tuple[float, float]:
+def robust_limits(values, low: float = 0.5, high: float = 99.95) -> tuple[float, float]:
     """Percentile contrast limits of ``values`` ignoring NaN; a non-empty range always."""
     v = np.asarray(values, dtype=np.float32).ravel()
     v = v[np.isfinite(v)]

@@ -311,24 +311,75 @@ def _mask_runs(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np
     return sr.astype(np.int64), sc.astype(np.int64), lens.astype(np.int64), weights
 
 
-#: several masks use the sparse kernel when their nonzeros are below this fraction of M × pixels
-SPARSE_FRACTION = 0.5
+#: non-float32 data uses the run kernel for several masks when its estimated cost (nonzero pixels
+#: plus this many pixels' worth per run) is below the fused dense kernel's (pixels of each mask's
+#: bounding detector rows, vectorised: ~1/16 of a scalar pixel's cost each)
+RUN_OVERHEAD_PX = 12
+DENSE_PX_COST = 1 / 8
+
+
+class _FusedPlan(_Plan):
+    """Non-float32 data: fused cast + dense dot per mask over its bounding detector rows (numba).
+
+    Each pattern is read from memory once; the cast never leaves the registers."""
+
+    def __init__(self, m3: np.ndarray) -> None:
+        n, ky, kx = m3.shape
+        self.n = n
+        lo, length, woff, ws, off = [], [], [], [], 0
+        for m in m3:
+            rows = np.flatnonzero(np.any(m != 0, axis=1))
+            r0, r1 = (int(rows[0]), int(rows[-1]) + 1) if rows.size else (0, 0)
+            lo.append(r0 * kx)
+            length.append((r1 - r0) * kx)
+            woff.append(off)
+            ws.append(m[r0:r1].ravel())
+            off += (r1 - r0) * kx
+        self.lo = np.asarray(lo, np.int64)
+        self.length = np.asarray(length, np.int64)
+        self.woff = np.asarray(woff, np.int64)
+        self.weights = np.ascontiguousarray(np.concatenate(ws), dtype=np.float32)
+
+    @staticmethod
+    def cost(m3: np.ndarray) -> float:
+        rows = np.any(m3 != 0, axis=2)  # (n, ky)
+        total = 0
+        for r in rows:
+            idx = np.flatnonzero(r)
+            total += (idx[-1] + 1 - idx[0]) * m3.shape[2] if idx.size else 0
+        return total * DENSE_PX_COST
+
+    def apply(self, block: np.ndarray, out: np.ndarray, y0: int, x0: int) -> None:
+        a, b = block.shape[:2]
+        if a * b == 0:
+            return
+        p3 = _patterns_2d(block)
+        p2 = p3.reshape(p3.shape[0], -1)
+        res = np.empty((self.n, p2.shape[0]), np.float32)
+        _kernels().masked_dots(p2, self.lo, self.length, self.woff, self.weights, res)
+        out[...] = res.reshape(self.n, a, b)
+
+
+def _runs_cost(m3: np.ndarray) -> float:
+    nz = m3 != 0
+    starts = np.count_nonzero(nz[..., 1:] & ~nz[..., :-1]) + np.count_nonzero(nz[..., 0])
+    return float(np.count_nonzero(nz) + RUN_OVERHEAD_PX * starts)
 
 
 def _choose_plan(m3: np.ndarray, dtype: np.dtype | None = None) -> _Plan:
-    """Dense BLAS product, or the fused sparse run kernel (numba: cast + masked dot in one pass).
+    """BLAS product for float32 data, a fused numba kernel for other native numeric dtypes.
 
-    float32 data with one mask (or dense masks) goes to BLAS. Other native numeric dtypes go to
-    the fused kernel (no cast copy, one thread pool: alternating numba and BLAS thread pools per
-    cache-sized block was slow on a busy machine). Several sparse masks (annuli) also use it:
-    sgemm with a handful of columns is compute-bound, the run kernel's cost scales with the total
-    number of nonzero mask pixels.
+    float32: one matrix product ``(patterns × pixels) @ (pixels × masks)`` per band (gemv for one
+    mask) — memory-bound, all masks in one pass. Other native numeric dtypes (uint16, int32,
+    float64, ...): the fused cast + dense dot kernel (no cast copy), or for many small sparse
+    masks (thin annuli) the fused run kernel, whichever is estimated cheaper. Anything else
+    (byte-swapped data) is cast in cache-sized blocks and goes to BLAS.
     """
-    if dtype is not None and dtype != np.float32 and dtype.isnative and dtype.kind in "iuf":
+    if dtype is None or dtype == np.float32 or not (dtype.isnative and dtype.kind in "iuf"):
+        return _DensePlan(m3)
+    if len(m3) > 1 and _runs_cost(m3) < _FusedPlan.cost(m3):
         return _RunsPlan(m3, None, None, 1.0)
-    if len(m3) > 1 and np.count_nonzero(m3) < SPARSE_FRACTION * m3.size:
-        return _RunsPlan(m3, None, None, 1.0)
-    return _DensePlan(m3)
+    return _FusedPlan(m3)
 
 
 class _RunsPlan(_Plan):

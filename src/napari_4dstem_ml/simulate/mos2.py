@@ -171,18 +171,18 @@ def _sample_periodic(img: np.ndarray, sampling: tuple[float, float], y_A, x_A, o
     return map_coordinates(img, [gy, gx], order=order, mode="grid-wrap")
 
 
-def label_from_phase(phase: np.ndarray, sampling: tuple[float, float], origin_A, shape,
-                     pixel_A: float, resolution_A: float, pad_A: float,
+def label_from_phase(phase: np.ndarray, sampling: tuple[float, float], origin_A,
+                     scan_extent_A: tuple[float, float], pixel_A: float, resolution_A: float, pad_A: float,
                      offset_A: tuple[float, float]):
-    """Blurred exact phase on its own grid: returns (image, label origin relative to scan (0,0)).
-
-    The Gaussian low-pass transfers 10 % at spatial frequency 1/``resolution_A``."""
+    """Blurred exact phase on its own grid covering ``scan_extent_A`` (first to last scan
+    position, Å) plus ``pad_A`` on every side: returns (image, label origin relative to scan
+    position (0, 0)). ``origin_A`` is scan position (0, 0) in the phase's frame. The Gaussian low-pass transfers 10 % at spatial frequency 1/``resolution_A``."""
     from scipy.ndimage import gaussian_filter
 
     q = 1.0 / resolution_A
     sig = np.sqrt(np.log(10.0) / (2 * np.pi**2 * q**2))
     blurred = gaussian_filter(phase, sigma=(sig / sampling[0], sig / sampling[1]), mode="wrap")
-    ext = (np.asarray(shape) - 1) * np.asarray(pixel_A)
+    ext = np.asarray(scan_extent_A, float)
     lab_origin = (-pad_A + offset_A[0], -pad_A + offset_A[1])
     n = (int(round((ext[0] + 2 * pad_A) / pixel_A)) + 1, int(round((ext[1] + 2 * pad_A) / pixel_A)) + 1)
     ly = origin_A[0] + lab_origin[0] + np.arange(n[0]) * pixel_A
@@ -217,7 +217,8 @@ def simulate_mos2(cfg: MoS2Config, out: str | Path, log: Callable[[str], None] =
     x_A = origin[1] + np.arange(nx) * cfg.scan_step_A
     gt = _sample_periodic(proj, pot_sampling, y_A, x_A)
     sigma = energy2sigma(cfg.energy_ev)
-    label, lab_origin = label_from_phase(sigma * proj, pot_sampling, origin, (ny, nx),
+    extent = ((ny - 1) * cfg.scan_step_A, (nx - 1) * cfg.scan_step_A)
+    label, lab_origin = label_from_phase(sigma * proj, pot_sampling, origin, extent,
                                          cfg.label_pixel_A, cfg.label_resolution_A,
                                          cfg.label_pad_A, cfg.label_offset_A)
     vac = np.array([[(site[0] - origin[0]) / cfg.scan_step_A, (site[1] - origin[1]) / cfg.scan_step_A]])
@@ -243,7 +244,7 @@ def simulate_mos2(cfg: MoS2Config, out: str | Path, log: Callable[[str], None] =
         "slice_thickness_A": cfg.slice_thickness_A, "parametrization": "lobato",
         "scan_origin_in_cell_A": list(origin), "label_method": LABEL_METHOD_EXACT,
         "training_region": "upper half (rows < scan_y/2)", "config": json.dumps(cfg.to_dict()),
-        "simulation_seconds": round(t_sim, 1),
+        "multislice_seconds_this_run": round(t_sim, 1),  # ~0 when resumed from the cache
     }
     arrays = SampleArrays(
         counts=counts, scan_step_A=step, detector_pixel_mrad=(cfg.detector.pixel_mrad,) * 2,

@@ -2,6 +2,7 @@
 
 - ``clusters``: K×K neighbourhoods of patterns, ``RegionSplit``, ``PatternSource``.
 - ``loop``: ``train(...)`` generator of events, ``TrainConfig``, ``TrainResult``, ``run_training``.
+- ``patches``: scan patches for fully convolutional training (``patch_plan``, ``patch_input``).
 - ``inference``: ``predict`` / ``iter_predict`` (tiled, bounded memory, label units).
 - ``checkpoint``: ``save_checkpoint`` (atomic, one file) / ``load_checkpoint``, ``CheckpointError``.
 - ``synthetic``: ``make_synthetic`` test data with a known answer.

@@ -143,7 +143,9 @@ def load_checkpoint(path: str | os.PathLike, *, device: Any = "cpu") -> LoadedMo
     try:
         obj = torch.load(path, map_location=device, weights_only=True)
     except (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError, ValueError, OSError) as e:
-        raise CheckpointError(f"{path} is not a readable torch checkpoint file ({e})") from e
+        raise CheckpointError(
+            f"{path} is not a napari-4dstem-ml checkpoint ({_load_failure_reason(e)})"
+        ) from e
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         tag = obj.get("format") if isinstance(obj, dict) else type(obj).__name__
         raise CheckpointError(f"{path} is not a napari-4dstem-ml checkpoint (format tag {tag!r})")
@@ -175,3 +177,15 @@ def load_checkpoint(path: str | os.PathLike, *, device: Any = "cpu") -> LoadedMo
     model.eval()
     info = {k: v for k, v in config.items() if k not in ("model", "preprocessor")}
     return LoadedModel(model=model, model_config=model_config, preprocessor=pre, info=info)
+
+
+def _load_failure_reason(e: BaseException) -> str:
+    """A short reason for a failed ``torch.load(weights_only=True)`` (PyTorch's own message
+    spans many lines; the original exception stays chained)."""
+    text = str(e)
+    if "Unsupported global" in text:
+        return "it holds pickled Python objects, which are never loaded"
+    if "Weights only load failed" in text or not text.strip():
+        return "not a readable torch file"
+    first = text.strip().splitlines()[0]
+    return f"not a readable torch file: {first[:120]}"

@@ -283,6 +283,19 @@ class PatternSource:
         pats = self.preprocessor.transform(raw)
         return pats[inv].reshape(len(ry), k, k, *self.pattern_shape)
 
+    def rect(self, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
+        """Preprocessed patterns on the grid ``ys × xs`` (any order, repeats allowed) → a new
+        float32 array ``(len(ys), len(xs), oy, ox)``."""
+        ys = np.asarray(ys, dtype=np.int64)
+        xs = np.asarray(xs, dtype=np.int64)
+        if self.cache is not None:
+            return self.cache[np.ix_(ys, xs)]
+        nx = self.scan_shape[1]
+        flat = (ys[:, None] * nx + xs[None, :]).ravel()
+        uniq, inv = np.unique(flat, return_inverse=True)
+        pats = self.preprocessor.transform(_gather(self.dataset.data, uniq // nx, uniq % nx))
+        return np.asarray(pats[inv], np.float32).reshape(len(ys), len(xs), *self.pattern_shape)
+
     def padded_tile(self, y0: int, y1: int, k: int) -> np.ndarray:
         """Rows ``y0:y1`` with a K//2 reflected halo on all sides →
         ``(y1 - y0 + K - 1, Nx + K - 1, oy, ox)``, the input of ``model.predict_field``."""

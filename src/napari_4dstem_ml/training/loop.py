@@ -25,6 +25,7 @@ from ..dataset import Dataset4D
 from ..preprocess import PreprocessConfig, Preprocessor
 from .clusters import PatternSource, RegionSplit, check_cluster_size, default_tile_rows
 from .inference import iter_predict_source, resolve_device
+from .patches import patch_input, patch_plan
 
 __all__ = [
     "DoneEvent",
@@ -41,6 +42,7 @@ __all__ = [
 ]
 
 LOSSES = ("mse", "l1")
+SAMPLINGS = ("auto", "patches", "clusters")
 SCHEDULES = ("none", "cosine", "plateau")
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -54,7 +56,13 @@ class TrainConfig:
     """Training settings.
 
     ``epochs`` passes over the training positions (``steps_per_epoch`` caps a pass; ``None``:
-    all positions); ``batch_size`` clusters per step; ``lr`` Adam learning rate,
+    all positions); ``sampling``: ``"patches"`` (each step runs the fully convolutional
+    ``model.predict_field`` on ``patches_per_step`` random scan patches of up to
+    ``patch_size``² output positions, the loss taken over their training positions; each
+    pattern passes through the first layer once), ``"clusters"`` (``batch_size`` separate K×K
+    clusters per step through ``model.forward``) or ``"auto"`` (patches for K > 1, else
+    clusters); ``batch_size`` clusters per step, and with patches the default
+    ``patches_per_step`` (``None``: ``ceil(batch_size / patch_size²)``); ``lr`` Adam learning rate,
     ``weight_decay``; ``loss`` ``"mse"|"l1"``; ``schedule`` ``"none"|"cosine"`` (per step, to
     ``lr·min_lr_fraction``) ``|"plateau"`` (halve the rate after ``plateau_patience`` epochs
     without improvement); ``patience`` epochs without validation improvement before early
@@ -67,6 +75,9 @@ class TrainConfig:
 
     epochs: int = 20
     batch_size: int = 64
+    sampling: str = "auto"
+    patch_size: int = 8
+    patches_per_step: int | None = None
     lr: float = 1e-3
     weight_decay: float = 0.0
     loss: str = "mse"
@@ -94,6 +105,8 @@ class TrainConfig:
 
         pos_int("epochs")
         pos_int("batch_size")
+        pos_int("patch_size")
+        pos_int("patches_per_step", True)
         pos_int("plateau_patience")
         pos_int("patience", True)
         pos_int("seed", minimum=0)
@@ -108,6 +121,8 @@ class TrainConfig:
             raise TrainError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
         if not 0 < float(self.min_lr_fraction) <= 1:
             raise TrainError(f"min_lr_fraction must be in (0, 1], got {self.min_lr_fraction!r}")
+        if self.sampling not in SAMPLINGS:
+            raise TrainError(f"sampling must be one of {SAMPLINGS}, got {self.sampling!r}")
         if self.loss not in LOSSES:
             raise TrainError(f"loss must be one of {LOSSES}, got {self.loss!r}")
         if self.schedule not in SCHEDULES:
@@ -142,12 +157,14 @@ class PrepareEvent:
 
 @dataclass(frozen=True)
 class StepEvent:
-    """One optimiser step: the batch's training loss (standardised label units)."""
+    """One optimiser step: the batch's training loss (standardised label units) over
+    ``positions`` training positions."""
 
     step: int
     epoch: int
     train_loss: float
     elapsed_s: float
+    positions: int = 0
 
 
 @dataclass(frozen=True)
@@ -286,8 +303,13 @@ def train(
     covered positions. ``split`` (default: upper half trains, lower half validates).
     ``preprocessor``: a fitted one to reuse (else fitted with ``preprocess_config``).
     ``cancel``: optional object whose ``is_set()`` stops training between steps.
+
+    No validation pattern influences a training step: training positions' clusters lie
+    entirely in the training region, and patch inputs have every pattern outside the training
+    region zeroed (those only feed outputs that are left out of the loss).
     """
     import torch
+    import torch.nn.functional as F
 
     from ..models import build_model
 
@@ -297,6 +319,8 @@ def train(
     label, coverage = _check_label(label, label_mask, scan_shape)
     k = check_cluster_size(int(model_config.cluster_size), scan_shape)
     train_pos, val_pos = split.positions(scan_shape, k, coverage)
+    train_region = split.region_masks(scan_shape)[0]
+    sampling = cfg.sampling if cfg.sampling != "auto" else ("patches" if k > 1 else "clusters")
     ty, tx = np.nonzero(train_pos)
     vy, vx = np.nonzero(val_pos)
     if len(ty) == 0:
@@ -330,15 +354,33 @@ def train(
         model = build_model(model_config, tuple(pre.output_shape)).to(device)
         opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         loss_fn = torch.nn.MSELoss() if cfg.loss == "mse" else torch.nn.L1Loss()
-        n_batches = math.ceil(len(ty) / cfg.batch_size)
+        loss_sum = F.mse_loss if cfg.loss == "mse" else F.l1_loss
+        pps = cfg.patches_per_step or max(1, math.ceil(cfg.batch_size / cfg.patch_size**2))
+
+        def epoch_groups() -> list:
+            """This epoch's steps: lists of patches, or sorted index arrays into (ty, tx)."""
+            if sampling == "patches":
+                plan = patch_plan(train_pos, cfg.patch_size, rng)
+                groups = [plan[i : i + pps] for i in range(0, len(plan), pps)]
+            else:
+                perm = rng.permutation(len(ty))
+                groups = [np.sort(perm[i : i + cfg.batch_size]) for i in range(0, len(perm), cfg.batch_size)]
+            return groups[: cfg.steps_per_epoch] if cfg.steps_per_epoch is not None else groups
+
+        if sampling == "patches":  # grid offsets vary per epoch: a close estimate of the count
+            n_patches = len(patch_plan(train_pos, cfg.patch_size, np.random.default_rng(0)))
+            n_batches = math.ceil(n_patches / pps)
+        else:
+            n_batches = math.ceil(len(ty) / cfg.batch_size)
         if cfg.steps_per_epoch is not None:
             n_batches = min(n_batches, cfg.steps_per_epoch)
         total_steps = n_batches * cfg.epochs
         if cfg.max_steps is not None:
             total_steps = min(total_steps, cfg.max_steps)
         if cfg.schedule == "cosine":
-            sched = torch.optim.lr_scheduler.CosineAnnealingLR(
-                opt, T_max=max(1, total_steps), eta_min=cfg.lr * cfg.min_lr_fraction
+            t_max, floor = max(1, total_steps), cfg.min_lr_fraction
+            sched = torch.optim.lr_scheduler.LambdaLR(  # cosine to lr·floor, then flat
+                opt, lambda i: floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(i, t_max) / t_max))
             )
         elif cfg.schedule == "plateau":
             sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
@@ -350,10 +392,32 @@ def train(
         val_target = target[vy, vx]
         val_label = label[vy, vx]
 
-        def batch(ys, xs):
+        def step_clusters(idx) -> tuple[float, int]:
+            """Forward/backward of the clusters at training positions ``idx``."""
+            ys, xs = ty[idx], tx[idx]
             x = torch.from_numpy(np.ascontiguousarray(source.clusters(ys, xs, k))).to(device)
             y = torch.from_numpy(target[ys, xs]).to(device)
-            return x, y
+            loss = loss_fn(model(x), y)
+            loss.backward()
+            return float(loss.detach()), len(idx)
+
+        def step_patches(patches) -> tuple[float, int]:
+            """Forward/backward of ``model.predict_field`` on each patch window, the loss the
+            mean over the training positions of all their cells (one backward per patch
+            bounds the memory)."""
+            kept = [p.kept(train_pos) for p in patches]
+            n = int(sum(int(m.sum()) for m in kept))
+            total = 0.0
+            for p, m in zip(patches, kept):
+                y0, y1, x0, x1 = p.window
+                x = torch.from_numpy(patch_input(source, p.window, k, train_region))
+                out = model.predict_field(x.to(device))
+                mt = torch.from_numpy(m).to(device)
+                y = torch.from_numpy(target[y0:y1, x0:x1][m]).to(device)
+                loss = loss_sum(out[mt], y, reduction="sum") / n
+                loss.backward()
+                total += float(loss.detach())
+            return total, n
 
         val_rows = np.unique(vy)
 
@@ -397,22 +461,25 @@ def train(
         stopped = "completed"
         epochs_since_best = 0
         model.train()
+        n_seen = 0
+        t_steps = 0.0
         for epoch in range(cfg.epochs):
-            perm = rng.permutation(len(ty))[: n_batches * cfg.batch_size]
             losses = []
-            for b0 in range(0, len(perm), cfg.batch_size):
-                idx = np.sort(perm[b0 : b0 + cfg.batch_size])
-                x, y = batch(ty[idx], tx[idx])
+            for group in epoch_groups():
+                t0 = time.perf_counter()
                 opt.zero_grad(set_to_none=True)
-                loss = loss_fn(model(x), y)
-                loss.backward()
+                if sampling == "patches":
+                    lv, n_pos = step_patches(group)
+                else:
+                    lv, n_pos = step_clusters(group)
                 opt.step()
                 if cfg.schedule == "cosine":
                     sched.step()
+                t_steps += time.perf_counter() - t0
                 step += 1
-                lv = float(loss.detach())
+                n_seen += n_pos
                 losses.append(lv)
-                yield StepEvent(step, epoch, lv, time.perf_counter() - t_start)
+                yield StepEvent(step, epoch, lv, time.perf_counter() - t_start, n_pos)
                 if cfg.preview_every and step % cfg.preview_every == 0:
                     yield preview(step)
                 if cancel is not None and cancel.is_set():
@@ -475,6 +542,9 @@ def train(
                 "n_train": int(len(ty)),
                 "n_val": int(len(vy)),
                 "cluster_size": k,
+                "sampling": sampling,
+                "positions_trained": int(n_seen),
+                "train_step_s": float(t_steps),
                 "label_mean": pre.label_mean,
                 "label_std": pre.label_std,
                 "train_config": cfg.to_dict(),

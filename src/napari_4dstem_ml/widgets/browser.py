@@ -27,6 +27,7 @@ from ..dataset import pretty_unit
 from .session import (
     MEAN_LAYER,
     Session,
+    compact_widget,
     error_reporter,
     guarded,
     nav_layer_name,
@@ -87,7 +88,7 @@ class BrowserWidget(QWidget):
         self.worker = None
 
         self.qt_diffraction = QtViewer(self.session.diffraction)
-        self.qt_diffraction.setMinimumHeight(260)
+        self.qt_diffraction.setMinimumSize(280, 280)
         self.session.diffraction.canvas.overlays.scale_bar.visible = True
 
         self.dataset_box = QComboBox()
@@ -123,21 +124,32 @@ class BrowserWidget(QWidget):
         s.position_changed.connect(self._on_position)
         napari_viewer.mouse_drag_callbacks.append(self._on_mouse)
 
-        def _cleanup(*_, viewer=napari_viewer, cb=self._on_mouse, slots=(
-            (s.datasets_changed, self._refresh_datasets),
-            (s.dataset_changed, self._on_dataset),
-            (s.position_changed, self._on_position),
-        )):
+        def _cleanup(
+            *_,
+            viewer=napari_viewer,
+            cb=self._on_mouse,
+            slots=(
+                (s.datasets_changed, self._refresh_datasets),
+                (s.dataset_changed, self._on_dataset),
+                (s.position_changed, self._on_position),
+            ),
+        ):
             if cb in viewer.mouse_drag_callbacks:
                 viewer.mouse_drag_callbacks.remove(cb)
             for sig, slot in slots:
                 sig.disconnect(slot)
 
         self._cleanup = _cleanup
+        compact_widget(self)
         on_viewer_close(napari_viewer, self.teardown)
         self._refresh_datasets()
         if s.current is not None:
             self._on_dataset(s.current)
+
+    def sizeHint(self):  # noqa: N802 (Qt API)
+        from qtpy.QtCore import QSize
+
+        return QSize(460, 640)
 
     def teardown(self) -> None:
         """Release the diffraction canvas and the connections (the viewer is closing)."""
@@ -211,8 +223,11 @@ class BrowserWidget(QWidget):
             ds.calibration,
             _progress={"desc": f"navigation image of {name}"},
             _start_thread=False,
-            _connect={"errored": error_reporter(f"navigation image of {name}",
-                                                self.position_label.setText)},
+            _connect={
+                "errored": error_reporter(
+                    f"navigation image of {name}", self.position_label.setText
+                )
+            },
         )
         worker.yielded.connect(lambda item, name=name, kind=kind: self._on_result(name, kind, item))
         worker.finished.connect(lambda w=worker: self._on_finished(w))

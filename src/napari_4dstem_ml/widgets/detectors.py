@@ -31,7 +31,7 @@ from qtpy.QtWidgets import (
 )
 
 from ..detectors import geometry
-from .session import Session, error_reporter, guarded, on_viewer_close, session_for
+from .session import Session, compact_widget, error_reporter, guarded, on_viewer_close, session_for
 
 if TYPE_CHECKING:
     import napari
@@ -72,8 +72,13 @@ def ellipse_circle(corners) -> tuple[tuple[float, float], float]:
     return (float(centre[0]), float(centre[1])), float(np.mean(hi - lo) / 2)
 
 
-def detector_job(data, specs: list[DetectorSpec], with_com: bool = False, descan: bool = False,
-                 scan_step=(1.0, 1.0)):
+def detector_job(
+    data,
+    specs: list[DetectorSpec],
+    with_com: bool = False,
+    descan: bool = False,
+    scan_step=(1.0, 1.0),
+):
     """Worker generator: yields ``(what, names, images)`` computed by the core engine.
 
     For scans over 256×256 positions the engine's strided preview is yielded first. With
@@ -168,6 +173,7 @@ class DetectorsWidget(QWidget):
         self.custom_box.installEventFilter(self)  # refresh choices when opened
         self.session.dataset_changed.connect(self._on_dataset)
         on_viewer_close(napari_viewer, self.teardown)
+        compact_widget(self)
         if self.session.dataset is not None:
             self._on_dataset(self.session.current)
 
@@ -204,8 +210,10 @@ class DetectorsWidget(QWidget):
             return
         names = [
             f"{where}: {layer.name}"
-            for where, layers in (("diffraction", self.session.diffraction.layers),
-                                  ("main", self.viewer.layers))
+            for where, layers in (
+                ("diffraction", self.session.diffraction.layers),
+                ("main", self.viewer.layers),
+            )
             for layer in layers
             if layer.__class__.__name__ == "Image"
             and tuple(layer.data.shape) == ds.detector_shape
@@ -253,7 +261,9 @@ class DetectorsWidget(QWidget):
             return
         where, name = text.split(": ", 1)
         layers = self.session.diffraction.layers if where == "diffraction" else self.viewer.layers
-        det = geometry.Detector(f"custom {name}", "custom", custom_mask=np.asarray(layers[name].data))
+        det = geometry.Detector(
+            f"custom {name}", "custom", custom_mask=np.asarray(layers[name].data)
+        )
         self.specs[det.name] = DetectorSpec(det, self.centre())
         self._redraw_shapes()
         self.schedule()
@@ -375,7 +385,12 @@ class DetectorsWidget(QWidget):
             return None
         scan_step = ds.calibration.scan_step or (1.0, 1.0)
         worker = create_worker(
-            guarded(detector_job), ds.data, specs, with_com, self.descan.isChecked(), scan_step,
+            guarded(detector_job),
+            ds.data,
+            specs,
+            with_com,
+            self.descan.isChecked(),
+            scan_step,
             _progress={"desc": "virtual images"},
             _start_thread=False,
             _connect={"errored": error_reporter("virtual images", self.status.setText)},

@@ -49,6 +49,7 @@ class Session:
     position_changed = Signal(int, int)
 
     def __init__(self, viewer: napari.Viewer) -> None:
+        viewer = unwrap(viewer)
         self._viewer_ref = weakref.ref(viewer)
         self.diffraction = ViewerModel(title="diffraction")
         self.datasets: dict[str, Dataset4D] = {}
@@ -209,7 +210,7 @@ class Session:
                 pt,
                 name=MARKER_LAYER,
                 symbol="cross",
-                size=max(self.dataset.scan_shape) / 12,
+                size=max(2.0, max(self.dataset.scan_shape) / 24),
                 face_color="cyan",
                 border_color="cyan",
                 **self.scan_layer_kwargs(),
@@ -272,9 +273,14 @@ def dataset_from_layer(layer) -> Dataset4D:
     units = [str(u) for u in getattr(layer, "units", ())]
     scale = tuple(float(s) for s in layer.scale)
     scan_units = {"angstrom": "A", "nanometer": "nm"}.get(units[0] if units else "", "pixels")
-    det_units = {"milliradian": "mrad", "1 / angstrom": "A^-1"}.get(units[2] if units else "", "pixels")
+    det_units = {"milliradian": "mrad", "1 / angstrom": "A^-1"}.get(
+        units[2] if units else "", "pixels"
+    )
     cal = Calibration(
-        scan_step=scale[:2], scan_units=scan_units, detector_pixel=scale[2:], detector_units=det_units
+        scan_step=scale[:2],
+        scan_units=scan_units,
+        detector_pixel=scale[2:],
+        detector_units=det_units,
     )
     return Dataset4D(layer.data, cal, reader="napari-layer")
 
@@ -298,6 +304,16 @@ def guarded(func):
     return wrapper
 
 
+def compact_widget(widget) -> None:
+    """Keep a dock widget narrow: combo boxes do not grow with long layer names."""
+    from qtpy.QtWidgets import QComboBox
+
+    for box in widget.findChildren(QComboBox):
+        box.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        box.setMinimumContentsLength(12)
+    widget.setMaximumWidth(640)
+
+
 def error_reporter(what: str, set_text):
     """An ``errored`` slot: a notification plus the message in the widget's status line."""
 
@@ -312,8 +328,14 @@ def error_reporter(what: str, set_text):
 _SESSIONS: dict[int, Session] = {}
 
 
+def unwrap(viewer: napari.Viewer) -> napari.Viewer:
+    """The viewer behind napari's ``PublicOnlyProxy`` (plugin widgets receive a proxy)."""
+    return getattr(viewer, "__wrapped__", viewer)
+
+
 def session_for(viewer: napari.Viewer) -> Session:
-    """The :class:`Session` of ``viewer`` (created on first use)."""
+    """The :class:`Session` of ``viewer`` (created on first use; proxies share it)."""
+    viewer = unwrap(viewer)
     for key in [k for k, s in _SESSIONS.items() if s.viewer is None]:
         del _SESSIONS[key]
     s = _SESSIONS.get(id(viewer))
@@ -324,7 +346,7 @@ def session_for(viewer: napari.Viewer) -> Session:
 
 def drop_session(viewer: napari.Viewer) -> None:
     """Forget the session of ``viewer`` (called when the viewer closes)."""
-    s = _SESSIONS.pop(id(viewer), None)
+    s = _SESSIONS.pop(id(unwrap(viewer)), None)
     if s is not None:
         if s.viewer is not None:
             s.viewer.layers.events.inserted.disconnect(s._on_inserted)
@@ -351,6 +373,7 @@ def on_viewer_close(viewer: napari.Viewer, callback) -> None:
 
     Without a Qt window (``ViewerModel``-only tests) nothing is installed.
     """
+    viewer = unwrap(viewer)
     try:
         window = viewer.window._qt_window
     except AttributeError:

@@ -30,7 +30,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from .session import Session, error_reporter, guarded, on_viewer_close, session_for
+from .session import Session, compact_widget, error_reporter, guarded, on_viewer_close, session_for
 
 if TYPE_CHECKING:
     import napari
@@ -42,16 +42,36 @@ def reconstruction_name(dataset: str) -> str:
     return f"reconstruction: {dataset}"
 
 
-def train_job(dataset, label, kind: str, cluster_size: int, epochs: int, lr: float,
-              batch_size: int, cancel):
-    """Worker generator: fits the preprocessor, then yields the core's training events.
+def train_job(
+    dataset,
+    label,
+    kind: str,
+    cluster_size: int,
+    epochs: int,
+    lr: float,
+    batch_size: int,
+    cancel,
+    label_pixel_A: float | None = None,
+):
+    """Worker generator: registers the label if it is not on the scan grid, fits the
+    preprocessor, then yields the core's training events.
 
-    Yields ``("preprocessor", Preprocessor)`` first, then every training event.
+    Yields ``("registered", Registration, reference name)`` when registering,
+    ``("preprocessor", Preprocessor)``, then every training event.
     """
     from ..models.config import CNN4dConfig, LinearConfig
     from ..preprocess import Preprocessor
     from ..training.loop import TrainConfig, train
 
+    label = np.asarray(label, np.float32)
+    if label.shape != dataset.scan_shape:
+        from ..registration import register_label
+        from ..workflow import reference_image
+
+        ref, what = reference_image(dataset)
+        reg = register_label(label, label_pixel_A, ref, dataset.calibration.scan_step_A)
+        yield ("registered", reg, what)
+        label = np.where(reg.coverage_mask, reg.image_on_scan_grid, np.nan).astype(np.float32)
     model_cfg = (LinearConfig if kind == "linear" else CNN4dConfig)(cluster_size=cluster_size)
     pre = Preprocessor.fit(dataset)
     yield ("preprocessor", pre)
@@ -78,6 +98,7 @@ class TrainingWidget(QWidget):
         self.result = None  # TrainResult of the last run
         self.preprocessor = None
         self.history: list = []
+        self.registration_report = ""
 
         self.dataset_box = QComboBox()
         self.label_box = QComboBox()
@@ -144,6 +165,7 @@ class TrainingWidget(QWidget):
         napari_viewer.layers.events.inserted.connect(self._refresh)
         napari_viewer.layers.events.removed.connect(self._refresh)
         on_viewer_close(napari_viewer, self.teardown)
+        compact_widget(self)
         self._refresh()
 
     def teardown(self) -> None:
@@ -165,8 +187,11 @@ class TrainingWidget(QWidget):
                 box.setCurrentText(cur)
             box.blockSignals(False)
         labels = [
-            layer.name for layer in self.viewer.layers
-            if layer.__class__.__name__ == "Image" and layer.ndim == 2 and not layer.rgb
+            layer.name
+            for layer in self.viewer.layers
+            if layer.__class__.__name__ == "Image"
+            and layer.ndim == 2
+            and not layer.rgb
             and not layer.name.startswith(("navigation:", "reconstruction:", "virtual "))
         ]
         cur = self.label_box.currentText()
@@ -192,32 +217,31 @@ class TrainingWidget(QWidget):
         image = getattr(lab, "image", lab)
         kwargs = {}
         if getattr(lab, "pixel_size", None):
-            kwargs["scale"] = (lab.pixel_size,) * 2 if np.ndim(lab.pixel_size) == 0 else lab.pixel_size
+            kwargs["scale"] = (
+                (lab.pixel_size,) * 2 if np.ndim(lab.pixel_size) == 0 else lab.pixel_size
+            )
         layer = self.viewer.add_image(np.asarray(image), name=f"label: {Path(path).name}", **kwargs)
         layer.metadata["label"] = lab
         self.label_box.setCurrentText(layer.name)
 
-    def label_on_scan_grid(self, dataset) -> np.ndarray:
-        """The chosen label as ``(Ny, Nx)``: as is when on the scan grid, else registered."""
+    def chosen_label(self, dataset) -> tuple[np.ndarray, float | None]:
+        """The chosen label image and its pixel size (Å; from the layer's scale).
+
+        A label not on the scan grid is registered in the training worker (core
+        ``register_label`` against a virtual ADF image, ``workflow.reference_image``).
+        """
         name = self.label_box.currentText()
         if not name:
             raise ValueError("choose a label image layer (or load a label file)")
         layer = self.viewer.layers[name]
         data = np.asarray(layer.data, dtype=np.float32)
-        if data.shape == dataset.scan_shape:
-            return data
-        try:
-            from ..registration import register_label
-        except ImportError as err:
+        pixel = layer.metadata.get("label_pixel_size_A") or float(layer.scale[-1])
+        if data.shape != dataset.scan_shape and dataset.calibration.scan_step_A is None:
             raise ValueError(
-                f"label {name!r} is {data.shape}, the scan is {dataset.scan_shape}: it needs "
-                "registration onto the scan grid, which needs napari_4dstem_ml.registration"
-            ) from err
-        reg = register_label(layer.metadata.get("label", data), dataset)
-        report = getattr(reg, "report", None)
-        if report:
-            show_info(f"label registration: {report}")
-        return np.asarray(getattr(reg, "label", getattr(reg, "image", reg)), dtype=np.float32)
+                f"label {name!r} is {data.shape}, the scan is {dataset.scan_shape}: registering "
+                "it needs the scan step of the data set, which is unknown"
+            )
+        return data, pixel
 
     # -- training ------------------------------------------------------------------
     def start(self):
@@ -227,8 +251,9 @@ class TrainingWidget(QWidget):
             show_error("choose a 4D data set first")
             return None
         ds = self.session.datasets[name]
+        self.registration_report = ""
         try:
-            label = self.label_on_scan_grid(ds)
+            label, label_pixel = self.chosen_label(ds)
         except Exception as err:  # noqa: BLE001 - shown to the user
             show_error(str(err))
             return None
@@ -238,8 +263,16 @@ class TrainingWidget(QWidget):
         self._training_name = name
         kind = self.kind_box.currentText()
         worker = create_worker(
-            guarded(train_job), ds, label, kind, self.cluster.value(), self.epochs.value(),
-            self.lr.value(), self.batch.value(), self.cancel,
+            guarded(train_job),
+            ds,
+            label,
+            kind,
+            self.cluster.value(),
+            self.epochs.value(),
+            self.lr.value(),
+            self.batch.value(),
+            self.cancel,
+            label_pixel,
             _progress={"desc": f"training {kind} on {name}"},
             _start_thread=False,
             _connect={"errored": error_reporter("training", self.readout.setText)},
@@ -277,6 +310,23 @@ class TrainingWidget(QWidget):
         if isinstance(ev, tuple) and ev[0] == "preprocessor":
             self.preprocessor = ev[1]
             return
+        if isinstance(ev, tuple) and ev[0] == "registered":
+            reg, what = ev[1], ev[2]
+            p = reg.params
+            self.registration_report = (
+                f"label registered against {what}: scale {p.scale:.4g}, rotation "
+                f"{p.rotation_deg:.2f}°, shift ({p.shift_yx[0]:.2f}, {p.shift_yx[1]:.2f}) "
+                f"steps, r = {reg.score:+.3f}, covers {100 * reg.coverage:.0f} %"
+            )
+            self.readout.setText(self.registration_report)
+            show_info(self.registration_report)
+            self.session.show_scan_image(
+                f"label on scan grid: {self._training_name}",
+                reg.image_on_scan_grid,
+                visible=False,
+                scale=self.session.datasets[self._training_name].scale()[:2],
+            )
+            return
         if isinstance(ev, loop.PrepareEvent):
             self.readout.setText(f"{ev.stage}: {ev.done}/{ev.total} rows")
         elif isinstance(ev, loop.StepEvent):
@@ -286,7 +336,8 @@ class TrainingWidget(QWidget):
             m = ", ".join(f"{k} {v:.3g}" for k, v in ev.metrics.items())
             self.readout.setText(
                 f"epoch {ev.epoch}: train {ev.train_loss:.4g}, val {ev.val_loss:.4g}"
-                + (f" ({m})" if m else "") + (" *best*" if ev.is_best else "")
+                + (f" ({m})" if m else "")
+                + (" *best*" if ev.is_best else "")
             )
         elif isinstance(ev, loop.PreviewEvent):
             layer = self.session.show_scan_image(
@@ -300,7 +351,8 @@ class TrainingWidget(QWidget):
             r = ev.result
             m = ", ".join(f"{k} {v:.3g}" for k, v in r.metrics.items())
             self.readout.setText(
-                f"done ({r.stopped}): {r.steps} steps in {r.elapsed_s:.1f} s, best epoch "
+                (self.registration_report + "\n" if self.registration_report else "")
+                + f"done ({r.stopped}): {r.steps} steps in {r.elapsed_s:.1f} s, best epoch "
                 f"{r.best_epoch}, val loss {r.best_val_loss:.4g}" + (f"; {m}" if m else "")
             )
 
@@ -318,8 +370,13 @@ class TrainingWidget(QWidget):
             centre_world = np.asarray(pre.centre) * det_scale
             translate = tuple(centre_world - (o - 1) / 2 * np.asarray(scale))
             self.session.show_detector_image(
-                "learned detector mask", arr, colormap="twilight_shifted",
-                scale=scale, translate=translate, opacity=0.6, blending="additive",
+                "learned detector mask",
+                arr,
+                colormap="twilight_shifted",
+                scale=scale,
+                translate=translate,
+                opacity=0.6,
+                blending="additive",
             )
 
     # -- save / apply ---------------------------------------------------------------
@@ -337,8 +394,14 @@ class TrainingWidget(QWidget):
             show_error("train a model first")
             return None
         try:
-            out = save_checkpoint(path, r.model, r.model_config, r.preprocessor,
-                                  train_summary=r.train_summary, metrics=r.metrics)
+            out = save_checkpoint(
+                path,
+                r.model,
+                r.model_config,
+                r.preprocessor,
+                train_summary=r.train_summary,
+                metrics=r.metrics,
+            )
         except Exception as err:  # noqa: BLE001 - shown to the user
             show_error(f"could not save the model to {path}: {err}")
             return None
@@ -351,23 +414,30 @@ class TrainingWidget(QWidget):
             show_error("train a model and choose a loaded 4D data set to apply it to")
             return None
         ds = self.session.datasets[name]
-        worker = create_worker(guarded(predict_job), self.result.model, self.result.preprocessor, ds,
-                               _progress={"desc": f"reconstructing {name}"},
-                               _start_thread=False,
-            _connect={"errored": error_reporter(f"reconstruction of {name}",
-                                                                   self.readout.setText)})
+        worker = create_worker(
+            guarded(predict_job),
+            self.result.model,
+            self.result.preprocessor,
+            ds,
+            _progress={"desc": f"reconstructing {name}"},
+            _start_thread=False,
+            _connect={"errored": error_reporter(f"reconstruction of {name}", self.readout.setText)},
+        )
 
         def on_event(ev, name=name):
             layer = self.session.show_scan_image(
-                reconstruction_name(name), np.nan_to_num(ev.image, nan=float(np.nanmean(ev.image)))
-                if np.isfinite(ev.image).any() else np.zeros_like(ev.image),
+                reconstruction_name(name),
+                np.nan_to_num(ev.image, nan=float(np.nanmean(ev.image)))
+                if np.isfinite(ev.image).any()
+                else np.zeros_like(ev.image),
                 scale=ds.scale()[:2],
             )
             layer.metadata["rows_done"] = ev.rows_done
 
         def on_return(image, name=name):
-            layer = self.session.show_scan_image(reconstruction_name(name), image,
-                                                 scale=ds.scale()[:2])
+            layer = self.session.show_scan_image(
+                reconstruction_name(name), image, scale=ds.scale()[:2]
+            )
             layer.metadata["rows_done"] = ds.scan_shape[0]
 
         worker.yielded.connect(on_event)

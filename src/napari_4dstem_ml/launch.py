@@ -1,0 +1,137 @@
+"""``make run``: napari with the plugin's three widgets docked and the MoS2 sample loaded.
+
+``python -m napari_4dstem_ml.launch [--headless] [--out DIR] [--model linear|conv4d]``.
+Without a display (no ``DISPLAY``/``WAYLAND_DISPLAY`` on Linux, or Qt fails to start), or with
+``--headless``, it says so and runs the headless workflow instead
+(:func:`napari_4dstem_ml.workflow.run_headless`: train on the MoS2 sample, reconstruct MoS2 and
+PrScO3, write images and a summary into ``--out``). Without the sample files it falls back to a
+synthetic data set (navigation image written to ``--out``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+WIDGETS = ("4D-STEM browser", "Virtual detectors", "Train & reconstruct")
+
+
+def has_display() -> bool:
+    """True when a GUI can plausibly start (Linux needs DISPLAY or WAYLAND_DISPLAY)."""
+    if sys.platform.startswith("linux"):
+        return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+    return True
+
+
+def _print_event(event) -> None:
+    text = getattr(event, "text", None)
+    if text is not None:
+        print(text, flush=True)
+        return
+    name = type(event).__name__
+    if name == "EpochEvent":
+        print(
+            f"  epoch {event.epoch}: train {event.train_loss:.4g}, val {event.val_loss:.4g}",
+            flush=True,
+        )
+    elif name == "DoneEvent":
+        print(
+            f"  training done ({event.result.stopped}) in {event.result.elapsed_s:.1f} s",
+            flush=True,
+        )
+
+
+def run_headless(
+    out: str | Path = "stemml-output", model: str = "linear", time_limit_s: float | None = 300.0
+) -> Path:
+    """The headless workflow; returns the output folder."""
+    out = Path(out)
+    try:
+        from .samples import sample_path
+
+        sample_path("mos2")
+    except FileNotFoundError as err:
+        print(f"{err}\nusing a synthetic data set instead", flush=True)
+        return _headless_synthetic(out)
+    from .workflow import run_headless as workflow_run
+
+    gen = workflow_run(out, model=model, time_limit_s=time_limit_s)
+    while True:
+        try:
+            _print_event(next(gen))
+        except StopIteration as stop:
+            return Path(stop.value)
+
+
+def _headless_synthetic(out: Path) -> Path:
+    """No sample files: a navigation image of the synthetic data set (TIFF + PNG)."""
+    import numpy as np
+
+    from .detectors import virtual_images
+    from .export import write_image
+    from .training.synthetic import make_synthetic
+
+    syn = make_synthetic((48, 48), (32, 32))
+    ds = syn.dataset
+    nav = virtual_images(ds.data, np.ones(ds.detector_shape, np.float32))
+    out.mkdir(parents=True, exist_ok=True)
+    step = ds.calibration.scan_step_A[1]
+    for suffix in (".tif", ".png"):
+        path = write_image(out / f"synthetic_navigation{suffix}", nav, step, overwrite=True)
+        print(f"wrote {path}", flush=True)
+    return out
+
+
+def open_gui(load_sample: bool = True):
+    """Open napari with the widgets docked and the MoS2 sample (or synthetic data) loaded."""
+    import napari
+
+    viewer = napari.Viewer(title="napari-4dstem-ml")
+    for name in WIDGETS:
+        viewer.window.add_plugin_dock_widget("napari-4dstem-ml", name)
+    if load_sample:
+        try:
+            viewer.open_sample("napari-4dstem-ml", "mos2")
+        except Exception as err:  # noqa: BLE001 - no sample: synthetic data instead
+            print(f"MoS2 sample not available ({err}); loading a synthetic data set", flush=True)
+            load_synthetic(viewer)
+    return viewer
+
+
+def load_synthetic(viewer) -> None:
+    """Synthetic 4D data set + its label, for trying the widgets without the samples."""
+    from .training.synthetic import make_synthetic
+    from .widgets.session import session_for
+
+    syn = make_synthetic((48, 48), (32, 32))
+    step = syn.dataset.scale()[:2]
+    viewer.add_image(syn.label, name="synthetic label", scale=step, units="angstrom")
+    session_for(viewer).add_dataset("synthetic 4D-STEM", syn.dataset)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m napari_4dstem_ml.launch", description=__doc__)
+    p.add_argument("--headless", action="store_true", help="run the headless workflow")
+    p.add_argument("--out", default="stemml-output", help="output folder (headless)")
+    p.add_argument("--model", default="linear", choices=("linear", "conv4d"))
+    p.add_argument("--time-limit", type=float, default=300.0, help="training time limit (s)")
+    args = p.parse_args(argv)
+    if not args.headless and has_display():
+        try:
+            import napari
+
+            open_gui()
+            napari.run()
+            return 0
+        except Exception as err:  # noqa: BLE001 - e.g. Qt cannot connect to the display
+            print(f"could not start the GUI ({err})", flush=True)
+    print("no display: running the headless workflow", flush=True)
+    out = run_headless(args.out, args.model, args.time_limit)
+    print(f"results in {out}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
