@@ -26,6 +26,7 @@ The machine's load average is printed with each figure (the CPU may be shared).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import os
 import sys
@@ -67,7 +68,9 @@ def load_data(args):
     if SAMPLE.exists() and not args.synthetic:
         from napari_4dstem_ml.io import load
 
-        ds = load(SAMPLE)
+        lazy = load(SAMPLE)
+        # read into memory once: the runs below re-read the data, and the file may be rewritten
+        ds = dataclasses.replace(lazy, data=np.asarray(lazy.data))
         got = find_label(SAMPLE, ds.scan_shape)
         if got is not None:
             return ds, got[0], f"MoS2 sample {SAMPLE.name}, label /{got[1]}"
@@ -121,8 +124,6 @@ def main(argv=None) -> int:
     if args.quick:
         args.scan, args.detector, args.synthetic = 32, 32, True
         args.throughput_s, args.time_limit = 3.0, 20.0
-
-    import dataclasses
 
     import torch
 

@@ -72,12 +72,47 @@ def test_multi_mask_equals_single_masks(data, masks, dtype):
     assert _rel(both, _reference(data, masks)) < 1e-5
 
 
-def test_sparse_multi_mask_path_matches(data, masks):
-    sparse = masks[:3]  # three annuli: count_nonzero < half of 3 × pixels → run kernel
-    assert np.count_nonzero(sparse) < engine.SPARSE_FRACTION * sparse.size
-    assert isinstance(engine._choose_plan(sparse.astype(np.float32)), engine._RunsPlan)
-    for dtype in (np.float32, np.uint16, np.int32):
-        assert _rel(virtual_images(data.astype(dtype), sparse), _reference(data, sparse)) < 1e-5
+@pytest.mark.parametrize("plan", ["dense", "fused", "runs"])
+@pytest.mark.parametrize("dtype", [np.float32, np.uint16, np.int32, ">u2"])
+def test_every_plan_matches_reference(data, masks, plan, dtype):
+    """Each compute plan on its own (BLAS product, fused dense kernel, run kernel), all masks."""
+    m3 = masks.astype(np.float32)
+    p = {"dense": engine._DensePlan, "fused": engine._FusedPlan}.get(plan)
+    p = p(m3) if p is not None else engine._RunsPlan(m3, None, None, 1.0)
+    d = data.astype(dtype)
+    if plan != "dense":
+        d = d.astype(np.dtype(dtype).newbyteorder("="))  # numba kernels take native dtypes
+    out = np.full((len(m3), *SHAPE[:2]), np.nan, np.float32)
+    for y0 in range(0, SHAPE[0], 5):
+        blk = d[y0 : y0 + 5]
+        p.apply(blk, out[:, y0 : y0 + 5], y0, 0)
+    assert _rel(out, _reference(data, masks)) < 1e-5
+
+
+def test_plan_choice():
+    k = SHAPE[2:]
+    annuli = np.stack([_ring(2.0 * i, 2.0 * (i + 1)) for i in range(6)]).astype(np.float32)
+    full = np.ones((3, *k), np.float32) * np.arange(1, 4, dtype=np.float32)[:, None, None]
+    f32, u16, swapped = np.dtype(np.float32), np.dtype(np.uint16), np.dtype(">u2")
+    assert isinstance(engine._choose_plan(annuli[:1], f32), engine._DensePlan)  # gemv
+    assert isinstance(engine._choose_plan(full, f32), engine._DensePlan)  # sgemm
+    assert isinstance(engine._choose_plan(annuli, f32), engine._FusedPlan)  # rows differ
+    assert isinstance(engine._choose_plan(annuli, u16), engine._FusedPlan)
+    assert isinstance(engine._choose_plan(full, u16), engine._FusedPlan)
+    assert isinstance(engine._choose_plan(annuli, swapped), engine._DensePlan)
+    # many tiny masks far apart: runs are cheaper than dense rows
+    dots = np.zeros((4, *k), np.float32)
+    for i in range(4):
+        dots[i, 6 * i, 6 * i] = 1
+    dots[:, -1, -1] = 1
+    assert isinstance(engine._choose_plan(dots, u16), engine._RunsPlan)
+
+
+def test_nan_propagates_through_fused_kernel(masks):
+    d = np.ones((2, 3, *SHAPE[2:]), np.float64)
+    d[1, 2, 11, 12] = np.nan  # inside the first mask (a disc around CENTRE)
+    img = virtual_images(d, masks[0])
+    assert np.isnan(img[1, 2]) and np.isfinite(np.delete(img.ravel(), 5)).all()
 
 
 def test_memmap_h5py_dask_give_the_same_answer(tmp_path, data, masks):
@@ -156,3 +191,24 @@ def test_bad_input():
         virtual_images(np.zeros((2, 2, 4, 5)), np.ones((5, 4)))
     with pytest.raises(EngineError, match="dtype"):
         virtual_images(np.zeros((2, 2, 4, 5), complex), np.ones((4, 5)))
+
+
+def test_memmap_pages_released_only_for_big_files(tmp_path, data, masks, monkeypatch):
+    np.save(tmp_path / "d.npy", data)
+    mm = np.load(tmp_path / "d.npy", mmap_mode="r")
+    assert engine._release_root(mm) is None  # small file: stays mapped
+    monkeypatch.setattr(engine, "RELEASE_BYTES", 0)
+    assert engine._release_root(mm) is not None
+    released = []
+    orig = engine._releaser
+
+    def counting(root, block):
+        rel = orig(root, block)
+        released.append(rel is not None)
+        return rel
+
+    monkeypatch.setattr(engine, "_releaser", counting)
+    got = virtual_images(mm, masks, rows_per_chunk=4)
+    assert released and all(released)
+    assert _rel(got, _reference(data, masks)) < 1e-5
+    assert _rel(virtual_images(mm, masks), _reference(data, masks)) < 1e-5  # re-faulted pages

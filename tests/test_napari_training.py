@@ -43,9 +43,8 @@ def test_train_save_apply(make_napari_viewer, qtbot, tmp_path):
     loaded = load_checkpoint(path)
     assert loaded.model_config == widget.result.model_config
 
-    apply_worker = widget.apply("other")
-    with qtbot.waitSignal(apply_worker.finished, timeout=60000):
-        pass
+    assert widget.apply("other") is not None
+    qtbot.waitUntil(lambda: widget.apply_worker is None, timeout=60000)
     expected = predict(widget.result.model, widget.result.preprocessor, other.dataset)
     got = viewer.layers[reconstruction_name("other")].data
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)

@@ -320,3 +320,25 @@ def test_load_errors(tmp_path):
         f.create_dataset("v", data=np.zeros(10))
     with pytest.raises(R.LabelError, match="no 2D image"):
         R.load_label(p)
+
+
+def test_crystal_label_registers_to_its_true_origin_not_a_symmetric_copy():
+    """The MoS2 sample's label is a crystal: it matches itself after lattice translations and
+    120° rotations. Registration must find the geometry the file records (origin_A)."""
+    from napari_4dstem_ml.registration import register_label
+    from napari_4dstem_ml.samples import load_sample
+    from napari_4dstem_ml.workflow import reference_image
+
+    s = load_sample("mos2")
+    ref, _ = reference_image(s.dataset)
+    step = s.dataset.calibration.scan_step_A[0]
+    reg = register_label(s.label, s.label_pixel_size_A, ref, step)
+    ny, nx = s.dataset.scan_shape
+    ly, lx = s.label.shape
+    expected = [
+        (s.label_origin_A[i] + (n_l - 1) / 2 * s.label_pixel_size_A - (n_s - 1) / 2 * step) / step
+        for i, (n_l, n_s) in enumerate([(ly, ny), (lx, nx)])
+    ]
+    assert abs(reg.params.rotation_deg) < 0.5
+    np.testing.assert_allclose(reg.params.shift_yx, expected, atol=0.15)
+    assert reg.coverage == 1.0

@@ -75,9 +75,7 @@ def main():
     det.parent().hide()
     label = next(layer.name for layer in viewer.layers if "label (" in layer.name)
     tr.label_box.setCurrentText(label)
-    tr.epochs.setValue(8)
-    tr.cluster.setValue(5)
-    tr.lr.setValue(0.01)
+    tr.epochs.setValue(15)
     tr.start()
     wait(qapp, lambda: tr.worker is None, timeout_s=600)
     for layer in viewer.layers:

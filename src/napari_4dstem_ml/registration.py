@@ -511,7 +511,8 @@ class _Problem:
     """Pre-processed label and reference for the estimation."""
 
     def __init__(self, label: np.ndarray, valid: np.ndarray, reference: np.ndarray,
-                 scale: float, smooth: float) -> None:
+                 scale: float, smooth: float, tie_tolerance: float = 0.0) -> None:
+        self.tie_tolerance = float(tie_tolerance)
         self.shape_l = label.shape
         self.scale = scale
         filled = np.where(valid, label, float(label[valid].mean()))
@@ -576,18 +577,25 @@ class _Problem:
         den = np.sqrt(np.maximum(vf, 0) * np.maximum(vg, 0))
         good = ok & (den > 1e-6 * max(float(den.max()), 1e-300))
         ncc = np.where(good, (sfg - sf * sg / nn) / np.where(good, den, 1.0), 0.0)
-        idx = np.unravel_index(int(np.argmax(np.abs(ncc))), ncc.shape)
+        # Ties (a crystal matches itself after a lattice translation): among translations
+        # within ``tie_tolerance`` of the best |NCC|, take the one nearest the centred position.
+        a = np.abs(ncc)
+        py, px = self.pad
+        ny, nx = self.ref_shape
+        c_t = (self.t_size - 1) / 2
+        iys, ixs = np.nonzero(a >= (1.0 - self.tie_tolerance) * float(a.max()))
+        uys = np.where(iys >= ny, iys - py, iys) + c_t - (ny - 1) / 2
+        uxs = np.where(ixs >= nx, ixs - px, ixs) + c_t - (nx - 1) / 2
+        k = int(np.argmin(np.hypot(uys, uxs) - 1e-9 * a[iys, ixs]))
+        idx = (int(iys[k]), int(ixs[k]))
         val = float(ncc[idx])
         # sub-pixel peak by a parabola along each axis
-        py, px = self.pad
         iy, ix = idx
         a0 = abs(val)
         oy = _parabola(abs(ncc[(iy - 1) % py, ix]), a0, abs(ncc[(iy + 1) % py, ix]))
         ox = _parabola(abs(ncc[iy, (ix - 1) % px]), a0, abs(ncc[iy, (ix + 1) % px]))
-        ny, nx = self.ref_shape
         uy = iy - py if iy >= ny else iy
         ux = ix - px if ix >= nx else ix
-        c_t = (self.t_size - 1) / 2
         shift = (uy + oy + c_t - (ny - 1) / 2, ux + ox + c_t - (nx - 1) / 2)
         return val, shift
 
@@ -612,6 +620,7 @@ def register_label(
     refine_scale: bool = False,
     smooth: float = 1.0,
     order: int = 3,
+    tie_tolerance: float = 0.03,
 ) -> Registration:
     """Map a label image onto the scan grid of ``reference_image`` (Ny, Nx).
 
@@ -625,7 +634,10 @@ def register_label(
     Nelder–Mead refinement of the free parameters. Both images are smoothed by ``smooth``
     scan steps for the estimate only. ``crop`` (y0, y1, x0, x1) restricts the label's valid
     region (default: all but NaN and constant padding, see :func:`valid_region`). The output
-    image is resampled with spline ``order`` (1 or 3).
+    image is resampled with spline ``order`` (1 or 3). A crystal matches itself after a
+    lattice translation or a symmetry rotation: among fits within ``tie_tolerance`` (relative)
+    of the best |NCC|, the smallest rotation and then the smallest shift from the centred
+    position wins (reconstructions are made from the same scan, so they are nearly aligned).
     """
     lab = np.asarray(label_image, dtype=np.float64)
     ref = np.asarray(reference_image, dtype=np.float64)
@@ -660,7 +672,9 @@ def register_label(
         raise ValueError("the label has (almost) no valid pixels after removing padding/crop")
     crop_box = _bbox(valid)
 
-    prob = _Problem(lab, valid, ref, scale, smooth)
+    if not 0.0 <= tie_tolerance < 1.0:
+        raise ValueError(f"tie_tolerance must be in [0, 1), got {tie_tolerance!r}")
+    prob = _Problem(lab, valid, ref, scale, smooth, tie_tolerance)
     candidates: list[tuple[float, tuple[float, float], float]] = []
     rot = rotation_deg
     sh = None if shift is None else (float(shift[0]), float(shift[1]))
@@ -685,6 +699,13 @@ def register_label(
             for a in angles:
                 results.append((float(a), sh, prob.objective(scale, float(a), sh)))
         results.sort(key=lambda t: -abs(t[2]))
+        # symmetric fields (crystals) fit about as well at several rotations: among those
+        # within ``tie_tolerance`` of the best, prefer the smallest rotation, then shift
+        top = (1.0 - tie_tolerance) * abs(results[0][2])
+        tied = [t for t in results if abs(t[2]) >= top]
+        first = min(tied, key=lambda t: (round(abs(t[0]) / max(rotation_step, 1e-9)), math.hypot(*t[1])))
+        results.remove(first)
+        results.insert(0, first)
         for a, s, v in results:
             if all(abs(((a - c[0] + 180) % 360) - 180) > 3 * rotation_step for c in candidates):
                 candidates.append((a, (float(s[0]), float(s[1])), abs(v)))

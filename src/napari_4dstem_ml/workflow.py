@@ -106,7 +106,7 @@ class TrainingJob:
 
         if self.model == "linear":
             model_cfg = LinearConfig(cluster_size=self.cluster_size)
-            defaults = {"epochs": 40, "lr": 1e-2, "batch_size": 32}
+            defaults = {"epochs": 100, "lr": 3e-2, "batch_size": 32}
             compression = "none"  # a linear model must see linear intensities
         elif self.model == "conv4d":
             model_cfg = CNN4dConfig(cluster_size=self.cluster_size)

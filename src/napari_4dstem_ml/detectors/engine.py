@@ -4,15 +4,19 @@
 ``image[m, y, x] = sum_k masks[m, k] * data[y, x, k]`` (a 2D mask gives a 2D image).
 
 How it streams: one pass over the data in bands of scan rows (about 64 MB each, aligned to the
-storage chunks), all masks at once as a matrix product ``(patterns × pixels) @ (pixels × masks)``:
+storage chunks), all masks at once; each mask is restricted to the detector rows it touches:
 
-* float32 data is multiplied in place by BLAS (sgemm, all cores), restricted to the detector rows
-  the masks touch;
-* other numeric dtypes (uint16, int32, float64, ...) are cast to float32 in cache-sized sub-blocks
-  by a parallel numba kernel and then multiplied by BLAS while still in cache — the whole array is
-  never copied;
-* NumPy arrays and read-only memmaps are read in place (mapped pages are released after each band,
-  so resident memory stays bounded); uncompressed HDF5 datasets are memory-mapped directly from
+* float32 data: one BLAS product ``(patterns × pixels) @ (pixels × masks)`` per band (gemv for one
+  mask; memory-bound); several masks on different detector rows (a set of annuli) go to the
+  fused kernel below when it does less arithmetic (``_choose_plan``);
+* other native numeric dtypes (uint16, int32, float64, ...): a parallel numba kernel fuses the
+  cast and the masked dot (each pattern read once, all masks while it is in cache, the whole
+  array never copied; re-associated float32 sums, see ``_kernels``); many tiny masks use the
+  row-run kernel instead when cheaper; byte-swapped data is cast in cache-sized blocks for BLAS;
+* NumPy arrays and read-only memmaps are read in place; for a mapping larger than
+  ``RELEASE_BYTES`` (512 MiB) the mapped pages are released after each band (resident
+  memory stays bounded; the page cache keeps them), smaller ones stay mapped so that repeated runs
+  do not fault them in again; uncompressed HDF5 datasets are memory-mapped directly from
   their file offsets (contiguous layout, or chunks holding whole patterns); other HDF5 datasets,
   Dask arrays and anything sliceable are read band by band, one band ahead in a background thread.
 
@@ -23,8 +27,8 @@ rounded shift (exact array shifts for whole pixels; bilinear interpolation for f
 Mask edges are therefore placed to within ``shift_step / 2`` px per axis of the true centre.
 This path uses a sparse numba kernel (mask → row runs of nonzero pixels).
 
-Accuracy: float32 products and float32 accumulation (BLAS blocking, or per-column partial sums);
-relative error against a float64 reference is ~1e-6 on 128×128 patterns.
+Accuracy: float32 products and float32 accumulation (BLAS blocking, or vectorised partial sums);
+relative error against a float64 reference is ~1e-6 on 128×128 patterns. NaN/inf propagate.
 """
 
 from __future__ import annotations
@@ -316,6 +320,9 @@ def _mask_runs(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np
 #: bounding detector rows, vectorised: ~1/16 of a scalar pixel's cost each)
 RUN_OVERHEAD_PX = 12
 DENSE_PX_COST = 1 / 8
+#: float32 with several masks: the fused kernel when its pixel count is below this fraction of
+#: the BLAS product's (masks × union of bounding rows); BLAS reuses each loaded pixel for all masks
+FUSED_FRACTION = 0.75
 
 
 class _FusedPlan(_Plan):
@@ -360,6 +367,12 @@ class _FusedPlan(_Plan):
         out[...] = res.reshape(self.n, a, b)
 
 
+def _blas_px(m3: np.ndarray) -> int:
+    """Pixels the BLAS product multiplies: masks × their union of bounding detector rows."""
+    rows = np.flatnonzero(np.any(m3 != 0, axis=(0, 2)))
+    return len(m3) * ((int(rows[-1]) + 1 - int(rows[0])) * m3.shape[2] if rows.size else 0)
+
+
 def _runs_cost(m3: np.ndarray) -> float:
     nz = m3 != 0
     starts = np.count_nonzero(nz[..., 1:] & ~nz[..., :-1]) + np.count_nonzero(nz[..., 0])
@@ -370,12 +383,18 @@ def _choose_plan(m3: np.ndarray, dtype: np.dtype | None = None) -> _Plan:
     """BLAS product for float32 data, a fused numba kernel for other native numeric dtypes.
 
     float32: one matrix product ``(patterns × pixels) @ (pixels × masks)`` per band (gemv for one
-    mask) — memory-bound, all masks in one pass. Other native numeric dtypes (uint16, int32,
+    mask) — memory-bound, all masks in one pass; for several masks whose bounding detector rows
+    differ (a set of annuli) the fused kernel does less arithmetic (each mask only over its own
+    rows) and is used when its pixel count is below ``FUSED_FRACTION`` of the product's. Other native numeric dtypes (uint16, int32,
     float64, ...): the fused cast + dense dot kernel (no cast copy), or for many small sparse
     masks (thin annuli) the fused run kernel, whichever is estimated cheaper. Anything else
     (byte-swapped data) is cast in cache-sized blocks and goes to BLAS.
     """
-    if dtype is None or dtype == np.float32 or not (dtype.isnative and dtype.kind in "iuf"):
+    if dtype is None or not (dtype.isnative and dtype.kind in "iuf"):
+        return _DensePlan(m3)
+    if dtype == np.float32:
+        if len(m3) > 1 and _FusedPlan.cost(m3) < FUSED_FRACTION * DENSE_PX_COST * _blas_px(m3):
+            return _FusedPlan(m3)  # several masks on different detector rows (annuli)
         return _DensePlan(m3)
     if len(m3) > 1 and _runs_cost(m3) < _FusedPlan.cost(m3):
         return _RunsPlan(m3, None, None, 1.0)
@@ -527,6 +546,20 @@ def _mmap_root(arr: np.ndarray) -> tuple[mmap.mmap, int] | None:
     return b, start
 
 
+#: mapped pages are released after each band only when the mapping is larger than this (bytes):
+#: smaller files stay mapped, so a repeated run on the same memmap does not fault them in again,
+#: and resident memory grows by at most this much
+RELEASE_BYTES = 512 * 2**20
+
+
+def _release_root(arr: np.ndarray) -> tuple[mmap.mmap, int] | None:
+    """The mapping behind ``arr`` when it is big enough that its pages should be released."""
+    root = _mmap_root(arr)
+    if root is None or len(root[0]) <= RELEASE_BYTES:
+        return None
+    return root
+
+
 def _releaser(root: tuple[mmap.mmap, int] | None, block: np.ndarray) -> Callable[[], None] | None:
     """Drop the mapped pages of ``block`` from this process (the page cache keeps them)."""
     if root is None or not hasattr(mmap, "MADV_DONTNEED") or block.size == 0:
@@ -550,7 +583,7 @@ def _releaser(root: tuple[mmap.mmap, int] | None, block: np.ndarray) -> Callable
 def _numpy_bands(data: np.ndarray, rows_per_chunk: int | None) -> Iterator[tuple[int, int, list[Tile]]]:
     ny, nx = data.shape[:2]
     rows = _rows_for(data.shape, data.dtype, rows_per_chunk)
-    root = _mmap_root(data)
+    root = _release_root(data)
     arr = data.view(np.ndarray) if isinstance(data, np.memmap) else data
     for y0 in range(0, ny, rows):
         y1 = min(ny, y0 + rows)
@@ -636,7 +669,7 @@ class _H5Chunks:
     def __init__(self, ds: Any, fname: str) -> None:
         self.ds = ds
         self.mm = np.memmap(fname, dtype=np.uint8, mode="r")
-        self.root = _mmap_root(self.mm)
+        self.root = _release_root(self.mm)
         self.chunks = tuple(int(c) for c in ds.chunks)
         self.shape = tuple(int(n) for n in ds.shape)
 

@@ -152,6 +152,7 @@ class BrowserWidget(QWidget):
         return QSize(460, 640)
 
     def teardown(self) -> None:
+        self._closed = True
         """Release the diffraction canvas and the connections (the viewer is closing)."""
         if self.worker is not None:
             self.worker.quit()
@@ -241,7 +242,7 @@ class BrowserWidget(QWidget):
 
     def _on_result(self, name: str, kind: str, item) -> None:
         what, value = item
-        if name != self.session.current:
+        if getattr(self, "_closed", False) or name != self.session.current:
             return
         if what == "navigation":
             new = nav_layer_name(name) not in self.viewer.layers

@@ -178,6 +178,7 @@ class DetectorsWidget(QWidget):
             self._on_dataset(self.session.current)
 
     def teardown(self) -> None:
+        self._closed = True
         if self.worker is not None:
             self.worker.quit()
         self._timer.stop()
@@ -409,6 +410,8 @@ class DetectorsWidget(QWidget):
 
     def _on_images(self, item) -> None:
         what, names, images = item
+        if getattr(self, "_closed", False):
+            return
         if what == "descan":
             self.status.setText(
                 f"descan fit: rms {images.rms:.2f} px, {images.n_outliers} outliers"

@@ -11,6 +11,7 @@ prediction of another data set, row tile by row tile.
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -36,6 +37,8 @@ if TYPE_CHECKING:
     import napari
 
 MODEL_KINDS = ("linear", "conv4d")
+#: default (epochs, learning rate, batch size) per model, as in the CLI's training job
+DEFAULTS = {"linear": (100, 3e-2, 32), "conv4d": (20, 2e-3, 32)}
 
 
 def reconstruction_name(dataset: str) -> str:
@@ -59,11 +62,12 @@ def train_job(
     Yields ``("registered", Registration, reference name)`` when registering,
     ``("preprocessor", Preprocessor)``, then every training event.
     """
-    from ..models.config import CNN4dConfig, LinearConfig
     from ..preprocess import Preprocessor
-    from ..training.loop import TrainConfig, train
+    from ..training.loop import train
+    from ..workflow import TrainingJob
 
     label = np.asarray(label, np.float32)
+    coverage = np.isfinite(label)
     if label.shape != dataset.scan_shape:
         from ..registration import register_label
         from ..workflow import reference_image
@@ -71,12 +75,30 @@ def train_job(
         ref, what = reference_image(dataset)
         reg = register_label(label, label_pixel_A, ref, dataset.calibration.scan_step_A)
         yield ("registered", reg, what)
-        label = np.where(reg.coverage_mask, reg.image_on_scan_grid, np.nan).astype(np.float32)
-    model_cfg = (LinearConfig if kind == "linear" else CNN4dConfig)(cluster_size=cluster_size)
-    pre = Preprocessor.fit(dataset)
+        label, coverage = reg.image_on_scan_grid.astype(np.float32), reg.coverage_mask
+    # the same model, preprocessing and training settings as the CLI / headless workflow
+    job = TrainingJob(
+        label="",
+        output="",
+        model=kind,
+        cluster_size=cluster_size,
+        epochs=epochs,
+        lr=lr,
+        batch_size=batch_size,
+    )
+    model_cfg, pre_cfg, train_cfg = job.configs(dataset)
+    train_cfg = replace(train_cfg, patience=None)
+    pre = Preprocessor.fit(dataset, pre_cfg)
     yield ("preprocessor", pre)
-    cfg = TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, patience=None)
-    yield from train(dataset, label, model_cfg, train_config=cfg, preprocessor=pre, cancel=cancel)
+    yield from train(
+        dataset,
+        label,
+        model_cfg,
+        train_config=train_cfg,
+        preprocessor=pre,
+        label_mask=coverage,
+        cancel=cancel,
+    )
 
 
 def predict_job(model, preprocessor, dataset):
@@ -99,6 +121,7 @@ class TrainingWidget(QWidget):
         self.preprocessor = None
         self.history: list = []
         self.registration_report = ""
+        self.apply_worker = None
 
         self.dataset_box = QComboBox()
         self.label_box = QComboBox()
@@ -156,6 +179,8 @@ class TrainingWidget(QWidget):
         layout.addWidget(self.readout)
         layout.addStretch(1)
 
+        self.kind_box.currentTextChanged.connect(self._on_kind)
+        self._on_kind(self.kind_box.currentText())
         self.start_button.clicked.connect(self.start)
         self.stop_button.clicked.connect(self.stop)
         self.save_button.clicked.connect(self._on_save)
@@ -169,11 +194,18 @@ class TrainingWidget(QWidget):
         self._refresh()
 
     def teardown(self) -> None:
+        self._closed = True
         if self.cancel is not None:
             self.cancel.set()
         if self.worker is not None:
             self.worker.quit()
         self.session.datasets_changed.disconnect(self._refresh)
+
+    def _on_kind(self, kind: str) -> None:
+        epochs, lr, batch = DEFAULTS.get(kind, DEFAULTS["linear"])
+        self.epochs.setValue(epochs)
+        self.lr.setValue(lr)
+        self.batch.setValue(batch)
 
     # -- choices -------------------------------------------------------------------
     def _refresh(self, *_) -> None:
@@ -307,6 +339,8 @@ class TrainingWidget(QWidget):
     def _on_event(self, ev) -> None:
         from ..training import loop
 
+        if getattr(self, "_closed", False):
+            return
         if isinstance(ev, tuple) and ev[0] == "preprocessor":
             self.preprocessor = ev[1]
             return
@@ -425,6 +459,8 @@ class TrainingWidget(QWidget):
         )
 
         def on_event(ev, name=name):
+            if getattr(self, "_closed", False):
+                return
             layer = self.session.show_scan_image(
                 reconstruction_name(name),
                 np.nan_to_num(ev.image, nan=float(np.nanmean(ev.image)))
@@ -435,6 +471,8 @@ class TrainingWidget(QWidget):
             layer.metadata["rows_done"] = ev.rows_done
 
         def on_return(image, name=name):
+            if getattr(self, "_closed", False):
+                return
             layer = self.session.show_scan_image(
                 reconstruction_name(name), image, scale=ds.scale()[:2]
             )
@@ -442,6 +480,7 @@ class TrainingWidget(QWidget):
 
         worker.yielded.connect(on_event)
         worker.returned.connect(on_return)
+        worker.finished.connect(lambda: setattr(self, "apply_worker", None))
         self.apply_worker = worker
         worker.start()
         return worker
