@@ -43,6 +43,7 @@ __all__ = [
 
 LOSSES = ("mse", "l1")
 SAMPLINGS = ("auto", "patches", "clusters")
+LINEAR_INITS = ("als", "none")
 SCHEDULES = ("none", "cosine", "plateau")
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -55,6 +56,9 @@ class TrainError(ValueError):
 class TrainConfig:
     """Training settings.
 
+    ``linear_init``: ``"als"`` starts the linear model at its least-squares optimum on the
+    training positions (alternating least squares, see ``models.linear_solve``; it counts as
+    the best model until an epoch beats it), ``"none"`` at its default initialisation.
     ``epochs`` passes over the training positions (``steps_per_epoch`` caps a pass; ``None``:
     all positions); ``sampling``: ``"patches"`` (each step runs the fully convolutional
     ``model.predict_field`` on ``patches_per_step`` random scan patches of up to
@@ -76,6 +80,7 @@ class TrainConfig:
     epochs: int = 20
     batch_size: int = 64
     sampling: str = "auto"
+    linear_init: str = "als"
     patch_size: int = 8
     patches_per_step: int | None = None
     lr: float = 1e-3
@@ -121,6 +126,8 @@ class TrainConfig:
             raise TrainError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
         if not 0 < float(self.min_lr_fraction) <= 1:
             raise TrainError(f"min_lr_fraction must be in (0, 1], got {self.min_lr_fraction!r}")
+        if self.linear_init not in LINEAR_INITS:
+            raise TrainError(f"linear_init must be one of {LINEAR_INITS}, got {self.linear_init!r}")
         if self.sampling not in SAMPLINGS:
             raise TrainError(f"sampling must be one of {SAMPLINGS}, got {self.sampling!r}")
         if self.loss not in LOSSES:
@@ -460,6 +467,15 @@ def train(
         step = 0
         stopped = "completed"
         epochs_since_best = 0
+        if cfg.linear_init == "als" and hasattr(model, "cluster_weights"):
+            # the linear model is bilinear: start Adam at its least-squares optimum
+            from ..models.linear_solve import fit_radial_linear
+
+            yield PrepareEvent("least-squares fit of the linear model", 0, 1)
+            fit_radial_linear(model, source, target[ty, tx], ty, tx)
+            val_loss, metrics = evaluate()
+            best = (val_loss, -1, copy.deepcopy(model.state_dict()), metrics)
+            yield PrepareEvent("least-squares fit of the linear model", 1, 1)
         model.train()
         n_seen = 0
         t_steps = 0.0
