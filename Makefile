@@ -3,6 +3,7 @@ PYTHON ?= python3.11
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+SIM    := $(VENV)/.installed-sim
 
 .PHONY: setup run headless test lint bench clean
 
@@ -17,6 +18,11 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[gui,test]'
 	touch $(STAMP)
 
+# the test suite also runs the simulation generator (abTEM, the optional [sim] extra)
+$(SIM): $(STAMP)
+	$(PY) -m pip install -q -e '.[gui,test,sim]'
+	touch $(SIM)
+
 # Opens napari with the plugin's widgets docked and the MoS2 sample loaded;
 # without a display it says so and runs the headless workflow instead.
 run: setup
@@ -25,7 +31,7 @@ run: setup
 headless: setup
 	$(PY) -m napari_4dstem_ml.launch --headless
 
-test: setup
+test: $(SIM)
 	$(PY) -m ruff check src tests benchmarks
 	$(PY) -m npe2 validate napari-4dstem-ml --imports
 	$(PY) -m pytest -p xvfb -v --durations=15

@@ -39,8 +39,13 @@ def test_browser_click_moves_pattern(make_napari_viewer, qtbot):
     qtbot.waitUntil(lambda: s.current == "synthetic", timeout=5000)
     assert all(layer.ndim == 2 for layer in viewer.layers)
     qtbot.waitUntil(lambda: MEAN_LAYER in s.diffraction.layers, timeout=10000)
+    # the default navigation image is a virtual bright field; total intensity on request
+    assert widget.nav_box.currentText() == "virtual bright field"
+    widget.nav_box.setCurrentText("total intensity")
+    total = ds.data.sum(axis=(2, 3), dtype=np.float64)
     nav = viewer.layers["navigation: synthetic"]
-    np.testing.assert_allclose(nav.data, ds.data.sum(axis=(2, 3), dtype=np.float64), rtol=1e-5)
+    qtbot.waitUntil(lambda: np.allclose(nav.data, total, rtol=1e-5), timeout=10000)
+    np.testing.assert_allclose(nav.data, total, rtol=1e-5)
     np.testing.assert_allclose(
         s.diffraction.layers[MEAN_LAYER].metadata["raw"], ds.data.mean(axis=(0, 1)), rtol=1e-5
     )

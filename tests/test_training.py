@@ -45,7 +45,9 @@ def _r(a, b):
 
 
 def test_linear_model_learns_the_synthetic_potential(syn):
-    cfg = TrainConfig(epochs=10, lr=0.01, batch_size=32, num_threads=1, preview_every=0)
+    """Adam alone (no least-squares start) learns the potential."""
+    cfg = TrainConfig(epochs=10, lr=0.01, batch_size=32, num_threads=1, preview_every=0,
+                      linear_init="none")
     res = run_training(syn.dataset, syn.label, LinearConfig(cluster_size=5), PreprocessConfig(), cfg)
     baseline, va = _val_baseline(syn, 5)
     assert res.best_val_loss * 3 < baseline
@@ -72,7 +74,8 @@ def test_cnn_learns_the_synthetic_potential(syn):
 
 
 def _small_run(syn, **kw):
-    cfg = dict(epochs=2, lr=0.01, batch_size=16, num_threads=1, max_steps=12, preview_every=5)
+    cfg = dict(epochs=2, lr=0.01, batch_size=16, num_threads=1, max_steps=12, preview_every=5,
+               linear_init="none")
     cfg.update(kw)
     return train(syn.dataset, syn.label, LinearConfig(cluster_size=3), PreprocessConfig(), TrainConfig(**cfg))
 
@@ -122,7 +125,8 @@ def test_cancel_and_close(syn):
     flag = threading.Event()
     gen = train(
         syn.dataset, syn.label, LinearConfig(cluster_size=3), PreprocessConfig(),
-        TrainConfig(epochs=5, batch_size=16, num_threads=1, preview_every=0), cancel=flag,
+        TrainConfig(epochs=5, batch_size=16, num_threads=1, preview_every=0, linear_init="none"),
+        cancel=flag,
     )
     events = []
     for ev in gen:
@@ -167,10 +171,29 @@ def test_training_never_mixes_train_and_validation_patterns(syn, monkeypatch):
     requested.clear()
     gen = train(syn.dataset, syn.label, LinearConfig(cluster_size=3), PreprocessConfig(),
                 TrainConfig(epochs=1, batch_size=64, num_threads=1, preview_every=0, max_steps=5,
-                            sampling="clusters"),
+                            sampling="clusters", linear_init="none"),
                 label_mask=mask)
     _drain(gen)
     assert min(x for _, x in requested) >= 3
+
+
+def test_least_squares_start_is_epoch_0_and_at_least_as_good_as_adam(syn):
+    """With linear_init="als" the linear model is fitted directly (epoch 0, no optimiser
+    steps); its validation loss is no worse than 10 epochs of Adam and it recovers the truth."""
+    common = dict(epochs=10, lr=0.01, batch_size=32, num_threads=1, preview_every=0)
+    adam = run_training(syn.dataset, syn.label, LinearConfig(cluster_size=5), PreprocessConfig(),
+                        TrainConfig(linear_init="none", **common))
+    events = []
+    als = run_training(syn.dataset, syn.label, LinearConfig(cluster_size=5), PreprocessConfig(),
+                       TrainConfig(linear_init="als", **common), on_event=events.append)
+    first = next(e for e in events if isinstance(e, EpochEvent))
+    assert first.epoch == 0 and first.step == 0 and first.lr == 0.0
+    assert als.history[0]["val_loss"] <= adam.best_val_loss * 1.02
+    assert als.best_val_loss == min(h["val_loss"] for h in als.history)
+    baseline, va = _val_baseline(syn, 5)
+    assert als.best_val_loss * 3 < baseline
+    img = predict(als.model, als.preprocessor, syn.dataset)
+    assert _r(img[va], syn.truth[va]) > 0.9
 
 
 @pytest.mark.parametrize(
@@ -195,8 +218,11 @@ def test_validation_patterns_never_change_training(syn, monkeypatch, model_confi
                 self.cache[~tr] = noise.astype(np.float32)
 
         monkeypatch.setattr(PatternSource, "fill_cache", fill)
+        # linear_init="none": this is about the gradient steps (the least-squares start has
+        # its own no-leakage test in test_linear_solve.py)
         cfg = TrainConfig(epochs=1, lr=0.01, batch_size=64, num_threads=1, preview_every=0,
-                          max_steps=6, sampling=sampling, patch_size=6, schedule="none")
+                          max_steps=6, sampling=sampling, patch_size=6, schedule="none",
+                          linear_init="none")
         gen = train(syn.dataset, syn.label, model_config, PreprocessConfig(), cfg)
         events, res = _drain(gen)
         return res, [e.train_loss for e in events if isinstance(e, StepEvent)]
@@ -233,6 +259,7 @@ def test_patch_sampling_trains_on_exactly_the_training_positions(syn, monkeypatc
     mask = np.ones(syn.label.shape, bool)
     mask[:, :4] = False
     cfg = TrainConfig(epochs=1, batch_size=16, num_threads=1, preview_every=0, patch_size=5,
+                      linear_init="none",
                       patches_per_step=3)
     events, res = _drain(train(syn.dataset, syn.label, LinearConfig(cluster_size=3),
                                PreprocessConfig(), cfg, label_mask=mask))

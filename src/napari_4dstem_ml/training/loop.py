@@ -56,9 +56,10 @@ class TrainError(ValueError):
 class TrainConfig:
     """Training settings.
 
-    ``linear_init``: ``"als"`` starts the linear model at its least-squares optimum on the
-    training positions (alternating least squares, see ``models.linear_solve``; it counts as
-    the best model until an epoch beats it), ``"none"`` at its default initialisation.
+    ``linear_init``: ``"als"`` fits the linear model directly to its least-squares optimum on
+    the training positions (alternating least squares, see ``models.linear_solve``) as epoch
+    0, and Adam epochs follow (early stopping keeps the ALS weights unless one beats them);
+    ``"none"`` trains it with Adam only, from its default initialisation.
     ``epochs`` passes over the training positions (``steps_per_epoch`` caps a pass; ``None``:
     all positions); ``sampling``: ``"patches"`` (each step runs the fully convolutional
     ``model.predict_field`` on ``patches_per_step`` random scan patches of up to
@@ -467,19 +468,29 @@ def train(
         step = 0
         stopped = "completed"
         epochs_since_best = 0
+        first_epoch = 0
         if cfg.linear_init == "als" and hasattr(model, "cluster_weights"):
-            # the linear model is bilinear: start Adam at its least-squares optimum
+            # The linear model is bilinear: its least-squares optimum on the training
+            # positions is epoch 0; Adam epochs (for L1, or further polish) follow.
             from ..models.linear_solve import fit_radial_linear
 
             yield PrepareEvent("least-squares fit of the linear model", 0, 1)
-            fit_radial_linear(model, source, target[ty, tx], ty, tx)
+            als = fit_radial_linear(model, source, target[ty, tx], ty, tx)
             val_loss, metrics = evaluate()
-            best = (val_loss, -1, copy.deepcopy(model.state_dict()), metrics)
-            yield PrepareEvent("least-squares fit of the linear model", 1, 1)
+            best = (val_loss, 0, copy.deepcopy(model.state_dict()), metrics)
+            ev = EpochEvent(epoch=0, train_loss=als.mse[-1], val_loss=val_loss, metrics=metrics,
+                            lr=0.0, elapsed_s=time.perf_counter() - t_start, step=0, is_best=True)
+            history.append(asdict(ev))
+            yield ev
+            if cfg.preview_every is None:
+                yield preview(0)
+            first_epoch = 1
+            if cancel is not None and cancel.is_set():
+                stopped, first_epoch = "cancelled", cfg.epochs
         model.train()
         n_seen = 0
         t_steps = 0.0
-        for epoch in range(cfg.epochs):
+        for epoch in range(first_epoch, cfg.epochs):
             losses = []
             for group in epoch_groups():
                 t0 = time.perf_counter()

@@ -38,10 +38,10 @@ from .session import (
 if TYPE_CHECKING:
     import napari
 
-NAV_KINDS = ("total intensity", "virtual bright field")
+NAV_KINDS = ("virtual bright field", "total intensity")
 
 
-def navigation_job(data, kind: str = "total intensity", calibration=None):
+def navigation_job(data, kind: str = "virtual bright field", calibration=None):
     """Generator run in a worker: ``("navigation", partial image)`` per band of rows, then
     ``("mean", pattern)``.
 
