@@ -163,15 +163,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .workflow import Message, run_headless
+    from .launch import run_headless
 
-    for event in run_headless(args.output, model=args.model, time_limit_s=args.time_limit):
-        if isinstance(event, Message):
-            print(event.text, flush=True)
-        elif type(event).__name__ == "EpochEvent":
-            r = event.metrics.get("pearson_r", float("nan"))
-            print(f"  epoch {event.epoch + 1}: train {event.train_loss:.4g}, validation "
-                  f"{event.val_loss:.4g}, r {r:.3f} ({event.elapsed_s:.0f} s)", flush=True)
+    run_headless(args.output, model=args.model, time_limit_s=args.time_limit)
     return 0
 
 

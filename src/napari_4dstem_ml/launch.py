@@ -33,7 +33,8 @@ def _print_event(event) -> None:
     name = type(event).__name__
     if name == "EpochEvent":
         print(
-            f"  epoch {event.epoch}: train {event.train_loss:.4g}, val {event.val_loss:.4g}",
+            f"  epoch {event.epoch}: train {event.train_loss:.4g}, validation {event.val_loss:.4g}, "
+            f"r {event.metrics.get('pearson_r', float('nan')):.3f} ({event.elapsed_s:.0f} s)",
             flush=True,
         )
     elif name == "DoneEvent":

@@ -424,6 +424,42 @@ class Preprocessor:
             out[i0 : i0 + n] = r
         return out.reshape(*lead, oy, ox)
 
+    def is_affine(self) -> bool:
+        """True when, for data without negative values, :meth:`transform` is affine per
+        pattern (no compression), so a linear readout of it is a virtual detector."""
+        return self.config.compression == "none"
+
+    def raw_readout(self, weights: np.ndarray) -> tuple[np.ndarray, float]:
+        """A linear readout on the model grid as a mask on the raw detector.
+
+        ``weights`` ``(oy, ox)``: returns ``(mask (ky, kx) float32, offset)`` such that, for
+        raw patterns ``p`` without negative values (the clip in :meth:`transform` is then the
+        identity), ``Σ weights · transform(p) == Σ mask · p + offset``. Needs
+        :meth:`is_affine`.
+        """
+        if not self.is_affine():
+            raise PreprocessError("a raw-detector readout needs compression='none'")
+        w = np.asarray(weights, np.float64)
+        if w.shape != tuple(self.output_shape):
+            raise PreprocessError(f"weights must be {tuple(self.output_shape)}, got {w.shape}")
+        (sly, opy), (slx, opx), scale, angle_mask = self._operators
+        oy, ox = self.output_shape
+
+        def dense(op, n_read: int, n_out: int) -> np.ndarray:
+            if isinstance(op, int):
+                return np.kron(np.eye(n_out), np.ones((1, op)))[:, :n_read]
+            return np.asarray(op, np.float64)
+
+        a_mul, a_add = float(scale), 0.0
+        if self.config.standardise:
+            a_mul, a_add = a_mul / self.input_std, -self.input_mean / self.input_std
+        ry = dense(opy, sly.stop - sly.start, oy)
+        rx = dense(opx, slx.stop - slx.start, ox)
+        eff = w * angle_mask if angle_mask is not None else w
+        mask = np.zeros(self.detector_shape, np.float64)
+        mask[sly, slx] = a_mul * (ry.T @ eff @ rx)
+        return mask.astype(np.float32), float(a_add * w.sum())
+
     def label_to_model(self, label: np.ndarray) -> np.ndarray:
         """Label units → the model's standardised target."""
         return ((np.asarray(label, np.float64) - self.label_mean) / self.label_std).astype(np.float32)
