@@ -96,3 +96,66 @@ def masked_dots(p2, lo, length, woff, weights, out):  # pragma: no cover - compi
                 for i in range(x.shape[0]):
                     s += w[i] * np.float32(x[i])
                 out[m, p] = s
+
+
+@njit(parallel=True, fastmath={"reassoc"}, cache=True, nogil=True)
+def span_sums(p2, lo, length, w, mptr, zero, out):  # pragma: no cover - compiled
+    """Masks as row spans of constant weight: ``out[m, p] = sum_k w[k] * sum(p2[p, lo[k]:lo[k] +
+    length[k]])`` over the spans ``k`` of mask ``m`` (``mptr[m] .. mptr[m + 1]``).
+
+    ``p2`` ``(P, ky*kx)`` C-contiguous, any native numeric dtype; ``zero`` sets the accumulator:
+    ``int64`` (integer data up to 32 bits with integer ``w``: exact integer sums, rounded once to
+    float32) or ``float64`` (float data; each span a vectorised, re-associated float64 sum).
+    ``out`` ``(M, P)`` float32. Parallel over patterns.
+    """
+    p_n = p2.shape[0]
+    n_masks = mptr.shape[0] - 1
+    n_chunks = min(p_n, 256)
+    for t in prange(n_chunks):
+        for p in range(t * p_n // n_chunks, (t + 1) * p_n // n_chunks):
+            row = p2[p]
+            for m in range(n_masks):
+                tot = zero
+                for k in range(mptr[m], mptr[m + 1]):
+                    seg = row[lo[k] : lo[k] + length[k]]
+                    acc = zero
+                    for i in range(seg.shape[0]):
+                        acc += seg[i]
+                    tot += w[k] * acc
+                out[m, p] = tot
+
+
+@njit(parallel=True, fastmath={"reassoc"}, cache=True, nogil=True)
+def column_run_sums(p2, lo, hi, w, mptr, r0, nr, kx, proto, zero, out):  # pragma: no cover
+    """Masks as column runs of constant weight, summed from per-column prefix sums.
+
+    For each pattern, ``C[i, j] = sum_{r < i} p2[p, (r0 + r) * kx + j]`` (``i <= nr``) is built
+    row by row (vectorised over the ``kx`` columns) in the dtype of ``proto`` (int32 / int64 /
+    float64), then ``out[m, p] = sum_k w[k] * (C.flat[hi[k]] - C.flat[lo[k]])`` over the runs
+    ``k`` of mask ``m`` (``mptr[m] .. mptr[m + 1]``); a run of column ``j`` over rows
+    ``a .. b`` has ``lo = a*kx + j``, ``hi = b*kx + j``. Integer prefixes and ``int64`` ``zero``
+    give exact sums; float data: a non-finite value poisons the rest of its column (callers
+    recompute bands with non-finite results). ``out`` ``(M, P)`` float32.
+    """
+    p_n = p2.shape[0]
+    n_masks = mptr.shape[0] - 1
+    n_chunks = min(p_n, 256)
+    base = r0 * kx
+    for t in prange(n_chunks):
+        cf = np.zeros((nr + 1) * kx, proto.dtype)
+        for p in range(t * p_n // n_chunks, (t + 1) * p_n // n_chunks):
+            xf = p2[p]
+            for i in range(nr):
+                a = i * kx
+                _prefix_row(cf[a : a + kx], cf[a + kx : a + 2 * kx], xf[base + a : base + a + kx])
+            for m in range(n_masks):
+                tot = zero
+                for k in range(mptr[m], mptr[m + 1]):
+                    tot += w[k] * (cf[hi[k]] - cf[lo[k]])
+                out[m, p] = tot
+
+
+@njit(inline="always", fastmath=False)
+def _prefix_row(cp, cn, x):  # pragma: no cover - compiled
+    for j in range(x.shape[0]):
+        cn[j] = cp[j] + x[j]
