@@ -72,40 +72,91 @@ def test_multi_mask_equals_single_masks(data, masks, dtype):
     assert _rel(both, _reference(data, masks)) < 1e-5
 
 
-@pytest.mark.parametrize("plan", ["dense", "fused", "runs"])
-@pytest.mark.parametrize("dtype", [np.float32, np.uint16, np.int32, ">u2"])
+_PLANS = {
+    "dense": lambda m3, dt: engine._DensePlan(m3),
+    "fused": lambda m3, dt: engine._FusedPlan(m3),
+    "runs": lambda m3, dt: engine._RunsPlan(m3, None, None, 1.0),
+    "spans": lambda m3, dt: engine._RunSumPlan(m3, np.dtype(dt), "rows"),
+    "columns": lambda m3, dt: engine._RunSumPlan(m3, np.dtype(dt), "columns"),
+}
+
+
+@pytest.mark.parametrize("plan", list(_PLANS))
+@pytest.mark.parametrize("dtype", [np.float32, np.uint16, np.int32, ">u2", np.float64, np.int8])
 def test_every_plan_matches_reference(data, masks, plan, dtype):
-    """Each compute plan on its own (BLAS product, fused dense kernel, run kernel), all masks."""
+    """Each compute plan on its own (BLAS product, fused dense kernel, run kernels), all masks."""
     m3 = masks.astype(np.float32)
-    p = {"dense": engine._DensePlan, "fused": engine._FusedPlan}.get(plan)
-    p = p(m3) if p is not None else engine._RunsPlan(m3, None, None, 1.0)
-    d = data.astype(dtype)
+    d = (data // 500).astype(dtype) if np.dtype(dtype) == np.int8 else data.astype(dtype)
     if plan != "dense":
         d = d.astype(np.dtype(dtype).newbyteorder("="))  # numba kernels take native dtypes
+    p = _PLANS[plan](m3, d.dtype)
     out = np.full((len(m3), *SHAPE[:2]), np.nan, np.float32)
     for y0 in range(0, SHAPE[0], 5):
         blk = d[y0 : y0 + 5]
         p.apply(blk, out[:, y0 : y0 + 5], y0, 0)
-    assert _rel(out, _reference(data, masks)) < 1e-5
+    assert _rel(out, _reference(d.astype(np.float64), masks)) < 1e-5
+
+
+@pytest.mark.parametrize("mode", ["rows", "columns"])
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int16, np.uint32, np.int32])
+def test_binary_run_sums_are_exact_for_integer_data(mode, dtype):
+    """Binary masks on integer data: the integer sum, rounded once to float32 (bit-exact)."""
+    rng = np.random.default_rng(5)
+    info = np.iinfo(dtype)
+    d = rng.integers(info.min, info.max, (3, 4, *SHAPE[2:]), dtype=np.int64, endpoint=True)
+    d = d.astype(dtype)
+    m3 = np.stack([_ring(0, 4.5), _ring(2.25, 9), _ring(6.75, 11.5), np.ones(SHAPE[2:])])
+    m3 = m3.astype(np.float32)
+    plan = engine._RunSumPlan(m3, d.dtype, mode)
+    assert plan.exact
+    out = np.zeros((len(m3), 3, 4), np.float32)
+    plan.apply(d, out, 0, 0)
+    ref = np.einsum("yxij,mij->myx", d.astype(np.int64), m3.astype(np.int64))  # exact integers
+    np.testing.assert_array_equal(out, ref.astype(np.float32))
+    # weighted (non-integer) masks fall back to float64 sums
+    assert not engine._RunSumPlan(m3 * 0.5, d.dtype, mode).exact
+
+
+@pytest.mark.parametrize("mode", ["rows", "columns"])
+def test_run_sums_keep_nan_local(mode):
+    """NaN / inf stay in the masks that contain them (unlike dense products, where 0 * inf is
+    NaN); column prefix sums recompute such bands with row spans."""
+    m3 = np.stack([_ring(0, 4.5), _ring(6.75, 11.5)]).astype(np.float32)
+    d = np.random.default_rng(2).random((2, 3, *SHAPE[2:]))
+    d[1, 2, 1, 3] = np.nan  # outside both masks, above the ring in its detector column
+    d[0, 1, 11, 12] = np.inf  # inside the disc only
+    plan = engine._RunSumPlan(m3, d.dtype, mode)
+    out = np.zeros((2, 2, 3), np.float32)
+    plan.apply(d, out, 0, 0)
+    ref = np.einsum("yxij,mij->myx", np.nan_to_num(d, nan=0.0, posinf=0.0), m3.astype(np.float64))
+    assert out[0, 0, 1] == np.inf and np.isfinite(out[1, 0, 1])
+    finite = np.isfinite(out)
+    assert np.count_nonzero(~finite) == 1
+    np.testing.assert_allclose(out[finite], ref[finite], rtol=1e-6)
 
 
 def test_plan_choice():
     k = SHAPE[2:]
-    annuli = np.stack([_ring(2.0 * i, 2.0 * (i + 1)) for i in range(6)]).astype(np.float32)
     full = np.ones((3, *k), np.float32) * np.arange(1, 4, dtype=np.float32)[:, None, None]
+    smooth = np.hypot(*np.meshgrid(np.arange(k[0]), np.arange(k[1]), indexing="ij")) + 1.0
+    smooth = np.stack([smooth, smooth[::-1]]).astype(np.float32)  # every pixel its own value
     f32, u16, swapped = np.dtype(np.float32), np.dtype(np.uint16), np.dtype(">u2")
-    assert isinstance(engine._choose_plan(annuli[:1], f32), engine._DensePlan)  # gemv
     assert isinstance(engine._choose_plan(full, f32), engine._DensePlan)  # sgemm
-    assert isinstance(engine._choose_plan(annuli, f32), engine._FusedPlan)  # rows differ
-    assert isinstance(engine._choose_plan(annuli, u16), engine._FusedPlan)
-    assert isinstance(engine._choose_plan(full, u16), engine._FusedPlan)
-    assert isinstance(engine._choose_plan(annuli, swapped), engine._DensePlan)
-    # many tiny masks far apart: runs are cheaper than dense rows
-    dots = np.zeros((4, *k), np.float32)
-    for i in range(4):
-        dots[i, 6 * i, 6 * i] = 1
-    dots[:, -1, -1] = 1
-    assert isinstance(engine._choose_plan(dots, u16), engine._RunsPlan)
+    assert isinstance(engine._choose_plan(smooth, f32), engine._DensePlan)
+    assert isinstance(engine._choose_plan(smooth, u16), engine._FusedPlan)
+    # 128 x 128 detector: one annulus, ten thin annuli (the benchmark's masks)
+    r = np.hypot(*np.meshgrid(np.arange(128) - 63.63, np.arange(128) - 64.21, indexing="ij"))
+    one = ((r >= 25.6) & (r < 57.6)).astype(np.float32)[None]
+    ten = np.stack([(r >= 5.76 * i) & (r < 5.76 * (i + 1)) for i in range(10)]).astype(np.float32)
+    assert isinstance(engine._choose_plan(one, f32), engine._DensePlan)  # gemv
+    assert isinstance(engine._choose_plan(one * 0.5, u16), engine._FusedPlan)  # not exact
+    plan = engine._choose_plan(one, u16)
+    assert isinstance(plan, engine._RunSumPlan) and plan.mode == "rows" and plan.exact
+    plan = engine._choose_plan(ten, u16)
+    assert isinstance(plan, engine._RunSumPlan) and plan.mode == "columns" and plan.exact
+    plan = engine._choose_plan(ten, f32)
+    assert isinstance(plan, engine._RunSumPlan) and plan.mode == "columns" and not plan.exact
+    assert isinstance(engine._choose_plan(ten, swapped), engine._DensePlan)
 
 
 def test_nan_propagates_through_fused_kernel(masks):

@@ -32,7 +32,9 @@ def test_train_save_apply(make_napari_viewer, qtbot, tmp_path):
     worker = widget.start()
     assert worker is not None
     qtbot.waitUntil(lambda: widget.worker is None, timeout=60000)
-    assert widget.result is not None and widget.result.steps > 0
+    # the linear model with the MSE loss is solved directly (least squares): no optimiser steps
+    assert widget.result is not None
+    assert widget.result.steps > 0 or widget.result.stopped == "least_squares"
     assert len(widget.history) >= 1
     rec = viewer.layers[reconstruction_name("train")]
     assert rec.data.shape == syn.label.shape

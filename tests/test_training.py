@@ -188,6 +188,7 @@ def test_least_squares_start_is_epoch_0_and_at_least_as_good_as_adam(syn):
                        TrainConfig(linear_init="als", **common), on_event=events.append)
     first = next(e for e in events if isinstance(e, EpochEvent))
     assert first.epoch == 0 and first.step == 0 and first.lr == 0.0
+    assert als.stopped == "least_squares" and als.steps == 0  # MSE: the fit is the answer
     assert als.history[0]["val_loss"] <= adam.best_val_loss * 1.02
     assert als.best_val_loss == min(h["val_loss"] for h in als.history)
     baseline, va = _val_baseline(syn, 5)

@@ -12,7 +12,30 @@ term, well within float32 accumulation error); NaN and infinities still propagat
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+
+@intrinsic
+def _prefetch(typingctx, arr, idx):  # pragma: no cover - compiled
+    """Software prefetch (read, keep in all cache levels) of ``arr[idx]`` (1D, no bounds check;
+    a prefetch never faults)."""
+    sig = types.void(arr, idx)
+
+    def codegen(context, builder, signature, args):
+        aryty = signature.args[0]
+        ary = context.make_array(aryty)(context, builder, args[0])
+        ptr = cgutils.get_item_pointer(context, builder, aryty, ary, [args[1]], wraparound=False)
+        i8p = ir.IntType(8).as_pointer()
+        i32 = ir.IntType(32)
+        fnty = ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0i8")
+        builder.call(fn, [builder.bitcast(ptr, i8p), i32(0), i32(3), i32(1)])
+        return context.get_dummy_value()
+
+    return sig, codegen
 
 
 @njit(parallel=True, fastmath=False, cache=True, nogil=True)
@@ -99,60 +122,94 @@ def masked_dots(p2, lo, length, woff, weights, out):  # pragma: no cover - compi
 
 
 @njit(parallel=True, fastmath={"reassoc"}, cache=True, nogil=True)
-def span_sums(p2, lo, length, w, mptr, zero, out):  # pragma: no cover - compiled
+def span_sums(p2, lo, length, w, midx, tot_proto, out):  # pragma: no cover - compiled
     """Masks as row spans of constant weight: ``out[m, p] = sum_k w[k] * sum(p2[p, lo[k]:lo[k] +
-    length[k]])`` over the spans ``k`` of mask ``m`` (``mptr[m] .. mptr[m + 1]``).
+    length[k]])`` over the spans ``k`` with ``midx[k] == m``.
 
-    ``p2`` ``(P, ky*kx)`` C-contiguous, any native numeric dtype; ``zero`` sets the accumulator:
-    ``int64`` (integer data up to 32 bits with integer ``w``: exact integer sums, rounded once to
-    float32) or ``float64`` (float data; each span a vectorised, re-associated float64 sum).
-    ``out`` ``(M, P)`` float32. Parallel over patterns.
+    Spans are in increasing ``lo`` (each pattern is read front to back); while one pattern is
+    summed, the same spans of the next one are prefetched (compute and memory reads overlap). ``p2`` ``(P, ky*kx)`` C-contiguous, any native numeric dtype;
+    ``tot_proto`` (one element) sets the accumulator: ``int64`` (integer data up to 32 bits with
+    integer ``w``: exact integer sums, rounded once to float32) or ``float64`` (float data: each
+    span a vectorised, re-associated float64 sum). ``out`` ``(M, P)`` float32. Parallel over
+    patterns.
     """
     p_n = p2.shape[0]
-    n_masks = mptr.shape[0] - 1
+    n_masks = out.shape[0]
     n_chunks = min(p_n, 256)
+    zero = tot_proto[0] * 0
+    flat = p2.reshape(p2.size)
+    n = p2.shape[1]
+    line = max(1, 64 // p2.itemsize)
     for t in prange(n_chunks):
+        tot = np.zeros(n_masks, tot_proto.dtype)
         for p in range(t * p_n // n_chunks, (t + 1) * p_n // n_chunks):
             row = p2[p]
+            nxt = min(p + 1, p_n - 1) * n
+            tot[:] = 0
+            for k in range(lo.shape[0]):
+                for q in range(lo[k] - lo[k] % line, lo[k] + length[k], line):
+                    _prefetch(flat, nxt + q)
+                seg = row[lo[k] : lo[k] + length[k]]
+                acc = zero
+                for i in range(seg.shape[0]):
+                    acc += seg[i]
+                tot[midx[k]] += w[k] * acc
             for m in range(n_masks):
-                tot = zero
-                for k in range(mptr[m], mptr[m + 1]):
-                    seg = row[lo[k] : lo[k] + length[k]]
-                    acc = zero
-                    for i in range(seg.shape[0]):
-                        acc += seg[i]
-                    tot += w[k] * acc
-                out[m, p] = tot
+                out[m, p] = tot[m]
 
 
 @njit(parallel=True, fastmath={"reassoc"}, cache=True, nogil=True)
-def column_run_sums(p2, lo, hi, w, mptr, r0, nr, kx, proto, zero, out):  # pragma: no cover
+def column_run_sums(p2, lo, hi, w, mptr, r0, nr, kx, proto, out):  # pragma: no cover
     """Masks as column runs of constant weight, summed from per-column prefix sums.
 
     For each pattern, ``C[i, j] = sum_{r < i} p2[p, (r0 + r) * kx + j]`` (``i <= nr``) is built
     row by row (vectorised over the ``kx`` columns) in the dtype of ``proto`` (int32 / int64 /
     float64), then ``out[m, p] = sum_k w[k] * (C.flat[hi[k]] - C.flat[lo[k]])`` over the runs
-    ``k`` of mask ``m`` (``mptr[m] .. mptr[m + 1]``); a run of column ``j`` over rows
-    ``a .. b`` has ``lo = a*kx + j``, ``hi = b*kx + j``. Integer prefixes and ``int64`` ``zero``
-    give exact sums; float data: a non-finite value poisons the rest of its column (callers
-    recompute bands with non-finite results). ``out`` ``(M, P)`` float32.
+    ``k`` of mask ``m`` (``mptr[m] .. mptr[m + 1]``), summed in float64; a run of column ``j``
+    over rows ``a .. b`` has ``lo = a*kx + j``, ``hi = b*kx + j``. Integer prefixes and integer
+    weights give exact sums (below 2**53); float data: a non-finite value poisons the rest of its column (callers
+    recompute bands with non-finite results). The next pattern's rows are prefetched while one
+    is summed. ``out`` ``(M, P)`` float32.
     """
     p_n = p2.shape[0]
     n_masks = mptr.shape[0] - 1
     n_chunks = min(p_n, 256)
     base = r0 * kx
+    flat = p2.reshape(p2.size)
+    n = p2.shape[1]
+    line = max(1, 64 // p2.itemsize)
     for t in prange(n_chunks):
         cf = np.zeros((nr + 1) * kx, proto.dtype)
         for p in range(t * p_n // n_chunks, (t + 1) * p_n // n_chunks):
             xf = p2[p]
+            nxt = min(p + 1, p_n - 1) * n + base
             for i in range(nr):
                 a = i * kx
+                for q in range(a - a % line, a + kx, line):  # the next pattern's row
+                    _prefetch(flat, nxt + q)
                 _prefix_row(cf[a : a + kx], cf[a + kx : a + 2 * kx], xf[base + a : base + a + kx])
             for m in range(n_masks):
-                tot = zero
-                for k in range(mptr[m], mptr[m + 1]):
-                    tot += w[k] * (cf[hi[k]] - cf[lo[k]])
-                out[m, p] = tot
+                out[m, p] = _run_diffs(cf, lo, hi, w, mptr[m], mptr[m + 1])
+
+
+@njit(fastmath=False, nogil=True)
+def _run_diffs(cf, lo, hi, w, k0, k1):  # pragma: no cover - compiled
+    """``sum_k w[k] * (cf[hi[k]] - cf[lo[k]])`` for ``k0 <= k < k1`` in float64, four partial sums.
+
+    Not re-associated, so that LLVM keeps scalar loads (AVX-512 gathers are slower here); exact
+    for integer prefixes while partial sums stay below 2**53."""
+    s0 = s1 = s2 = s3 = 0.0
+    k = k0
+    while k + 4 <= k1:
+        s0 += np.float64(w[k]) * np.float64(cf[hi[k]] - cf[lo[k]])
+        s1 += np.float64(w[k + 1]) * np.float64(cf[hi[k + 1]] - cf[lo[k + 1]])
+        s2 += np.float64(w[k + 2]) * np.float64(cf[hi[k + 2]] - cf[lo[k + 2]])
+        s3 += np.float64(w[k + 3]) * np.float64(cf[hi[k + 3]] - cf[lo[k + 3]])
+        k += 4
+    while k < k1:
+        s0 += np.float64(w[k]) * np.float64(cf[hi[k]] - cf[lo[k]])
+        k += 1
+    return (s0 + s1) + (s2 + s3)
 
 
 @njit(inline="always", fastmath=False)

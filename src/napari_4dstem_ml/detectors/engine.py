@@ -315,14 +315,14 @@ def _mask_runs(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np
     return sr.astype(np.int64), sc.astype(np.int64), lens.astype(np.int64), weights
 
 
-#: non-float32 data uses the run kernel for several masks when its estimated cost (nonzero pixels
-#: plus this many pixels' worth per run) is below the fused dense kernel's (pixels of each mask's
-#: bounding detector rows, vectorised: ~1/16 of a scalar pixel's cost each)
-RUN_OVERHEAD_PX = 12
-DENSE_PX_COST = 1 / 8
-#: float32 with several masks: the fused kernel when its pixel count is below this fraction of
-#: the BLAS product's (masks × union of bounding rows); BLAS reuses each loaded pixel for all masks
-FUSED_FRACTION = 0.75
+#: estimated compute cost, in CPU cycles per pattern per pixel (or per run), of each plan; from
+#: in-cache single-core timings on 128×128 patterns (AMD Zen 4). Only the ranking matters.
+FUSED_PX_CYCLES = {1: 0.2, 2: 0.2, 4: 0.37, 8: 0.6}  # fused dense kernel, per bounding-row pixel
+BLAS_PX_CYCLES = 0.14  # sgemm, per pixel per mask (float32 data, several masks)
+SPAN_PX_CYCLES = {"int": 0.12, "float": 0.25}  # row-span sums, per summed pixel
+SPAN_CYCLES = {"int": 8.0, "float": 14.0}  # ... and per span (loop set-up, mispredicted exits)
+PREFIX_PX_CYCLES = {4: 0.25, 8: 0.45}  # column prefix sums (int32 / int64, float64), per pixel
+COLUMN_RUN_CYCLES = 5.5  # ... and per column run (two gathered prefix values)
 
 
 class _FusedPlan(_Plan):
@@ -348,13 +348,14 @@ class _FusedPlan(_Plan):
         self.weights = np.ascontiguousarray(np.concatenate(ws), dtype=np.float32)
 
     @staticmethod
-    def cost(m3: np.ndarray) -> float:
+    def cost(m3: np.ndarray, dtype: np.dtype) -> float:
+        """Estimated cycles per pattern: each mask over its bounding detector rows."""
         rows = np.any(m3 != 0, axis=2)  # (n, ky)
         total = 0
         for r in rows:
             idx = np.flatnonzero(r)
             total += (idx[-1] + 1 - idx[0]) * m3.shape[2] if idx.size else 0
-        return total * DENSE_PX_COST
+        return total * FUSED_PX_CYCLES.get(dtype.itemsize, 0.6)
 
     def apply(self, block: np.ndarray, out: np.ndarray, y0: int, x0: int) -> None:
         a, b = block.shape[:2]
@@ -373,32 +374,149 @@ def _blas_px(m3: np.ndarray) -> int:
     return len(m3) * ((int(rows[-1]) + 1 - int(rows[0])) * m3.shape[2] if rows.size else 0)
 
 
-def _runs_cost(m3: np.ndarray) -> float:
-    nz = m3 != 0
-    starts = np.count_nonzero(nz[..., 1:] & ~nz[..., :-1]) + np.count_nonzero(nz[..., 0])
-    return float(np.count_nonzero(nz) + RUN_OVERHEAD_PX * starts)
-
-
 def _choose_plan(m3: np.ndarray, dtype: np.dtype | None = None) -> _Plan:
-    """BLAS product for float32 data, a fused numba kernel for other native numeric dtypes.
+    """The plan of least estimated compute cost for these masks and this data dtype.
 
-    float32: one matrix product ``(patterns × pixels) @ (pixels × masks)`` per band (gemv for one
-    mask) — memory-bound, all masks in one pass; for several masks whose bounding detector rows
-    differ (a set of annuli) the fused kernel does less arithmetic (each mask only over its own
-    rows) and is used when its pixel count is below ``FUSED_FRACTION`` of the product's. Other native numeric dtypes (uint16, int32,
-    float64, ...): the fused cast + dense dot kernel (no cast copy), or for many small sparse
-    masks (thin annuli) the fused run kernel, whichever is estimated cheaper. Anything else
+    float32 data and one mask: BLAS matrix-vector product (memory-bound). Otherwise, for native
+    numeric dtypes, the cheapest of: the BLAS product ``(patterns × pixels) @ (pixels × masks)``
+    (float32 only), the fused cast + dense dot kernel (each mask over its bounding detector rows),
+    row-span sums and column-run sums (:class:`_RunSumPlan`: masks made of runs of constant
+    weight, e.g. binary disks and annuli; exact integer sums for integer data). Anything else
     (byte-swapped data) is cast in cache-sized blocks and goes to BLAS.
     """
     if dtype is None or not (dtype.isnative and dtype.kind in "iuf"):
         return _DensePlan(m3)
+    if dtype == np.float32 and len(m3) == 1:
+        return _DensePlan(m3)  # gemv: memory-bound
+    options: list[tuple[float, Callable[[], _Plan]]] = [
+        (_FusedPlan.cost(m3, dtype), lambda: _FusedPlan(m3))
+    ]
     if dtype == np.float32:
-        if len(m3) > 1 and _FusedPlan.cost(m3) < FUSED_FRACTION * DENSE_PX_COST * _blas_px(m3):
-            return _FusedPlan(m3)  # several masks on different detector rows (annuli)
-        return _DensePlan(m3)
-    if len(m3) > 1 and _runs_cost(m3) < _FusedPlan.cost(m3):
-        return _RunsPlan(m3, None, None, 1.0)
-    return _FusedPlan(m3)
+        options.append((BLAS_PX_CYCLES * _blas_px(m3), lambda: _DensePlan(m3)))
+    for mode in ("rows", "columns"):
+        options.append(
+            (_RunSumPlan.cost(m3, dtype, mode), lambda mode=mode: _RunSumPlan(m3, dtype, mode))
+        )
+    return min(options, key=lambda o: o[0])[1]()
+
+
+def _runs_along_rows(m2: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Runs of equal nonzero value along the rows of ``m2``: (flat start, length, value)."""
+    rows, cols = m2.shape
+    change = np.ones(m2.shape, bool)
+    change[:, 1:] = m2[:, 1:] != m2[:, :-1]
+    pos = np.flatnonzero(change)
+    ends = np.append(pos[1:], rows * cols)  # every row start is a change: runs end at row ends
+    keep = m2.ravel()[pos] != 0
+    return pos[keep], (ends - pos)[keep], m2.ravel()[pos[keep]]
+
+
+def _run_count(m3: np.ndarray, axis: int) -> int:
+    """Runs of equal nonzero value along ``axis`` (1: detector columns, 2: rows) of all masks."""
+    nz = m3 != 0
+    same = np.zeros(m3.shape, bool)
+    if axis == 2:
+        same[..., 1:] = m3[..., 1:] == m3[..., :-1]
+    else:
+        same[:, 1:] = m3[:, 1:] == m3[:, :-1]
+    return int(np.count_nonzero(nz & ~same))
+
+
+class _RunSumPlan(_Plan):
+    """Masks as runs of constant weight (binary disks, annuli, ...): sums over the runs.
+
+    ``mode="rows"``: each run is a contiguous span of a detector row, summed directly (kernel
+    ``span_sums``); ``mode="columns"``: runs along detector columns, each the difference of two
+    per-column prefix sums built once per pattern (kernel ``column_run_sums``; cheaper for many
+    thin annuli, whose row spans are short). Integer data (up to 32 bits) with small integer
+    weights (binary masks) is summed exactly in integers and rounded once to float32; float data
+    is summed in float64. For float data, a band whose column-prefix result is not finite is
+    recomputed with row spans (a NaN or inf would poison the rest of its column); row spans keep
+    NaN and inf to the masks that contain them.
+    """
+
+    def __init__(self, m3: np.ndarray, dtype: np.dtype, mode: str) -> None:
+        n, ky, kx = m3.shape
+        self.n, self.kx, self.mode, self.m3 = n, kx, mode, m3
+        self.exact = _integer_exact(m3, dtype)
+        wdt = np.int64 if self.exact else np.float64
+        rows = np.flatnonzero(np.any(m3 != 0, axis=(0, 2)))
+        self.r0, self.r1 = (int(rows[0]), int(rows[-1]) + 1) if rows.size else (0, 0)
+        nr = self.r1 - self.r0
+        lo, hi, ws, ptr = [], [], [], [0]
+        for m in m3:
+            if mode == "rows":
+                pos, ln, w = _runs_along_rows(m)
+                lo.append(pos)
+                hi.append(ln)  # span lengths
+            else:
+                pos, ln, w = _runs_along_rows(np.ascontiguousarray(m[self.r0 : self.r1].T))
+                col, a = np.divmod(pos, max(nr, 1))
+                lo.append(a * kx + col)
+                hi.append((a + ln) * kx + col)
+            ws.append(w)
+            ptr.append(ptr[-1] + len(pos))
+        self.lo = np.concatenate(lo).astype(np.int64)
+        self.hi = np.concatenate(hi).astype(np.int64)
+        self.w = np.concatenate(ws).astype(wdt)
+        self.ptr = np.asarray(ptr, np.int64)
+        if mode == "rows":  # all masks' spans in memory order
+            self.midx = np.repeat(np.arange(n, dtype=np.int64), np.diff(self.ptr))
+            order = np.argsort(self.lo, kind="stable")
+            self.lo, self.hi, self.w, self.midx = (
+                np.ascontiguousarray(v[order]) for v in (self.lo, self.hi, self.w, self.midx)
+            )
+        self.tot_proto = np.zeros(1, wdt)
+        if dtype.kind == "f":
+            self.proto = np.zeros(1, np.float64)
+        else:
+            self.proto = np.zeros(1, np.int32 if dtype.itemsize <= 2 and ky < 2**15 else np.int64)
+        self._fallback: _Plan | None = None
+
+    @staticmethod
+    def cost(m3: np.ndarray, dtype: np.dtype, mode: str) -> float:
+        """Estimated cycles per pattern."""
+        kind = "int" if _integer_exact(m3, dtype) else "float"
+        if mode == "rows":
+            n_px = np.count_nonzero(m3)
+            return SPAN_PX_CYCLES[kind] * n_px + SPAN_CYCLES[kind] * _run_count(m3, 2)
+        rows = np.flatnonzero(np.any(m3 != 0, axis=(0, 2)))
+        nr = int(rows[-1]) + 1 - int(rows[0]) if rows.size else 0
+        size = 4 if kind == "int" and dtype.itemsize <= 2 else 8
+        return PREFIX_PX_CYCLES[size] * nr * m3.shape[2] + COLUMN_RUN_CYCLES * _run_count(m3, 1)
+
+    def apply(self, block: np.ndarray, out: np.ndarray, y0: int, x0: int) -> None:
+        a, b = block.shape[:2]
+        if a * b == 0:
+            return
+        p3 = _patterns_2d(block)
+        p2 = p3.reshape(p3.shape[0], -1)
+        res = np.empty((self.n, p2.shape[0]), np.float32)
+        k = _kernels()
+        if self.mode == "rows":
+            k.span_sums(p2, self.lo, self.hi, self.w, self.midx, self.tot_proto, res)
+        else:
+            k.column_run_sums(p2, self.lo, self.hi, self.w, self.ptr, self.r0, self.r1 - self.r0,
+                              self.kx, self.proto, res)
+            if p2.dtype.kind == "f" and not np.isfinite(res).all():
+                if self._fallback is None:
+                    self._fallback = _RunSumPlan(self.m3, p2.dtype, "rows")
+                self._fallback.apply(block, out, y0, x0)
+                return
+        out[...] = res.reshape(self.n, a, b)
+
+
+def _integer_exact(m3: np.ndarray, dtype: np.dtype) -> bool:
+    """Integer data up to 32 bits and integer mask weights small enough that int64 sums of a
+    whole pattern stay below 2**53 (exact in int64 and float64): the run kernels sum exactly."""
+    if dtype.kind not in "iu" or dtype.itemsize > 4:
+        return False
+    w = np.abs(m3[m3 != 0]).astype(np.float64)
+    if not np.all(w == np.round(w)):
+        return False
+    wmax = float(w.max()) if w.size else 0.0
+    info = np.iinfo(dtype)
+    return wmax * float(max(info.max, -int(info.min))) * m3[0].size < 2.0**53
 
 
 class _RunsPlan(_Plan):

@@ -58,7 +58,8 @@ class TrainConfig:
 
     ``linear_init``: ``"als"`` fits the linear model directly to its least-squares optimum on
     the training positions (alternating least squares, see ``models.linear_solve``) as epoch
-    0, and Adam epochs follow (early stopping keeps the ALS weights unless one beats them);
+    0; with the MSE loss that is the answer (``stopped == "least_squares"``), with L1 Adam
+    epochs refine it (early stopping keeps the ALS weights unless one beats them);
     ``"none"`` trains it with Adam only, from its default initialisation.
     ``epochs`` passes over the training positions (``steps_per_epoch`` caps a pass; ``None``:
     all positions); ``sampling``: ``"patches"`` (each step runs the fully convolutional
@@ -487,6 +488,8 @@ def train(
             first_epoch = 1
             if cancel is not None and cancel.is_set():
                 stopped, first_epoch = "cancelled", cfg.epochs
+            elif cfg.loss == "mse":  # already the least-squares optimum: nothing to refine
+                stopped, first_epoch = "least_squares", cfg.epochs
         model.train()
         n_seen = 0
         t_steps = 0.0
