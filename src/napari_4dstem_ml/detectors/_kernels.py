@@ -7,6 +7,11 @@ accumulations into a small array (vectorised without re-association), reduced at
 sum is then taken in a different order than a sequential loop (relative differences ~1e-7 per
 term, well within float32 accumulation error); NaN and infinities still propagate, because the
 ``nnan``/``ninf`` flags are not set.
+
+``span_sums`` and ``column_run_sums`` sum masks made of runs of constant weight (binary disks,
+annuli): integer data in integers (exact), float data in float64; re-association only changes the
+order of float64 span sums. Both prefetch the next pattern (``_prefetch``, ``llvm.prefetch``)
+while summing one, so that memory reads overlap the arithmetic.
 """
 
 from __future__ import annotations
@@ -146,9 +151,12 @@ def span_sums(p2, lo, length, w, midx, tot_proto, out):  # pragma: no cover - co
             row = p2[p]
             nxt = min(p + 1, p_n - 1) * n
             tot[:] = 0
+            pf = lo[0] - lo[0] % line if lo.shape[0] else 0  # prefetch cursor, next pattern
             for k in range(lo.shape[0]):
-                for q in range(lo[k] - lo[k] % line, lo[k] + length[k], line):
-                    _prefetch(flat, nxt + q)
+                pf = max(pf, lo[k] - lo[k] % line)
+                while pf < lo[k] + length[k]:
+                    _prefetch(flat, nxt + pf)
+                    pf += line
                 seg = row[lo[k] : lo[k] + length[k]]
                 acc = zero
                 for i in range(seg.shape[0]):

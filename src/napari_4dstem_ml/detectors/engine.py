@@ -6,13 +6,16 @@
 How it streams: one pass over the data in bands of scan rows (about 64 MB each, aligned to the
 storage chunks), all masks at once; each mask is restricted to the detector rows it touches:
 
-* float32 data: one BLAS product ``(patterns × pixels) @ (pixels × masks)`` per band (gemv for one
-  mask; memory-bound); several masks on different detector rows (a set of annuli) go to the
-  fused kernel below when it does less arithmetic (``_choose_plan``);
-* other native numeric dtypes (uint16, int32, float64, ...): a parallel numba kernel fuses the
-  cast and the masked dot (each pattern read once, all masks while it is in cache, the whole
-  array never copied; re-associated float32 sums, see ``_kernels``); many tiny masks use the
-  row-run kernel instead when cheaper; byte-swapped data is cast in cache-sized blocks for BLAS;
+* the plan is the one of least estimated compute cost (``_choose_plan``): for float32 data and
+  one mask, a BLAS matrix-vector product (memory-bound); otherwise the cheapest of a BLAS product
+  ``(patterns × pixels) @ (pixels × masks)`` (float32), a parallel numba kernel fusing the cast
+  and the masked dot over each mask's bounding detector rows (re-associated float32 sums, see
+  ``_kernels``), and, for masks made of runs of constant weight (binary disks and annuli), sums
+  over the runs: row spans summed directly, or column runs taken from per-column prefix sums
+  (many thin annuli). Run sums of integer data (up to 32 bits) with binary / small-integer masks
+  are exact integers rounded once to float32; float data is summed in float64. The run kernels
+  read each pattern front to back and prefetch the next one. Byte-swapped data is cast in
+  cache-sized blocks for BLAS;
 * NumPy arrays and read-only memmaps are read in place; for a mapping larger than
   ``RELEASE_BYTES`` (512 MiB) the mapped pages are released after each band (resident
   memory stays bounded; the page cache keeps them), smaller ones stay mapped so that repeated runs
@@ -27,8 +30,10 @@ rounded shift (exact array shifts for whole pixels; bilinear interpolation for f
 Mask edges are therefore placed to within ``shift_step / 2`` px per axis of the true centre.
 This path uses a sparse numba kernel (mask → row runs of nonzero pixels).
 
-Accuracy: float32 products and float32 accumulation (BLAS blocking, or vectorised partial sums);
-relative error against a float64 reference is ~1e-6 on 128×128 patterns. NaN/inf propagate.
+Accuracy: BLAS and the fused kernel use float32 products and float32 accumulation (relative error
+against a float64 reference ~1e-6 on 128×128 patterns; a NaN/inf anywhere in a mask's bounding
+rows reaches its image, as 0 × inf is NaN); run sums are exact for integer data and float64 for
+float data, and keep NaN/inf to the masks that contain them.
 """
 
 from __future__ import annotations
