@@ -340,5 +340,7 @@ def test_crystal_label_registers_to_its_true_origin_not_a_symmetric_copy():
         for i, (n_l, n_s) in enumerate([(ly, ny), (lx, nx)])
     ]
     assert abs(reg.params.rotation_deg) < 0.5
-    np.testing.assert_allclose(reg.params.shift_yx, expected, atol=0.15)
+    # a symmetric copy would be off by a lattice translation (>= 11 scan steps) or 120°; the
+    # reconstruction itself sits ~0.05 Å (0.2 steps) off its nominal probe positions
+    np.testing.assert_allclose(reg.params.shift_yx, expected, atol=0.25)
     assert reg.coverage == 1.0

@@ -168,7 +168,11 @@ def test_load_sample_headless():
     assert ds.calibration.energy_ev == 80e3
     assert ds.calibration.scan_step_A[0] == pytest.approx(s.attrs["scan_step_A"][0])
     assert ds.calibration.detector_pixel_mrad is not None
-    assert s.label.ndim == 2 and s.label_pixel_size_A == pytest.approx(0.1)
+    # py4DSTEM's object pixel is λ / (N · Δθ): N = 256 padded detector pixels of 2 × 0.84 mrad
+    from napari_4dstem_ml.dataset import electron_wavelength_A
+
+    expected_px = electron_wavelength_A(80e3) / (256 * 2 * 0.84e-3)
+    assert s.label.ndim == 2 and s.label_pixel_size_A == pytest.approx(expected_px, rel=1e-3)
     assert s.vacancy_sites is not None and s.ground_truth.shape == ds.scan_shape
     # the label covers the scan with padding
     ext = np.array(s.label.shape) * s.label_pixel_size_A

@@ -365,6 +365,10 @@ class _CloseWatcher(QObject):
             callbacks, self.callbacks = self.callbacks, []
             for cb in callbacks:
                 cb()
+            if callbacks:  # the widgets asked their workers to quit: let them finish
+                from napari.qt.threading import WorkerBase
+
+                WorkerBase.await_workers(msecs=5000)
         return False
 
 
