@@ -165,7 +165,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from .launch import run_headless
 
-    run_headless(args.output, model=args.model, time_limit_s=args.time_limit)
+    models = ("linear", "conv4d") if args.model == "both" else (args.model,)
+    run_headless(args.output, models=models, time_limit_s=args.time_limit)
     return 0
 
 
@@ -236,8 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="the whole workflow on the bundled MoS2 and PrScO3 samples")
     p.add_argument("-o", "--output", default="stemml-output", help="folder for a new run subfolder")
-    p.add_argument("--model", choices=("linear", "conv4d"), default="linear")
-    p.add_argument("--time-limit", type=float, default=300.0, help="training time limit (s)")
+    p.add_argument("--model", choices=("linear", "conv4d", "both"), default="both")
+    p.add_argument("--time-limit", type=float, default=300.0, help="training time limit per model (s)")
     p.set_defaults(func=cmd_demo)
     return parser
 

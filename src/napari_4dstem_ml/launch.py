@@ -1,6 +1,6 @@
 """``make run``: napari with the plugin's three widgets docked and the MoS2 sample loaded.
 
-``python -m napari_4dstem_ml.launch [--headless] [--out DIR] [--model linear|conv4d]``.
+``python -m napari_4dstem_ml.launch [--headless] [--out DIR] [--models linear,conv4d]``.
 Without a display (no ``DISPLAY``/``WAYLAND_DISPLAY`` on Linux, or Qt fails to start), or with
 ``--headless``, it says so and runs the headless workflow instead
 (:func:`napari_4dstem_ml.workflow.run_headless`: train on the MoS2 sample, reconstruct MoS2 and
@@ -45,7 +45,9 @@ def _print_event(event) -> None:
 
 
 def run_headless(
-    out: str | Path = "stemml-output", model: str = "linear", time_limit_s: float | None = 300.0
+    out: str | Path = "stemml-output",
+    models: tuple[str, ...] = ("linear", "conv4d"),
+    time_limit_s: float | None = 300.0,
 ) -> Path:
     """The headless workflow; returns the output folder."""
     out = Path(out)
@@ -58,7 +60,7 @@ def run_headless(
         return _headless_synthetic(out)
     from .workflow import run_headless as workflow_run
 
-    gen = workflow_run(out, model=model, time_limit_s=time_limit_s)
+    gen = workflow_run(out, models=tuple(models), time_limit_s=time_limit_s)
     while True:
         try:
             _print_event(next(gen))
@@ -112,11 +114,19 @@ def load_synthetic(viewer) -> None:
     session_for(viewer).add_dataset("synthetic 4D-STEM", syn.dataset)
 
 
+def _models(text: str) -> tuple[str, ...]:
+    models = tuple(m.strip() for m in text.split(",") if m.strip())
+    bad = [m for m in models if m not in ("linear", "conv4d")]
+    if bad or not models:
+        raise SystemExit(f"--models: expected a comma-separated list of linear, conv4d; got {text!r}")
+    return models
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m napari_4dstem_ml.launch", description=__doc__)
     p.add_argument("--headless", action="store_true", help="run the headless workflow")
     p.add_argument("--out", default="stemml-output", help="output folder (headless)")
-    p.add_argument("--model", default="linear", choices=("linear", "conv4d"))
+    p.add_argument("--models", default="linear,conv4d", help="comma-separated: linear, conv4d")
     p.add_argument("--time-limit", type=float, default=300.0, help="training time limit (s)")
     args = p.parse_args(argv)
     if not args.headless and has_display():
@@ -129,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as err:  # noqa: BLE001 - e.g. Qt cannot connect to the display
             print(f"could not start the GUI ({err})", flush=True)
     print("no display: running the headless workflow", flush=True)
-    out = run_headless(args.out, args.model, args.time_limit)
+    out = run_headless(args.out, _models(args.models), args.time_limit)
     print(f"results in {out}", flush=True)
     return 0
 

@@ -196,17 +196,25 @@ def registered_label(
     return reg.image_on_scan_grid, reg.coverage_mask, summary
 
 
-def run_job(job: TrainingJob, dataset: Dataset4D) -> Generator[Any, None, JobResult]:
-    """Train ``job.model`` on ``dataset`` against ``job.label`` and save the checkpoint."""
+def run_job(
+    job: TrainingJob, dataset: Dataset4D, registered: tuple | None = None
+) -> Generator[Any, None, JobResult]:
+    """Train ``job.model`` on ``dataset`` against ``job.label`` and save the checkpoint.
+
+    ``registered``: the label already on the scan grid, as returned by
+    :func:`registered_label` (image, coverage mask, summary), to skip registering it again.
+    """
     from .export import check_output
     from .training.checkpoint import save_checkpoint
     from .training.loop import DoneEvent, train
 
     out = check_output(Path(job.output), job.overwrite, suffixes=(".pt",))
-    label, coverage, reg_summary = yield from registered_label(
-        dataset, job.label, dataset_name=job.label_dataset, pixel_size_A=job.label_pixel_A,
-        register=job.register,
-    )
+    if registered is None:
+        registered = yield from registered_label(
+            dataset, job.label, dataset_name=job.label_dataset, pixel_size_A=job.label_pixel_A,
+            register=job.register,
+        )
+    label, coverage, reg_summary = registered
     model_cfg, pre_cfg, train_cfg = job.configs(dataset)
     yield Message(f"training a {job.model} model (K = {job.cluster_size}) on {dataset.scan_shape} positions")
     result = None
@@ -244,21 +252,26 @@ def _new_run_dir(out_dir: str | Path) -> Path:
 
 
 def run_headless(
-    out_dir: str | Path = "stemml-output", *, model: str = "linear", time_limit_s: float | None = 300.0,
+    out_dir: str | Path = "stemml-output",
+    *,
+    models: tuple[str, ...] = ("linear", "conv4d"),
+    time_limit_s: float | None = 300.0,
 ) -> Generator[Any, None, Path]:
     """The main job on the bundled samples, without a display.
 
-    Train ``model`` on the MoS2 sample against its ptychography label (registered onto the
-    scan grid automatically), apply it to MoS2 and to the thick PrScO3 sample, and compare
-    each reconstruction and the conventional ADF image with the ground truth. Writes TIFF
-    and PNG images, the checkpoint and ``summary.json`` into a new run folder of
-    ``out_dir``, which it returns. Yields :class:`Message` lines and training events.
+    Train each of ``models`` on the MoS2 sample against its ptychography label (registered
+    onto the scan grid once, automatically), apply it to MoS2 and to the thick PrScO3
+    sample, and compare each reconstruction and the conventional ADF image with the ground
+    truth. Writes TIFF and PNG images, the checkpoints, the linear model's learned detector
+    mask (``.npy``, usable as a custom virtual detector) and ``summary.json`` into a new run
+    folder of ``out_dir``, which it returns. Yields :class:`Message` lines and training events.
     """
     import json
 
     from .export import write_image
     from .metrics import compare
     from .samples import SAMPLES, load_sample, sample_path
+    from .training.checkpoint import load_checkpoint
     from .training.inference import predict
 
     run = _new_run_dir(out_dir)
@@ -271,38 +284,44 @@ def run_headless(
     for suffix in (".tif", ".png"):
         write_image(run / f"mos2_navigation{suffix}", nav, step)
     yield Message(f"navigation image: {what}")
+    registered = yield from registered_label(ds, sample_path("mos2"), dataset_name="label/image")
 
-    job = TrainingJob(
-        label=str(sample_path("mos2")), label_dataset="label/image", output=str(run / f"{model}.pt"),
-        model=model, time_limit_s=time_limit_s,
-    )
-    result = None
-    for event in run_job(job, ds):
-        if isinstance(event, JobResult):
-            result = event
-        yield event
-
-    from .training.checkpoint import load_checkpoint
-
-    loaded = load_checkpoint(result.checkpoint)
-    summary: dict[str, Any] = {"model": model, "checkpoint": str(result.checkpoint),
-                               "registration": result.registration, "validation": result.metrics}
-    for key in ("mos2", "prsco3"):
-        try:
-            sample = mos2 if key == "mos2" else load_sample(key)
-        except FileNotFoundError as exc:
-            yield Message(f"skipping {key}: {exc}")
-            continue
-        image = predict(loaded.model, loaded.preprocessor, sample.dataset)
+    samples = {"mos2": mos2}
+    try:
+        samples["prsco3"] = load_sample("prsco3")
+    except FileNotFoundError as exc:
+        yield Message(f"skipping prsco3: {exc}")
+    summary: dict[str, Any] = {"registration": registered[2], "samples": {}, "models": {}}
+    for key, sample in samples.items():
         px = sample.dataset.calibration.scan_step_A[1]
         for suffix in (".tif", ".png"):
-            write_image(run / f"{key}_{model}{suffix}", image, px)
             write_image(run / f"{key}_adf{suffix}", sample.adf, px)
-        ml = compare(image, sample.ground_truth, pixel_size=px)
         adf = compare(sample.adf, sample.ground_truth, pixel_size=px)
-        summary[key] = {"ml_vs_truth": ml.to_dict(), "adf_vs_truth": adf.to_dict()}
-        yield Message(f"{key}: {model} vs ground truth: {ml.summary()}")
-        yield Message(f"{key}: ADF vs ground truth:    {adf.summary()}")
+        summary["samples"][key] = {"adf_vs_truth": adf.to_dict()}
+        yield Message(f"{key}: ADF vs ground truth: {adf.summary()}")
+
+    for model in models:
+        job = TrainingJob(label=str(sample_path("mos2")), label_dataset="label/image",
+                          output=str(run / f"{model}.pt"), model=model, time_limit_s=time_limit_s)
+        result = None
+        for event in run_job(job, ds, registered):
+            if isinstance(event, JobResult):
+                result = event
+            yield event
+        loaded = load_checkpoint(result.checkpoint)
+        if hasattr(loaded.model, "export_detector_mask"):
+            mask_path = loaded.model.export_detector_mask(run / f"{model}_detector_mask.npy")
+            yield Message(f"learned detector mask (model grid) written to {mask_path}")
+        summary["models"][model] = {"checkpoint": str(result.checkpoint),
+                                    "validation": result.metrics}
+        for key, sample in samples.items():
+            image = predict(loaded.model, loaded.preprocessor, sample.dataset)
+            px = sample.dataset.calibration.scan_step_A[1]
+            for suffix in (".tif", ".png"):
+                write_image(run / f"{key}_{model}{suffix}", image, px)
+            ml = compare(image, sample.ground_truth, pixel_size=px)
+            summary["models"][model][key] = ml.to_dict()
+            yield Message(f"{key}: {model} vs ground truth: {ml.summary()}")
     (run / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     yield Message(f"done: {run}")
     return run
