@@ -38,8 +38,8 @@ def shot(viewer, qapp, name):
 
 
 def main():
-    from napari_4dstem_ml.launch import open_gui
     from napari_4dstem_ml.widgets.detectors import DetectorsWidget
+    from napari_4dstem_ml.widgets.launcher import open_gui
     from napari_4dstem_ml.widgets.session import MEAN_LAYER, session_for
     from napari_4dstem_ml.widgets.training import TrainingWidget
 

@@ -15,8 +15,6 @@ import os
 import sys
 from pathlib import Path
 
-WIDGETS = ("4D-STEM browser", "Virtual detectors", "Train & reconstruct")
-
 
 def has_display() -> bool:
     """True when a GUI can plausibly start (Linux needs DISPLAY or WAYLAND_DISPLAY)."""
@@ -87,33 +85,6 @@ def _headless_synthetic(out: Path) -> Path:
     return out
 
 
-def open_gui(load_sample: bool = True):
-    """Open napari with the widgets docked and the MoS2 sample (or synthetic data) loaded."""
-    import napari
-
-    viewer = napari.Viewer(title="napari-4dstem-ml")
-    for name in WIDGETS:
-        viewer.window.add_plugin_dock_widget("napari-4dstem-ml", name)
-    if load_sample:
-        try:
-            viewer.open_sample("napari-4dstem-ml", "mos2")
-        except Exception as err:  # noqa: BLE001 - no sample: synthetic data instead
-            print(f"MoS2 sample not available ({err}); loading a synthetic data set", flush=True)
-            load_synthetic(viewer)
-    return viewer
-
-
-def load_synthetic(viewer) -> None:
-    """Synthetic 4D data set + its label, for trying the widgets without the samples."""
-    from .training.synthetic import make_synthetic
-    from .widgets.session import session_for
-
-    syn = make_synthetic((48, 48), (32, 32))
-    step = syn.dataset.scale()[:2]
-    viewer.add_image(syn.label, name="synthetic label", scale=step, units="angstrom")
-    session_for(viewer).add_dataset("synthetic 4D-STEM", syn.dataset)
-
-
 def _models(text: str) -> tuple[str, ...]:
     models = tuple(m.strip() for m in text.split(",") if m.strip())
     bad = [m for m in models if m not in ("linear", "conv4d")]
@@ -131,10 +102,10 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if not args.headless and has_display():
         try:
-            import napari
+            from .widgets.launcher import open_gui, run_event_loop
 
             open_gui()
-            napari.run()
+            run_event_loop()
             return 0
         except Exception as err:  # noqa: BLE001 - e.g. Qt cannot connect to the display
             print(f"could not start the GUI ({err})", flush=True)
