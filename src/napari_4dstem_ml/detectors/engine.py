@@ -365,14 +365,22 @@ class _FusedPlan(_Plan):
         return total * FUSED_PX_CYCLES.get(dtype.itemsize, 0.6)
 
     def apply(self, block: np.ndarray, out: np.ndarray, y0: int, x0: int) -> None:
-        a, b = block.shape[:2]
-        if a * b == 0:
+        flat = _flat_patterns(block, self.n)
+        if flat is None:
             return
-        p3 = _patterns_2d(block)
-        p2 = p3.reshape(p3.shape[0], -1)
-        res = np.empty((self.n, p2.shape[0]), np.float32)
+        p2, res = flat
         _kernels().masked_dots(p2, self.lo, self.length, self.woff, self.weights, res)
-        out[...] = res.reshape(self.n, a, b)
+        out[...] = res.reshape(out.shape)
+
+
+def _flat_patterns(block: np.ndarray, n_masks: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """A band ``(a, b, ky, kx)`` as patterns × pixels, and an empty ``(n_masks, a·b)`` float32
+    result for the kernels; ``None`` for an empty band."""
+    a, b = block.shape[:2]
+    if a * b == 0:
+        return None
+    p3 = _patterns_2d(block)
+    return p3.reshape(p3.shape[0], -1), np.empty((n_masks, a * b), np.float32)
 
 
 def _blas_px(m3: np.ndarray) -> int:
@@ -493,12 +501,10 @@ class _RunSumPlan(_Plan):
         return PREFIX_PX_CYCLES[size] * nr * m3.shape[2] + COLUMN_RUN_CYCLES * _run_count(m3, 1)
 
     def apply(self, block: np.ndarray, out: np.ndarray, y0: int, x0: int) -> None:
-        a, b = block.shape[:2]
-        if a * b == 0:
+        flat = _flat_patterns(block, self.n)
+        if flat is None:
             return
-        p3 = _patterns_2d(block)
-        p2 = p3.reshape(p3.shape[0], -1)
-        res = np.empty((self.n, p2.shape[0]), np.float32)
+        p2, res = flat
         k = _kernels()
         if self.mode == "rows":
             k.span_sums(p2, self.lo, self.hi, self.w, self.midx, self.tot_proto, res)
@@ -510,7 +516,7 @@ class _RunSumPlan(_Plan):
                     self._fallback = _RunSumPlan(self.m3, p2.dtype, "rows")
                 self._fallback.apply(block, out, y0, x0)
                 return
-        out[...] = res.reshape(self.n, a, b)
+        out[...] = res.reshape(out.shape)
 
 
 def _integer_exact(m3: np.ndarray, dtype: np.dtype) -> bool:
