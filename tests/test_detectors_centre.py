@@ -55,3 +55,18 @@ def test_descan_fit_recovers_planted_plane_despite_outliers():
     assert my.shape == (ny, nx)
     assert np.allclose(fit.centre_at(3, 4), (my[3, 4], mx[3, 4]))
     assert DescanFit.from_json(fit.to_json()) == fit
+
+
+def test_bf_disk_takes_the_radius_from_the_calibration_when_it_can():
+    from napari_4dstem_ml.dataset import Calibration
+    from napari_4dstem_ml.detectors import bf_disk, bf_disk_radius, find_bf_centre
+
+    yy, xx = np.mgrid[:64, :64]
+    pattern = (np.hypot(yy - 30.3, xx - 33.6) < 12.0).astype(float) * 100 + 1
+    centre, r = bf_disk(pattern)
+    assert centre == find_bf_centre(pattern)
+    assert r == bf_disk_radius(pattern, centre) and abs(r - 12.0) < 0.5
+    cal = Calibration(detector_pixel=(0.5, 0.5), convergence_mrad=7.0)
+    assert bf_disk(pattern, cal)[1] == pytest.approx(14.0)
+    # without a convergence angle the pattern decides
+    assert bf_disk(pattern, Calibration(detector_pixel=(0.5, 0.5)))[1] == r

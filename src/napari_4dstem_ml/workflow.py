@@ -32,23 +32,10 @@ def reference_image(dataset: Dataset4D) -> tuple[np.ndarray, str]:
     to the detector; the disk radius comes from the convergence angle when calibrated,
     otherwise from the mean pattern.
     """
-    from .detectors import (
-        annular_mask,
-        bf_disk_radius,
-        find_bf_centre,
-        max_radius_px,
-        mean_pattern,
-        virtual_images,
-    )
+    from .detectors import annular_mask, bf_disk, max_radius_px, mean_pattern, virtual_images
 
     mean = mean_pattern(dataset.data, step=max(1, min(dataset.scan_shape) // 32))
-    centre = find_bf_centre(mean)
-    cal = dataset.calibration
-    px = cal.detector_pixel_mrad
-    if px is not None and cal.convergence_mrad:
-        r_bf = cal.convergence_mrad / px[0]
-    else:
-        r_bf = bf_disk_radius(mean, centre)
+    centre, r_bf = bf_disk(mean, dataset.calibration)
     r_max = max_radius_px(dataset.detector_shape, centre)
     inner, outer = 1.5 * r_bf, min(4.0 * r_bf, r_max)
     if inner >= outer:  # detector barely larger than the disk: use its outer ring

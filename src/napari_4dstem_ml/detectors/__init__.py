@@ -1,7 +1,7 @@
 """Virtual detectors: geometry (masks, presets), BF-disk centre and descan, the streaming engine,
 and centre of mass / iCoM. Axis order ``(scan_y, scan_x, ky, kx)``; numba loads only on use."""
 
-from .centre import DescanFit, bf_disk_radius, find_bf_centre, fit_descan
+from .centre import DescanFit, bf_disk, bf_disk_radius, find_bf_centre, fit_descan
 from .com import center_of_mass, find_scan_rotation, integrate_com, rotate_com
 from .engine import (
     EngineError,
@@ -20,6 +20,7 @@ __all__ = [
     "EngineError",
     "VirtualImageProgress",
     "annular_mask",
+    "bf_disk",
     "bf_disk_radius",
     "center_of_mass",
     "find_bf_centre",

@@ -100,6 +100,20 @@ def bf_disk_radius(mean_pattern: Any, centre: tuple[float, float] | None = None)
     return float(np.sqrt(f[r < 1.5 * r0 + 2.0].sum() / np.pi))
 
 
+def bf_disk(mean_pattern: Any, calibration: Any = None) -> tuple[tuple[float, float], float]:
+    """Centre (cy, cx) and radius (px) of the bright-field disk of a mean pattern.
+
+    The radius is the convergence semi-angle divided by the detector pixel when the
+    ``calibration`` (a :class:`~napari_4dstem_ml.dataset.Calibration`) gives both, otherwise
+    it is measured from the pattern (:func:`bf_disk_radius`).
+    """
+    centre = find_bf_centre(mean_pattern)
+    px = None if calibration is None else calibration.detector_pixel_mrad
+    if px is not None and calibration.convergence_mrad:
+        return centre, float(calibration.convergence_mrad / px[0])
+    return centre, bf_disk_radius(mean_pattern, centre)
+
+
 @dataclass(frozen=True)
 class DescanFit:
     """Pattern centre as a plane over the scan: ``c = a + b*y + c*x`` (px; y, x scan indices).

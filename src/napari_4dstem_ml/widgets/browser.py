@@ -67,14 +67,9 @@ def navigation_job(data, kind: str = "virtual bright field", calibration=None):
 
 def bright_field_mask(mean: np.ndarray, calibration=None) -> np.ndarray:
     """Bright-field disk mask ``(ky, kx)`` for a mean pattern (core centre/radius/mask)."""
-    from ..detectors import annular_mask, bf_disk_radius, find_bf_centre
+    from ..detectors import annular_mask, bf_disk
 
-    centre = find_bf_centre(mean)
-    px = None if calibration is None else calibration.detector_pixel_mrad
-    if px is not None and calibration.convergence_mrad:
-        r = calibration.convergence_mrad / px[0]
-    else:
-        r = bf_disk_radius(mean, centre)
+    centre, r = bf_disk(mean, calibration)
     return annular_mask(mean.shape, centre, 0.0, r)
 
 
