@@ -18,13 +18,13 @@ from pathlib import Path
 
 import numpy as np
 
-from ..dataset import electron_wavelength_A
 from .detector import (
     DetectorModel,
     gaussian_scan_blur,
     poisson_counts,
     resample_to_detector,
 )
+from .multislice import scan_patterns
 from .writer import SampleArrays, write_sample
 
 LABEL_METHOD_EXACT = (
@@ -124,7 +124,6 @@ def _simulate_chunks(cfg: MoS2Config, workdir: Path, log: Callable[[str], None])
     probe = abtem.Probe(energy=cfg.energy_ev, semiangle_cutoff=cfg.convergence_mrad,
                         defocus=cfg.defocus_A)
     probe.grid.match(potarr)
-    lam = electron_wavelength_A(cfg.energy_ev)
     cutoff = min(probe.cutoff_angles)
     if cutoff < cfg.adf_outer_mrad:
         raise ValueError(f"simulation grid reaches {cutoff:.0f} mrad < ADF outer angle "
@@ -147,13 +146,7 @@ def _simulate_chunks(cfg: MoS2Config, workdir: Path, log: Callable[[str], None])
         scan = abtem.GridScan(start=(start[1], start[0] + r0 * step),
                               end=(start[1] + nfx * step, start[0] + r1 * step),
                               gpts=(nfx, r1 - r0), endpoint=False)
-        det = abtem.PixelatedDetector(max_angle=cfg.detector.max_angle_mrad + 3 * cfg.detector.pixel_mrad)
-        adf = abtem.AnnularDetector(inner=cfg.adf_inner_mrad, outer=cfg.adf_outer_mrad)
-        dp, im = probe.scan(potarr, scan=scan, detectors=[det, adf]).compute(
-            scheduler="synchronous", progress_bar=False)
-        p = np.ascontiguousarray(np.asarray(dp.array, np.float32).transpose(1, 0, 3, 2))
-        a = np.ascontiguousarray(np.asarray(im.array, np.float32).T)
-        sim_pix = (dp.sampling[1] * lam * 1e3, dp.sampling[0] * lam * 1e3)
+        p, a, sim_pix = scan_patterns(probe, potarr, scan, cfg)
         np.savez(part, patterns=p, adf=a, sim_pixel_mrad=np.asarray(sim_pix))
         pats.append(p)
         adfs.append(a)

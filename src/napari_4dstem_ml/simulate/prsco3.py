@@ -29,9 +29,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..dataset import electron_wavelength_A
 from .detector import DetectorModel, fourier_interpolate_cell, poisson_counts, resample_to_detector
 from .mos2 import _sample_periodic, label_from_phase
+from .multislice import scan_patterns
 from .writer import SampleArrays, write_sample
 
 #: Pbnm general positions (x, y, z) -> 8 equivalents
@@ -145,7 +145,6 @@ def _config_patterns(cfg: PrScO3Config, k: int, workdir: Path, log):
     if cutoff < cfg.adf_outer_mrad:
         raise ValueError(f"simulation grid reaches {cutoff:.0f} mrad < ADF outer angle "
                          f"{cfg.adf_outer_mrad} mrad: raise gpts")
-    lam = electron_wavelength_A(cfg.energy_ev)
     x0 = (cfg.window_cells[0] // 2) * a
     y0 = (cfg.window_cells[1] // 2) * b
     pats, adfs = [], []
@@ -160,13 +159,7 @@ def _config_patterns(cfg: PrScO3Config, k: int, workdir: Path, log):
             continue
         scan = abtem.GridScan(start=(x0, y0 + r0 * b / my), end=(x0 + a, y0 + r1 * b / my),
                               gpts=(mx, r1 - r0), endpoint=False)
-        det = abtem.PixelatedDetector(max_angle=cfg.detector.max_angle_mrad + 3 * cfg.detector.pixel_mrad)
-        adf = abtem.AnnularDetector(inner=cfg.adf_inner_mrad, outer=cfg.adf_outer_mrad)
-        dp, im = probe.scan(potarr, scan=scan, detectors=[det, adf]).compute(
-            scheduler="synchronous", progress_bar=False)
-        p = np.ascontiguousarray(np.asarray(dp.array, np.float32).transpose(1, 0, 3, 2))
-        q = np.ascontiguousarray(np.asarray(im.array, np.float32).T)
-        sim_pix = (dp.sampling[1] * lam * 1e3, dp.sampling[0] * lam * 1e3)
+        p, q, sim_pix = scan_patterns(probe, potarr, scan, cfg)
         np.savez(chunk, patterns=p, adf=q, sim_pixel_mrad=np.asarray(sim_pix))
         pats.append(p)
         adfs.append(q)

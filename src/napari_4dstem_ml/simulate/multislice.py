@@ -1,0 +1,30 @@
+"""One abTEM scan with a pixelated and an annular detector (shared by the sample generators)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..dataset import electron_wavelength_A
+
+
+def scan_patterns(probe: Any, potential: Any, scan: Any, cfg: Any) -> tuple[np.ndarray, np.ndarray,
+                                                                             tuple[float, float]]:
+    """Run ``probe`` over ``scan`` through ``potential`` (abTEM 1.x objects).
+
+    ``cfg`` supplies ``energy_ev``, ``detector.max_angle_mrad``, ``detector.pixel_mrad``,
+    ``adf_inner_mrad`` and ``adf_outer_mrad``. Returns the diffraction patterns
+    ``(scan_y, scan_x, ky, kx)`` float32 on abTEM's grid, the ADF image ``(scan_y, scan_x)``
+    and that grid's pixel (ky, kx) in mrad (abTEM orders axes x first: transposed here).
+    """
+    import abtem
+
+    lam = electron_wavelength_A(cfg.energy_ev)
+    det = abtem.PixelatedDetector(max_angle=cfg.detector.max_angle_mrad + 3 * cfg.detector.pixel_mrad)
+    adf = abtem.AnnularDetector(inner=cfg.adf_inner_mrad, outer=cfg.adf_outer_mrad)
+    dp, im = probe.scan(potential, scan=scan, detectors=[det, adf]).compute(
+        scheduler="synchronous", progress_bar=False)
+    patterns = np.ascontiguousarray(np.asarray(dp.array, np.float32).transpose(1, 0, 3, 2))
+    image = np.ascontiguousarray(np.asarray(im.array, np.float32).T)
+    return patterns, image, (dp.sampling[1] * lam * 1e3, dp.sampling[0] * lam * 1e3)
