@@ -7,7 +7,9 @@ LiberTEM (ApplyMasksUDF, InlineJobExecutor) and py4DSTEM (get_virtual_image, ann
 venv ``benchmarks/_envs/peers`` exists (run there by subprocess on the same files). Then the
 ratios against the targets, each with PASS/FAIL. The engine cases and their baselines are timed in
 interleaved rounds (every case once per round, medians over the rounds), so that load from other
-processes hits them alike; the load average is printed. Data files go to ``benchmarks/_data``
+processes hits them alike; the load average is printed. Each timed call starts after a short
+idle pause (``--pause``, default 0.3 s), so that the OpenBLAS threads left spinning by a BLAS case
+do not slow the case after it; that interference is measured and printed as well. Data files go to ``benchmarks/_data``
 (git-ignored).
 
     python benchmarks/bench_virtual_detectors.py --size 128 --repeats 5
@@ -33,13 +35,15 @@ DATA_DIR = HERE / "_data"
 PEERS_PY = HERE / "_envs" / "peers" / "bin" / "python"
 
 
-def interleaved(cases: dict, repeats: int) -> dict[str, list[float]]:
-    """Seconds per case: one warm-up each, then ``repeats`` rounds running every case once."""
+def interleaved(cases: dict, repeats: int, pause: float = 0.0) -> dict[str, list[float]]:
+    """Seconds per case: one warm-up each, then ``repeats`` rounds running every case once, each
+    call after ``pause`` seconds of idle (see ``--pause``)."""
     for fn in cases.values():
         fn()
     times: dict[str, list[float]] = {name: [] for name in cases}
     for _ in range(repeats):
         for name, fn in cases.items():
+            time.sleep(pause)
             t = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - t)
@@ -148,6 +152,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--quick", action="store_true", help="scan 64, 1 repeat, no peers")
     ap.add_argument("--no-peers", action="store_true")
+    ap.add_argument("--pause", type=float, default=0.3,
+                    help="idle seconds before each timed call (default 0.3): after a BLAS call, "
+                    "OpenBLAS's worker threads spin for about 2**28 cycles (~0.1 s) and take a "
+                    "core from whatever runs next; the pause lets them sleep, so that each case "
+                    "is timed on a quiet machine. The effect is measured and printed.")
     ap.add_argument("--keep-files", action="store_true", help="keep benchmarks/_data files")
     a = ap.parse_args(argv)
     if a.quick:
@@ -223,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     print(f"timing {len(cases)} cases in {a.repeats} interleaved rounds ...", flush=True)
     load_before = load_average()
-    times = interleaved({name: fn for name, (fn, _) in cases.items()}, a.repeats)
+    times = interleaved({name: fn for name, (fn, _) in cases.items()}, a.repeats, a.pause)
     load_after = load_average()
     med = {name: statistics.median(ts) for name, ts in times.items()}
 
@@ -235,6 +244,16 @@ def main(argv: list[str] | None = None) -> int:
         row(name, med[name], b, f"({min(times[name]):.4f}-{max(times[name]):.4f})")
     print(f"  load average before / after timing: {load_before} / {load_after}  "
           f"(cpus {os.cpu_count()})")
+    after_blas = []
+    for _ in range(a.repeats):
+        time.sleep(a.pause)
+        numpy_rows()
+        t = time.perf_counter()
+        virtual_images(d16, mask)
+        after_blas.append(time.perf_counter() - t)
+    print(f"  (for information: engine uint16 started right after a BLAS product, while OpenBLAS's "
+          f"idle threads still spin: {statistics.median(after_blas):.4f} s, against "
+          f"{med['engine uint16 RAM']:.4f} s after a {a.pause} s pause)")
     t_np = med["numpy row-chunked matmul, float32 RAM"]
     t_f32 = med["engine float32 RAM"]
     # the read ceiling is the fastest read rate seen in this run: the threaded sum may

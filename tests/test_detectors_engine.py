@@ -117,6 +117,21 @@ def test_binary_run_sums_are_exact_for_integer_data(mode, dtype):
     assert not engine._RunSumPlan(m3 * 0.5, d.dtype, mode).exact
 
 
+@pytest.mark.parametrize("n_patterns", [1, 2, 3, 4, 5, 7, 8, 9])
+def test_span_sums_any_pattern_count(n_patterns):
+    """The span kernel sums four patterns at a time: every count, remainders included, equals
+    the float64 reference, and nothing is written past the last pattern."""
+    rng = np.random.default_rng(n_patterns)
+    d = rng.random((1, n_patterns, *SHAPE[2:])).astype(np.float32)
+    m3 = np.stack([_ring(0, 4.5), _ring(4.5, 9), 2.0 * _ring(9, 11.5)]).astype(np.float32)
+    plan = engine._RunSumPlan(m3, d.dtype, "rows")
+    out = np.full((len(m3), 1, n_patterns + 1), np.nan, np.float32)
+    plan.apply(d, out[:, :, :n_patterns], 0, 0)
+    ref = np.einsum("yxij,mij->myx", d.astype(np.float64), m3.astype(np.float64))
+    np.testing.assert_allclose(out[:, :, :n_patterns], ref, rtol=1e-6)
+    assert np.all(np.isnan(out[:, :, n_patterns]))
+
+
 @pytest.mark.parametrize("mode", ["rows", "columns"])
 def test_run_sums_keep_nan_local(mode):
     """NaN / inf stay in the masks that contain them (unlike dense products, where 0 * inf is
@@ -152,9 +167,9 @@ def test_plan_choice():
     assert isinstance(engine._choose_plan(one * 0.5, u16), engine._FusedPlan)  # not exact
     plan = engine._choose_plan(one, u16)
     assert isinstance(plan, engine._RunSumPlan) and plan.mode == "rows" and plan.exact
-    plan = engine._choose_plan(ten, u16)
-    assert isinstance(plan, engine._RunSumPlan) and plan.mode == "columns" and plan.exact
-    plan = engine._choose_plan(ten, f32)  # row spans: faster than column runs when measured
+    plan = engine._choose_plan(ten, u16)  # row spans: faster than column runs when measured
+    assert isinstance(plan, engine._RunSumPlan) and plan.mode == "rows" and plan.exact
+    plan = engine._choose_plan(ten, f32)
     assert isinstance(plan, engine._RunSumPlan) and plan.mode == "rows" and not plan.exact
     assert isinstance(engine._choose_plan(ten, swapped), engine._DensePlan)
 

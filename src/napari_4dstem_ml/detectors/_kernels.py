@@ -9,9 +9,10 @@ term, well within float32 accumulation error); NaN and infinities still propagat
 ``nnan``/``ninf`` flags are not set.
 
 ``span_sums`` and ``column_run_sums`` sum masks made of runs of constant weight (binary disks,
-annuli): integer data in integers (exact), float data in float64; re-association only changes the
-order of float64 span sums. Both prefetch the next pattern (``_prefetch``, ``llvm.prefetch``)
-while summing one, so that memory reads overlap the arithmetic.
+annuli): integer data in integers (exact), float data in float64 (``span_sums`` in order;
+``column_run_sums`` re-associates its float64 prefix sums). ``column_run_sums`` prefetches the
+next pattern (``_prefetch``, ``llvm.prefetch``) while summing one; ``span_sums`` reads four
+patterns as four sequential streams, which the hardware prefetcher follows.
 """
 
 from __future__ import annotations
@@ -126,44 +127,61 @@ def masked_dots(p2, lo, length, woff, weights, out):  # pragma: no cover - compi
                 out[m, p] = s
 
 
-@njit(parallel=True, fastmath={"reassoc"}, cache=True, nogil=True)
+@njit(parallel=True, fastmath=False, cache=True, nogil=True)
 def span_sums(p2, lo, length, w, midx, tot_proto, out):  # pragma: no cover - compiled
     """Masks as row spans of constant weight: ``out[m, p] = sum_k w[k] * sum(p2[p, lo[k]:lo[k] +
     length[k]])`` over the spans ``k`` with ``midx[k] == m``.
 
-    Spans are in increasing ``lo`` (each pattern is read front to back); while one pattern is
-    summed, the same spans of the next one are prefetched (compute and memory reads overlap). ``p2`` ``(P, ky*kx)`` C-contiguous, any native numeric dtype;
-    ``tot_proto`` (one element) sets the accumulator: ``int64`` (integer data up to 32 bits with
-    integer ``w``: exact integer sums, rounded once to float32) or ``float64`` (float data: each
-    span a vectorised, re-associated float64 sum). ``out`` ``(M, P)`` float32. Parallel over
-    patterns.
+    Patterns are taken four at a time: each span is summed for the four patterns in one loop
+    (four independent accumulators, so the loop set-up and the unpredictable loop exit of a
+    short span are paid once per four patterns, and the four add chains overlap); spans are in
+    increasing ``lo``, so each pattern is read front to back (the hardware prefetcher follows
+    four streams). Array views per span keep the indices provably non-negative, so that numba
+    emits no wrap-around code in the inner loop. ``p2`` ``(P, ky*kx)`` C-contiguous, any native
+    numeric dtype; ``tot_proto`` (one element) sets the accumulator: ``int64`` (integer data up
+    to 32 bits with integer ``w``: exact integer sums, rounded once to float32) or ``float64``
+    (float data: each span summed in order in float64). ``out`` ``(M, P)`` float32. Parallel
+    over groups of four patterns.
     """
     p_n = p2.shape[0]
     n_masks = out.shape[0]
-    n_chunks = min(p_n, 256)
+    n_q = (p_n + 3) // 4
+    n_chunks = min(n_q, 256)
     zero = tot_proto[0] * 0
-    flat = p2.reshape(p2.size)
-    n = p2.shape[1]
-    line = max(1, 64 // p2.itemsize)
     for t in prange(n_chunks):
-        tot = np.zeros(n_masks, tot_proto.dtype)
-        for p in range(t * p_n // n_chunks, (t + 1) * p_n // n_chunks):
-            row = p2[p]
-            nxt = min(p + 1, p_n - 1) * n
+        tot = np.zeros((4, n_masks), tot_proto.dtype)
+        for q in range(t * n_q // n_chunks, (t + 1) * n_q // n_chunks):
+            p0 = 4 * q
+            r0 = p2[p0]
+            r1 = p2[min(p0 + 1, p_n - 1)]  # past the end: repeat the last pattern, not stored
+            r2 = p2[min(p0 + 2, p_n - 1)]
+            r3 = p2[min(p0 + 3, p_n - 1)]
             tot[:] = 0
-            pf = lo[0] - lo[0] % line if lo.shape[0] else 0  # prefetch cursor, next pattern
             for k in range(lo.shape[0]):
-                pf = max(pf, lo[k] - lo[k] % line)
-                while pf < lo[k] + length[k]:
-                    _prefetch(flat, nxt + pf)
-                    pf += line
-                seg = row[lo[k] : lo[k] + length[k]]
-                acc = zero
-                for i in range(seg.shape[0]):
-                    acc += seg[i]
-                tot[midx[k]] += w[k] * acc
-            for m in range(n_masks):
-                out[m, p] = tot[m]
+                a = lo[k]
+                b = a + length[k]
+                x0 = r0[a:b]
+                x1 = r1[a:b]
+                x2 = r2[a:b]
+                x3 = r3[a:b]
+                s0 = zero
+                s1 = zero
+                s2 = zero
+                s3 = zero
+                for i in range(x0.shape[0]):
+                    s0 += x0[i]
+                    s1 += x1[i]
+                    s2 += x2[i]
+                    s3 += x3[i]
+                m = midx[k]
+                wk = w[k]
+                tot[0, m] += wk * s0
+                tot[1, m] += wk * s1
+                tot[2, m] += wk * s2
+                tot[3, m] += wk * s3
+            for j in range(min(4, p_n - p0)):
+                for m in range(n_masks):
+                    out[m, p0 + j] = tot[j, m]
 
 
 @njit(parallel=True, fastmath={"reassoc"}, cache=True, nogil=True)

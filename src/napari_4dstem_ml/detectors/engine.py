@@ -13,8 +13,9 @@ storage chunks), all masks at once; each mask is restricted to the detector rows
   ``_kernels``), and, for masks made of runs of constant weight (binary disks and annuli), sums
   over the runs: row spans summed directly, or column runs taken from per-column prefix sums
   (many thin annuli). Run sums of integer data (up to 32 bits) with binary / small-integer masks
-  are exact integers rounded once to float32; float data is summed in float64. The run kernels
-  read each pattern front to back and prefetch the next one. Byte-swapped data is cast in
+  are exact integers rounded once to float32; float data is summed in float64. Row spans are
+  summed for four patterns at a time (loop overhead shared, independent add chains); column
+  runs prefetch the next pattern. Byte-swapped data is cast in
   cache-sized blocks for BLAS;
 * NumPy arrays and read-only memmaps are read in place; for a mapping larger than
   ``RELEASE_BYTES`` (512 MiB) the mapped pages are released after each band (resident
@@ -324,10 +325,15 @@ def _mask_runs(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np
 #: in-cache single-core timings on 128×128 patterns (AMD Zen 4). Only the ranking matters.
 FUSED_PX_CYCLES = {1: 0.2, 2: 0.2, 4: 0.37, 8: 0.6}  # fused dense kernel, per bounding-row pixel
 BLAS_PX_CYCLES = 0.14  # sgemm, per pixel per mask (float32 data, several masks)
-SPAN_PX_CYCLES = {"int": 0.12, "float": 0.25}  # row-span sums, per summed pixel
-# ... and per span (loop set-up, mispredicted exits); float: set so that ten thin annuli on
-# float32 data take row spans, measured 1.8x faster than column runs (2 threads, 1 GB)
-SPAN_CYCLES = {"int": 8.0, "float": 8.0}
+# row-span sums, per summed pixel: exact integer sums, float data in float64, integer data with
+# non-integer weights in float64 (a conversion per pixel: 0.080 s against the fused kernel's
+# 0.047 s for one weighted annulus on uint16, same data as below)
+SPAN_PX_CYCLES = {"int": 0.12, "float": 0.25, "int_as_float": 0.4}
+# ... and per span (loop set-up, an unpredictable loop exit; shared by four patterns). Measured
+# on 0.5 GB in RAM, 2 threads: row spans beat column runs and the fused kernel for one annulus
+# and for ten thin annuli, on uint16 (0.032 / 0.053 / 0.044 s; 0.052 / 0.085 / 0.114 s) and on
+# float32 (0.061 / 0.099 / 0.066 s; 0.072 / 0.125 / 0.171 s)
+SPAN_CYCLES = 3.0
 PREFIX_PX_CYCLES = {4: 0.25, 8: 0.45}  # column prefix sums (int32 / int64, float64), per pixel
 COLUMN_RUN_CYCLES = 5.5  # ... and per column run (two gathered prefix values)
 
@@ -493,8 +499,9 @@ class _RunSumPlan(_Plan):
         """Estimated cycles per pattern."""
         kind = "int" if _integer_exact(m3, dtype) else "float"
         if mode == "rows":
+            kind = "int_as_float" if kind == "float" and dtype.kind != "f" else kind
             n_px = np.count_nonzero(m3)
-            return SPAN_PX_CYCLES[kind] * n_px + SPAN_CYCLES[kind] * _run_count(m3, 2)
+            return SPAN_PX_CYCLES[kind] * n_px + SPAN_CYCLES * _run_count(m3, 2)
         rows = np.flatnonzero(np.any(m3 != 0, axis=(0, 2)))
         nr = int(rows[-1]) + 1 - int(rows[0]) if rows.size else 0
         size = 4 if kind == "int" and dtype.itemsize <= 2 else 8
