@@ -72,7 +72,9 @@ class TrainConfig:
     ``weight_decay``; ``loss`` ``"mse"|"l1"``; ``schedule`` ``"none"|"cosine"`` (per step, to
     ``lr·min_lr_fraction``) ``|"plateau"`` (halve the rate after ``plateau_patience`` epochs
     without improvement); ``patience`` epochs without validation improvement before early
-    stopping (``None``: never); ``seed``; ``device`` ``"auto"|"cpu"|"cuda"``;
+    stopping (``None``: never); ``seed`` (on the CPU a seed gives bit-identical runs; on CUDA
+    the same up to rounding, as cuDNN's convolution kernels are not deterministic);
+    ``device`` ``"auto"|"cpu"|"cuda"``;
     ``preview_every`` steps between previews (``None``: at the end of every epoch; 0: never);
     ``max_steps`` / ``time_limit_s`` stop early; ``num_threads`` CPU threads (``None``: all
     cores); ``val_max_positions`` caps the validation set (a fixed random subset);
