@@ -17,10 +17,45 @@ from pathlib import Path
 
 
 def has_display() -> bool:
-    """True when a GUI can plausibly start (Linux needs DISPLAY or WAYLAND_DISPLAY)."""
-    if sys.platform.startswith("linux"):
-        return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
-    return True
+    """True when a GUI can plausibly start. On Linux: a Wayland socket, or an X server that
+    accepts a connection at ``DISPLAY`` (Qt aborts the process, rather than raising, when
+    ``DISPLAY`` names a server that is not there)."""
+    if not sys.platform.startswith("linux"):
+        return True
+    wayland = os.environ.get("WAYLAND_DISPLAY")
+    if wayland:
+        runtime = os.environ.get("XDG_RUNTIME_DIR", "")
+        if os.path.exists(wayland if os.path.isabs(wayland) else os.path.join(runtime, wayland)):
+            return True
+    display = os.environ.get("DISPLAY")
+    return bool(display) and x_display_reachable(display)
+
+
+def x_display_reachable(display: str, timeout: float = 2.0) -> bool:
+    """Whether an X server accepts a connection at ``display`` (``[host]:N[.screen]``): the
+    local socket ``/tmp/.X11-unix/XN`` (or its abstract twin) for no host, else TCP 6000 + N."""
+    import socket
+
+    host, sep, rest = display.rpartition(":")
+    num = rest.split(".")[0]
+    if not sep or not num.isdigit():
+        return False
+    n = int(num)
+    if host in ("", "unix"):
+        path = f"/tmp/.X11-unix/X{n}"
+        targets = [(socket.AF_UNIX, path), (socket.AF_UNIX, "\0" + path)]
+    else:
+        targets = [(socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET,
+                    (host.strip("[]"), 6000 + n))]
+    for family, address in targets:
+        try:
+            with socket.socket(family, socket.SOCK_STREAM) as s:
+                s.settimeout(timeout)
+                s.connect(address)
+                return True
+        except OSError:
+            continue
+    return False
 
 
 def _print_event(event) -> None:
@@ -100,7 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--models", default="linear,conv4d", help="comma-separated: linear, conv4d")
     p.add_argument("--time-limit", type=float, default=300.0, help="training time limit (s)")
     args = p.parse_args(argv)
-    if not args.headless and has_display():
+    display = not args.headless and has_display()
+    if display:
         try:
             from .widgets.launcher import open_gui, run_event_loop
 
@@ -109,7 +145,12 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         except Exception as err:  # noqa: BLE001 - e.g. Qt cannot connect to the display
             print(f"could not start the GUI ({err})", flush=True)
-    print("no display: running the headless workflow", flush=True)
+    if not args.headless and not display:
+        shown = os.environ.get("DISPLAY")
+        why = f"no X server answers at DISPLAY={shown}" if shown else "no display"
+        print(f"{why}: running the headless workflow", flush=True)
+    else:
+        print("running the headless workflow", flush=True)
     out = run_headless(args.out, _models(args.models), args.time_limit)
     print(f"results in {out}", flush=True)
     return 0
