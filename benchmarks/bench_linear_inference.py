@@ -18,9 +18,12 @@ import time
 import numpy as np
 
 
-def median_time(fn, repeats: int) -> float:
+def median_time(fn, repeats: int, pause: float = 0.3) -> float:
+    """Median seconds of ``fn``, each call after ``pause`` s idle (as in
+    ``bench_virtual_detectors.py``: no case inherits spinning threads from the one before)."""
     times = []
     for _ in range(repeats):
+        time.sleep(pause)
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)

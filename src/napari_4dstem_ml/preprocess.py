@@ -457,7 +457,10 @@ class Preprocessor:
         rx = dense(opx, slx.stop - slx.start, ox)
         eff = w * angle_mask if angle_mask is not None else w
         mask = np.zeros(self.detector_shape, np.float64)
-        mask[sly, slx] = a_mul * (ry.T @ eff @ rx)
+        # einsum, not matmul: these products are tiny, and a multi-threaded BLAS call leaves
+        # OpenBLAS's threads spinning for ~0.1 s, taking a core from the virtual-image pass
+        # that follows (measured: 0.123 s instead of 0.081 s for 256² × 128² uint16)
+        mask[sly, slx] = a_mul * np.einsum("ib,bj->ij", np.einsum("ai,ab->ib", ry, eff), rx)
         return mask.astype(np.float32), float(a_add * w.sum())
 
     def label_to_model(self, label: np.ndarray) -> np.ndarray:
