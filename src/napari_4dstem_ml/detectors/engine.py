@@ -29,6 +29,8 @@ Per-position centres (descan): pass ``centres`` (a :class:`~.centre.DescanFit` o
 masks were drawn for) rounded to ``shift_step`` px, and each group gets the masks shifted by its
 rounded shift (exact array shifts for whole pixels; bilinear interpolation for fractional steps).
 Mask edges are therefore placed to within ``shift_step / 2`` px per axis of the true centre.
+A shifted mask keeps only the part that lies on the detector: where the shift moves part of a
+detector past the detector's edge, that part reads nothing (there are no data there).
 This path uses a sparse numba kernel (mask → row runs of nonzero pixels).
 
 Accuracy: BLAS and the fused kernel use float32 products and float32 accumulation (relative error
