@@ -499,14 +499,14 @@ class _RunSumPlan(_Plan):
     @staticmethod
     def cost(m3: np.ndarray, dtype: np.dtype, mode: str) -> float:
         """Estimated cycles per pattern."""
-        kind = "int" if _integer_exact(m3, dtype) else "float"
+        exact = _integer_exact(m3, dtype)
         if mode == "rows":
-            kind = "int_as_float" if kind == "float" and dtype.kind != "f" else kind
+            kind = "int" if exact else "float" if dtype.kind == "f" else "int_as_float"
             n_px = np.count_nonzero(m3)
             return SPAN_PX_CYCLES[kind] * n_px + SPAN_CYCLES * _run_count(m3, 2)
         rows = np.flatnonzero(np.any(m3 != 0, axis=(0, 2)))
         nr = int(rows[-1]) + 1 - int(rows[0]) if rows.size else 0
-        size = 4 if kind == "int" and dtype.itemsize <= 2 else 8
+        size = 4 if exact and dtype.itemsize <= 2 else 8
         return PREFIX_PX_CYCLES[size] * nr * m3.shape[2] + COLUMN_RUN_CYCLES * _run_count(m3, 1)
 
     def apply(self, block: np.ndarray, out: np.ndarray, y0: int, x0: int) -> None:
