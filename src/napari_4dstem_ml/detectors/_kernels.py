@@ -103,6 +103,14 @@ def runs_dot(block, group, run_row, run_col, run_len, run_woff, set_ptr, weights
                 out[m, r, c] = s
 
 
+@njit(inline="always", fastmath=False)
+def _four_patterns(p2, p0):  # pragma: no cover - compiled
+    """Rows ``p0 .. p0 + 3`` of ``p2``; past the end, the last row again (its results are not
+    stored)."""
+    last = p2.shape[0] - 1
+    return p2[p0], p2[min(p0 + 1, last)], p2[min(p0 + 2, last)], p2[min(p0 + 3, last)]
+
+
 @njit(parallel=True, fastmath={"reassoc", "contract"}, cache=True, nogil=True)
 def masked_dots(p2, lo, length, woff, weights, out):  # pragma: no cover - compiled
     """Fused cast + dense dot per mask: ``out[m, p] = sum_i weights[woff[m] + i] *
@@ -122,10 +130,7 @@ def masked_dots(p2, lo, length, woff, weights, out):  # pragma: no cover - compi
     for t in prange(n_chunks):
         for q in range(t * n_q // n_chunks, (t + 1) * n_q // n_chunks):
             p0 = 4 * q
-            r0 = p2[p0]
-            r1 = p2[min(p0 + 1, p_n - 1)]  # past the end: repeat the last pattern, not stored
-            r2 = p2[min(p0 + 2, p_n - 1)]
-            r3 = p2[min(p0 + 3, p_n - 1)]
+            r0, r1, r2, r3 = _four_patterns(p2, p0)
             for m in range(n_masks):
                 a = lo[m]
                 b = a + length[m]
@@ -178,10 +183,7 @@ def span_sums(p2, lo, length, w, midx, tot_proto, out):  # pragma: no cover - co
         tot = np.zeros((4, n_masks), tot_proto.dtype)
         for q in range(t * n_q // n_chunks, (t + 1) * n_q // n_chunks):
             p0 = 4 * q
-            r0 = p2[p0]
-            r1 = p2[min(p0 + 1, p_n - 1)]  # past the end: repeat the last pattern, not stored
-            r2 = p2[min(p0 + 2, p_n - 1)]
-            r3 = p2[min(p0 + 3, p_n - 1)]
+            r0, r1, r2, r3 = _four_patterns(p2, p0)
             tot[:] = 0
             for k in range(lo.shape[0]):
                 a = lo[k]
