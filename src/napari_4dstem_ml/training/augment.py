@@ -216,9 +216,10 @@ def sample_tile(
 ) -> PatchTile:
     """An augmented training patch for the outputs of ``window`` ``(y0, y1, x0, x1)``.
 
-    ``linear`` ``(Ny, Nx, oy, ox)``: the item's linear intensities on the model grid (noise-free
-    beam intensities when ``noise_free_fraction`` — the mean detected beam fraction — is
-    given, else measured counts); ``target`` ``(Ny, Nx)`` the standardised label (NaN =
+    ``linear`` ``(Ny, Nx, oy, ox)``: the item's linear intensities on the model grid: noise-free
+    beam fractions when ``noise_free_fraction`` (the mean detected fraction of the beam) is
+    given — normalised by it, like counts by their mean, when ``pre`` normalises — else
+    measured counts; ``target`` ``(Ny, Nx)`` the standardised label (NaN =
     unknown); ``region`` ``(Ny, Nx)`` bool the training region.
     """
     y0, y1, x0, x1 = window
@@ -278,12 +279,16 @@ def sample_tile(
     coarse_shape = None
     if config.detector_coarsen > 1.0 and chance():
         tile, coarse_shape = _coarsen(tile, rng.uniform(1.0, config.detector_coarsen))
-    # counts per linear unit (coarse pixels hold sums of linear values: the same factor)
-    per_unit = pre.mean_counts / float(oy * ox)
+    # counts per linear unit (coarse pixels hold sums of linear values: the same factor);
+    # linear values are counts / (mean counts per model pixel) when normalising, else counts
+    norm = pre.config.normalise
+    per_unit = pre.mean_counts / float(oy * ox) if norm else 1.0
     if noise_free_fraction is not None and config.dose_range is not None:
         lo, hi = config.dose_range
         dose = math.exp(rng.uniform(math.log(lo), math.log(hi)))
-        scale = dose * float(noise_free_fraction) / float(oy * ox)
+        # noise-free linear values are beam fractions (normalised by the mean detected
+        # fraction when normalising): counts = fraction × dose
+        scale = dose * (float(noise_free_fraction) / float(oy * ox) if norm else 1.0)
         tile = rng.poisson(np.clip(tile, 0, None) * scale).astype(np.float32) / np.float32(scale)
     elif noise_free_fraction is None and config.thinning is not None and chance():
         keep = rng.uniform(*config.thinning)
