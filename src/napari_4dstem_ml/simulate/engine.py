@@ -214,6 +214,7 @@ def _run(config: SimulationConfig, plan: Plan, crystal: Crystal, cache: PartsCac
     cutoff = float("nan")
     done = computed = 0
     t_compute = 0.0
+    cpu_chunks = 0.0  # CPU seconds of all chunks, also those computed by an earlier run
     px = plan.positions[1]
     dets = _Detectors(config)
     for k in range(plan.configs):
@@ -227,7 +228,7 @@ def _run(config: SimulationConfig, plan: Plan, crystal: Crystal, cache: PartsCac
                     yield SimulationEvent("cancelled", done, total, time.time() - t_start, None,
                                           "cancelled; finished chunks are kept for a rerun")
                     return None
-                t0 = time.time()
+                t0, c0 = time.time(), time.process_time()
                 if potarr is None:
                     atoms = _displaced(static, config, crystal, k)
                     pot = abtem.Potential(atoms, gpts=(plan.gpts[1], plan.gpts[0]),
@@ -248,12 +249,13 @@ def _run(config: SimulationConfig, plan: Plan, crystal: Crystal, cache: PartsCac
                 p, a, sp = scan_patterns(probe, potarr, _scan(plan, config, r0, r1), dets,
                                          max_angle_mrad=plan.pattern_mrad)
                 z = {"patterns": p, "adf": a, "sim_pixel_mrad": np.asarray(sp),
-                     "cutoff": np.asarray(cutoff)}
+                     "cutoff": np.asarray(cutoff), "cpu_s": np.asarray(time.process_time() - c0)}
                 cache.save(name, **z)
                 t_compute += time.time() - t0
                 computed += (r1 - r0) * px
             pats.append(z["patterns"])
             adfs.append(z["adf"])
+            cpu_chunks += float(z.get("cpu_s", np.nan))
             sim_pix = (float(z["sim_pixel_mrad"][0]), float(z["sim_pixel_mrad"][1]))
             cutoff = float(z["cutoff"])
             done += (r1 - r0) * px
@@ -273,13 +275,15 @@ def _run(config: SimulationConfig, plan: Plan, crystal: Crystal, cache: PartsCac
     yield SimulationEvent("writing", total, total, time.time() - t_start, None,
                           "detector, noise, ground truth")
     _finish(config, plan, crystal, static, sites, acc, adf_acc, sim_pix, cutoff, out,
-            t_compute, t_start)
+            t_compute, t_start, cpu_chunks)
     return True
 
 
 def _finish(config: SimulationConfig, plan: Plan, crystal: Crystal, static, sites, pats, adf,
-            sim_pix, cutoff, out: Path, t_compute: float, t_start: float) -> None:
+            sim_pix, cutoff, out: Path, t_compute: float, t_start: float, cpu_chunks: float) -> None:
     import abtem
+
+    c_finish = time.process_time()
     from abtem.core.energy import energy2sigma
 
     ny, nx = config.scan_shape
@@ -403,6 +407,8 @@ def _finish(config: SimulationConfig, plan: Plan, crystal: Crystal, static, site
         vacancy_description="; ".join(d.describe() for d in defects),
         extras=extras)
     params["total_seconds"] = round(time.time() - t_start, 1)
+    params["multislice_cpu_seconds"] = round(cpu_chunks, 1)
+    params["cpu_seconds"] = round(cpu_chunks + time.process_time() - c_finish, 1)
     write_sample(out, arrays)
 
 
