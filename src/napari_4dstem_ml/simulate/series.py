@@ -127,10 +127,11 @@ def expand_series(structure: str | Path | StructureSpec, ranges: SeriesRanges, n
     phi = rng.uniform(0, 2 * np.pi, n_items)
     stem = re.sub(r"[^A-Za-z0-9]+", "_", Path(spec.name).stem if spec.is_file else spec.name)
     out = []
+    def lin(r, key, i):
+        return float(r[0] + (r[1] - r[0]) * u[key][i])
+
     for i in range(n_items):
-        def lin(r, key):
-            return float(r[0] + (r[1] - r[0]) * u[key][i])
-        thick = None if ranges.thickness_A is None else lin(ranges.thickness_A, "t")
+        thick = None if ranges.thickness_A is None else lin(ranges.thickness_A, "t", i)
         d0, d1 = ranges.dose_e_per_pattern
         dose = float(math.exp(math.log(d0) + (math.log(d1) - math.log(d0)) * u["dose"][i]))
         tilt = ranges.tilt_mrad * math.sqrt(u["tilt"][i])
@@ -143,10 +144,10 @@ def expand_series(structure: str | Path | StructureSpec, ranges: SeriesRanges, n
         out.append(replace(
             base, structure=s, name=f"{stem}_{i:03d}",
             energy_ev=float(ranges.energy_ev[i % len(ranges.energy_ev)]),
-            convergence_mrad=round(lin(ranges.convergence_mrad, "alpha"), 3),
-            defocus_A=round(lin(ranges.defocus_A, "df"), 2),
+            convergence_mrad=round(lin(ranges.convergence_mrad, "alpha", i), 3),
+            defocus_A=round(lin(ranges.defocus_A, "df", i), 2),
             tilt_mrad=(round(tilt * math.sin(phi[i]), 3), round(tilt * math.cos(phi[i]), 3)),
-            scan_step_A=round(lin(ranges.scan_step_A, "step"), 4),
+            scan_step_A=round(lin(ranges.scan_step_A, "step", i), 4),
             dose_e_per_pattern=round(dose, 1), frozen_phonons=int(fp),
             seed=int(seed * 1000 + i), store_noise_free=True))
     return out
