@@ -152,6 +152,15 @@ def _scan(plan: Plan, config: SimulationConfig, r0: int, r1: int):
                           gpts=(px, r1 - r0), endpoint=False)
 
 
+def check_cutoff(cutoff_mrad: float, needed_mrad: float) -> None:
+    """Raise when abTEM's anti-aliasing cutoff does not reach the largest angle needed."""
+    if cutoff_mrad < needed_mrad - 1e-6:
+        raise ValueError(
+            f"simulation grid reaches {cutoff_mrad:.1f} mrad (abTEM anti-aliasing cutoff), less "
+            f"than the {needed_mrad:.1f} mrad the detector corners / ADF outer angle need: "
+            "use a finer grid")
+
+
 class _Detectors:
     """What :func:`.multislice.scan_patterns` reads from a configuration."""
 
@@ -163,12 +172,14 @@ class _Detectors:
 
 
 def simulate(config: SimulationConfig, out: str | Path, cancel: Any = None,
-             keep_parts: bool = False, overwrite: bool = False) -> Iterator[SimulationEvent]:
+             keep_parts: bool = False, overwrite: bool = False,
+             chunk_seconds: float = 20.0) -> Iterator[SimulationEvent]:
     """Simulate ``config`` and write ``out`` (HDF5), yielding progress events.
 
     A finished file with the same configuration is not recomputed (one ``done`` event with
     ``skipped=True``); a file with another configuration raises ``FileExistsError`` unless
-    ``overwrite``. ``keep_parts`` keeps the chunk cache after writing."""
+    ``overwrite``. ``keep_parts`` keeps the chunk cache after writing; ``chunk_seconds``
+    sizes the chunks (estimated seconds each)."""
     t_start = time.time()
     out = Path(out)
     if out.exists():
@@ -181,7 +192,7 @@ def simulate(config: SimulationConfig, out: str | Path, cancel: Any = None,
             raise FileExistsError(f"{out} exists and holds another simulation; choose another "
                                   "output name or pass overwrite=True")
     crystal = build_unit_cell(config.structure)
-    plan = make_plan(config, crystal)
+    plan = make_plan(config, crystal, chunk_seconds=chunk_seconds)
     total = plan.total_units
     yield SimulationEvent("plan", 0, total, 0.0, plan.estimate_s,
                           f"{config.name or config.structure.label()}: {plan.method}, "
@@ -242,10 +253,7 @@ def _run(config: SimulationConfig, plan: Plan, crystal: Crystal, cache: PartsCac
                                         tilt=(config.tilt_mrad[1], config.tilt_mrad[0]))
                     probe.grid.match(potarr)
                     cutoff = float(min(probe.cutoff_angles))
-                    if cutoff < plan.needed_mrad - 1e-6:
-                        raise ValueError(
-                            f"simulation grid reaches {cutoff:.1f} mrad, less than the "
-                            f"{plan.needed_mrad:.1f} mrad the detector corners / ADF need")
+                    check_cutoff(cutoff, plan.needed_mrad)
                 p, a, sp = scan_patterns(probe, potarr, _scan(plan, config, r0, r1), dets,
                                          max_angle_mrad=plan.pattern_mrad)
                 z = {"patterns": p, "adf": a, "sim_pixel_mrad": np.asarray(sp),

@@ -54,7 +54,7 @@ def label_from_phase(phase: np.ndarray, sampling: tuple[float, float], origin_A,
     return sample_periodic(blurred, sampling, ly, lx), lab_origin
 
 
-def projected_potential(atoms, max_sampling_A: float = 0.04) -> tuple[np.ndarray, tuple[float, float]]:
+def projected_potential(atoms, max_sampling_A: float = 0.02) -> tuple[np.ndarray, tuple[float, float]]:
     """The projected potential (V·Å, ``(y, x)``, float64) of all of ``atoms`` through the
     whole cell along z (abTEM, Lobato parametrisation, infinite projection, periodic), on a
     grid no coarser than ``max_sampling_A``; returns (image, (dy, dx) sampling)."""

@@ -241,6 +241,22 @@ def detector_reach_mrad(det: DetectorModel, scan_shape: tuple[int, int]) -> floa
     return float(d.max() * det.pixel_mrad)
 
 
+def antialias_cutoff_mrad(extent_A: tuple[float, float], gpts: tuple[int, int], wavelength_A: float
+                          ) -> float:
+    """abTEM 1.0's anti-aliasing cutoff angle (mrad, smaller axis) of a grid: 2/3 of the
+    Nyquist frequency of the coarser axis, floored to whole angular pixels of the same
+    parity as the grid, half of it (``Waves.cutoff_angles``)."""
+    samp = [extent_A[i] / gpts[i] for i in range(2)]
+    kcut = ANTIALIAS_FRACTION / max(samp)
+    out = []
+    for i in range(2):
+        n = int(np.floor(np.round(kcut * extent_A[i], 7)))
+        if (n % 2 == 0) != (gpts[i] % 2 == 0):
+            n += 1
+        out.append(n // 2 * wavelength_A / extent_A[i] * 1e3)
+    return float(min(out))
+
+
 def _odd_at_least(x: float) -> int:
     n = int(math.ceil(x))
     return n if n % 2 == 1 else n + 1
@@ -252,8 +268,11 @@ def seconds_per_position(gpts: tuple[int, int], n_slices: int) -> float:
     return SECONDS_PER_POINT_LOG2 * pts * math.log2(pts) * (n_slices + OVERHEAD_SLICES)
 
 
-def make_plan(config: SimulationConfig, crystal: Crystal | None = None) -> Plan:
-    """Derive the simulation plan (box, grid, positions, chunks, cost) from ``config``."""
+def make_plan(config: SimulationConfig, crystal: Crystal | None = None,
+              chunk_seconds: float = 20.0) -> Plan:
+    """Derive the simulation plan (box, grid, positions, chunks, cost) from ``config``;
+    chunks of scan rows are sized to take about ``chunk_seconds`` each (progress and
+    cancellation granularity)."""
     if crystal is None:
         crystal = build_unit_cell(config.structure)
     lam = config.wavelength_A
@@ -291,7 +310,8 @@ def make_plan(config: SimulationConfig, crystal: Crystal | None = None) -> Plan:
     needed = max(pattern, config.adf_outer_mrad + det.pixel_mrad)
     s_max = ANTIALIAS_FRACTION * lam / (2 * needed * 1e-3)
     gpts = (fft_size(math.ceil(extent[0] / s_max)), fft_size(math.ceil(extent[1] / s_max)))
-    cutoff = min(ANTIALIAS_FRACTION * lam / (2 * extent[i] / gpts[i]) * 1e3 for i in range(2))
+    while (cutoff := antialias_cutoff_mrad(extent, gpts, lam)) < needed:
+        gpts = (fft_size(gpts[0] + 1), fft_size(gpts[1] + 1))
     sim_pix = (lam / extent[0] * 1e3, lam / extent[1] * 1e3)
     if method == "periodic":
         # band limit 2 alpha_eff / lam, alpha_eff including abTEM's soft aperture edge
@@ -307,7 +327,7 @@ def make_plan(config: SimulationConfig, crystal: Crystal | None = None) -> Plan:
         origin = (cy * by + oy, cx * ax + ox)
     configs = max(1, config.frozen_phonons)
     per_pos = seconds_per_position(gpts, n_slices)
-    rows = max(1, min(positions[0], int(20.0 / max(per_pos * positions[1], 1e-9))))
+    rows = max(1, min(positions[0], int(chunk_seconds / max(per_pos * positions[1], 1e-9))))
     multislice = configs * positions[0] * positions[1] * per_pos
     build = configs * n_slices * gpts[0] * gpts[1] * 2e-7  # potential slices
     finish = ny * nx * det.shape[0] * det.shape[1] * 6e-8 + 3.0  # resample, noise, write
