@@ -420,6 +420,34 @@ def _finish(config: SimulationConfig, plan: Plan, crystal: Crystal, static, site
     write_sample(out, arrays)
 
 
+def measure_throughput(gpts: int = 256, positions: int = 16, slices: int = 8) -> float:
+    """Measure this machine's multislice rate on one core: CPU seconds per (probe position ×
+    slice × grid point × log2(grid points)), the unit of :data:`.scene.SECONDS_PER_POINT_LOG2`
+    (the probe and detector overhead of :data:`.scene.OVERHEAD_SLICES` included)."""
+    import math
+
+    import abtem
+    from ase import Atoms
+
+    from .scene import OVERHEAD_SLICES
+
+    with _single_thread():
+        atoms = Atoms("Si8", scaled_positions=np.random.default_rng(0).random((8, 3)),
+                      cell=[12.0, 12.0, 2.0 * slices], pbc=True)
+        pot = abtem.Potential(atoms, gpts=gpts, slice_thickness=2.0, projection="infinite",
+                              parametrization="lobato").build().compute(progress_bar=False)
+        probe = abtem.Probe(energy=200e3, semiangle_cutoff=20.0)
+        probe.grid.match(pot)
+        scan = abtem.GridScan(start=(0, 0), end=(2.0, 2.0), gpts=(positions, 1), endpoint=False)
+        det = abtem.PixelatedDetector(max_angle=60.0)
+        probe.scan(pot, scan=scan, detectors=[det]).compute(progress_bar=False)  # warm-up
+        c0 = time.process_time()
+        probe.scan(pot, scan=scan, detectors=[det]).compute(progress_bar=False)
+        cpu = time.process_time() - c0
+    pts = gpts * gpts
+    return cpu / (positions * (len(pot) + OVERHEAD_SLICES) * pts * math.log2(pts))
+
+
 def run_simulation(config: SimulationConfig, out: str | Path,
                    log: Callable[[str], None] = print, **kwargs: Any) -> Path:
     """Run :func:`simulate` to the end, logging one line per event; returns the path."""

@@ -41,9 +41,10 @@ from .structures import Crystal, Defect, StructureSpec, build_unit_cell
 ANTIALIAS_FRACTION = 2.0 / 3.0
 
 #: measured multislice cost on this project's 2-core VM, one core (abTEM 1.0.11, FFTW,
-#: float32): seconds per (probe position × slice × grid point × log2(grid points)).
-#: 512² grid: 6.6 ms per position and slice; 256²: 1.8 ms (benchmark in scene.md of the
-#: report; :func:`estimate_seconds` adds the per-position overhead of probe and detector).
+#: float32): CPU seconds per (probe position × slice × grid point × log2(grid points)).
+#: Measured with :func:`.engine.measure_throughput` (``python -m napari_4dstem_ml.simulate
+#: throughput``): 512² grid 6.6 ms per position and slice, 256² 1.8 ms, on an idle machine;
+#: :func:`estimate_seconds` adds the per-position overhead of probe and detector.
 SECONDS_PER_POINT_LOG2 = 1.45e-9
 #: per-position overhead in slice equivalents (probe build, detector FFT and crop, ADF)
 OVERHEAD_SLICES = 3.0
@@ -262,17 +263,21 @@ def _odd_at_least(x: float) -> int:
     return n if n % 2 == 1 else n + 1
 
 
-def seconds_per_position(gpts: tuple[int, int], n_slices: int) -> float:
-    """Estimated multislice seconds for one probe position through ``n_slices`` slices."""
+def seconds_per_position(gpts: tuple[int, int], n_slices: int, rate: float | None = None) -> float:
+    """Estimated multislice seconds for one probe position through ``n_slices`` slices
+    (``rate``: seconds per position, slice, grid point and log2(grid points); default
+    :data:`SECONDS_PER_POINT_LOG2`)."""
     pts = gpts[0] * gpts[1]
-    return SECONDS_PER_POINT_LOG2 * pts * math.log2(pts) * (n_slices + OVERHEAD_SLICES)
+    rate = SECONDS_PER_POINT_LOG2 if rate is None else rate
+    return rate * pts * math.log2(pts) * (n_slices + OVERHEAD_SLICES)
 
 
 def make_plan(config: SimulationConfig, crystal: Crystal | None = None,
-              chunk_seconds: float = 20.0) -> Plan:
+              chunk_seconds: float = 20.0, rate: float | None = None) -> Plan:
     """Derive the simulation plan (box, grid, positions, chunks, cost) from ``config``;
     chunks of scan rows are sized to take about ``chunk_seconds`` each (progress and
-    cancellation granularity)."""
+    cancellation granularity); ``rate`` overrides the measured throughput (see
+    :func:`seconds_per_position`) for the estimate only."""
     if crystal is None:
         crystal = build_unit_cell(config.structure)
     lam = config.wavelength_A
@@ -326,9 +331,9 @@ def make_plan(config: SimulationConfig, crystal: Crystal | None = None,
         cx = round((extent[1] / 2 - (nx - 1) / 2 * step - ox) / ax)
         origin = (cy * by + oy, cx * ax + ox)
     configs = max(1, config.frozen_phonons)
-    per_pos = seconds_per_position(gpts, n_slices)
+    per_pos = seconds_per_position(gpts, n_slices)  # chunking: fixed rate, reproducible
     rows = max(1, min(positions[0], int(chunk_seconds / max(per_pos * positions[1], 1e-9))))
-    multislice = configs * positions[0] * positions[1] * per_pos
+    multislice = configs * positions[0] * positions[1] * seconds_per_position(gpts, n_slices, rate)
     build = configs * n_slices * gpts[0] * gpts[1] * 2e-7  # potential slices
     finish = ny * nx * det.shape[0] * det.shape[1] * 6e-8 + 3.0  # resample, noise, write
     if method == "periodic":
@@ -342,9 +347,10 @@ def make_plan(config: SimulationConfig, crystal: Crystal | None = None,
                 estimate_s=float(multislice + build + finish))
 
 
-def estimate_seconds(config: SimulationConfig) -> float:
-    """Estimated wall time (s, one core of the project's VM) of :func:`engine.simulate`."""
-    return make_plan(config).estimate_s
+def estimate_seconds(config: SimulationConfig, rate: float | None = None) -> float:
+    """Estimated time (s, one core) of :func:`.engine.simulate`; ``rate`` from
+    :func:`.engine.measure_throughput` on another machine (default: this project's VM)."""
+    return make_plan(config, rate=rate).estimate_s
 
 
 __all__ = ["Defect", "Plan", "SimulationConfig", "StructureSpec", "estimate_seconds", "make_plan",

@@ -180,6 +180,15 @@ def library() -> list[SimulationConfig]:
               thickness_nm=20, defocus_nm=-10.0, tilt=(-1.0, 1.0), phonons=2),
         _item("mgo001_80kev_5nm", "MgO", 80, 25.0, (96, 1.1), 0.45, 2e4, 209,
               thickness_nm=5, phonons=2),
+        _item("au001_200kev_10nm", "Au", 200, 24.0, (128, 0.7), 0.20, 5e4, 210,
+              thickness_nm=10, defocus_nm=5.0, tilt=(0.8, 0.8), phonons=2),
+        _item("laalo3_300kev_20nm", "LaAlO3", 300, 19.0, (128, 0.6), 0.40, 1e5, 212,
+              thickness_nm=20, defocus_nm=10.0, tilt=(-1.2, 0.0), phonons=2),
+        _item("cu110_300kev_10nm", "Cu", 300, 27.0, (96, 1.0), 0.20, 3e4, 213,
+              thickness_nm=10, zone=(1, 1, 0), phonons=2),
+        _item("mos2_200kev_a22", "MoS2", 200, 22.0, (96, 0.6), 0.20, 1e5, 108,
+              defects=(V("substitution", "S", (0.4, 0.4), new_element="Se"),
+                       V("vacancy", "Mo", (0.65, 0.7)))),
     ]
     bad = [c.name for c in items if c.structure.name in HELD_OUT_MATERIALS]
     if bad:
