@@ -106,3 +106,7 @@ def test_library_never_holds_the_test_materials():
     assert {c.energy_ev for c in lib} >= {60e3, 80e3, 200e3, 300e3}
     assert all(c.store_noise_free for c in lib)
     assert not {c.energy_ev for c in suite if c.structure.name == "Si"} & {c.energy_ev for c in lib}
+    elements = set()
+    for c in lib:
+        elements |= {d.new_element for d in c.structure.defects if d.new_element}
+    assert "W" not in elements  # tungsten (WS2) is only in the transfer suite

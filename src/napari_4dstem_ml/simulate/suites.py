@@ -150,7 +150,7 @@ def library() -> list[SimulationConfig]:
               defects=(V("vacancy", "S", (0.6, 0.55), layer="column"),)),
         _item("mose2_80kev_a20_vacSe", "MoSe2", 80, 20.0, (128, 0.7), 0.25, 3e4, 103,
               defects=(V("vacancy", "Se", (0.45, 0.5)),
-                       V("substitution", "Mo", (0.2, 0.2), new_element="W"))),
+                       V("substitution", "Mo", (0.2, 0.2), new_element="Nb"))),
         _item("mote2_60kev_a28_subs", "MoTe2", 60, 28.0, (96, 1.2), 0.15, 1e5, 104,
               defects=(V("substitution", "Te", (0.5, 0.4), new_element="Se"),
                        V("vacancy", "Te", (0.8, 0.75)))),
