@@ -110,3 +110,13 @@ def test_library_never_holds_the_test_materials():
     for c in lib:
         elements |= {d.new_element for d in c.structure.defects if d.new_element}
     assert "W" not in elements  # tungsten (WS2) is only in the transfer suite
+
+
+def test_cli_estimates_before_it_starts(tmp_path, capsys):
+    from napari_4dstem_ml.simulate.__main__ import main
+
+    assert main(["transfer-suite", "--estimate", "-o", str(tmp_path / "t")]) == 0
+    out = capsys.readouterr().out
+    for name in ("ws2_vacancy", "hbn_vacancy", "srtio3_5nm", "srtio3_20nm", "si110_120kev"):
+        assert name in out
+    assert "min on one core" in out and not (tmp_path / "t").exists()
