@@ -690,21 +690,38 @@ def equivalent_sites(
 ) -> np.ndarray:
     """Sites equivalent to ``site`` (row, col) by the reference crystal's lattice
     translations, each refined to the nearest peak of the 0.4 Å low-passed reference; ``(n, 2)``,
-    the site itself and positions within ``margin`` px of the edge excluded."""
+    the site itself and positions within ``margin`` px of the edge excluded.
+
+    The lattice vectors start from the autocorrelation and are refitted by least squares to
+    the refined peaks, first of the nearest cells, then of all, so they do not drift across
+    the field.
+    """
     ref = _as_2d(reference, "reference")
     a1, a2 = lattice_vectors(ref)
     smooth = lowpass(ref, pixel_size)
     ny, nx = ref.shape
+    s0 = np.asarray(site, float)
+    radius = max(1, int(round(0.5 / pixel_size)))
+
+    def predict(limit: int) -> tuple[np.ndarray, np.ndarray]:
+        ij, pts = [], []
+        for i in range(-limit, limit + 1):
+            for j in range(-limit, limit + 1):
+                if i == 0 and j == 0:
+                    continue
+                p = s0 + i * a1 + j * a2
+                if margin <= p[0] <= ny - 1 - margin and margin <= p[1] <= nx - 1 - margin:
+                    ij.append((i, j))
+                    pts.append(_refine_peak(smooth, p, radius))
+        return np.array(ij, float).reshape(-1, 2), np.array(pts).reshape(-1, 2)
+
     n = int(2 * max(ny, nx) / max(1.0, min(np.hypot(*a1), np.hypot(*a2)))) + 2
-    out = []
-    for i in range(-n, n + 1):
-        for j in range(-n, n + 1):
-            if i == 0 and j == 0:
-                continue
-            p = np.asarray(site, float) + i * a1 + j * a2
-            if margin <= p[0] <= ny - 1 - margin and margin <= p[1] <= nx - 1 - margin:
-                out.append(_refine_peak(smooth, p, max(1, int(round(0.5 / pixel_size)))))
-    return np.array(out).reshape(-1, 2)
+    for limit in (2, n):
+        ij, pts = predict(limit)
+        if len(ij) >= 3:  # least squares: pts - site = ij @ [a1; a2]
+            sol = np.linalg.lstsq(ij, pts - s0, rcond=None)[0]
+            a1, a2 = sol[0], sol[1]
+    return predict(n)[1]
 
 
 def defect_contrast(
@@ -735,18 +752,27 @@ def defect_contrast(
 
 
 def uncertainty_error_correlation(
-    image: Any, uncertainty: Any, reference: Any, crop: int = 3
+    image: Any, uncertainty: Any, reference: Any, crop: int = 3, window: float = 1.0
 ) -> float:
-    """Spearman rank correlation between a per-pixel ``uncertainty`` and the actual error
-    |image − reference| after a scale/offset fit of ``image`` (and the uncertainty by the same
-    scale) to ``reference``; ``crop`` edge pixels left out."""
+    """Spearman rank correlation between a per-pixel ``uncertainty`` and the actual error of
+    ``image`` against ``reference`` (after a scale/offset fit of the image, the uncertainty
+    scaled alike); ``crop`` edge pixels left out.
+
+    A pixel's error is one draw of a random variable whose spread the uncertainty predicts
+    (even a perfect σ ranks |N(0, σ)| at only ~0.4), so both are compared as local RMS over
+    a Gaussian window of ``window`` pixels (σ; 0: pixel by pixel).
+    """
     from scipy.stats import spearmanr
 
     a, b = _pair(image, reference)
     u = _as_2d(uncertainty, "uncertainty")
+    scale, offset, fitted = fit_scale_offset(a, b)
+    err2 = (fitted - b) ** 2
+    unc2 = (scale * u) ** 2
+    if window > 0:
+        err2 = ndimage.gaussian_filter(err2, window, mode="nearest")
+        unc2 = ndimage.gaussian_filter(unc2, window, mode="nearest")
     sl = (slice(crop, a.shape[0] - crop), slice(crop, a.shape[1] - crop))
-    scale, offset, fitted = fit_scale_offset(a[sl], b[sl])
-    err = np.abs(fitted - b[sl]).ravel()
-    unc = np.abs(scale) * u[sl].ravel()
-    ok = np.isfinite(err) & np.isfinite(unc)
-    return float(spearmanr(unc[ok], err[ok]).statistic)
+    e, v = np.sqrt(err2[sl]).ravel(), np.sqrt(unc2[sl]).ravel()
+    ok = np.isfinite(e) & np.isfinite(v)
+    return float(spearmanr(v[ok], e[ok]).statistic)
