@@ -61,9 +61,9 @@ def _centre(ds, spec: str | None):
 def cmd_adf(args: argparse.Namespace) -> int:
     from .detectors.engine import iter_virtual_images
     from .detectors.geometry import annular_mask
-    from .export import check_output, write_image
+    from .export import IMAGE_SUFFIXES, prepare_output, write_image
 
-    check_output(Path(args.output), args.overwrite)
+    prepare_output(args.output, overwrite=args.overwrite, suffixes=IMAGE_SUFFIXES)
     ds = _load(args.data, args)
     if args.outer <= args.inner:
         raise UserError(f"--outer ({args.outer}) must be larger than --inner ({args.inner})")
@@ -89,11 +89,11 @@ def cmd_adf(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .export import check_output
+    from .export import prepare_output
     from .training.loop import EpochEvent, PrepareEvent, StepEvent
     from .workflow import JobResult, Message, TrainingJob, run_job
 
-    check_output(Path(args.output), args.overwrite, suffixes=(".pt",))
+    prepare_output(args.output, overwrite=args.overwrite, suffixes=(".pt",))
     ds = _load(args.data, args)
     job = TrainingJob.from_cli(args)
     epochs = job.configs(ds)[2].epochs
@@ -123,11 +123,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from .export import check_output, write_image
+    from .export import IMAGE_SUFFIXES, prepare_output, write_image
     from .training.checkpoint import load_checkpoint
     from .training.inference import iter_predict
 
-    check_output(Path(args.output), args.overwrite)
+    prepare_output(args.output, overwrite=args.overwrite, suffixes=IMAGE_SUFFIXES)
     model_path = Path(args.model)
     if not model_path.exists():
         raise UserError(f"{model_path}: no such model file")

@@ -191,11 +191,13 @@ def run_job(
     ``registered``: the label already on the scan grid, as returned by
     :func:`registered_label` (image, coverage mask, summary), to skip registering it again.
     """
-    from .export import check_output
+    from .export import prepare_output
     from .training.checkpoint import save_checkpoint
     from .training.loop import DoneEvent, train
 
-    out = check_output(Path(job.output), job.overwrite, suffixes=(".pt",))
+    inputs = (*dataset.input_files, job.label)
+    out = Path(job.output)
+    prepare_output(out, overwrite=job.overwrite, inputs=inputs, suffixes=(".pt",))
     if registered is None:
         registered = yield from registered_label(
             dataset, job.label, dataset_name=job.label_dataset, pixel_size_A=job.label_pixel_A,
@@ -213,7 +215,8 @@ def run_job(
     summary.update(source=str(dataset.source), label=str(job.label), registration=reg_summary,
                    job=asdict(job))
     save_checkpoint(out, result.model, result.model_config, result.preprocessor,
-                    train_summary=summary, metrics=result.metrics)
+                    train_summary=summary, metrics=result.metrics, overwrite=job.overwrite,
+                    inputs=inputs)
     metrics = {k: float(v) for k, v in result.metrics.items() if isinstance(v, (int, float))}
     res = JobResult(out, reg_summary, metrics, result.stopped, len(result.history), result.elapsed_s)
     yield res
