@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 __all__ = ["IMAGE_SUFFIXES", "TEMP_PREFIX", "OutputError", "OutputExistsError", "output_file",
-           "prepare_output", "write_image", "write_text"]
+           "prepare_output", "write_image", "write_text", "writing"]
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".npy", ".png")
 #: hidden name prefix of our temporary outputs: ``.stemml-partial.<pid>.<token>.<host>.<name>``
@@ -277,6 +277,18 @@ def _write_failure(shown: str, target: Path, exc: OSError) -> OutputError:
 
 
 @contextlib.contextmanager
+def writing(path: str | os.PathLike) -> Iterator[None]:
+    """Inside an :func:`output_file` block that only writes: any ``OSError`` (even one that
+    names no file, like a failed ``write()``) is a failure of the output ``path``."""
+    try:
+        yield
+    except OutputError:
+        raise
+    except OSError as exc:
+        raise _write_failure(str(path), Path(path), exc) from exc
+
+
+@contextlib.contextmanager
 def output_file(path: str | os.PathLike, *, overwrite: bool = False,
                 inputs: Iterable[str | os.PathLike | None] = ()) -> Iterator[Path]:
     """Write an output safely: ``with output_file(p) as tmp: write(tmp)``.
@@ -354,7 +366,7 @@ def write_image(path: str | os.PathLike, image: np.ndarray, pixel_size_A: float 
     target = prepare_output(path, overwrite=overwrite, inputs=inputs, suffixes=IMAGE_SUFFIXES)
     image = check_image(image, f"output {path}")
     suffix = target.suffix.lower()
-    with output_file(path, overwrite=overwrite, inputs=inputs) as tmp:
+    with output_file(path, overwrite=overwrite, inputs=inputs) as tmp, writing(path):
         if suffix in (".tif", ".tiff"):
             import tifffile
 
@@ -379,7 +391,7 @@ def write_text(path: str | os.PathLike, text: str, *, overwrite: bool = False,
                inputs: Iterable[str | os.PathLike | None] = ()) -> Path:
     """Write a UTF-8 text file (e.g. ``summary.json``) through :func:`output_file`."""
     target = prepare_output(path, overwrite=overwrite, inputs=inputs)
-    with output_file(path, overwrite=overwrite, inputs=inputs) as tmp, \
+    with output_file(path, overwrite=overwrite, inputs=inputs) as tmp, writing(path), \
             open(tmp, "x", encoding="utf-8") as fh:
         fh.write(text)
     return target

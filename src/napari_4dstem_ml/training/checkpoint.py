@@ -77,7 +77,7 @@ def save_checkpoint(
     import torch
 
     from .. import __version__
-    from ..export import OutputError, output_file, prepare_output
+    from ..export import OutputError, output_file, prepare_output, writing
 
     path = Path(path)
     prepare_output(path, overwrite=overwrite, inputs=inputs)
@@ -108,7 +108,8 @@ def save_checkpoint(
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     obj = {"format": FORMAT, "version": VERSION, "config_json": config_json, "state_dict": state}
 
-    with output_file(path, overwrite=overwrite, inputs=inputs) as tmp, open(tmp, "xb") as f:
+    with output_file(path, overwrite=overwrite, inputs=inputs) as tmp, writing(path), \
+            open(tmp, "xb") as f:
         try:
             torch.save(obj, f)
         except RuntimeError as e:  # PyTorch's zip writer reports a failed write this way
