@@ -644,10 +644,25 @@ def _set(d, keys, v):
     d[keys[-1]] = v
 
 
-_ckpt_case("text", lambda p, o, c, b: p.write_text("not a checkpoint"))
-_ckpt_case("empty", lambda p, o, c, b: p.write_bytes(b""))
-_ckpt_case("truncated", lambda p, o, c, b: p.write_bytes((b / "model.pt").read_bytes()[:700]))
-_ckpt_case("zip_not_torch", lambda p, o, c, b: zipfile.ZipFile(p, "w").writestr("a.txt", "hi"))
+def _write_only(fn):
+    def edit(p, o, c, b):
+        fn(p, b)  # the file is written here; nothing for torch.save
+
+    return edit
+
+
+def _zip_not_torch(p, b):
+    with zipfile.ZipFile(p, "w") as z:
+        z.writestr("a.txt", "hi")
+
+
+_ckpt_case("text", _write_only(lambda p, b: p.write_text("not a checkpoint")))
+_ckpt_case("empty", _write_only(lambda p, b: p.write_bytes(b"")))
+_ckpt_case("truncated", _write_only(lambda p, b: p.write_bytes((b / "model.pt").read_bytes()[:700])))
+_ckpt_case("truncated_half", _write_only(
+    lambda p, b: p.write_bytes((b / "model.pt").read_bytes()[: (b / "model.pt").stat().st_size // 2])))
+_ckpt_case("zip_not_torch", _write_only(_zip_not_torch))
+_ckpt_case("legacy_pickle_int", lambda p, o, c, b: 42)
 _ckpt_case("pickled_object", lambda p, o, c, b: torch.save({"obj": _Evil()}, p))
 _ckpt_case("plain_tensor", lambda p, o, c, b: torch.zeros(3))
 _ckpt_case("format_tag", lambda p, o, c, b: {**o, "format": "other"})
@@ -669,13 +684,103 @@ _ckpt_case("corrupted_index_buffer",
 _ckpt_case("nan_weights", _with_state(lambda sd: sd.__setitem__("m", sd["m"] * float("nan"))))
 _ckpt_case("wrong_weight_shape", _with_state(lambda sd: sd.__setitem__("m", torch.zeros(3))))
 _ckpt_case("extra_weight", _with_state(lambda sd: sd.__setitem__("evil", torch.zeros(3))))
-_ckpt_case("fifo", lambda p, o, c, b: os.mkfifo(p))
-_ckpt_case("directory", lambda p, o, c, b: p.mkdir())
+_ckpt_case("fifo", _write_only(lambda p, b: os.mkfifo(p)))
+_ckpt_case("directory", _write_only(lambda p, b: p.mkdir()))
 _ckpt_case("missing", lambda p, o, c, b: None)  # nothing written: no such checkpoint
 
 
 class _Evil:
     """Refused by a weights-only load."""
+
+
+@case("ckpt-data_file_as_model", names=("data.h5",))
+def _(d, base):
+    _copy(base, d, "data.h5")
+    return _predict(d, "data.h5")
+
+
+@case("predict-corrupt_gzip_chunk", names=("corrupt.h5",))
+def _(d, base):
+    _copy(base, d, "model.pt")
+    _corrupt_gzip(d, d / "corrupt.h5", np.load(base / "data.npy"))
+    return _predict(d, "model.pt", "corrupt.h5")
+
+
+@case("predict-nan_patterns_warns", status=0, creates=("p.tif",), names=("NaN/inf",))
+def _(d, base):
+    _nan_data(d, base)
+    _copy(base, d, "model.pt")
+    return _predict(d)
+
+
+@case("predict-all_nan_data", names=("nan.h5",))
+def _(d, base):
+    _copy(base, d, "model.pt")
+    _h5(d / "nan.h5", np.full(np.load(base / "data.npy").shape, np.nan, np.float32))
+    return _predict(d, "model.pt", "nan.h5")
+
+
+@case("predict-complex_data", names=("c.h5", "complex"))
+def _(d, base):
+    _copy(base, d, "model.pt")
+    _h5(d / "c.h5", np.load(base / "data.npy").astype(np.complex64))
+    return _predict(d, "model.pt", "c.h5")
+
+
+@case("predict-external_link_data", names=("ext.h5", "--allow-external"))
+def _(d, base):
+    _copy(base, d, "model.pt")
+    _ext_link(d, d / "ext.h5", np.load(base / "data.npy"))
+    return _predict(d, "model.pt", "ext.h5", "--dataset", "linked")
+
+
+@case("evaluate-text_npy_image", names=("t.npy",))
+def _(d, base):
+    _copy(base, d, "label.npy")
+    (d / "t.npy").write_text("0.1 0.2")
+    return ["evaluate", d / "t.npy", "--reference", d / "label.npy"]
+
+
+@case("evaluate-fifo_reference", names=("pipe.npy",))
+def _(d, base):
+    _copy(base, d, "label.npy")
+    os.mkfifo(d / "pipe.npy")
+    return ["evaluate", d / "label.npy", "--reference", d / "pipe.npy"]
+
+
+@case("evaluate-shape_mismatch", names=("small.npy",))
+def _(d, base):
+    _copy(base, d, "label.npy")
+    np.save(d / "small.npy", np.load(base / "label.npy")[:8])
+    return ["evaluate", d / "small.npy", "--reference", d / "label.npy"]
+
+
+@case("info-fifo", names=("pipe.h5",))
+def _(d, base):
+    os.mkfifo(d / "pipe.h5")
+    return ["info", d / "pipe.h5"]
+
+
+@case("adf-zero_signal_auto_centre", names=("zero.npy", "--centre"))
+def _(d, base):
+    np.save(d / "zero.npy", np.zeros((4, 4, 16, 16), np.float32))
+    return ["adf", d / "zero.npy", "--pixels", "--inner", "2", "--outer", "6", "-o", d / "out.tif"]
+
+
+@case("label-external_link_dataset", names=("lab.h5", "target_other.h5"))
+def _(d, base):
+    _copy(base, d, "data.h5")
+    with h5py.File(d / "target_other.h5", "w") as f:
+        f["image"] = np.load(base / "label.npy")
+    with h5py.File(d / "lab.h5", "w") as f:
+        f["image"] = h5py.ExternalLink(str(d / "target_other.h5"), "/image")
+    return _train(d, "data.h5", "lab.h5", "--label-dataset", "image")
+
+
+@case("demo-output_is_a_file", names=("runs",))
+def _(d, base):
+    (d / "runs").write_text("a file where the run folder should go")
+    return ["demo", "-o", d / "runs", "--time-limit", "1"]
 
 
 # ---------------------------------------------------------------------------------------------

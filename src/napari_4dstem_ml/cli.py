@@ -37,11 +37,14 @@ class UserError(Exception):
 def _number(kind, lo=None, hi=None, *, lo_open=False, odd=False):
     """An argparse ``type=``: a finite ``kind`` (int or float) in [lo, hi] (``lo_open``:
     (lo, hi]); ``odd`` ints only. The message names the expected range."""
+    def fmt(v):
+        return f"{v:g}" if kind is float else str(int(v))
+
     parts = []
     if lo is not None:
-        parts.append(f"{'>' if lo_open else '>='} {lo:g}")
+        parts.append(f"{'>' if lo_open else '>='} {fmt(lo)}")
     if hi is not None:
-        parts.append(f"<= {hi:g}")
+        parts.append(f"<= {fmt(hi)}")
     expect = f"{'an odd integer' if odd else 'an integer' if kind is int else 'a number'}" + (
         f" {' and '.join(parts)}" if parts else "")
 
@@ -78,8 +81,9 @@ def _exit_code(exc: SystemExit) -> int:
 
 # -- shared helpers -----------------------------------------------------------------------
 def _load(path: str, args: argparse.Namespace):
-    """Open a data file with the command's data options; errors say which option resolves them."""
-    from .io import ReaderError, load
+    """Open a data file with the command's data options (``--dataset``, ``--scan-shape``,
+    ``--allow-external``)."""
+    from .io import load
 
     options = {}
     if getattr(args, "dataset", None):
@@ -88,13 +92,7 @@ def _load(path: str, args: argparse.Namespace):
         options["scan_shape"] = tuple(args.scan_shape)
     if getattr(args, "allow_external", False):
         options["allow_external"] = True
-    try:
-        return load(Path(path), **options)
-    except ReaderError as exc:
-        flag = _OPTION_FLAGS.get(getattr(exc, "option", None) or "")
-        if flag:
-            raise UserError(f"{exc} (on the command line: {flag})") from exc
-        raise
+    return load(Path(path), **options)
 
 
 def _inputs(args: argparse.Namespace, *datasets) -> tuple[str, ...]:
@@ -383,7 +381,11 @@ _DATA_ERRORS = (OSError, EOFError, struct.error, zipfile.BadZipFile, zlib.error,
 def describe_error(exc: BaseException, args: argparse.Namespace) -> tuple[int, str]:
     """(exit status, one-line message) for an exception leaving a command."""
     if isinstance(exc, (UserError, ValueError)):
-        return EXIT_USAGE, str(exc)
+        text = str(exc)
+        flag = _OPTION_FLAGS.get(getattr(exc, "option", None) or "")
+        if flag and flag not in text:  # say which option resolves it
+            text += f" (on the command line: {flag})"
+        return EXIT_USAGE, text
     files = [*_inputs(args), getattr(args, "output", None) or ""]
     if isinstance(exc, OSError) and exc.filename:
         return EXIT_USAGE, f"{exc.filename}: {exc.strerror or exc}"

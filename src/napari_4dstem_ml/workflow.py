@@ -240,6 +240,8 @@ def _new_run_dir(out_dir: str | Path) -> Path:
     import time
 
     base = Path(out_dir)
+    if base.exists() and not base.is_dir():
+        raise FileExistsError(f"{base} is a file; the demo writes a new run folder into a folder")
     base.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     for i in range(1000):

@@ -166,6 +166,14 @@ def load_checkpoint(path: str | os.PathLike, *, device: Any = "cpu") -> LoadedMo
         raise CheckpointError(f"{path}: {st.st_size / 2**30:.1f} GiB is far larger than any "
                               "napari-4dstem-ml checkpoint")
     try:
+        with open(path, "rb") as fh:
+            magic = fh.read(4)
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot read the checkpoint ({e.strerror or e})") from e
+    if magic != b"PK\x03\x04":  # torch.save's zip format, which save_checkpoint writes
+        raise CheckpointError(f"{path} is not a napari-4dstem-ml checkpoint (not a readable "
+                              "torch file: no zip signature)")
+    try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except MemoryError as e:
         raise CheckpointError(f"{path} is not a napari-4dstem-ml checkpoint (it claims more "
@@ -174,9 +182,12 @@ def load_checkpoint(path: str | os.PathLike, *, device: Any = "cpu") -> LoadedMo
         raise CheckpointError(
             f"{path} is not a napari-4dstem-ml checkpoint ({_load_failure_reason(e)})"
         ) from e
-    if not isinstance(obj, dict) or obj.get("format") != FORMAT:
-        tag = obj.get("format") if isinstance(obj, dict) else type(obj).__name__
-        raise CheckpointError(f"{path} is not a napari-4dstem-ml checkpoint (format tag {tag!r})")
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path} is not a napari-4dstem-ml checkpoint (it holds a "
+                              f"{type(obj).__name__}, not a checkpoint)")
+    if obj.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a napari-4dstem-ml checkpoint (format tag "
+                              f"{obj.get('format')!r})")
     version = obj.get("version")
     if isinstance(version, bool) or not isinstance(version, int) or version < 1:
         raise CheckpointError(f"{path}: invalid checkpoint version {version!r}")
@@ -298,5 +309,7 @@ def _load_failure_reason(e: BaseException) -> str:
         return "it holds pickled Python objects, which are never loaded"
     if "Weights only load failed" in text or not text.strip():
         return "not a readable torch file"
+    if "PytorchStreamReader" in text or "central directory" in text:
+        return "not a readable torch file: truncated or corrupt archive"
     first = text.strip().splitlines()[0]
     return f"not a readable torch file: {first[:120]}"
