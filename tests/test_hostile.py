@@ -572,7 +572,8 @@ def _nan_data(d, base, value=np.nan, n=2):
 for _model, _val in [("linear", np.nan), ("linear", np.inf), ("conv4d", np.nan)]:
     CASES[f"train-nonfinite_patterns_{_model}_{_val}"] = Case(
         lambda d, base, m=_model, v=_val: (_nan_data(d, base, v), _train(
-            d, "data.h5", "label.npy", "--model", m, *(("--cluster", "5") if m == "conv4d" else ())))[1],
+            d, "data.h5", "label.npy", "--model", m,
+            *(("--cluster", "5", "--epochs", "1") if m == "conv4d" else ())))[1],
         status=0, creates=("m.pt",), names=("2 positions",),
         check=lambda d, out: _finite_model(d / "m.pt"))
 
@@ -1201,3 +1202,24 @@ def test_napari_reader(name, base, tmp_path):
             with pytest.raises(ValueError, match=p.name):
                 reader(str(p))
     assert time.perf_counter() - t0 < 10
+
+
+@pytest.mark.gui
+@pytest.mark.parametrize("name", ["truncated_raw", "complex_npy"])
+def test_napari_open_broken_file_gives_clear_error(name, make_napari_viewer, tmp_path):
+    viewer = make_napari_viewer()
+    if name == "truncated_raw":
+        p = tmp_path / "scan.raw"
+        _raw(p, 3, 10)
+        (tmp_path / "scan.xml").write_text(_xml("scan.raw", 2, 2))
+    else:
+        p = tmp_path / "c.npy"
+        np.save(p, np.zeros((2, 2, 4, 4), np.complex64))
+    with pytest.raises(ValueError, match=p.name) as info:
+        viewer.open(str(p), plugin="napari-4dstem-ml")
+    assert "does not support" not in str(info.value)  # not "no reader"
+    assert len(viewer.layers) == 0
+    good = tmp_path / "ok.npy"
+    np.save(good, np.ones((2, 2, 4, 4), np.float16))  # converted at open
+    layers = viewer.open(str(good), plugin="napari-4dstem-ml")
+    assert layers[0].data.dtype == np.float32
