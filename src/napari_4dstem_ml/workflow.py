@@ -113,9 +113,9 @@ class TrainingJob:
         if max_angle is not None and mrad is not None:
             pixel = 2.0 * max_angle / size
         pre_cfg = PreprocessConfig(
-            max_angle_mrad=max_angle if mrad is not None else None,
+            max_angle=max_angle if mrad is not None else None,
             output_shape=(size, size),
-            output_pixel_mrad=pixel,
+            output_pixel=pixel,
             bin_factor=max(1, min(dataset.detector_shape) // size) if pixel is None else 1,
             compression=compression,
         )

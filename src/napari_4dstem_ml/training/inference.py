@@ -115,8 +115,10 @@ def iter_predict(
     returns (``StopIteration.value``) the ``(Ny, Nx)`` image in label units.
 
     ``preprocessor`` is adapted to ``dataset`` first (its centre, detector pixel and dose are
-    refitted when it is another data set). ``device``: move the model there first (``None``:
-    leave it where it is; ``"auto"``: CUDA when available).
+    refitted when it is another data set). When the data set's scan step differs from the
+    model's, the model runs on a resampled scan grid (:class:`~..preprocess.ScanGrid`) and
+    the image is interpolated back onto the data's grid at the end. ``device``: move the
+    model there first (``None``: leave it where it is; ``"auto"``: CUDA when available).
     """
     if device is not None:
         model.to(resolve_device(device))
@@ -124,14 +126,39 @@ def iter_predict(
     if linear_on_raw_detector(model, pre, dataset):
         image = yield from iter_predict_linear(model, pre, dataset)
     else:
-        source = PatternSource(dataset, pre, cache_budget_bytes=0)
-        image = yield from iter_predict_source(model, source, tile_rows=tile_rows)
+        image = yield from _iter_predict_grid(model, pre, dataset, tile_rows)
     finite = np.isfinite(image)
     if not finite.any() or not np.any(image[finite]):
         what = "NaN/inf" if not finite.any() else "zero"
         raise PredictionError(f"{dataset.source or 'the data set'}: the prediction is {what} "
                               "everywhere (the data or the model hold no usable values)")
     return image
+
+
+def _iter_predict_grid(
+    model, pre: Preprocessor, dataset: Dataset4D, tile_rows: int | None
+) -> Generator[PredictEvent, None, np.ndarray]:
+    """The model on the preprocessed field, resampled back to the data's scan grid when the
+    model works on a physical scan grid of its own."""
+    source = PatternSource(dataset, pre, cache_budget_bytes=0)
+    if source.grid is None:
+        return (yield from iter_predict_source(model, source, tile_rows=tile_rows))
+    shown = np.full(dataset.scan_shape, np.nan, np.float32)
+    t0 = time.perf_counter()
+    gen = iter_predict_source(model, source, tile_rows=tile_rows)
+    while True:
+        try:
+            ev = next(gen)
+        except StopIteration as stop:
+            on_model_grid = stop.value
+            break
+        rows = min(dataset.scan_shape[0], int(ev.rows_done * source.grid.factor[0]))
+        if ev.rows_done < ev.rows_total:
+            yield PredictEvent(rows, dataset.scan_shape[0], shown, time.perf_counter() - t0)
+    shown[:] = source.grid.to_data(on_model_grid)
+    ny = dataset.scan_shape[0]
+    yield PredictEvent(ny, ny, shown, time.perf_counter() - t0)
+    return shown
 
 
 def linear_on_raw_detector(model, pre: Preprocessor, dataset: Dataset4D) -> bool:
@@ -141,6 +168,7 @@ def linear_on_raw_detector(model, pre: Preprocessor, dataset: Dataset4D) -> bool
         hasattr(model, "cluster_weights")
         and pre.is_affine()
         and np.issubdtype(dataset.dtype, np.unsignedinteger)
+        and pre.scan_grid(dataset.scan_shape) is None
     )
 
 
