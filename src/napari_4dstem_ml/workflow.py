@@ -119,6 +119,7 @@ class TrainingJob:
             bin_factor=max(1, min(dataset.detector_shape) // size) if pixel is None else 1,
             compression=compression,
         )
+
         def given(value, name):  # 0 is a value (and then refused), not "unset"
             return defaults[name] if value is None else value
 

@@ -235,6 +235,10 @@ def check_description(model_config: Any, pre: Preprocessor, path: str | os.PathL
     """A model description within :data:`LIMITS` and with finite, positive statistics (so that
     building the model allocates a bounded amount of memory and its output is not NaN)."""
     problems = []
+    size = getattr(model_config, "size", 1)  # an ensemble: checks apply to its member
+    if not 1 <= int(size) <= 32:
+        problems.append(f"ensemble size {size} (expected 1..32)")
+    model_config = getattr(model_config, "member", model_config)
     grid = tuple(pre.output_shape)
     if len(grid) != 2 or not all(1 <= int(n) <= LIMITS["detector_grid"] for n in grid):
         problems.append(f"detector grid {grid} (expected 1..{LIMITS['detector_grid']} per side)")
@@ -260,6 +264,13 @@ def check_description(model_config: Any, pre: Preprocessor, path: str | os.PathL
     for name, v in positive.items():
         if not (math.isfinite(float(v)) and float(v) > 0):
             problems.append(f"{name} {v!r} (expected a positive number)")
+    for name in ("scan_step_A", "data_scan_step_A"):
+        v = getattr(pre, name, None)
+        if v is not None and not all(math.isfinite(float(x)) and 1e-3 <= float(x) <= 1e3 for x in v):
+            problems.append(f"{name} {v!r} (expected 0.001..1000 Å)")
+    alpha = getattr(pre, "alpha_mrad", None)
+    if alpha is not None and not (math.isfinite(float(alpha)) and float(alpha) > 0):
+        problems.append(f"alpha_mrad {alpha!r} (expected a positive number)")
     for name, v in {"input_mean": pre.input_mean, "label_mean": pre.label_mean,
                     "centre": sum(pre.centre)}.items():
         if not math.isfinite(float(v)):
