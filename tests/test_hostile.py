@@ -1091,11 +1091,14 @@ sys.exit(main(sys.argv[2:]))
 """
 
 
-def test_concurrent_predicts_to_one_output(base, tmp_path):
+def test_concurrent_writers_to_one_output(base, tmp_path):
+    """Two processes (``adf``: the same writing path as ``predict``, without importing torch)
+    write one output; both pass the existence check before either finishes."""
     import tifffile
 
-    _copy(base, tmp_path, "model.pt", "data.h5")
-    argv = [str(a) for a in _predict(tmp_path)]
+    _copy(base, tmp_path, "data.h5")
+    argv = [str(a) for a in _adf(tmp_path / "data.h5", tmp_path)]
+    argv[argv.index(str(tmp_path / "out.tif"))] = str(tmp_path / "p.tif")
     procs = [subprocess.Popen([sys.executable, "-c", _SLOW_WRITE, delay, *argv], env=_env(),
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for delay in ("0.5", "1.2")]
@@ -1105,6 +1108,24 @@ def test_concurrent_predicts_to_one_output(base, tmp_path):
     loser = next(err for rc, err in results if rc == 2)
     assert "p.tif" in loser and "Traceback" not in loser
     assert tifffile.imread(tmp_path / "p.tif").shape == SCAN
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data.h5", "p.tif"]
+
+
+def test_output_appearing_during_predict_is_not_replaced(base, tmp_path, capsys, monkeypatch):
+    from napari_4dstem_ml.training import inference
+
+    _copy(base, tmp_path, "data.h5", "model.pt")
+    real = inference.iter_predict
+
+    def slow(*a, **kw):
+        (tmp_path / "p.tif").write_bytes(b"another predict run's result")
+        return (yield from real(*a, **kw))
+
+    monkeypatch.setattr(inference, "iter_predict", slow)
+    rc = _cli(_predict(tmp_path))
+    err = capsys.readouterr().err
+    assert rc == 2 and "p.tif" in err and "Traceback" not in err
+    assert (tmp_path / "p.tif").read_bytes() == b"another predict run's result"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data.h5", "model.pt", "p.tif"]
 
 
