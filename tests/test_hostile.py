@@ -325,6 +325,12 @@ _h5_case("external_link", _ext_link, extra=("--dataset", "/linked"),
 _h5_case("external_link_allowed", _ext_link, extra=("--dataset", "/linked", "--allow-external"),
          status=0, names=(), creates=("out.tif",))
 _h5_case("all_nan", lambda d, p, a: _h5(p, np.full_like(a, np.nan)))
+_h5_case("declared_huge_nothing_stored", lambda d, p, a: _h5_empty(p, (100000, 100000, 128, 128)))
+
+
+def _h5_empty(p, shape):
+    with h5py.File(p, "w") as f:  # a 21 PB dataset of which no chunk was ever written
+        f.create_dataset("data", shape=shape, dtype="<f4", chunks=(1, 1, 128, 128))
 
 
 def _h5_add(p, name, a):
