@@ -57,8 +57,7 @@ def base(tmp_path_factory):
     np.save(d / "data.npy", data)
     _h5(d / "data.h5", data)
     np.save(d / "label.npy", s.label.astype(np.float32))
-    rc = _cli(["train", d / "data.h5", "--label", d / "label.npy", "--no-register", "--cluster", "3",
-               "--detector-size", "16", "--epochs", "2", "-o", d / "model.pt"])
+    rc = _cli(_train(d, out="model.pt"))
     assert rc == 0 and (d / "model.pt").is_file()
     return d
 
@@ -127,8 +126,9 @@ def _adf(x, d, *extra):
 
 
 def _train(d, data="data.h5", label="label.npy", *extra, out="m.pt"):
-    return ["train", d / data, "--label", d / label, "--no-register", "--cluster", "3",
-            "--detector-size", "16", "--epochs", "2", "-o", d / out, *extra]
+    return ["train", d / data, "--label", d / label, "--no-register", "--model", "linear",
+            "--init", "scratch", "--cluster", "3", "--detector-size", "16", "--epochs", "2",
+            "-o", d / out, *extra]
 
 
 def _predict(d, model="model.pt", data="data.h5", *extra, out="p.tif"):
@@ -478,7 +478,9 @@ def _train_args(*extra):
 for _opt, _val in [("--inner", "-1"), ("--outer", "0"), ("--inner", "nan"), ("--outer", "inf"),
                    ("--centre", "a,b"), ("--centre", "nan,3"), ("--centre", "1e9,5")]:
     _arg_case(f"adf{_opt}={_val}", _adf_args(_opt, _val), _opt)
-_arg_case("adf-annulus_without_pixels", _adf_args("--inner", "100", "--outer", "200"), "--outer")
+_arg_case("adf-annulus_beyond_detector", _adf_args("--inner", "100", "--outer", "200"), "--inner")
+_arg_case("adf-annulus_between_pixels",
+          _adf_args("--inner", "0.1", "--outer", "0.2", "--centre", "7.5,7.5"), "--outer")
 _arg_case("adf-inner_ge_outer", _adf_args("--inner", "6", "--outer", "2"), "--outer")
 for _opt, _val in [("--epochs", "0"), ("--epochs", "-3"), ("--lr", "0"), ("--lr", "-0.1"),
                    ("--lr", "nan"), ("--lr", "inf"), ("--batch-size", "0"),
@@ -579,7 +581,8 @@ for _model, _val in [("linear", np.nan), ("linear", np.inf), ("conv4d", np.nan)]
     CASES[f"train-nonfinite_patterns_{_model}_{_val}"] = Case(
         lambda d, base, m=_model, v=_val: (_nan_data(d, base, v), _train(
             d, "data.h5", "label.npy", "--model", m,
-            *(("--cluster", "5", "--epochs", "1") if m == "conv4d" else ())))[1],
+            *(("--cluster", "5", "--epochs", "1", "--ensemble", "1", "--no-augment")
+              if m == "conv4d" else ())))[1],
         status=0, creates=("m.pt",), names=("2 positions",),
         check=lambda d, out: _finite_model(d / "m.pt"))
 
@@ -1121,13 +1124,13 @@ def test_output_appearing_during_predict_is_not_replaced(base, tmp_path, capsys,
     from napari_4dstem_ml.training import inference
 
     _copy(base, tmp_path, "data.h5", "model.pt")
-    real = inference.iter_predict
+    real = inference.iter_reconstruct
 
     def slow(*a, **kw):
         (tmp_path / "p.tif").write_bytes(b"another predict run's result")
         return (yield from real(*a, **kw))
 
-    monkeypatch.setattr(inference, "iter_predict", slow)
+    monkeypatch.setattr(inference, "iter_reconstruct", slow)
     rc = _cli(_predict(tmp_path))
     err = capsys.readouterr().err
     assert rc == 2 and "p.tif" in err and "Traceback" not in err

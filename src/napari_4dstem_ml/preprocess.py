@@ -529,8 +529,19 @@ class Preprocessor:
         if self.config.max_angle is not None:
             a = (np.arange(oy) - (oy - 1) / 2) * self.output_pixel
             b = (np.arange(ox) - (ox - 1) / 2) * self.output_pixel
-            mask = (a[:, None] ** 2 + b[None, :] ** 2) <= float(self.config.max_angle) ** 2
+            r2 = a[:, None] ** 2 + b[None, :] ** 2
+            # a circle, never beyond the detector's inscribed circle about the centre: every
+            # data set shows the model the same round support, whatever its detector's corners
+            limit = min(float(self.config.max_angle), self.reach)
+            mask = r2 <= limit**2
         return ops[0], ops[1], scale, mask
+
+    @property
+    def reach(self) -> float:
+        """Radius (grid units) of the largest circle about the centre inside the detector."""
+        from .detectors.geometry import max_radius_px
+
+        return max_radius_px(self.detector_shape, self.centre) * min(self.detector_pixel)
 
     def transform(self, block: Any, *, standardise: bool = True, stage: str = "model") -> np.ndarray:
         """Raw patterns ``(..., ky, kx)`` (any real dtype) → float32 ``(..., oy, ox)``.

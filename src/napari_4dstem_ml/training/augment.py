@@ -13,7 +13,10 @@ Every training step draws, per patch, a physically meaningful variation of the d
   binning by up to ``detector_coarsen`` then bilinear interpolation back);
 - **dose**: Poisson counts drawn at a dose log-uniform in ``dose_range`` e⁻/pattern for
   data with noise-free intensities (simulations), or binomial-like thinning (Poisson of the
-  kept fraction) of measured counts.
+  kept fraction) of measured counts;
+- **detector reach**: everything beyond a radius drawn uniformly between ``reach_crop`` and 1
+  times the grid's radius set to zero, as a smaller detector (or a longer camera length)
+  would record it, so the model learns patterns whose dark field ends early.
 
 Patterns are handled as *linear intensities* on the model's detector grid
 (``Preprocessor.transform(..., stage="linear")``: counts per model pixel divided by the data
@@ -59,6 +62,7 @@ class AugmentConfig:
     detector_coarsen: float = 1.6
     dose_range: tuple[float, float] | None = (5e3, 5e5)
     thinning: tuple[float, float] | None = (0.3, 1.0)
+    reach_crop: float = 0.55
     probability: float = 0.7
 
     def __post_init__(self) -> None:
@@ -73,6 +77,7 @@ class AugmentConfig:
         nonneg("descan_px", 8.0)
         nonneg("detector_zoom", 0.5)
         nonneg("probability", 1.0)
+        nonneg("reach_crop", 1.0)
         if not (math.isfinite(float(self.detector_coarsen)) and 1.0 <= float(self.detector_coarsen) <= 4.0):
             raise AugmentError(f"detector_coarsen must be in [1, 4], got {self.detector_coarsen!r}")
         for name, lo, hi in (("dose_range", 1.0, 1e12), ("thinning", 1e-3, 1.0)):
@@ -89,7 +94,7 @@ class AugmentConfig:
         """No augmentation at all."""
         return cls(symmetry=False, rotation_deg=0.0, scan_scale=0.0, centre_shift_px=0.0,
                    descan_px=0.0, detector_zoom=0.0, detector_coarsen=1.0, dose_range=None,
-                   thinning=None, probability=0.0)
+                   thinning=None, reach_crop=0.0, probability=0.0)
 
     @property
     def enabled(self) -> bool:
@@ -216,9 +221,10 @@ def sample_tile(
 ) -> PatchTile:
     """An augmented training patch for the outputs of ``window`` ``(y0, y1, x0, x1)``.
 
-    ``linear`` ``(Ny, Nx, oy, ox)``: the item's linear intensities on the model grid (noise-free
-    beam intensities when ``noise_free_fraction`` — the mean detected beam fraction — is
-    given, else measured counts); ``target`` ``(Ny, Nx)`` the standardised label (NaN =
+    ``linear`` ``(Ny, Nx, oy, ox)``: the item's linear intensities on the model grid: noise-free
+    beam fractions when ``noise_free_fraction`` (the mean detected fraction of the beam) is
+    given — normalised by it, like counts by their mean, when ``pre`` normalises — else
+    measured counts; ``target`` ``(Ny, Nx)`` the standardised label (NaN =
     unknown); ``region`` ``(Ny, Nx)`` bool the training region.
     """
     y0, y1, x0, x1 = window
@@ -278,12 +284,16 @@ def sample_tile(
     coarse_shape = None
     if config.detector_coarsen > 1.0 and chance():
         tile, coarse_shape = _coarsen(tile, rng.uniform(1.0, config.detector_coarsen))
-    # counts per linear unit (coarse pixels hold sums of linear values: the same factor)
-    per_unit = pre.mean_counts / float(oy * ox)
+    # counts per linear unit (coarse pixels hold sums of linear values: the same factor);
+    # linear values are counts / (mean counts per model pixel) when normalising, else counts
+    norm = pre.config.normalise
+    per_unit = pre.mean_counts / float(oy * ox) if norm else 1.0
     if noise_free_fraction is not None and config.dose_range is not None:
         lo, hi = config.dose_range
         dose = math.exp(rng.uniform(math.log(lo), math.log(hi)))
-        scale = dose * float(noise_free_fraction) / float(oy * ox)
+        # noise-free linear values are beam fractions (normalised by the mean detected
+        # fraction when normalising): counts = fraction × dose
+        scale = dose * (float(noise_free_fraction) / float(oy * ox) if norm else 1.0)
         tile = rng.poisson(np.clip(tile, 0, None) * scale).astype(np.float32) / np.float32(scale)
     elif noise_free_fraction is None and config.thinning is not None and chance():
         keep = rng.uniform(*config.thinning)
@@ -292,6 +302,11 @@ def sample_tile(
             tile = rng.poisson(np.clip(tile, 0, None) * scale).astype(np.float32) / np.float32(scale)
     if coarse_shape is not None:
         tile = _refine(tile, (oy, ox))
+    if config.reach_crop and chance():
+        f = rng.uniform(config.reach_crop, 1.0)
+        cy0, cx0 = (oy - 1) / 2.0, (ox - 1) / 2.0
+        rr = np.hypot(*np.meshgrid(np.arange(oy) - cy0, np.arange(ox) - cx0, indexing="ij"))
+        tile[:, rr > f * min(oy, ox) / 2.0] = 0.0
 
     x = pre.finish(tile).reshape(hh, ww, oy, ox)
     x[~inside] = 0.0

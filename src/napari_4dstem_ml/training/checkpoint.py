@@ -30,7 +30,7 @@ __all__ = ["FORMAT", "LIMITS", "VERSION", "CheckpointError", "LoadedModel", "loa
            "save_checkpoint"]
 
 FORMAT = "napari-4dstem-ml-checkpoint"
-VERSION = 1
+VERSION = 2  # 2: ensembles, detector grids in units of α, scan steps, training domains
 #: sane upper limits of a checkpoint's description, checked before anything is allocated
 LIMITS = {
     "file_bytes": 4 * 2**30,  # the whole checkpoint file
@@ -67,13 +67,18 @@ def save_checkpoint(
     *,
     train_summary: dict[str, Any] | None = None,
     metrics: dict[str, Any] | None = None,
+    provenance: dict[str, Any] | None = None,
     overwrite: bool = False,
     inputs: tuple = (),
 ) -> Path:
     """Write ``model`` and its description to ``path`` through
     :func:`~napari_4dstem_ml.export.output_file` (an existing file is replaced only with
     ``overwrite``; never one of ``inputs``); returns the written path. A model with NaN/inf
-    weights raises :class:`CheckpointError` and nothing is written."""
+    weights raises :class:`CheckpointError` and nothing is written.
+
+    ``provenance``: where the model comes from (e.g. a base model's training recipe and
+    simulated library), kept in the description and carried into models fine-tuned from it.
+    """
     import torch
 
     from .. import __version__
@@ -97,6 +102,7 @@ def save_checkpoint(
         "label_normalisation": {"mean": preprocessor.label_mean, "std": preprocessor.label_std},
         "train_summary": train_summary or {},
         "metrics": metrics or {},
+        "provenance": provenance or {},
         "package_version": __version__,
         "torch_version": torch.__version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

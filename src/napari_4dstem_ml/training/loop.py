@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from ..dataset import Dataset4D
+from ..domain import DataSignature, TrainingDomain
 from ..preprocess import PreprocessConfig, Preprocessor
 from .clusters import PatternSource, RegionSplit, check_cluster_size, default_tile_rows
 from .inference import iter_predict_source, resolve_device
@@ -883,6 +884,11 @@ def train_items(
         model.eval()
         _check_finite_model(model)
         ds0 = first
+        domain = training_domain(items, aug)
+        if init is not None:
+            base_domain = (getattr(init, "info", None) or {}).get("train_summary", {}).get("domain")
+            if base_domain:
+                domain = TrainingDomain.from_dict(base_domain).union(domain)
         result = TrainResult(
             model=model,
             model_config=model_config,
@@ -919,6 +925,9 @@ def train_items(
                      "resampled_scan": p.source.grid is not None}
                     for p in prepared
                 ],
+                "domain": domain.to_dict(),
+                "init": (getattr(init, "info", None) or {}).get("provenance")
+                if init is not None else None,
                 "best_epoch": best[1],
                 "epochs_run": len(history),
                 "steps": step,
@@ -930,6 +939,18 @@ def train_items(
         return result
     finally:
         torch.set_num_threads(old_threads)
+
+
+def training_domain(items: list[TrainingItem], augment: Any = None) -> TrainingDomain:
+    """The :class:`~..domain.TrainingDomain` of ``items`` (dose widened by dose augmentation
+    for items with noise-free intensities)."""
+    sigs = [DataSignature.from_dataset(it.dataset) for it in items]
+    dose = None
+    if augment is not None and getattr(augment, "dose_range", None) and any(
+        it.noise_free is not None for it in items
+    ):
+        dose = augment.dose_range
+    return TrainingDomain.from_signatures(sigs, dose)
 
 
 def run_training(*args: Any, on_event: Any = None, **kwargs: Any) -> TrainResult:
