@@ -709,6 +709,19 @@ def _(d, base):
     return _predict(d, "data.h5")
 
 
+@case("predict-baseline_output_exists_fails_before_work", names=("p_icom.tif", "--overwrite"))
+def _(d, base):
+    _copy(base, d, "data.h5", "model.pt")
+    (d / "p_icom.tif").write_bytes(b"an earlier baseline")
+    return _predict(d, "model.pt", "data.h5", "--baselines")
+
+
+@case("predict-with_baselines", status=0, creates=("p.tif", "p_icom.tif", "p_adf.tif"))
+def _(d, base):
+    _copy(base, d, "data.h5", "model.pt")
+    return _predict(d, "model.pt", "data.h5", "--baselines")
+
+
 @case("predict-corrupt_gzip_chunk", names=("corrupt.h5",))
 def _(d, base):
     _copy(base, d, "model.pt")

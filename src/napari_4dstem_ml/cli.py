@@ -284,6 +284,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _baseline_paths(output: str, names: Sequence[str] = ("iCoM", "ADF")) -> list[Path]:
+    """Where ``predict --baselines`` writes each baseline (``names``: those of
+    :meth:`~napari_4dstem_ml.baselines.Baselines.images`), beside ``output``."""
+    stem = Path(output)
+    return [stem.with_name(f"{stem.stem}_{n.lower()}{stem.suffix}") for n in names]
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     from .export import IMAGE_SUFFIXES, prepare_output, write_image
     from .training.checkpoint import load_checkpoint
@@ -294,6 +301,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.uncertainty:
         prepare_output(args.uncertainty, overwrite=args.overwrite, inputs=_inputs(args),
                        suffixes=IMAGE_SUFFIXES)
+    for path in _baseline_paths(args.output) if args.baselines else ():
+        prepare_output(path, overwrite=args.overwrite, inputs=_inputs(args))
     model_path = Path(args.model)
     if not model_path.exists():
         raise UserError(f"{model_path}: no such model file")
@@ -332,9 +341,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
                         metadata={**meta, "quantity": "ensemble standard deviation (label units)"})
         print(f"wrote {u} (uncertainty: ensemble standard deviation)")
     if args.baselines:
-        stem = Path(args.output)
         for name, img in report.baselines.images().items():
-            path = stem.with_name(f"{stem.stem}_{name.lower()}{stem.suffix}")
+            path = _baseline_paths(args.output, (name,))[0]
             write_image(path, img, px, overwrite=args.overwrite, inputs=inputs,
                         metadata={"data": str(args.data), "baseline": name, **report.baselines.info})
             print(f"wrote {path} ({name})")
