@@ -651,22 +651,31 @@ def lowpass(image: Any, pixel_size: float, resolution: float = 0.4) -> np.ndarra
 
 def lattice_vectors(reference: Any) -> tuple[np.ndarray, np.ndarray]:
     """The two shortest non-collinear lattice vectors (px, sub-pixel) of a crystal image, from
-    the peaks of its autocorrelation."""
+    the peaks of its (circular) autocorrelation.
+
+    A lattice translation maps the whole crystal onto itself, so its autocorrelation peak is
+    about as high as the highest; a translation between sublattices (e.g. W onto S2 columns)
+    overlaps only part of the crystal and peaks lower. Only peaks within 75 % of the highest
+    non-zero shift count.
+    """
     g = _as_2d(reference, "reference")
     g = g - g.mean()
     ac = np.fft.fftshift(np.real(np.fft.ifft2(np.abs(np.fft.fft2(g)) ** 2)))
     ac /= ac.max()
     cy, cx = (n // 2 for n in ac.shape)
-    peaks = (ac == ndimage.maximum_filter(ac, size=5)) & (ac > 0.3)
-    vecs = []
+    peaks = (ac == ndimage.maximum_filter(ac, size=5)) & (ac > 0.2)
+    cands = []
     for y, x in zip(*np.nonzero(peaks)):
         if 0 < y < ac.shape[0] - 1 and 0 < x < ac.shape[1] - 1:
             dy = _parabolic(ac[y - 1, x], ac[y, x], ac[y + 1, x])
             dx = _parabolic(ac[y, x - 1], ac[y, x], ac[y, x + 1])
             v = np.array([y - cy + dy, x - cx + dx])
-            if np.hypot(*v) > 2:
-                vecs.append(v)
-    vecs.sort(key=lambda v: float(np.hypot(*v)))
+            if np.hypot(*v) > 2 and np.hypot(*v) < 0.45 * min(ac.shape):
+                cands.append((float(ac[y, x]), v))
+    if not cands:
+        raise ValueError("no lattice peaks in the reference image's autocorrelation")
+    top = max(h for h, _ in cands)
+    vecs = sorted((v for h, v in cands if h >= 0.75 * top), key=lambda v: float(np.hypot(*v)))
     for i, a in enumerate(vecs):
         for b in vecs[i + 1 :]:
             if abs(a[0] * b[1] - a[1] * b[0]) > 0.3 * np.hypot(*a) * np.hypot(*b):
