@@ -253,12 +253,20 @@ def test_checkpoint_opened_on_viewer_can_be_applied(make_napari_viewer, qtbot, t
     viewer = make_napari_viewer()
     widget = TrainingWidget(viewer)
     widget.session.add_dataset("other", other.dataset)
-    layers = viewer.open(str(path), plugin="napari-4dstem-ml")
-    assert layers == []  # a model is no layer
+    # dropped onto the window: napari picks the reader itself (the only one for .pt)
+    from qtpy.QtCore import QUrl
+
+    viewer.window._qt_viewer._open_from_list_of_urls_data(
+        [QUrl.fromLocalFile(str(path))], stack=False, choose_plugin=False
+    )
     assert "model.pt" in widget.session.models
+    assert [layer.name for layer in viewer.layers] == ["scan position"]  # a model is no layer
+    assert viewer.open(str(path), plugin="napari-4dstem-ml") == []
+    assert "model.pt [2]" in widget.session.models
+    widget.select_model("model.pt")
     assert widget.model_list.currentItem().text() == "model.pt"
-    assert "linear model, cluster K = 3" in widget.model_info.text()
-    assert "validation: pearson_r" in widget.model_info.text()
+    assert "linear model, cluster K = 3" in widget.model_info.toPlainText()
+    assert "validation: pearson_r" in widget.model_info.toPlainText()
     assert widget.apply("other", "model.pt") is not None
     qtbot.waitUntil(lambda: widget.apply_worker is None, timeout=60000)
     expected = predict(res.model, res.preprocessor, other.dataset)

@@ -78,9 +78,18 @@ def main():
     det, tr, cmp_ = widget(DetectorsWidget), widget(TrainingWidget), widget(CompareWidget)
 
     def show_only(*names):
+        """Only these layers, fitted to the view (the label's larger grid left out)."""
+        from napari_4dstem_ml.widgets.session import camera
+
         for layer in viewer.layers:
             layer.visible = layer.name in names
-        viewer.reset_view()
+        shown = [layer for layer in viewer.layers if layer.visible and layer.ndim == 2
+                 and layer.__class__.__name__ == "Image"]
+        lo = np.min([layer.extent.world[0][-2:] for layer in shown], axis=0)
+        hi = np.max([layer.extent.world[1][-2:] for layer in shown], axis=0)
+        cam = camera(viewer)
+        cam.center = tuple((lo + hi) / 2)
+        cam.zoom = 0.9 * float(np.min(np.asarray(viewer.canvas.size) / (hi - lo)))
 
     # 1. browser: navigation image, diffraction pattern at the cross-hair, whole detector
     s.set_position(*(np.array(s.dataset.scan_shape) // 3))
@@ -107,7 +116,7 @@ def main():
     lin = tr.run_name
     shot(viewer, qapp, "training_linear.png")
     tr.kind_box.setCurrentText("conv4d")
-    tr.epochs.setValue(12)
+    tr.epochs.setValue(10)
     tr.start()
     wait(qapp, lambda: len(tr.history) >= 5)  # mid-run: progress bar, curves streaming
     show_only(tr.run_name, "scan position")

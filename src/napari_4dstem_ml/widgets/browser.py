@@ -29,6 +29,7 @@ from ..dataset import pretty_unit
 from .session import (
     MEAN_LAYER,
     Session,
+    camera,
     compact_widget,
     error_reporter,
     guarded,
@@ -185,10 +186,11 @@ class BrowserWidget(QWidget):
         """Fit the whole detector into the diffraction view."""
         viewer = self.session.diffraction
         viewer.reset_view()
-        self._fitted_camera = (tuple(viewer.camera.center), viewer.camera.zoom)
+        cam = camera(viewer)
+        self._fitted_camera = (tuple(cam.center), cam.zoom)
 
     def _refit_if_untouched(self) -> None:
-        cam = self.session.diffraction.camera
+        cam = camera(self.session.diffraction)
         if getattr(self, "_closed", False):
             return
         if self._fitted_camera is None or self._fitted_camera == (tuple(cam.center), cam.zoom):

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info
+from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
     QAbstractItemView,
     QComboBox,
@@ -36,6 +37,7 @@ from ..comparison import ROLES, MethodImage
 from .regions import validation_rect
 from .session import (
     Session,
+    camera,
     compact_widget,
     error_reporter,
     fingerprint,
@@ -95,7 +97,10 @@ class CompareWidget(QWidget):
         self.table = QTableWidget(0, len(HEADER))
         self.table.setHorizontalHeaderLabels(list(HEADER))
         self.table.verticalHeader().setVisible(False)
-        self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        header = self.table.horizontalHeader()
+        header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        header.setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)  # long names: elided
+        self.table.setTextElideMode(Qt.TextElideMode.ElideMiddle)
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.status = QLabel("open a data set, compute ADF/iCoM, train or apply models, then Compare")
         self.status.setWordWrap(True)
@@ -277,7 +282,10 @@ class CompareWidget(QWidget):
         self.table.setRowCount(len(rows))
         for i, row in enumerate(rows):
             for j, text in enumerate(row):
-                self.table.setItem(i, j, QTableWidgetItem(text))
+                item = QTableWidgetItem(text)
+                if j == 0:
+                    item.setToolTip(text)
+                self.table.setItem(i, j, item)
 
     # -- grid ---------------------------------------------------------------------------
     def show_grid(self, layers: list) -> None:
@@ -312,8 +320,9 @@ class CompareWidget(QWidget):
         hi = np.max([layer.extent.world[1][-2:] for layer in self.compared_layers], axis=0)
         size = np.maximum(hi - lo, 1e-9)
         cell = np.asarray(viewer.canvas.viewbox_size(viewer.layers), float)
-        viewer.camera.center = tuple((lo + hi) / 2)
-        viewer.camera.zoom = 0.95 * float(np.min(cell / size))
+        cam = camera(viewer)
+        cam.center = tuple((lo + hi) / 2)
+        cam.zoom = 0.95 * float(np.min(cell / size))
 
     def exit_grid(self) -> None:
         viewer = self.viewer

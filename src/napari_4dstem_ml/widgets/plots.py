@@ -20,9 +20,10 @@ class LossCurves(pg.PlotWidget):
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent=parent, background=BACKGROUND)
-        self.setMinimumHeight(150)
+        self.setMinimumHeight(130)
         self.setLabel("bottom", "epoch")
         self.setLabel("left", "loss (standardised)")
+        self.getAxis("left").enableAutoSIPrefix(False)
         self.setLogMode(y=True)
         self.showGrid(x=True, y=True, alpha=0.2)
         self.addLegend(offset=(-5, 5))
@@ -62,7 +63,8 @@ class WeightsPlot(pg.PlotWidget):
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent=parent, background=BACKGROUND)
-        self.setMinimumHeight(110)
+        self.setMinimumHeight(130)
+        self.setMaximumWidth(200)
         self.setLabel("bottom", "|r| (scan steps)")
         self.setLabel("left", "w(|r|)")
         self.showGrid(x=True, y=True, alpha=0.2)

@@ -92,6 +92,12 @@ class RegisteredLabel:
     params: dict[str, Any]
 
 
+def camera(viewer):
+    """A viewer's camera (``viewer.scene.camera`` since napari 0.9, ``viewer.camera`` before)."""
+    scene = getattr(viewer, "scene", None)
+    return scene.camera if scene is not None and hasattr(scene, "camera") else viewer.camera
+
+
 def fingerprint(data) -> str:
     """A short content hash of an array (label images are small: cheap)."""
     a = np.ascontiguousarray(np.asarray(data))

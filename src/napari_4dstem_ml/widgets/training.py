@@ -5,7 +5,7 @@ The widget gathers parameters and runs the core's training generator
 and data set ("conv4d #2 on MoS2 …") and keeps its own layers, updated in place: the
 reconstruction (main viewer), and for the linear model the learned detector mask m(|k|) on the
 diffraction plane (with its colorbar; the cluster weights w(|r|) are plotted in the dock), for
-the 4D CNN its first-layer filters. The dock shows a determinate progress bar (epochs, steps,
+the 4D CNN its first-layer filters (beside the detector). The dock shows a determinate progress bar (epochs, steps,
 time left) and the train/validation loss per epoch. The training and validation regions are the
 rectangles of the "training regions" layer (:mod:`.regions`). The label is registered onto the
 scan grid once per label and data set (cached in the session).
@@ -40,6 +40,7 @@ from qtpy.QtWidgets import (
     QHBoxLayout,
     QLabel,
     QListWidget,
+    QPlainTextEdit,
     QProgressBar,
     QPushButton,
     QSpinBox,
@@ -198,6 +199,7 @@ class TrainingWidget(QWidget):
         self.run_name: str | None = None
         self._label_chosen = False  # the user picked a label: keep it
         self._progress: dict = {}
+        self._watched_regions: set[int] = set()
 
         self.dataset_box = QComboBox()
         self.label_box = QComboBox()
@@ -238,9 +240,10 @@ class TrainingWidget(QWidget):
         self.weights_plot = WeightsPlot()
         self.weights_plot.setVisible(False)
         self.model_list = QListWidget()
-        self.model_list.setMaximumHeight(90)
-        self.model_info = QLabel("no model yet: train one, or load a checkpoint (.pt)")
-        self.model_info.setWordWrap(True)
+        self.model_list.setMaximumHeight(64)
+        self.model_info = QPlainTextEdit("no model yet: train one, or load a checkpoint (.pt)")
+        self.model_info.setReadOnly(True)
+        self.model_info.setMaximumHeight(96)
         self.load_button = QPushButton("Load model…")
         self.save_button = QPushButton("Save model…")
         self.save_button.setEnabled(False)
@@ -279,8 +282,10 @@ class TrainingWidget(QWidget):
         layout.addLayout(form)
         layout.addLayout(buttons)
         layout.addWidget(self.progress)
-        layout.addWidget(self.curves, stretch=1)
-        layout.addWidget(self.weights_plot)
+        plots = QHBoxLayout()
+        plots.addWidget(self.curves, stretch=2)
+        plots.addWidget(self.weights_plot, stretch=1)
+        layout.addLayout(plots, stretch=1)
         layout.addWidget(QLabel("models"))
         layout.addWidget(self.model_list)
         layout.addWidget(self.model_info)
@@ -435,7 +440,9 @@ class TrainingWidget(QWidget):
         layer.visible = True
         self.viewer.layers.selection.active = layer
         layer.mode = "select"
-        layer.events.data.connect(lambda *_: self._show_regions_text())
+        if id(layer) not in self._watched_regions:
+            self._watched_regions.add(id(layer))
+            layer.events.data.connect(lambda *_: self._show_regions_text())
         self._show_regions_text()
         return layer
 
@@ -739,14 +746,15 @@ class TrainingWidget(QWidget):
             layer.metadata["model"] = self.run_name
         if "first_layer_filters" in masks:
             arr = np.asarray(masks["first_layer_filters"], np.float32)
-            # drawn below the detector, as wide as the detector
+            # drawn beside the detector, half its height
             ky, kx = ds.detector_shape
-            width = kx * det_scale[1]
-            s = width / arr.shape[1]
-            translate = (ky * det_scale[0] + 2 * s, 0.0)
+            s = 0.5 * ky * det_scale[0] / arr.shape[0]
+            translate = (0.0, kx * det_scale[1] + 2 * s)
             lim = float(np.nanmax(np.abs(arr))) or 1.0
+            name = FILTERS_PREFIX + self.run_name
+            new = name not in self.session.diffraction.layers
             layer = self.session.show_detector_image(
-                FILTERS_PREFIX + self.run_name,
+                name,
                 arr,
                 colormap="PiYG",
                 contrast_limits=(-lim, lim),
@@ -754,6 +762,8 @@ class TrainingWidget(QWidget):
                 translate=translate,
             )
             layer.metadata["model"] = self.run_name
+            if new:  # bring the filters into view once
+                self.session.diffraction.reset_view()
 
     # -- models: list, load, save, apply ------------------------------------------------
     def _refresh_models(self) -> None:
@@ -789,7 +799,7 @@ class TrainingWidget(QWidget):
 
     def _on_model_selected(self, name: str) -> None:
         entry = self.session.models.get(name)
-        self.model_info.setText(describe(entry) if entry is not None else "")
+        self.model_info.setPlainText(describe(entry) if entry is not None else "")
 
     def _on_load(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, "Load model", "", "Model (*.pt)")
