@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from .widgets.browser import BrowserWidget
+from .widgets.compare import CompareWidget
 from .widgets.detectors import DetectorsWidget
 from .widgets.training import TrainingWidget
 
-__all__ = ["BrowserWidget", "DetectorsWidget", "TrainingWidget"]
+__all__ = ["BrowserWidget", "CompareWidget", "DetectorsWidget", "TrainingWidget"]
