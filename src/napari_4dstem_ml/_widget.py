@@ -5,6 +5,7 @@ from __future__ import annotations
 from .widgets.browser import BrowserWidget
 from .widgets.compare import CompareWidget
 from .widgets.detectors import DetectorsWidget
+from .widgets.simtrain import SimTrainWidget
 from .widgets.training import TrainingWidget
 
-__all__ = ["BrowserWidget", "CompareWidget", "DetectorsWidget", "TrainingWidget"]
+__all__ = ["BrowserWidget", "CompareWidget", "DetectorsWidget", "SimTrainWidget", "TrainingWidget"]

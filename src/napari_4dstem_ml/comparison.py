@@ -139,11 +139,10 @@ class ComparisonTable:
 
     def to_csv(self, path: str | Path, overwrite: bool = False) -> Path:
         """Write :meth:`csv_text` atomically to ``path`` (``.csv``); never over a file unasked."""
-        from .export import atomic_write, check_output
+        from .export import prepare_output, write_text
 
-        path = check_output(Path(path), overwrite, suffixes=(".csv",))
-        text = self.csv_text()
-        return atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+        prepare_output(path, overwrite=overwrite, suffixes=(".csv",))
+        return write_text(path, self.csv_text(), overwrite=overwrite)
 
 
 def choose_reference(images: Sequence[MethodImage]) -> MethodImage | None:
@@ -239,9 +238,9 @@ def comparison_figure(
     from matplotlib.patches import Rectangle
 
     from .display import robust_limits
-    from .export import atomic_write, check_output
+    from .export import output_file, prepare_output, writing
 
-    path = check_output(Path(path), overwrite, suffixes=(".png",))
+    path = prepare_output(path, overwrite=overwrite, suffixes=(".png",))
     images = list(images)
     if not images:
         raise ValueError("no images to draw")
@@ -279,7 +278,6 @@ def comparison_figure(
         t.set_fontsize(8)
         ax.set_title(f"against {table.reference}, yellow region", fontsize=8)
 
-    def write(tmp: Path) -> None:
+    with output_file(path, overwrite=overwrite) as tmp, writing(path):
         fig.savefig(tmp, format="png", dpi=dpi)
-
-    return atomic_write(path, write)
+    return path
