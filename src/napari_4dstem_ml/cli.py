@@ -29,7 +29,30 @@ def _load(path: str, args: argparse.Namespace):
         options["dataset"] = args.dataset
     if getattr(args, "scan_shape", None):
         options["scan_shape"] = tuple(args.scan_shape)
-    return load(p, **options)
+    return _with_calibration(load(p, **options), args)
+
+
+def _with_calibration(ds, args: argparse.Namespace):
+    """Apply the calibrations given on the command line (they win over the file's)."""
+    changes = {}
+    if getattr(args, "energy", None) is not None:
+        changes["energy_ev"] = float(args.energy) * 1e3
+    if getattr(args, "convergence", None) is not None:
+        changes["convergence_mrad"] = float(args.convergence)
+    if getattr(args, "detector_pixel", None) is not None:
+        changes["detector_pixel"] = (float(args.detector_pixel),) * 2
+        changes["detector_units"] = "mrad"
+    if getattr(args, "scan_step", None) is not None:
+        changes["scan_step"] = (float(args.scan_step),) * 2
+        changes["scan_units"] = "A"
+    if not changes:
+        return ds
+    from dataclasses import replace
+
+    try:
+        return replace(ds, calibration=ds.calibration.with_(**changes))
+    except ValueError as exc:
+        raise UserError(f"calibration options: {exc}") from exc
 
 
 def _progress(total: int, desc: str, unit: str = "rows"):
@@ -75,7 +98,22 @@ def cmd_adf(args: argparse.Namespace) -> int:
         except ValueError as exc:
             raise UserError(f"{ds.source}: {exc}; give the radii in pixels with --pixels") from exc
     centre = _centre(ds, args.centre)
-    mask = annular_mask(ds.detector_shape, centre, args.inner / per_px[0], args.outer / per_px[0])
+    from .detectors import max_radius_px
+
+    reach = max_radius_px(ds.detector_shape, centre) * per_px[0]
+    unit = "px" if args.pixels else "mrad"
+    inner, outer = args.inner, args.outer
+    if inner >= reach:
+        raise UserError(
+            f"--inner {inner:g} {unit} lies beyond the detector's reach ({reach:.4g} {unit} from "
+            f"the pattern centre): the annulus would contain no detector pixel"
+        )
+    if outer > reach:
+        print(f"stemml adf: warning: --outer {outer:g} {unit} is beyond the detector's reach; "
+              f"clipped to {reach:.4g} {unit} (the largest circle around the centre that the "
+              "detector holds)", file=sys.stderr)
+        outer = reach
+    mask = annular_mask(ds.detector_shape, centre, inner / per_px[0], outer / per_px[0])
     image = None
     with _progress(ds.scan_shape[0], "virtual detector") as bar:
         for event in iter_virtual_images(ds.data, mask):
@@ -83,8 +121,7 @@ def cmd_adf(args: argparse.Namespace) -> int:
             image = event.image
     step = ds.calibration.scan_step_A
     out = write_image(args.output, image, step[1] if step else None, overwrite=args.overwrite)
-    unit = "px" if args.pixels else "mrad"
-    print(f"wrote {out}: {args.inner:g}-{args.outer:g} {unit} detector, centre ({centre[0]:.2f}, {centre[1]:.2f}) px")
+    print(f"wrote {out}: {inner:g}-{outer:.4g} {unit} detector, centre ({centre[0]:.2f}, {centre[1]:.2f}) px")
     return 0
 
 
@@ -96,23 +133,31 @@ def cmd_train(args: argparse.Namespace) -> int:
     check_output(Path(args.output), args.overwrite, suffixes=(".pt",))
     ds = _load(args.data, args)
     job = TrainingJob.from_cli(args)
-    epochs = job.configs(ds)[2].epochs
+    prepared = job.prepare(ds)
+    epochs = prepared[1][2].epochs
+    tty = sys.stderr.isatty()
     bar = None
     result = None
-    for event in run_job(job, ds):
+    for event in run_job(job, ds, prepared=prepared):
         if isinstance(event, Message):
             print(event.text)
         elif isinstance(event, PrepareEvent):
             if event.done == 0:
                 print(f"{event.stage} ({event.total} scan rows) ...")
         elif isinstance(event, StepEvent):
-            if bar is None:
+            if bar is None and tty:
                 bar = _progress(epochs, "training", unit="epochs")
-            bar.set_postfix(step=event.step, loss=f"{event.train_loss:.4g}")
-        elif isinstance(event, EpochEvent) and bar is not None:
-            bar.update(event.epoch + 1 - bar.n)
+            if bar is not None:
+                bar.set_postfix(step=event.step, loss=f"{event.train_loss:.4g}")
+        elif isinstance(event, EpochEvent):
             r = event.metrics.get("pearson_r", float("nan"))
-            bar.set_postfix(train=f"{event.train_loss:.4g}", val=f"{event.val_loss:.4g}", r=f"{r:.3f}")
+            if bar is not None:
+                bar.update(event.epoch + 1 - bar.n)
+                bar.set_postfix(train=f"{event.train_loss:.4g}", val=f"{event.val_loss:.4g}", r=f"{r:.3f}")
+            else:  # a log file or pipe: one line per epoch
+                print(f"epoch {event.epoch}: train loss {event.train_loss:.4g}, validation loss "
+                      f"{event.val_loss:.4g}, r {r:.3f}, {event.elapsed_s:.1f} s"
+                      + (" (best)" if event.is_best else ""), flush=True)
         elif isinstance(event, JobResult):
             result = event
     if bar is not None:
@@ -125,22 +170,55 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from .export import check_output, write_image
     from .training.checkpoint import load_checkpoint
-    from .training.inference import iter_predict
+    from .training.inference import PredictEvent
+    from .workflow import Message, reconstruct
 
     check_output(Path(args.output), args.overwrite)
+    if args.uncertainty:
+        check_output(Path(args.uncertainty), args.overwrite)
     model_path = Path(args.model)
     if not model_path.exists():
         raise UserError(f"{model_path}: no such model file")
     loaded = load_checkpoint(model_path)
+    if args.uncertainty and not hasattr(loaded.model, "predict_field_members"):
+        raise UserError(
+            f"--uncertainty needs an ensemble model; {model_path} holds a single model "
+            "(train with --ensemble 3, the CNN's default)"
+        )
     ds = _load(args.data, args)
-    image = None
+    report = None
+    gen = reconstruct(loaded, ds, baselines=bool(args.baselines))
     with _progress(ds.scan_shape[0], "predict") as bar:
-        for event in iter_predict(loaded.model, loaded.preprocessor, ds):
-            bar.update(event.rows_done - bar.n)
-            image = event.image
+        while True:
+            try:
+                event = next(gen)
+            except StopIteration as stop:
+                report = stop.value
+                break
+            if isinstance(event, PredictEvent):
+                bar.update(event.rows_done - bar.n)
+            elif isinstance(event, Message):
+                bar.write(f"stemml predict: {event.text}", file=sys.stderr)
     step = ds.calibration.scan_step_A
-    out = write_image(args.output, image, step[1] if step else None, overwrite=args.overwrite)
-    print(f"wrote {out} ({image.shape[0]} x {image.shape[1]})")
+    px = step[1] if step else None
+    meta = {"model": str(model_path), "data": str(args.data), **report.metadata()}
+    out = write_image(args.output, report.image, px, overwrite=args.overwrite, metadata=meta)
+    print(f"wrote {out} ({report.image.shape[0]} x {report.image.shape[1]})")
+    if args.uncertainty:
+        u = write_image(args.uncertainty, report.uncertainty, px, overwrite=args.overwrite,
+                        metadata={**meta, "quantity": "ensemble standard deviation (label units)"})
+        print(f"wrote {u} (uncertainty: ensemble standard deviation)")
+    if args.baselines:
+        stem = Path(args.output)
+        for name, img in report.baselines.images().items():
+            path = stem.with_name(f"{stem.stem}_{name.lower()}{stem.suffix}")
+            write_image(path, img, px, overwrite=args.overwrite,
+                        metadata={"data": str(args.data), "baseline": name, **report.baselines.info})
+            print(f"wrote {path} ({name})")
+    if report.issues:
+        print(f"stemml predict: warning: the data lie outside the model's training domain in "
+              f"{len(report.issues)} respect(s); treat the image with caution (recorded in its "
+              "metadata)", file=sys.stderr)
     return 0
 
 
@@ -157,8 +235,83 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             f"{args.image} is {image.shape[0]} x {image.shape[1]} but {args.reference} is "
             f"{reference.shape[0]} x {reference.shape[1]}; register the reference onto the scan grid first"
         )
-    report = compare(image, reference, crop=args.crop, pixel_size=pixel or 1.0)
+    report = compare(image, reference, crop=args.crop, pixel_size=pixel or 1.0,
+                     register=not args.no_register)
     print(report.summary() + ("" if pixel else " (FRC in pixels: no pixel size known)"))
+    if report.pearson_r < 0:
+        print(f"note: r is negative: {args.image} shows inverted contrast relative to "
+              f"{args.reference} (SSIM and PSNR were taken after a fit with scale "
+              f"{report.scale:.3g})")
+    return 0
+
+
+def _range(values, name: str, positive: bool = True) -> tuple[float, float] | None:
+    if values is None:
+        return None
+    v = [float(x) for x in values]
+    lo, hi = (v[0], v[0]) if len(v) == 1 else (v[0], v[1])
+    if lo > hi or (positive and lo <= 0):
+        raise UserError(f"{name}: expected MIN [MAX] with {'0 < ' if positive else ''}MIN <= MAX, got {values}")
+    return lo, hi
+
+
+def cmd_simulate_train(args: argparse.Namespace) -> int:
+    from .simtrain import SimTrainJob, SimTrainPlan, simulate_train
+    from .simulate.series import SeriesEvent
+    from .training.loop import EpochEvent
+    from .workflow import JobResult, Message
+
+    try:
+        job = SimTrainJob(
+            structure=args.structure, output=args.output, work_dir=args.work_dir,
+            zone_axis=tuple(args.zone) if args.zone else None,
+            thickness_nm=_range(args.thickness, "--thickness"),
+            defocus_nm=_range(args.defocus, "--defocus", positive=False) or (0.0, 0.0),
+            dose=_range(args.dose, "--dose"), tilt_mrad=args.tilt,
+            energy_kev=tuple(args.energy), convergence_mrad=_range(args.convergence, "--convergence"),
+            detector_pixel_mrad=args.detector_pixel, detector_size=args.detector_size,
+            scan_step_A=_range(args.scan_step, "--scan-step"), scan_shape=tuple(args.scan_shape),
+            items=args.items, model=args.model, init=args.init, epochs=args.epochs, seed=args.seed,
+            overwrite=args.overwrite)
+    except ImportError as exc:
+        raise UserError(f"simulate-train needs the simulation extra: pip install 'napari-4dstem-ml[sim]' ({exc})") from exc
+    bar = None
+    result = None
+    try:
+        for ev in simulate_train(job):
+            if isinstance(ev, SimTrainPlan):
+                print(ev.summary())
+                for name, done in zip(ev.names, ev.finished):
+                    print(f"  {name}{' (done)' if done else ''}")
+                if args.plan_only:
+                    return 0
+            elif isinstance(ev, SeriesEvent):
+                if bar is None and sys.stderr.isatty():
+                    bar = _progress(ev.n_items, "simulating", unit="items")
+                if bar is not None:
+                    bar.n = ev.index
+                    eta = "" if ev.eta_s is None else f"{ev.eta_s / 60:.1f} min left"
+                    bar.set_postfix_str(f"{ev.event.stage} {eta}")
+                elif ev.event.stage == "done":
+                    print(f"simulated {ev.index + 1}/{ev.n_items} in {ev.elapsed_s:.0f} s", flush=True)
+            elif isinstance(ev, Message):
+                if bar is not None:
+                    bar.close()
+                    bar = None
+                print(ev.text)
+            elif isinstance(ev, EpochEvent):
+                r = ev.metrics.get("pearson_r", float("nan"))
+                print(f"epoch {ev.epoch}: validation loss {ev.val_loss:.4g}, r {r:.3f}, {ev.elapsed_s:.0f} s",
+                      flush=True)
+            elif isinstance(ev, JobResult):
+                result = ev
+    except ImportError as exc:
+        raise UserError(f"simulate-train needs the simulation extra: pip install 'napari-4dstem-ml[sim]' ({exc})") from exc
+    finally:
+        if bar is not None:
+            bar.close()
+    if result is not None:
+        print(result.report())
     return 0
 
 
@@ -174,6 +327,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def _add_data_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", help="HDF5: path of the 4D dataset inside the file")
     p.add_argument("--scan-shape", nargs=2, type=int, metavar=("NY", "NX"), help="scan shape when the file does not say")
+    g = p.add_argument_group("calibration (wins over the file's)")
+    g.add_argument("--energy", type=float, metavar="KEV", help="beam energy (keV)")
+    g.add_argument("--convergence", type=float, metavar="MRAD", help="convergence semi-angle α (mrad)")
+    g.add_argument("--detector-pixel", type=float, metavar="MRAD", help="detector pixel (mrad)")
+    g.add_argument("--scan-step", type=float, metavar="ANGSTROM", help="scan step (Å)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -204,14 +362,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label", required=True, help="label image (TIFF, NumPy, HDF5, PNG, .mat)")
     p.add_argument("--label-dataset", help="HDF5: path of the label image inside the file")
     p.add_argument("--label-pixel", type=float, help="label pixel size in Å (if the file does not say)")
-    p.add_argument("--model", choices=("linear", "conv4d"), default="linear")
+    p.add_argument("--model", choices=("linear", "conv4d"), default="conv4d")
+    p.add_argument("--init", default="base",
+                   help="'base' (default: fine-tune the shipped base model), 'scratch', or a checkpoint to fine-tune")
+    p.add_argument("--ensemble", type=int, default=None,
+                   help="members of a deep ensemble, for uncertainty maps (default 3 for the CNN from scratch)")
+    p.add_argument("--no-augment", action="store_true", help="no on-the-fly augmentation")
     p.add_argument("--cluster", type=int, default=5, help="cluster size K (odd)")
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    p.add_argument("--detector-size", type=int, default=64, help="model detector grid (pixels per side)")
+    p.add_argument("--detector-size", type=int, default=None, help="model detector grid (pixels per side; default 48)")
     p.add_argument("--max-angle", type=float, default=None, help="detector crop radius in mrad")
     p.add_argument("--no-register", action="store_true", help="the label is already on the scan grid")
     p.add_argument("-o", "--output", required=True, help="checkpoint file (.pt)")
@@ -223,6 +386,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("data")
     p.add_argument("--model", required=True, help="checkpoint written by 'stemml train'")
     p.add_argument("-o", "--output", required=True, help="output image (.tif, .npy, .png)")
+    p.add_argument("--uncertainty", metavar="UNC", help="also write the per-pixel uncertainty (ensemble spread) here")
+    p.add_argument("--baselines", action="store_true",
+                   help="also write the iCoM and ADF images of the same data (OUT_icom, OUT_adf)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     _add_data_options(p)
     p.set_defaults(func=cmd_predict)
@@ -233,7 +399,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", help="HDF5: path of the reference image inside the file")
     p.add_argument("--crop", type=int, default=4, help="pixels cropped at each edge before comparing")
     p.add_argument("--pixel-size", type=float, default=None, help="pixel size in Å (for FRC resolution)")
+    p.add_argument("--no-register", action="store_true", help="compare as given, without a sub-pixel shift")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("simulate-train", help="simulate your structure (abTEM) and train a model on it")
+    p.add_argument("structure", help="a material name (e.g. MoS2, SrTiO3) or a CIF / ASE-readable file")
+    p.add_argument("-o", "--output", required=True, help="checkpoint file (.pt)")
+    p.add_argument("--zone", nargs=3, type=int, metavar=("U", "V", "W"), help="zone axis [uvw] (default: [001])")
+    p.add_argument("--thickness", nargs="+", type=float, metavar="NM", help="thickness MIN [MAX] in nm (bulk crystals)")
+    p.add_argument("--defocus", nargs="+", type=float, metavar="NM", help="defocus MIN [MAX] in nm (default 0)")
+    p.add_argument("--dose", nargs="+", type=float, default=[1e4, 1e5], metavar="E", help="dose MIN [MAX] in e⁻/pattern")
+    p.add_argument("--tilt", type=float, default=0.0, metavar="MRAD", help="largest crystal tilt (mrad)")
+    p.add_argument("--energy", nargs="+", type=float, default=[80.0], metavar="KEV", help="beam energies (keV)")
+    p.add_argument("--convergence", nargs="+", type=float, default=[21.4], metavar="MRAD", help="α MIN [MAX] (mrad)")
+    p.add_argument("--detector-pixel", type=float, default=0.84, metavar="MRAD", help="your detector's pixel (mrad)")
+    p.add_argument("--detector-size", type=int, default=128, help="your detector's pixels per side")
+    p.add_argument("--scan-step", nargs="+", type=float, default=[0.25], metavar="ANGSTROM", help="scan step MIN [MAX] (Å)")
+    p.add_argument("--scan-shape", nargs=2, type=int, default=[48, 48], metavar=("NY", "NX"))
+    p.add_argument("--items", type=int, default=6, help="number of simulations")
+    p.add_argument("--model", choices=("linear", "conv4d"), default="conv4d")
+    p.add_argument("--init", default="base", help="'base' (default), 'scratch' or a checkpoint to fine-tune")
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--work-dir", help="where simulations are kept (default: OUTPUT.simulations/); reruns resume")
+    p.add_argument("--plan-only", action="store_true", help="print the simulations and the time estimate, then stop")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    p.set_defaults(func=cmd_simulate_train)
 
     p = sub.add_parser("demo", help="the whole workflow on the bundled MoS2 and PrScO3 samples")
     p.add_argument("-o", "--output", default="stemml-output", help="folder for a new run subfolder")

@@ -42,20 +42,29 @@ def check_output(path: Path, overwrite: bool = False, suffixes: tuple[str, ...] 
     return path
 
 
-def write_image(path, image: np.ndarray, pixel_size_A: float | None = None, overwrite: bool = False) -> Path:
+def write_image(path, image: np.ndarray, pixel_size_A: float | None = None, overwrite: bool = False,
+                metadata: dict | None = None) -> Path:
     """Write a 2D float image ``(y, x)`` as TIFF (float32, pixel size in Å in the ImageJ
-    metadata), ``.npy``, or an 8-bit PNG preview (percentile-scaled), atomically."""
+    metadata), ``.npy``, or an 8-bit PNG preview (percentile-scaled), atomically.
+
+    ``metadata`` (JSON-serialisable) is recorded in the TIFF's ImageJ ``Info`` and the PNG's
+    text chunk ``napari-4dstem-ml`` (``.npy`` has no place for it)."""
+    import json
+
     path = check_output(Path(path), overwrite)
     image = np.asarray(image, dtype=np.float32)
     suffix = path.suffix.lower()
+    info = json.dumps(metadata, default=str) if metadata else None
 
     def write(tmp: Path) -> None:
         if suffix in (".tif", ".tiff"):
             import tifffile
 
-            kw = {}
+            kw: dict = {"metadata": {}}
             if pixel_size_A:
                 kw = {"resolution": (1.0 / pixel_size_A, 1.0 / pixel_size_A), "metadata": {"unit": "angstrom"}}
+            if info:
+                kw["metadata"]["Info"] = info
             tifffile.imwrite(tmp, image, imagej=True, **kw)
         elif suffix == ".npy":
             with open(tmp, "wb") as fh:
@@ -65,6 +74,12 @@ def write_image(path, image: np.ndarray, pixel_size_A: float | None = None, over
 
             lo, hi = np.nanpercentile(image, [0.5, 99.5])
             scaled = np.clip((image - lo) / max(hi - lo, 1e-12), 0, 1)
-            Image.fromarray((scaled * 255).astype(np.uint8)).save(tmp, format="PNG")
+            png = None
+            if info:
+                from PIL.PngImagePlugin import PngInfo
+
+                png = PngInfo()
+                png.add_text("napari-4dstem-ml", info)
+            Image.fromarray((scaled * 255).astype(np.uint8)).save(tmp, format="PNG", pnginfo=png)
 
     return atomic_write(path, write)

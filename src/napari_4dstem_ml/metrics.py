@@ -545,7 +545,8 @@ class ComparisonReport:
     """Result of :func:`compare`. ``shift_yx`` (px) is how far ``image`` was displaced from
     ``reference`` (it was shifted back by it); ``scale``/``offset`` map image → reference;
     ``crop`` px were removed from every edge; ``data_range`` is the cropped reference's
-    max − min unless given; ``frc_resolution`` (unit of ``pixel_size``) is where the FRC
+    max − min unless given; ``pearson_r`` is taken before the scale fit, so it is negative when
+    the contrast is inverted (``scale`` < 0); ``frc_resolution`` (unit of ``pixel_size``) is where the FRC
     between the aligned image and the reference crosses half-bit (agreement, not resolution).
     ``aligned`` / ``reference_cropped`` are the cropped, fitted arrays that were compared."""
 
@@ -631,9 +632,121 @@ def compare(
         data_range_source=src,
         psnr=psnr(fitted, b, rng),
         ssim=s,
-        pearson_r=pearson_r(fitted, b),
+        pearson_r=pearson_r(a, b),  # before the fit: its sign shows inverted contrast
         frc_resolution=f.resolution,
         pixel_size=float(pixel_size),
         aligned=fitted.astype(np.float32),
         reference_cropped=b.astype(np.float32),
     )
+
+
+# ---------------------------------------------------------------------------- transfer scoring
+def lowpass(image: Any, pixel_size: float, resolution: float = 0.4) -> np.ndarray:
+    """Gaussian low-pass transferring 10 % at spatial frequency 1/``resolution`` (same unit as
+    ``pixel_size``): the convention of the simulated labels' information limit."""
+    q = 1.0 / float(resolution)
+    sigma = math.sqrt(math.log(10.0) / (2 * math.pi**2 * q**2))
+    return ndimage.gaussian_filter(_as_2d(image, "image"), sigma / float(pixel_size), mode="nearest")
+
+
+def lattice_vectors(reference: Any) -> tuple[np.ndarray, np.ndarray]:
+    """The two shortest non-collinear lattice vectors (px, sub-pixel) of a crystal image, from
+    the peaks of its autocorrelation."""
+    g = _as_2d(reference, "reference")
+    g = g - g.mean()
+    ac = np.fft.fftshift(np.real(np.fft.ifft2(np.abs(np.fft.fft2(g)) ** 2)))
+    ac /= ac.max()
+    cy, cx = (n // 2 for n in ac.shape)
+    peaks = (ac == ndimage.maximum_filter(ac, size=5)) & (ac > 0.3)
+    vecs = []
+    for y, x in zip(*np.nonzero(peaks)):
+        if 0 < y < ac.shape[0] - 1 and 0 < x < ac.shape[1] - 1:
+            dy = _parabolic(ac[y - 1, x], ac[y, x], ac[y + 1, x])
+            dx = _parabolic(ac[y, x - 1], ac[y, x], ac[y, x + 1])
+            v = np.array([y - cy + dy, x - cx + dx])
+            if np.hypot(*v) > 2:
+                vecs.append(v)
+    vecs.sort(key=lambda v: float(np.hypot(*v)))
+    for i, a in enumerate(vecs):
+        for b in vecs[i + 1 :]:
+            if abs(a[0] * b[1] - a[1] * b[0]) > 0.3 * np.hypot(*a) * np.hypot(*b):
+                return a, b
+    raise ValueError("no two independent lattice vectors in the reference image")
+
+
+def _refine_peak(image: np.ndarray, p: np.ndarray, radius: int) -> np.ndarray:
+    y, x = int(round(p[0])), int(round(p[1]))
+    y0, x0 = max(0, y - radius), max(0, x - radius)
+    win = image[y0 : y + radius + 1, x0 : x + radius + 1]
+    iy, ix = np.unravel_index(int(np.argmax(win)), win.shape)
+    y, x = y0 + iy, x0 + ix
+    dy = _parabolic(image[y - 1, x], image[y, x], image[y + 1, x]) if 0 < y < image.shape[0] - 1 else 0.0
+    dx = _parabolic(image[y, x - 1], image[y, x], image[y, x + 1]) if 0 < x < image.shape[1] - 1 else 0.0
+    return np.array([y + dy, x + dx])
+
+
+def equivalent_sites(
+    reference: Any, site: Any, pixel_size: float, *, margin: int = 3
+) -> np.ndarray:
+    """Sites equivalent to ``site`` (row, col) by the reference crystal's lattice
+    translations, each refined to the nearest peak of the 0.4 Å low-passed reference; ``(n, 2)``,
+    the site itself and positions within ``margin`` px of the edge excluded."""
+    ref = _as_2d(reference, "reference")
+    a1, a2 = lattice_vectors(ref)
+    smooth = lowpass(ref, pixel_size)
+    ny, nx = ref.shape
+    n = int(2 * max(ny, nx) / max(1.0, min(np.hypot(*a1), np.hypot(*a2)))) + 2
+    out = []
+    for i in range(-n, n + 1):
+        for j in range(-n, n + 1):
+            if i == 0 and j == 0:
+                continue
+            p = np.asarray(site, float) + i * a1 + j * a2
+            if margin <= p[0] <= ny - 1 - margin and margin <= p[1] <= nx - 1 - margin:
+                out.append(_refine_peak(smooth, p, max(1, int(round(0.5 / pixel_size)))))
+    return np.array(out).reshape(-1, 2)
+
+
+def defect_contrast(
+    image: Any, reference: Any, site: Any, sites: Any, pixel_size: float, blur: float = 0.35
+) -> float:
+    """How clearly ``image`` shows a point defect, in standard deviations of the intact sites.
+
+    Column intensities are Gaussian-weighted means over ``blur`` (unit of ``pixel_size``)
+    around each site, after a scale/offset fit of the image to the reference; the result is
+    (mean over the intact ``sites`` − value at ``site``) / their standard deviation, signed so
+    that it is positive when the defect shows the way it does in ``reference``.
+    """
+    s = float(blur) / float(pixel_size)
+    ref = ndimage.gaussian_filter(_as_2d(reference, "reference"), s)
+    _, _, fitted = fit_scale_offset(ndimage.gaussian_filter(_as_2d(image, "image"), s), ref)
+    pts = np.asarray(sites, float).reshape(-1, 2)
+    if len(pts) < 3:
+        raise ValueError("need at least 3 intact sites to measure a defect's contrast")
+
+    def at(a: np.ndarray, p: np.ndarray) -> np.ndarray:
+        return ndimage.map_coordinates(a, np.atleast_2d(p).T, order=1)
+
+    intact = at(fitted, pts)
+    d = float(at(fitted, np.asarray(site, float))[0])
+    sign = np.sign(at(ref, pts).mean() - at(ref, np.asarray(site, float))[0]) or 1.0
+    sd = float(intact.std())
+    return float(sign * (intact.mean() - d) / sd) if sd > 0 else math.nan
+
+
+def uncertainty_error_correlation(
+    image: Any, uncertainty: Any, reference: Any, crop: int = 3
+) -> float:
+    """Spearman rank correlation between a per-pixel ``uncertainty`` and the actual error
+    |image − reference| after a scale/offset fit of ``image`` (and the uncertainty by the same
+    scale) to ``reference``; ``crop`` edge pixels left out."""
+    from scipy.stats import spearmanr
+
+    a, b = _pair(image, reference)
+    u = _as_2d(uncertainty, "uncertainty")
+    sl = (slice(crop, a.shape[0] - crop), slice(crop, a.shape[1] - crop))
+    scale, offset, fitted = fit_scale_offset(a[sl], b[sl])
+    err = np.abs(fitted - b[sl]).ravel()
+    unc = np.abs(scale) * u[sl].ravel()
+    ok = np.isfinite(err) & np.isfinite(unc)
+    return float(spearmanr(unc[ok], err[ok]).statistic)

@@ -26,7 +26,7 @@ from ..preprocess import Preprocessor
 __all__ = ["FORMAT", "VERSION", "CheckpointError", "LoadedModel", "load_checkpoint", "save_checkpoint"]
 
 FORMAT = "napari-4dstem-ml-checkpoint"
-VERSION = 1
+VERSION = 2  # 2: ensembles, detector grids in units of α, scan steps, training domains
 
 
 class CheckpointError(ValueError):
@@ -53,8 +53,13 @@ def save_checkpoint(
     *,
     train_summary: dict[str, Any] | None = None,
     metrics: dict[str, Any] | None = None,
+    provenance: dict[str, Any] | None = None,
 ) -> Path:
-    """Write ``model`` and its description to ``path`` atomically; returns the path."""
+    """Write ``model`` and its description to ``path`` atomically; returns the path.
+
+    ``provenance``: where the model comes from (e.g. a base model's training recipe and
+    simulated library), kept in the description and carried into models fine-tuned from it.
+    """
     import torch
 
     from .. import __version__
@@ -71,6 +76,7 @@ def save_checkpoint(
         "label_normalisation": {"mean": preprocessor.label_mean, "std": preprocessor.label_std},
         "train_summary": train_summary or {},
         "metrics": metrics or {},
+        "provenance": provenance or {},
         "package_version": __version__,
         "torch_version": torch.__version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
