@@ -89,7 +89,13 @@ def train_defaults(out: Path, models: tuple[str, ...]) -> dict[str, Path]:
 def best_adf(dataset, reference_lp, step) -> tuple[np.ndarray, str]:
     """The annulus (in steps of 0.25 α, from 1 α to the detector's reach) whose image
     correlates best with the low-passed ground truth: the strictest classical bar."""
-    from napari_4dstem_ml.detectors import annular_mask, bf_disk, max_radius_px, mean_pattern, virtual_images
+    from napari_4dstem_ml.detectors import (
+        annular_mask,
+        bf_disk,
+        max_radius_px,
+        mean_pattern,
+        virtual_images,
+    )
     from napari_4dstem_ml.metrics import pearson_r
 
     mean = mean_pattern(dataset.data, step=2)

@@ -82,6 +82,7 @@ class TrainingJob:
     init: str = "base"
     ensemble: int | None = None
     augment: bool = True
+    allow_external: bool = False
 
     @classmethod
     def from_cli(cls, args: Any) -> TrainingJob:
@@ -104,6 +105,7 @@ class TrainingJob:
             init=args.init,
             ensemble=args.ensemble,
             augment=not args.no_augment,
+            allow_external=bool(getattr(args, "allow_external", False)),
         )
 
     def initial_model(self):
@@ -140,10 +142,14 @@ class TrainingJob:
             defaults = ({"epochs": 100, "lr": 3e-2, "batch_size": 32, "l2sp": 0.0} if linear else
                         {"epochs": 20, "lr": 2e-3, "batch_size": 32, "l2sp": 0.0})
             pre_cfg = self._preprocess_config(dataset, linear)
+
+        def given(value, name):  # 0 is a value (and then refused), not "unset"
+            return defaults[name] if value is None else value
+
         train_cfg = TrainConfig(
-            epochs=self.epochs or defaults["epochs"],
-            lr=self.lr or defaults["lr"],
-            batch_size=self.batch_size or defaults["batch_size"],
+            epochs=given(self.epochs, "epochs"),
+            lr=given(self.lr, "lr"),
+            batch_size=given(self.batch_size, "batch_size"),
             seed=self.seed,
             device=self.device,
             time_limit_s=self.time_limit_s,
@@ -221,12 +227,18 @@ class JobResult:
 
 def registered_label(
     dataset: Dataset4D, label_path: str | Path, *, dataset_name: str | None = None,
-    pixel_size_A: float | None = None, register: bool = True,
+    pixel_size_A: float | None = None, register: bool = True, allow_external: bool = False,
 ) -> Generator[Message, None, tuple[np.ndarray, np.ndarray, dict[str, Any]]]:
-    """Load a label file and put it on the scan grid; returns (image, coverage mask, summary)."""
+    """Load a label file and put it on the scan grid; returns (image, coverage mask, summary).
+    A label without variance (one value everywhere) is refused: there is nothing to learn."""
     from .registration import load_label, register_label
 
-    lab = load_label(label_path, pixel_size=pixel_size_A, dataset=dataset_name)
+    lab = load_label(label_path, pixel_size=pixel_size_A, dataset=dataset_name,
+                     allow_external=allow_external)
+    values = lab.image[np.isfinite(lab.image)]
+    if values.size and float(values.max()) == float(values.min()):
+        raise ValueError(f"{label_path}: the label has no variance (every value is "
+                         f"{float(values[0]):.6g}): there is nothing to learn")
     if not register:
         if lab.image.shape != dataset.scan_shape:
             raise ValueError(
@@ -264,16 +276,18 @@ def run_job(
     :func:`registered_label` (image, coverage mask, summary), to skip registering it again.
     ``prepared``: :meth:`TrainingJob.prepare`'s result, to skip preparing it again.
     """
-    from .export import check_output
+    from .export import prepare_output
     from .training.checkpoint import save_checkpoint
     from .training.loop import DoneEvent, train
 
-    out = check_output(Path(job.output), job.overwrite, suffixes=(".pt",))
+    inputs = (*dataset.input_files, job.label)
+    out = Path(job.output)
+    prepare_output(out, overwrite=job.overwrite, inputs=inputs, suffixes=(".pt",))
     initial, (model_cfg, pre_cfg, train_cfg) = prepared or job.prepare(dataset)
     if registered is None:
         registered = yield from registered_label(
             dataset, job.label, dataset_name=job.label_dataset, pixel_size_A=job.label_pixel_A,
-            register=job.register,
+            register=job.register, allow_external=job.allow_external,
         )
     label, coverage, reg_summary = registered
     how = "from scratch" if initial is None else (
@@ -292,7 +306,8 @@ def run_job(
     provenance = {"fine_tuned_from": (initial.info.get("provenance") or {"checkpoint": job.init})}\
         if initial is not None else {"trained_from": "scratch"}
     save_checkpoint(out, result.model, result.model_config, result.preprocessor,
-                    train_summary=summary, metrics=result.metrics, provenance=provenance)
+                    train_summary=summary, metrics=result.metrics, provenance=provenance,
+                    overwrite=job.overwrite, inputs=inputs)
     metrics = {k: float(v) for k, v in result.metrics.items() if isinstance(v, (int, float))}
     res = JobResult(out, reg_summary, metrics, result.stopped, len(result.history), result.elapsed_s)
     yield res
@@ -369,6 +384,8 @@ def _new_run_dir(out_dir: str | Path) -> Path:
     import time
 
     base = Path(out_dir)
+    if base.exists() and not base.is_dir():
+        raise FileExistsError(f"{base} is a file; the demo writes a new run folder into a folder")
     base.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     for i in range(1000):
@@ -391,18 +408,18 @@ def run_headless(
 
     Train each of ``models`` on the MoS2 sample against its ptychography label (registered
     onto the scan grid once, automatically), apply it to MoS2 and to the thick PrScO3
-    sample, and compare each reconstruction and the conventional ADF image with the ground
-    truth. Writes TIFF and PNG images, the checkpoints, the linear model's learned detector
-    mask (``.npy``, usable as a custom virtual detector) and ``summary.json`` into a new run
+    sample, and compare each reconstruction — and the classical iCoM and ADF images of the same
+    data — with the ground truth. Writes TIFF and PNG images (the CNN ensemble's uncertainty
+    map too), the checkpoints, the linear model's learned detector mask (``.npy``, usable as a
+    custom virtual detector) and ``summary.json`` (metrics, domain checks) into a new run
     folder of ``out_dir``, which it returns. Yields :class:`Message` lines and training events.
     """
     import json
 
-    from .export import write_image
+    from .export import write_image, write_text
     from .metrics import compare
     from .samples import SAMPLES, load_sample, sample_path
     from .training.checkpoint import load_checkpoint
-    from .training.inference import predict
 
     run = _new_run_dir(out_dir)
     yield Message(f"writing results to {run}")
@@ -422,13 +439,18 @@ def run_headless(
     except FileNotFoundError as exc:
         yield Message(f"skipping prsco3: {exc}")
     summary: dict[str, Any] = {"registration": registered[2], "samples": {}, "models": {}}
+    from .baselines import classical_baselines
+
     for key, sample in samples.items():
         px = sample.dataset.calibration.scan_step_A[1]
-        for suffix in (".tif", ".png"):
-            write_image(run / f"{key}_adf{suffix}", sample.adf, px)
-        adf = compare(sample.adf, sample.ground_truth, pixel_size=px)
-        summary["samples"][key] = {"adf_vs_truth": adf.to_dict()}
-        yield Message(f"{key}: ADF vs ground truth: {adf.summary()}")
+        base = classical_baselines(sample.dataset)
+        summary["samples"][key] = {"baselines": base.info}
+        for name, img in base.images().items():
+            for suffix in (".tif", ".png"):
+                write_image(run / f"{key}_{name.lower()}{suffix}", img, px)
+            rep = compare(img, sample.ground_truth, pixel_size=px)
+            summary["samples"][key][f"{name.lower()}_vs_truth"] = rep.to_dict()
+            yield Message(f"{key}: {name} vs ground truth: {rep.summary()}")
 
     for model in models:
         job = TrainingJob(label=str(sample_path("mos2")), label_dataset="label/image",
@@ -445,13 +467,19 @@ def run_headless(
         summary["models"][model] = {"checkpoint": str(result.checkpoint),
                                     "validation": result.metrics}
         for key, sample in samples.items():
-            image = predict(loaded.model, loaded.preprocessor, sample.dataset)
+            rep = yield from reconstruct(loaded, sample.dataset)
+            image = rep.image
+            if rep.uncertainty is not None:
+                for suffix in (".tif", ".png"):
+                    write_image(run / f"{key}_{model}_uncertainty{suffix}", rep.uncertainty,
+                                sample.dataset.calibration.scan_step_A[1])
+            summary["models"][model][f"{key}_domain"] = rep.metadata()
             px = sample.dataset.calibration.scan_step_A[1]
             for suffix in (".tif", ".png"):
                 write_image(run / f"{key}_{model}{suffix}", image, px)
             ml = compare(image, sample.ground_truth, pixel_size=px)
             summary["models"][model][key] = ml.to_dict()
             yield Message(f"{key}: {model} vs ground truth: {ml.summary()}")
-    (run / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    write_text(run / "summary.json", json.dumps(summary, indent=2, default=str))
     yield Message(f"done: {run}")
     return run

@@ -21,6 +21,7 @@ from .clusters import PatternSource, check_cluster_size, default_tile_rows
 
 __all__ = [
     "PredictEvent",
+    "PredictionError",
     "Reconstruction",
     "iter_reconstruct",
     "iter_predict",
@@ -30,6 +31,10 @@ __all__ = [
     "predict",
     "resolve_device",
 ]
+
+
+class PredictionError(ValueError):
+    """A prediction that is NaN/inf or zero everywhere: garbage, never returned."""
 
 
 @dataclass(frozen=True)
@@ -134,7 +139,27 @@ def iter_reconstruct(
     device: Any = None,
 ) -> Generator[PredictEvent, None, Reconstruction]:
     """Like :func:`iter_predict`, returning a :class:`Reconstruction` (image and, for an
-    ensemble, its uncertainty map)."""
+    ensemble, its uncertainty map). An image that is NaN/inf or zero everywhere is garbage:
+    :class:`PredictionError` naming the data set."""
+    rec = yield from _iter_reconstruct(model, preprocessor, dataset, tile_rows=tile_rows,
+                                       device=device)
+    image = rec.image
+    finite = np.isfinite(image)
+    if not finite.any() or not np.any(image[finite]):
+        what = "NaN/inf" if not finite.any() else "zero"
+        raise PredictionError(f"{dataset.source or 'the data set'}: the prediction is {what} "
+                              "everywhere (the data or the model hold no usable values)")
+    return rec
+
+
+def _iter_reconstruct(
+    model,
+    preprocessor: Preprocessor,
+    dataset: Dataset4D,
+    *,
+    tile_rows: int | None = None,
+    device: Any = None,
+) -> Generator[PredictEvent, None, Reconstruction]:
     if device is not None:
         model.to(resolve_device(device))
     pre = preprocessor.adapt(dataset)

@@ -1,12 +1,20 @@
 """The training loop as a generator of small event dataclasses.
 
-``train(...)`` yields :class:`PrepareEvent` (preprocessing cache), :class:`StepEvent` (every
+``train(...)`` yields :class:`NoticeEvent` (what the data validation excluded),
+:class:`PrepareEvent` (preprocessing cache), :class:`StepEvent` (every
 optimiser step), :class:`EpochEvent` (validation loss and metrics), :class:`PreviewEvent`
 (reconstruction of the whole field) and a final :class:`DoneEvent`; it returns the
 :class:`TrainResult` as ``StopIteration.value``. Stop it at any time between steps with
 ``gen.close()`` (or by setting a ``cancel`` object with ``is_set()``, e.g.
 ``threading.Event``: the loop then ends cleanly and still returns a result with the best
 weights so far). Losses are on the standardised label; metrics are in label units.
+
+Data validation before any work: positions whose diffraction pattern holds NaN/inf values are
+found in one streaming pass, zeroed, and excluded (with every position whose K×K cluster
+contains one) from training and validation, reported in a :class:`NoticeEvent` and in
+``train_summary["nonfinite_positions"]``; data with no finite pattern and labels without
+variance are refused (:class:`TrainError`). A model whose weights became NaN/inf is never
+returned (:class:`TrainError`): training diverged.
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ from .patches import patch_input, patch_plan
 __all__ = [
     "DoneEvent",
     "EpochEvent",
+    "NoticeEvent",
     "PrepareEvent",
     "PreviewEvent",
     "StepEvent",
@@ -166,6 +175,13 @@ class TrainConfig:
 # events
 # ---------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
+class NoticeEvent:
+    """A line for the user about the data (e.g. positions excluded as NaN/inf)."""
+
+    text: str
+
+
+@dataclass(frozen=True)
 class PrepareEvent:
     """Preprocessing the field into memory: ``done`` of ``total`` scan rows."""
 
@@ -248,7 +264,7 @@ class DoneEvent:
     result: TrainResult
 
 
-TrainEvent = PrepareEvent | StepEvent | EpochEvent | PreviewEvent | DoneEvent
+TrainEvent = NoticeEvent | PrepareEvent | StepEvent | EpochEvent | PreviewEvent | DoneEvent
 
 
 # ---------------------------------------------------------------------------------------------
@@ -311,6 +327,68 @@ def _check_label(label: np.ndarray, label_mask: np.ndarray | None, scan_shape) -
             raise TrainError(f"label_mask must have the scan shape {label.shape}, got {m.shape}")
         cov &= m
     return label, cov
+
+
+def nonfinite_positions(dataset: Dataset4D) -> np.ndarray | None:
+    """``(Ny, Nx)`` bool: positions whose pattern holds a NaN/inf value (one streaming pass,
+    float data only), or ``None`` when there are none."""
+    if dataset.dtype.kind != "f":
+        return None
+    from ..detectors.engine import virtual_images
+
+    total = virtual_images(dataset.data, np.ones(dataset.detector_shape, np.float32))
+    bad = ~np.isfinite(total)
+    return bad if bad.any() else None
+
+
+def _exclude_nonfinite(item: TrainingItem, k: int) -> tuple[TrainingItem, str | None, int]:
+    """(the item with its NaN/inf patterns zeroed and the positions whose K×K cluster holds
+    one left out of its label mask, notice text or None, number of bad positions)."""
+    from dataclasses import replace
+
+    from scipy.ndimage import binary_dilation
+
+    dataset = item.dataset
+    bad = nonfinite_positions(dataset)
+    if bad is None:
+        return item, None, 0
+    n, total = int(bad.sum()), bad.size
+    where = item.name or dataset.source or "the data"
+    if n == total:
+        raise TrainError(f"{where}: every diffraction pattern holds NaN/inf values; nothing to train on")
+    import dask.array as da
+
+    data = dataset.data
+    if not type(data).__module__.startswith("dask"):
+        data = da.from_array(data, chunks=(max(1, 2**26 // max(1, int(np.prod(data.shape[1:])) * 4)),
+                                           -1, -1, -1))
+    clean = da.where(bad[:, :, None, None], data.dtype.type(0), data)
+    near = binary_dilation(bad, np.ones((k, k), bool)) if k > 1 else bad
+    mask = ~near if item.label_mask is None else np.asarray(item.label_mask, bool) & ~near
+    at = ", ".join(f"({y}, {x})" for y, x in zip(*np.nonzero(bad)))
+    at = at if len(at) < 80 else at[:80].rsplit(",", 1)[0] + ", ..."
+    text = (f"{where}: {n} positions of {total} hold NaN/inf values in their diffraction "
+            f"patterns (at {at}); they and the positions whose {k}×{k} cluster includes them "
+            f"({int(near.sum())} in all) are excluded from training and validation")
+    return replace(item, dataset=replace(dataset, data=clean), label_mask=mask), text, n
+
+
+def _check_label_variance(values: np.ndarray, name: str = "") -> None:
+    """Refuse a label without variance over the training positions: nothing to learn."""
+    v = np.asarray(values, np.float64)
+    if v.size and (float(v.std()) <= 1e-12 * max(1.0, float(np.abs(v).max()))):
+        raise TrainError(f"{name + ': ' if name else ''}the label has no variance over the "
+                         f"{v.size} training positions (every value is {float(v[0]):.6g}): "
+                         "there is nothing to learn")
+
+
+def _check_finite_model(model) -> None:
+    """Refuse to return a model whose weights are NaN/inf (training diverged)."""
+    bad = [n for n, p in model.state_dict().items()
+           if p.is_floating_point() and not bool(p.isfinite().all())]
+    if bad:
+        raise TrainError(f"training diverged: the weights {', '.join(bad[:4])} became NaN/inf; "
+                         "no model is returned (try a smaller learning rate)")
 
 
 def _model_masks(model) -> dict[str, np.ndarray]:
@@ -496,6 +574,15 @@ def train_items(
         model_config = init.model_config
     first = items[0].dataset
     k = check_cluster_size(int(model_config.cluster_size), first.scan_shape)
+    checked, n_nonfinite = [], 0
+    for it in items:  # data validation before any work
+        it, notice, n = _exclude_nonfinite(it, k)
+        n_nonfinite += n
+        if notice:
+            yield NoticeEvent(notice)
+        checked.append(it)
+    items = checked
+    first = items[0].dataset
     sampling = cfg.sampling if cfg.sampling != "auto" else ("patches" if k > 1 else "clusters")
     if augmenting and sampling != "patches":
         raise TrainError("augmentation works with sampling='patches' (cluster size K > 1)")
@@ -517,6 +604,9 @@ def train_items(
             "no training positions: the training region holds no position whose whole "
             f"{k}×{k} cluster lies inside it and whose label is covered"
         )
+    for p in prepared:
+        if len(p.ty):
+            _check_label_variance(p.label[p.ty, p.tx], p.item.name)
     for p in prepared:
         yield from _load_item(p, cfg, augmenting)
     main = prepared[0]
@@ -794,6 +884,7 @@ def train_items(
 
         model.load_state_dict(best[2])
         model.eval()
+        _check_finite_model(model)
         ds0 = first
         domain = training_domain(items, aug)
         if init is not None:
@@ -818,6 +909,7 @@ def train_items(
                 "split": (items[0].split or RegionSplit()).to_dict(),
                 "n_train": int(sum(len(p.ty) for p in prepared)),
                 "n_val": int(sum(len(p.vy) for p in prepared)),
+                "nonfinite_positions": n_nonfinite,
                 "cluster_size": k,
                 "sampling": sampling,
                 "positions_trained": int(n_seen),

@@ -860,6 +860,8 @@ class TrainingWidget(QWidget):
                 entry.preprocessor,
                 train_summary=info.get("train_summary"),
                 metrics=info.get("metrics"),
+                provenance=info.get("provenance"),
+                overwrite=True,  # the save dialog has asked before replacing a file
             )
         except Exception as err:  # noqa: BLE001 - shown to the user
             show_error(f"could not save the model to {path}: {err}")
