@@ -179,7 +179,8 @@ def simulate_train(job: SimTrainJob, cancel: Any = None) -> Generator[Any, None,
         "fine_tuned_from": (initial.info.get("provenance") if initial is not None else None),
     }
     save_checkpoint(out, result.model, result.model_config, result.preprocessor,
-                    train_summary=result.train_summary, metrics=result.metrics, provenance=provenance)
+                    train_summary=result.train_summary, metrics=result.metrics, provenance=provenance,
+                    overwrite=job.overwrite)
     metrics = {k: float(v) for k, v in result.metrics.items() if isinstance(v, (int, float))}
     res = JobResult(out, {"registered": False, "label": "simulation ground truth"}, metrics,
                     result.stopped, len(result.history), time.time() - t0)

@@ -149,7 +149,7 @@ def train_base_models(
             path = out_dir / BASE_MODEL_FILES[kind]
             save_checkpoint(path, result.model, result.model_config, result.preprocessor,
                             train_summary=result.train_summary, metrics=result.metrics,
-                            provenance=provenance)
+                            provenance=provenance, overwrite=True)  # a rebuild replaces it
             out[kind] = path
     finally:
         for f in handles:
