@@ -841,10 +841,11 @@ class TrainingWidget(QWidget):
             self, "Save model", f"{entry.kind}.pt", "Model (*.pt)"
         )
         if path:
-            self.save(path, entry.name)
+            self.save(path, entry.name, overwrite=True)  # the dialog asked before replacing
 
-    def save(self, path, model: str | None = None) -> Path | None:
-        """Atomic checkpoint of model ``model`` (default: the selected one)."""
+    def save(self, path, model: str | None = None, overwrite: bool = False) -> Path | None:
+        """Atomic checkpoint of model ``model`` (default: the selected one); an existing file
+        is replaced only with ``overwrite``."""
         from ..training.checkpoint import save_checkpoint
 
         entry = self.session.models.get(model) if model else self.selected_model()
@@ -861,7 +862,7 @@ class TrainingWidget(QWidget):
                 train_summary=info.get("train_summary"),
                 metrics=info.get("metrics"),
                 provenance=info.get("provenance"),
-                overwrite=True,  # the save dialog has asked before replacing a file
+                overwrite=overwrite,  # True from the dialog, which asked before replacing
             )
         except Exception as err:  # noqa: BLE001 - shown to the user
             show_error(f"could not save the model to {path}: {err}")
