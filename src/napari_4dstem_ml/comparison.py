@@ -138,7 +138,8 @@ class ComparisonTable:
         return buf.getvalue()
 
     def to_csv(self, path: str | Path, overwrite: bool = False) -> Path:
-        """Write :meth:`csv_text` atomically to ``path`` (``.csv``); never over a file unasked."""
+        """Write :meth:`csv_text` to ``path`` (``.csv``) through the package's one writing path
+        (:func:`export.write_text`: complete or nothing; never over a file unasked)."""
         from .export import prepare_output, write_text
 
         prepare_output(path, overwrite=overwrite, suffixes=(".csv",))
@@ -232,7 +233,8 @@ def comparison_figure(
     dpi: int = 110,
 ) -> Path:
     """A PNG figure: one labelled panel per image (robust contrast, the region outlined), and
-    the metrics ``table`` beneath. Written atomically with matplotlib's Agg backend."""
+    the metrics ``table`` beneath; matplotlib's Agg backend, written through
+    :func:`export.output_file` (complete or nothing; never over a file unasked)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.patches import Rectangle

@@ -33,6 +33,7 @@ from qtpy.QtWidgets import (
 
 from .session import compact_widget, session_for
 
+
 def _spin(lo: float, hi: float, value: float, decimals: int = 2, step: float = 1.0) -> QDoubleSpinBox:
     s = QDoubleSpinBox()
     s.setRange(lo, hi)
