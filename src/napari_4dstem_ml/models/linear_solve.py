@@ -127,22 +127,7 @@ def fit_radial_linear(
     centred at (ys, xs) map to ``target`` (same length); returns the fit."""
     import torch
 
-    interp = model.interp.detach().cpu().numpy().astype(np.float64)
-    if hasattr(field, "rows"):  # a training PatternSource: rows come preprocessed
-        ny, nx = field.scan_shape
-
-        def get(y0: int, y1: int) -> np.ndarray:
-            return field.rows(np.arange(y0, y1))
-    else:
-        ny, nx = field.shape[:2]
-
-        def get(y0: int, y1: int) -> np.ndarray:
-            return field[y0:y1]
-
-    radial = np.empty((ny, nx, interp.shape[1]), np.float64)
-    for y0 in range(0, ny, 16):  # row bands keep the float64 temporaries small
-        block = np.asarray(get(y0, min(ny, y0 + 16)), np.float64)
-        radial[y0 : y0 + len(block)] = block.reshape(len(block), nx, -1) @ interp
+    radial = _radial_field(model, field)
     feats = cluster_features(radial, model.cluster_size, np.asarray(ys), np.asarray(xs))
     w0 = np.zeros(feats.shape[1])
     w0[0] = 1.0

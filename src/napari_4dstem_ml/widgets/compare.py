@@ -55,12 +55,24 @@ REGION_CHOICES = ("validation region", "whole scan")
 HEADER = ("method", "role", "Pearson r", "SSIM", "PSNR (dB)", "FRC")
 
 
-def compare_job(images, reference, region, pixel_size, unit, to_register=None):
-    """Worker generator: registers a label first when asked (yields ``("registered", key,
-    RegisteredLabel)``), then returns the core's comparison table."""
+def compare_job(images, reference, region, pixel_size, unit, to_register=None, baselines=None):
+    """Worker generator: computes the classical baselines when ``baselines`` = (data set,
+    missing roles) asks (yields ``("baselines", Baselines)``: iCoM and the ADF annulus the
+    detector reaches are shown beside every ML result), registers a label first when asked
+    (yields ``("registered", key, RegisteredLabel)``), then returns the core's comparison
+    table."""
     from ..comparison import MethodImage, compare_methods
 
     images = list(images)
+    if baselines is not None:
+        from ..baselines import classical_baselines
+
+        dataset, missing = baselines
+        base = classical_baselines(dataset)
+        yield ("baselines", base)
+        for role, img in (("adf", base.adf), ("icom", base.icom)):
+            if role in missing:
+                images.append(MethodImage(f"{'ADF' if role == 'adf' else 'iCoM'} (baseline)", role, img))
     if to_register is not None:
         from .training import register
 
@@ -210,9 +222,9 @@ class CompareWidget(QWidget):
             to_register = None
         images = [MethodImage(layer.name, layer_role(layer), np.asarray(layer.data))
                   for layer in layers]
-        if not images and to_register is None:
-            show_error(f"no image of {name} to compare: compute ADF/iCoM or reconstruct it first")
-            return None
+        missing = {"adf", "icom"} - roles
+        baselines = (ds, missing) if missing else None
+        self._missing = missing
         from ..comparison import choose_reference
 
         reference = choose_reference(images)
@@ -234,6 +246,7 @@ class CompareWidget(QWidget):
             pixel,
             unit,
             to_register,
+            baselines,
             _start_thread=False,
             _connect={"errored": error_reporter("comparison", self.status.setText)},
         )
@@ -251,9 +264,18 @@ class CompareWidget(QWidget):
     def _on_registered(self, item) -> None:
         from .training import registered_name
 
-        _, key, reg = item
         if getattr(self, "_closed", False):
             return
+        if item[0] == "baselines":
+            base = item[1]
+            for role, title, img in (("adf", "ADF", base.adf), ("icom", "iCoM", base.icom)):
+                if role not in getattr(self, "_missing", {role}):
+                    continue
+                self.session.show_scan_image(f"{title} (baseline): {self._dataset}", img,
+                                             dataset=self._dataset, role=role,
+                                             metadata={"baseline": base.info})
+            return
+        _, key, reg = item
         self.session.registrations[key] = reg
         self.session.show_scan_image(
             registered_name(key[1]), reg.image, dataset=key[1], role="label", visible=False

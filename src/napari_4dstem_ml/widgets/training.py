@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 from napari.qt.threading import create_worker
-from napari.utils.notifications import show_error, show_info
+from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import (
     QComboBox,
@@ -70,9 +70,13 @@ from .session import (
 if TYPE_CHECKING:
     import napari
 
-MODEL_KINDS = ("linear", "conv4d")
-#: default (epochs, learning rate, batch size) per model, as in the CLI's training job
-DEFAULTS = {"linear": (100, 3e-2, 32), "conv4d": (20, 2e-3, 32)}
+MODEL_KINDS = ("conv4d", "linear")
+#: default (epochs, learning rate, batch size) per model and start, as in the CLI's training job
+DEFAULTS = {"linear": (100, 3e-2, 32), "conv4d": (20, 2e-3, 32),
+            "linear.base": (1, 3e-2, 32), "conv4d.base": (8, 5e-4, 32)}
+#: the "start from" choices besides the session's saved models
+START_BASE = "base model (fine-tune)"
+START_SCRATCH = "scratch"
 #: progress text refresh interval (ms): the only per-step GUI work
 PROGRESS_MS = 500
 #: layer-name prefixes of the learned views in the diffraction viewer
@@ -181,11 +185,12 @@ def register(dataset, label: np.ndarray, label_pixel_A: float | None) -> Registe
     )
 
 
-def predict_job(model, preprocessor, dataset):
-    """Worker generator: the core's streaming prediction (yields PredictEvent)."""
-    from ..training.inference import iter_predict
+def predict_job(entry, dataset):
+    """Worker generator: the core's reconstruction with its domain check (yields a Message
+    per domain issue, then PredictEvents; returns the ReconstructionReport)."""
+    from ..workflow import reconstruct
 
-    return (yield from iter_predict(model, preprocessor, dataset))
+    return (yield from reconstruct(entry, dataset))
 
 
 def format_duration(seconds: float) -> str:
@@ -225,6 +230,15 @@ class TrainingWidget(QWidget):
         self.regions_label.setWordWrap(True)
         self.kind_box = QComboBox()
         self.kind_box.addItems(list(MODEL_KINDS))
+        self.start_box = QComboBox()
+        self.start_box.setToolTip(
+            "fine-tune the base model shipped with the plugin (trained on a simulated library of "
+            "materials: transfers to samples unlike the label's), a saved model, or start from "
+            "scratch")
+        self.ensemble = QSpinBox()
+        self.ensemble.setRange(1, 8)
+        self.ensemble.setValue(3)
+        self.ensemble.setToolTip("members of a deep ensemble: their spread is the uncertainty map")
         self.cluster = QSpinBox()
         self.cluster.setRange(1, 15)
         self.cluster.setSingleStep(2)
@@ -276,6 +290,8 @@ class TrainingWidget(QWidget):
         regions_row.addWidget(self.regions_button)
         form.addRow("regions", regions_row)
         form.addRow("model", self.kind_box)
+        form.addRow("start from", self.start_box)
+        form.addRow("ensemble members", self.ensemble)
         form.addRow("cluster size K", self.cluster)
         form.addRow("epochs", self.epochs)
         form.addRow("learning rate", self.lr)
@@ -310,7 +326,9 @@ class TrainingWidget(QWidget):
         self._timer.timeout.connect(self._show_progress)
 
         self._restoring = False
+        self._fill_starts()
         self.kind_box.currentTextChanged.connect(self._on_kind)
+        self.start_box.currentTextChanged.connect(lambda _: self._on_kind(self.kind_box.currentText()))
         self._on_kind(self.kind_box.currentText())
         settings = self.session.settings
         settings.bind("training", "model", self.kind_box)
@@ -351,21 +369,59 @@ class TrainingWidget(QWidget):
         self.session.models_changed.disconnect(self._refresh_models)
 
     # -- settings ------------------------------------------------------------------
+    def _fill_starts(self) -> None:
+        """Base model (when installed), scratch, and the session's saved models."""
+        from ..base_model import base_model_path
+
+        current = self.start_box.currentText()
+        self.start_box.blockSignals(True)
+        self.start_box.clear()
+        kind = self.kind_box.currentText()
+        if base_model_path(kind).is_file():
+            self.start_box.addItem(START_BASE)
+        self.start_box.addItem(START_SCRATCH)
+        for entry in self.session.models.values():
+            if entry.path and entry.kind == kind:
+                self.start_box.addItem(f"fine-tune {entry.name}", entry.path)
+        i = self.start_box.findText(current)
+        self.start_box.setCurrentIndex(max(0, i))
+        self.start_box.blockSignals(False)
+
+    def _start_key(self) -> str:
+        """The settings/defaults key of the chosen model and start."""
+        kind = self.kind_box.currentText()
+        return kind if self.start_box.currentText() == START_SCRATCH else f"{kind}.base"
+
+    def init_choice(self) -> str:
+        """``TrainingJob.init`` of the chosen start: "base", "scratch" or a checkpoint path."""
+        text = self.start_box.currentText()
+        if text == START_BASE:
+            return "base"
+        if text == START_SCRATCH or not text:
+            return "scratch"
+        return str(self.start_box.currentData())
+
     def _on_kind(self, kind: str) -> None:
-        """Hyper-parameters of ``kind``: stored ones, else the CLI's defaults."""
-        epochs, lr, batch = DEFAULTS.get(kind, DEFAULTS["linear"])
+        """Hyper-parameters of ``kind`` and its start: stored ones, else the CLI's defaults."""
+        if self.sender() is self.kind_box:
+            self._fill_starts()
+        key = self._start_key()
+        epochs, lr, batch = DEFAULTS.get(key, DEFAULTS["linear"])
         get = self.session.settings.get
         self._restoring = True
         try:
-            self.epochs.setValue(int(get("training", f"{kind}.epochs", epochs)))
-            self.lr.setValue(float(get("training", f"{kind}.lr", lr)))
-            self.batch.setValue(int(get("training", f"{kind}.batch_size", batch)))
+            self.epochs.setValue(int(get("training", f"{key}.epochs", epochs)))
+            self.lr.setValue(float(get("training", f"{key}.lr", lr)))
+            self.batch.setValue(int(get("training", f"{key}.batch_size", batch)))
+            scratch = self.start_box.currentText() == START_SCRATCH
+            self.ensemble.setEnabled(scratch)  # fine-tuning keeps the initial model's members
+            self.ensemble.setValue(3 if kind == "conv4d" else 1)
         finally:
             self._restoring = False
 
     def _store_hyper(self, key: str, value) -> None:
         if not self._restoring:
-            self.session.settings.set("training", f"{self.kind_box.currentText()}.{key}", value)
+            self.session.settings.set("training", f"{self._start_key()}.{key}", value)
 
     # -- choices -------------------------------------------------------------------
     def _label_candidates(self) -> list:
@@ -559,6 +615,8 @@ class TrainingWidget(QWidget):
             label_pixel,
             registered=registered,
             split=split,
+            init=self.init_choice(),
+            ensemble=self.ensemble.value(),
             _start_thread=False,
             _connect={"errored": error_reporter("training", self.readout.setText)},
         )
@@ -795,6 +853,7 @@ class TrainingWidget(QWidget):
         have = bool(names)
         self.save_button.setEnabled(have)
         self.apply_button.setEnabled(have)
+        self._fill_starts()  # saved models can be fine-tuned
 
     def select_model(self, name: str) -> None:
         items = self.model_list.findItems(name, self.model_list_match())
@@ -888,8 +947,7 @@ class TrainingWidget(QWidget):
         layer_name = applied_name(entry.name, name)
         worker = create_worker(
             guarded(predict_job),
-            entry.model,
-            entry.preprocessor,
+            entry,
             ds,
             _start_thread=False,
             _connect={"errored": error_reporter(f"reconstruction of {name}", self.readout.setText)},
@@ -898,6 +956,10 @@ class TrainingWidget(QWidget):
 
         def on_event(ev, name=name):
             if getattr(self, "_closed", False):
+                return
+            if hasattr(ev, "text"):  # the domain check: outside the training domain
+                show_warning(f"{entry.name} on {name}: {ev.text}")
+                meta.setdefault("domain_warnings", []).append(ev.text)
                 return
             image = ev.image
             filled = (
@@ -920,14 +982,24 @@ class TrainingWidget(QWidget):
             self.progress.setValue(int(1000 * ev.rows_done / max(ev.rows_total, 1)))
             self.progress.setFormat(f"{layer_name}: {ev.rows_done}/{ev.rows_total} rows")
 
-        def on_return(image, name=name):
+        def on_return(report, name=name):
             if getattr(self, "_closed", False):
                 return
+            info = report.metadata()
             self.session.show_scan_image(
-                layer_name, image, dataset=name, role=entry.role,
-                metadata={**meta, "rows_done": ds.scan_shape[0]},
+                layer_name, report.image, dataset=name, role=entry.role,
+                metadata={**meta, **info, "rows_done": ds.scan_shape[0]},
             )
-            self.readout.setText(f"reconstructed {name} with {entry.name}")
+            if report.uncertainty is not None:
+                self.session.show_scan_image(
+                    f"uncertainty: {layer_name}", report.uncertainty, dataset=name,
+                    role="uncertainty", colormap="magma", visible=False,
+                    metadata={**meta, **info, "rows_done": ds.scan_shape[0]},
+                )
+            note = (f"; outside the training domain in {len(report.issues)} respect(s): "
+                    + "; ".join(i.message() for i in report.issues)) if report.issues else \
+                "; inside the model's training domain"
+            self.readout.setText(f"reconstructed {name} with {entry.name}{note}")
 
         worker.yielded.connect(on_event)
         worker.returned.connect(on_return)
