@@ -106,8 +106,8 @@ class _TileFeeder:
                 src.preprocessor.transform(src.dataset.data[y], out=buf[r, h : h + nx])
             done.setdefault(y, r)
         if h:
-            buf[:, :h] = buf[:, self.rx[:h]]
-            buf[:, h + nx :] = buf[:, self.rx[h + nx :]]
+            buf[:, :h] = buf[:, h + self.rx[:h]]
+            buf[:, h + nx :] = buf[:, h + self.rx[h + nx :]]
         return buf
 
     def tiles(self) -> Iterator[tuple[int, int, np.ndarray]]:
