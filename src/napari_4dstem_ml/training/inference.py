@@ -26,7 +26,6 @@ __all__ = [
     "iter_predict_source",
     "linear_on_raw_detector",
     "predict",
-    "predict_tile",
     "resolve_device",
 ]
 
@@ -67,7 +66,7 @@ def _model_device(model):
         return torch.device("cpu")
 
 
-#: output columns per model call: ``predict_field`` is fastest on strips about this wide (its
+#: output columns per tile: ``predict_field`` is fastest on strips about this wide (its
 #: activations stay in cache), measured 20 % faster than on 128-column strips
 STRIP_COLUMNS = 64
 #: bytes of one padded tile buffer (two are used: one filled while the model reads the other)
@@ -75,55 +74,73 @@ TILE_BYTES = 96e6
 
 
 class _TileFeeder:
-    """Padded tiles ``(rows + K - 1, Nx + K - 1, oy, ox)`` of a :class:`PatternSource` in two
-    reusable buffers: each scan row is read and preprocessed straight into its place (no
-    temporaries, no page faults after the first tiles), the reflected columns and rows copied.
-    Tile ``i + 1`` is prepared in a background thread while the model runs on tile ``i`` (the
-    preprocessing kernel and torch both release the GIL)."""
+    """Padded tiles ``(R + K - 1, C + K - 1, oy, ox)`` of a :class:`PatternSource`, for output
+    rows ``rows`` (default: all) in bands of ``tile_rows`` and, for memory-mapped data,
+    strips of :data:`STRIP_COLUMNS` columns (other data is read in whole rows: h5py would
+    decompress a chunk once per strip). Two reusable buffers: each pattern is read and
+    preprocessed straight into its place (no temporaries, no page faults after the first
+    tiles); reflected rows and columns (``np.pad(mode="reflect")`` at the scan edges) are
+    copied. Tile ``i + 1`` is prepared in a background thread while the model runs on tile
+    ``i`` (the preprocessing kernel and torch both release the GIL)."""
 
-    def __init__(self, source: PatternSource, k: int, tile_rows: int) -> None:
+    def __init__(self, source: PatternSource, k: int, tile_rows: int | None = None,
+                 rows: tuple[int, int] | None = None) -> None:
         self.source, self.k, self.h = source, k, k // 2
         ny, nx = source.scan_shape
         self.ny, self.nx = ny, nx
-        self.tile_rows = tile_rows
-        shape = (tile_rows + k - 1, nx + k - 1, *source.pattern_shape)
-        self.buffers = [np.empty(shape, np.float32) for _ in range(2 if ny > tile_rows else 1)]
-        self.rx = reflect_index(np.arange(-self.h, nx + self.h), nx)
+        self.rows = (0, ny) if rows is None else (int(rows[0]), int(rows[1]))
+        mapped = isinstance(source.dataset.data, np.ndarray) or source.cache is not None
+        self.tile_cols = min(nx, STRIP_COLUMNS) if mapped else nx
+        per_row = (self.tile_cols + k - 1) * int(np.prod(source.pattern_shape)) * 4
+        if tile_rows is None:
+            tile_rows = max(8, int(TILE_BYTES // per_row) - (k - 1))
+        self.tile_rows = max(1, min(int(tile_rows), self.rows[1] - self.rows[0]))
+        shape = (self.tile_rows + k - 1, self.tile_cols + k - 1, *source.pattern_shape)
+        self.ranges = [
+            (y0, min(self.rows[1], y0 + self.tile_rows), x0, min(nx, x0 + self.tile_cols))
+            for y0 in range(self.rows[0], self.rows[1], self.tile_rows)
+            for x0 in range(0, nx, self.tile_cols)
+        ]
+        self.buffers = [np.empty(shape, np.float32) for _ in range(min(2, len(self.ranges)))]
 
-    def fill(self, index: int, y0: int, y1: int) -> np.ndarray:
-        """Tile of output rows ``y0:y1`` into buffer ``index``; returns the filled view."""
-        h, nx = self.h, self.nx
-        buf = self.buffers[index][: y1 - y0 + 2 * h]
-        ry = reflect_index(np.arange(y0 - h, y1 + h), self.ny)
-        done: dict[int, int] = {}
+    def fill(self, index: int, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        """The padded tile of output rows ``y0:y1``, columns ``x0:x1`` into buffer ``index``."""
+        h = self.h
+        buf = self.buffers[index][: y1 - y0 + 2 * h, : x1 - x0 + 2 * h]
+        ry = reflect_index(np.arange(y0 - h, y1 + h), self.ny).tolist()
+        rx = reflect_index(np.arange(x0 - h, x1 + h), self.nx)
+        # columns read directly: the tile's own range plus the halo that lies on the scan
+        c0, c1 = max(0, x0 - h), min(self.nx, x1 + h)
+        b0 = c0 - (x0 - h)
         src = self.source
-        for r, y in enumerate(ry.tolist()):
+        done: dict[int, int] = {}
+        for r, y in enumerate(ry):
+            dst = buf[r, b0 : b0 + c1 - c0]
             if y in done:  # a reflected row already in this tile
-                buf[r, h : h + nx] = buf[done[y], h : h + nx]
+                dst[...] = buf[done[y], b0 : b0 + c1 - c0]
             elif src.cache is not None:
-                buf[r, h : h + nx] = src.cache[y]
+                dst[...] = src.cache[y, c0:c1]
             else:
-                src.preprocessor.transform(src.dataset.data[y], out=buf[r, h : h + nx])
+                src.preprocessor.transform(src.dataset.data[y, c0:c1], out=dst)
             done.setdefault(y, r)
-        if h:
-            buf[:, :h] = buf[:, h + self.rx[:h]]
-            buf[:, h + nx :] = buf[:, h + self.rx[h + nx :]]
+        # reflected columns at the scan edges
+        for j in [*range(b0), *range(b0 + c1 - c0, buf.shape[1])]:
+            buf[:, j] = buf[:, b0 + int(rx[j]) - c0]
         return buf
 
-    def tiles(self) -> Iterator[tuple[int, int, np.ndarray]]:
-        """``(y0, y1, padded tile)`` in scan order, the next one prepared in the background."""
+    def tiles(self) -> Iterator[tuple[int, int, int, int, np.ndarray]]:
+        """``(y0, y1, x0, x1, padded tile)`` in scan order, the next prepared in the background."""
         from concurrent.futures import ThreadPoolExecutor
 
-        ranges = [(y0, min(self.ny, y0 + self.tile_rows)) for y0 in range(0, self.ny, self.tile_rows)]
-        nb = len(self.buffers)
+        ranges, nb = self.ranges, len(self.buffers)
         with ThreadPoolExecutor(1, thread_name_prefix="stemml-tiles",
                                 initializer=_one_numba_thread) as ex:
             fut = ex.submit(self.fill, 0, *ranges[0])
-            for i, (y0, y1) in enumerate(ranges):
+            for i, rng in enumerate(ranges):
                 tile = fut.result()
                 if i + 1 < len(ranges) and nb > 1:
                     fut = ex.submit(self.fill, (i + 1) % nb, *ranges[i + 1])
-                yield y0, y1, tile
+                yield (*rng, tile)
                 if i + 1 < len(ranges) and nb == 1:
                     fut = ex.submit(self.fill, 0, *ranges[i + 1])
 
@@ -139,50 +156,37 @@ def _one_numba_thread() -> None:
         pass
 
 
-def predict_tile(model, tile: np.ndarray, device=None) -> np.ndarray:
-    """``model.predict_field`` on a padded tile ``(Ry + K - 1, Nx + K - 1, oy, ox)`` in strips of
-    :data:`STRIP_COLUMNS` output columns → ``(Ry, Nx)`` float32 model units."""
+def iter_predict_source(
+    model, source: PatternSource, *, tile_rows: int | None = None,
+    rows: tuple[int, int] | None = None,
+) -> Generator[PredictEvent, None, np.ndarray]:
+    """Predict every position of ``source`` (or the scan rows ``rows = (y0, y1)`` only: the
+    image is then ``(y1 - y0, Nx)``) tile by tile; yields :class:`PredictEvent` per band of
+    rows and returns the image in label units. The model is put in eval mode (and restored).
+
+    Tiles come from :class:`_TileFeeder` (the next one read and preprocessed while the model
+    runs on this one) and go through ``model.predict_field``."""
     import torch
 
     k = int(model.cluster_size)
-    nx = tile.shape[1] - k + 1
-    device = device if device is not None else _model_device(model)
-    out = np.empty((tile.shape[0] - k + 1, nx), np.float32)
-    with torch.inference_mode():
-        for x0 in range(0, nx, STRIP_COLUMNS):
-            x1 = min(nx, x0 + STRIP_COLUMNS)
-            strip = torch.from_numpy(np.ascontiguousarray(tile[:, x0 : x1 + k - 1]))
-            out[:, x0:x1] = model.predict_field(strip.to(device)).detach().cpu().numpy()
-    return out
-
-
-def iter_predict_source(
-    model, source: PatternSource, *, tile_rows: int | None = None
-) -> Generator[PredictEvent, None, np.ndarray]:
-    """Predict every position of ``source`` in tiles; yields :class:`PredictEvent` per tile and
-    returns the image in label units. The model is put in eval mode (and restored after).
-
-    Tiles are built by :class:`_TileFeeder` (the next one while the model runs) and run through
-    :func:`predict_tile`."""
-    k = int(model.cluster_size)
     check_cluster_size(k, source.scan_shape)
     ny, nx = source.scan_shape
-    if tile_rows is None:
-        row_bytes = (nx + k - 1) * int(np.prod(source.pattern_shape)) * 4
-        tile_rows = max(1, min(ny, int(TILE_BYTES // row_bytes) - (k - 1)))
-    tile_rows = max(1, int(tile_rows))
+    r0, r1 = (0, ny) if rows is None else (int(rows[0]), int(rows[1]))
     pre = source.preprocessor
     device = _model_device(model)
-    image = np.full((ny, nx), np.nan, np.float32)
+    image = np.full((r1 - r0, nx), np.nan, np.float32)
     was_training = model.training
     model.eval()
     t0 = time.perf_counter()
-    feeder = _TileFeeder(source, k, tile_rows)
+    feeder = _TileFeeder(source, k, tile_rows, (r0, r1))
     tiles = feeder.tiles()
     try:
-        for y0, y1, tile in tiles:
-            image[y0:y1] = pre.model_to_label(predict_tile(model, tile, device))
-            yield PredictEvent(y1, ny, image, time.perf_counter() - t0)
+        for y0, y1, x0, x1, tile in tiles:
+            with torch.inference_mode():
+                out = model.predict_field(torch.from_numpy(tile).to(device))
+            image[y0 - r0 : y1 - r0, x0:x1] = pre.model_to_label(out.detach().cpu().numpy())
+            if x1 == nx:
+                yield PredictEvent(y1 - r0, r1 - r0, image, time.perf_counter() - t0)
     finally:
         tiles.close()
         model.train(was_training)
