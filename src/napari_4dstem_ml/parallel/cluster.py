@@ -105,11 +105,10 @@ def open_client(compute: Compute | None) -> Iterator[Any]:
         finally:
             client.close()
         return
-    with dask.config.set({"distributed.worker.daemon": False,
-                          "distributed.logging.distributed": "error"}):
+    with dask.config.set({"distributed.logging.distributed": "error"}):
         cluster = LocalCluster(n_workers=int(compute.workers), processes=True,
                                threads_per_worker=int(compute.threads_per_worker),
-                               dashboard_address=None, silence_logs=40)
+                               dashboard_address=":0", silence_logs=40)
         client = Client(cluster, set_as_default=False)
     try:
         yield client

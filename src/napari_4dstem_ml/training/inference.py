@@ -24,6 +24,7 @@ __all__ = [
     "iter_predict",
     "iter_predict_linear",
     "iter_predict_source",
+    "linear_readout_image",
     "linear_on_raw_detector",
     "predict",
     "resolve_device",
@@ -234,8 +235,6 @@ def iter_predict_linear(
     virtual image with the learned mask mapped onto the raw detector
     (:meth:`Preprocessor.raw_readout`), then the K×K convolution with the cluster weights
     (reflected edges). Equal to :func:`iter_predict_source` for data without negatives."""
-    from scipy.ndimage import correlate
-
     from ..detectors.engine import iter_virtual_images
 
     mask, offset = pre.raw_readout(model.detector_mask())
@@ -249,14 +248,23 @@ def iter_predict_linear(
         vimg = ev.image
         if 0 < ev.rows_done < ev.rows_total:
             yield PredictEvent(ev.rows_done, ny, image, time.perf_counter() - t0)
-    h = k // 2
+    image[:] = linear_readout_image(model, pre, vimg, offset)
+    yield PredictEvent(ny, ny, image, time.perf_counter() - t0)
+    return image
+
+
+def linear_readout_image(model, pre: Preprocessor, vimg: np.ndarray, offset: float) -> np.ndarray:
+    """The linear model's image (label units) from its raw-detector virtual image ``vimg``
+    ``(Ny, Nx)`` and readout ``offset`` (:meth:`Preprocessor.raw_readout`): the K×K
+    correlation with the cluster weights, reflected at the edges, plus the bias."""
+    from scipy.ndimage import correlate
+
+    h = int(model.cluster_size) // 2
     v = np.asarray(vimg, np.float64) + offset
     padded = np.pad(v, h, mode="reflect") if h else v
     out = correlate(padded, model.cluster_weights().astype(np.float64), mode="constant")
     out = out[h : h + v.shape[0], h : h + v.shape[1]] + float(model.bias.detach())
-    image[:] = pre.model_to_label(out)
-    yield PredictEvent(ny, ny, image, time.perf_counter() - t0)
-    return image
+    return pre.model_to_label(out)
 
 
 def predict(
