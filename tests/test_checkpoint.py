@@ -72,7 +72,7 @@ def test_interrupted_save_leaves_old_file_and_no_temp(tmp_path, data, monkeypatc
 
     monkeypatch.setattr(torch, "save", broken_save)
     with pytest.raises(OSError, match="disk full"):
-        save_checkpoint(path, model2, config, pre)
+        save_checkpoint(path, model2, config, pre, overwrite=True)
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["model.pt"]
     # KeyboardInterrupt mid-write behaves the same
@@ -82,7 +82,7 @@ def test_interrupted_save_leaves_old_file_and_no_temp(tmp_path, data, monkeypatc
 
     monkeypatch.setattr(torch, "save", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        save_checkpoint(path, model2, config, pre)
+        save_checkpoint(path, model2, config, pre, overwrite=True)
     assert path.read_bytes() == before and len(list(tmp_path.iterdir())) == 1
     monkeypatch.setattr(torch, "save", real_save)
     load_checkpoint(path)

@@ -1,7 +1,11 @@
 """npe2 reader: 4D-STEM files -> one lazy 4D image layer per data set.
 
 ``get_reader`` is cheap (extension/magic check through :func:`io.can_read`) and returns
-``None`` for files it does not handle, so napari can try other readers. The layer carries the
+``None`` for files it does not handle, so napari can try other readers; it claims the files
+meant for it even when they are broken (a truncated EMPAD ``.raw`` with its XML or a
+``scan_x*_y*`` name, a ``.npy`` declaring a 3D/4D array, any HDF5 file), so that opening one
+raises the reader's clear error (napari shows it as a notification) instead of "no reader".
+Data the engine cannot use (complex, text, ...) are refused at open; ``float16`` is converted. The layer carries the
 :class:`~napari_4dstem_ml.dataset.Dataset4D` in ``metadata["dataset4d"]``; the plugin's widgets
 find data sets through it. An HDF5/NPZ container holding several candidate 4D arrays opens as
 one layer per candidate (named ``file:candidate``); a broken file raises the reader's
@@ -51,7 +55,10 @@ def read_4dstem(path) -> list[tuple]:
                 continue  # e.g. a 3D stack with no scan shape: not openable without asking
         if not datasets:
             raise
-    return [layer_data(ds, name) for name, ds in datasets]
+    try:
+        return [layer_data(ds, name) for name, ds in datasets]
+    except (OSError, KeyError, RuntimeError, EOFError, MemoryError) as err:  # reading the data
+        raise io.ReaderError(f"{path}: cannot read the data ({err})", path) from err
 
 
 def layer_data(ds, name: str) -> tuple:

@@ -1,35 +1,134 @@
 """The ``stemml`` command line: headless access to everything the GUI does.
 
-User errors (bad arguments, unreadable or broken files, existing outputs) print one clear
-message and exit with status 2; they never print a traceback.
+Errors: every user-facing error (bad arguments, unreadable, broken or hostile files, existing
+or unwritable outputs, data that would give garbage) prints one message naming the file or
+option and what was expected, and exits with status 2; no traceback. Anything else is an
+internal error: one line, status 1 (``STEMML_DEBUG=1`` shows the traceback). Arguments are
+validated by range when parsed (0 is a value, not "unset"); outputs are validated before any
+work and written through :func:`napari_4dstem_ml.export.output_file` (never over an input).
 """
 
 from __future__ import annotations
 
 import argparse
+import math
+import os
+import struct
 import sys
+import zipfile
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
+
 EXIT_USAGE = 2
+EXIT_INTERNAL = 1
+#: load() keywords as command-line options (for messages that say how to resolve an error)
+_OPTION_FLAGS = {"dataset": "--dataset", "key": "--dataset", "scan_shape": "--scan-shape",
+                 "allow_external": "--allow-external"}
 
 
 class UserError(Exception):
     """An error caused by the user's input: reported as a message, exit status 2."""
 
 
-def _load(path: str, args: argparse.Namespace):
-    from .io import load
+# -- argument types: range-checked where they are parsed ----------------------------------
+def _number(kind, lo=None, hi=None, *, lo_open=False, odd=False):
+    """An argparse ``type=``: a finite ``kind`` (int or float) in [lo, hi] (``lo_open``:
+    (lo, hi]); ``odd`` ints only. The message names the expected range."""
+    parts = []
+    if lo is not None:
+        parts.append(f"{'>' if lo_open else '>='} {lo:g}")
+    if hi is not None:
+        parts.append(f"<= {hi:g}")
+    expect = f"{'an odd integer' if odd else 'an integer' if kind is int else 'a number'}" + (
+        f" {' and '.join(parts)}" if parts else "")
 
-    p = Path(path)
-    if not p.exists():
-        raise UserError(f"{p}: no such file")
+    def parse(text: str):
+        try:
+            v = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expect}, got {text!r}") from None
+        ok = math.isfinite(v) and (lo is None or (v > lo if lo_open else v >= lo)) \
+            and (hi is None or v <= hi) and (not odd or v % 2 == 1)
+        if not ok:
+            raise argparse.ArgumentTypeError(f"expected {expect}, got {text!r}")
+        return v
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+POSITIVE = _number(float, 0, lo_open=True)
+NON_NEGATIVE = _number(float, 0)
+COUNT = _number(int, 1)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error message (the usage is one ``--help`` away)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _exit_code(exc: SystemExit) -> int:
+    return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else EXIT_USAGE)
+
+
+# -- shared helpers -----------------------------------------------------------------------
+def _load(path: str, args: argparse.Namespace):
+    """Open a data file with the command's data options; errors say which option resolves them."""
+    from .io import ReaderError, load
+
     options = {}
     if getattr(args, "dataset", None):
         options["dataset"] = args.dataset
     if getattr(args, "scan_shape", None):
         options["scan_shape"] = tuple(args.scan_shape)
-    return load(p, **options)
+    if getattr(args, "allow_external", False):
+        options["allow_external"] = True
+    try:
+        return load(Path(path), **options)
+    except ReaderError as exc:
+        flag = _OPTION_FLAGS.get(getattr(exc, "option", None) or "")
+        if flag:
+            raise UserError(f"{exc} (on the command line: {flag})") from exc
+        raise
+
+
+def _inputs(args: argparse.Namespace, *datasets) -> tuple[str, ...]:
+    """Every input file of the command: file arguments and the files the data sets read."""
+    files = [getattr(args, a, None) for a in ("data", "file", "image", "label", "reference", "model")]
+    for ds in datasets:
+        files.extend(ds.input_files)
+    return tuple(str(f) for f in files if f)
+
+
+def _check_device(args: argparse.Namespace) -> None:
+    if getattr(args, "device", None) != "cuda":
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA device is available here (PyTorch "
+                        f"{torch.__version__}); use --device cpu or --device auto")
+
+
+def _report_image(image: np.ndarray, source, what: str) -> None:
+    """An all-NaN or all-zero result is an error naming the data file; a partly non-finite
+    one gets a warning with the count."""
+    finite = np.isfinite(image)
+    n_bad, n = int(image.size - finite.sum()), int(image.size)
+    if n_bad == n:
+        raise UserError(f"{source}: the {what} is NaN/inf everywhere (the data hold NaN/inf "
+                        "values); nothing written")
+    if not np.any(image[finite]):
+        raise UserError(f"{source}: the {what} is zero everywhere (no signal there); nothing "
+                        "written")
+    if n_bad:
+        print(f"warning: {n_bad} of {n} scan positions of the {what} are NaN/inf (the data "
+              f"hold NaN/inf values there)", file=sys.stderr)
 
 
 def _progress(total: int, desc: str, unit: str = "rows"):
@@ -54,17 +153,29 @@ def _centre(ds, spec: str | None):
             cy, cx = (float(v) for v in spec.split(","))
         except ValueError as exc:
             raise UserError(f"--centre: expected 'auto' or 'CY,CX' in detector pixels, got {spec!r}") from exc
+        ky, kx = ds.detector_shape
+        if not (math.isfinite(cy) and math.isfinite(cx) and -ky <= cy <= 2 * ky and -kx <= cx <= 2 * kx):
+            raise UserError(f"--centre {spec}: expected a centre near the {ky} x {kx} px detector")
         return cy, cx
-    return find_bf_centre(mean_pattern(ds.data))
+    mean = mean_pattern(ds.data, step=max(1, min(ds.scan_shape) // 64))
+    try:
+        if not np.isfinite(mean).all() or not np.any(mean):
+            raise ValueError("no finite, nonzero mean pattern")
+        return find_bf_centre(mean)
+    except ValueError as exc:
+        raise UserError(f"{ds.source}: cannot find the bright-field disk centre automatically "
+                        f"({exc}); give it with --centre CY,CX (detector pixels)") from exc
 
 
 def cmd_adf(args: argparse.Namespace) -> int:
     from .detectors.engine import iter_virtual_images
     from .detectors.geometry import annular_mask
-    from .export import check_output, write_image
+    from .export import IMAGE_SUFFIXES, prepare_output, write_image
 
-    check_output(Path(args.output), args.overwrite)
+    prepare_output(args.output, overwrite=args.overwrite, inputs=_inputs(args), suffixes=IMAGE_SUFFIXES)
     ds = _load(args.data, args)
+    inputs = _inputs(args, ds)
+    prepare_output(args.output, overwrite=args.overwrite, inputs=inputs)
     if args.outer <= args.inner:
         raise UserError(f"--outer ({args.outer}) must be larger than --inner ({args.inner})")
     if args.pixels:
@@ -76,31 +187,40 @@ def cmd_adf(args: argparse.Namespace) -> int:
             raise UserError(f"{ds.source}: {exc}; give the radii in pixels with --pixels") from exc
     centre = _centre(ds, args.centre)
     mask = annular_mask(ds.detector_shape, centre, args.inner / per_px[0], args.outer / per_px[0])
+    if not mask.any():
+        unit = "px" if args.pixels else "mrad"
+        raise UserError(
+            f"--inner {args.inner:g} --outer {args.outer:g} ({unit}): the annulus about the centre "
+            f"({centre[0]:.1f}, {centre[1]:.1f}) px holds no pixel of the {ds.detector_shape[0]} x "
+            f"{ds.detector_shape[1]} px detector")
     image = None
     with _progress(ds.scan_shape[0], "virtual detector") as bar:
         for event in iter_virtual_images(ds.data, mask):
             bar.update(event.rows_done - bar.n)
             image = event.image
+    _report_image(image, ds.source, "virtual image")
     step = ds.calibration.scan_step_A
-    out = write_image(args.output, image, step[1] if step else None, overwrite=args.overwrite)
+    out = write_image(args.output, image, step[1] if step else None, overwrite=args.overwrite,
+                      inputs=inputs)
     unit = "px" if args.pixels else "mrad"
     print(f"wrote {out}: {args.inner:g}-{args.outer:g} {unit} detector, centre ({centre[0]:.2f}, {centre[1]:.2f}) px")
     return 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .export import check_output
-    from .training.loop import EpochEvent, PrepareEvent, StepEvent
+    from .export import prepare_output
+    from .training.loop import EpochEvent, NoticeEvent, PrepareEvent, StepEvent
     from .workflow import JobResult, Message, TrainingJob, run_job
 
-    check_output(Path(args.output), args.overwrite, suffixes=(".pt",))
+    prepare_output(args.output, overwrite=args.overwrite, inputs=_inputs(args), suffixes=(".pt",))
     ds = _load(args.data, args)
+    prepare_output(args.output, overwrite=args.overwrite, inputs=_inputs(args, ds))
     job = TrainingJob.from_cli(args)
     epochs = job.configs(ds)[2].epochs
     bar = None
     result = None
     for event in run_job(job, ds):
-        if isinstance(event, Message):
+        if isinstance(event, (Message, NoticeEvent)):
             print(event.text)
         elif isinstance(event, PrepareEvent):
             if event.done == 0:
@@ -123,23 +243,27 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from .export import check_output, write_image
+    from .export import IMAGE_SUFFIXES, prepare_output, write_image
     from .training.checkpoint import load_checkpoint
     from .training.inference import iter_predict
 
-    check_output(Path(args.output), args.overwrite)
+    prepare_output(args.output, overwrite=args.overwrite, inputs=_inputs(args), suffixes=IMAGE_SUFFIXES)
     model_path = Path(args.model)
     if not model_path.exists():
         raise UserError(f"{model_path}: no such model file")
     loaded = load_checkpoint(model_path)
     ds = _load(args.data, args)
+    inputs = _inputs(args, ds)
+    prepare_output(args.output, overwrite=args.overwrite, inputs=inputs)
     image = None
     with _progress(ds.scan_shape[0], "predict") as bar:
         for event in iter_predict(loaded.model, loaded.preprocessor, ds):
             bar.update(event.rows_done - bar.n)
             image = event.image
+    _report_image(image, ds.source, "prediction")
     step = ds.calibration.scan_step_A
-    out = write_image(args.output, image, step[1] if step else None, overwrite=args.overwrite)
+    out = write_image(args.output, image, step[1] if step else None, overwrite=args.overwrite,
+                      inputs=inputs)
     print(f"wrote {out} ({image.shape[0]} x {image.shape[1]})")
     return 0
 
@@ -173,15 +297,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
 # -- parser -----------------------------------------------------------------------------
 def _add_data_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", help="HDF5: path of the 4D dataset inside the file")
-    p.add_argument("--scan-shape", nargs=2, type=int, metavar=("NY", "NX"), help="scan shape when the file does not say")
+    p.add_argument("--scan-shape", nargs=2, type=COUNT, metavar=("NY", "NX"), help="scan shape when the file does not say")
+    p.add_argument("--allow-external", action="store_true",
+                   help="HDF5: allow data stored in other files (external storage, virtual "
+                        "datasets, external links); refused by default")
 
 
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
-    parser = argparse.ArgumentParser(prog="stemml", description="4D-STEM machine-learning reconstruction")
+    parser = _Parser(prog="stemml", description="4D-STEM machine-learning reconstruction")
     parser.add_argument("--version", action="version", version=f"napari-4dstem-ml {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser("info", help="print shape, dtype, calibrations and the reader used")
     p.add_argument("file")
@@ -190,8 +317,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("adf", help="virtual annular detector image")
     p.add_argument("data")
-    p.add_argument("--inner", type=float, required=True, help="inner radius (mrad, or px with --pixels)")
-    p.add_argument("--outer", type=float, required=True, help="outer radius (mrad, or px with --pixels)")
+    p.add_argument("--inner", type=NON_NEGATIVE, required=True, help="inner radius (mrad, or px with --pixels)")
+    p.add_argument("--outer", type=POSITIVE, required=True, help="outer radius (mrad, or px with --pixels)")
     p.add_argument("--pixels", action="store_true", help="radii in detector pixels instead of mrad")
     p.add_argument("--centre", default="auto", help="'auto' (bright-field disk) or 'CY,CX' in detector pixels")
     p.add_argument("-o", "--output", required=True, help="output image (.tif, .npy, .png)")
@@ -203,16 +330,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("data")
     p.add_argument("--label", required=True, help="label image (TIFF, NumPy, HDF5, PNG, .mat)")
     p.add_argument("--label-dataset", help="HDF5: path of the label image inside the file")
-    p.add_argument("--label-pixel", type=float, help="label pixel size in Å (if the file does not say)")
+    p.add_argument("--label-pixel", type=_number(float, 0, 1e4, lo_open=True), help="label pixel size in Å (if the file does not say)")
     p.add_argument("--model", choices=("linear", "conv4d"), default="linear")
-    p.add_argument("--cluster", type=int, default=5, help="cluster size K (odd)")
-    p.add_argument("--epochs", type=int, default=None)
-    p.add_argument("--lr", type=float, default=None)
-    p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cluster", type=_number(int, 1, 63, odd=True), default=5, help="cluster size K (odd)")
+    p.add_argument("--epochs", type=_number(int, 1, 10**6), default=None)
+    p.add_argument("--lr", type=_number(float, 0, 10, lo_open=True), default=None)
+    p.add_argument("--batch-size", type=_number(int, 1, 2**20), default=None)
+    p.add_argument("--seed", type=_number(int, 0, 2**32 - 1), default=0)
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    p.add_argument("--detector-size", type=int, default=64, help="model detector grid (pixels per side)")
-    p.add_argument("--max-angle", type=float, default=None, help="detector crop radius in mrad")
+    p.add_argument("--detector-size", type=_number(int, 2, 1024), default=64, help="model detector grid (pixels per side)")
+    p.add_argument("--max-angle", type=_number(float, 0, 1000, lo_open=True), default=None, help="detector crop radius in mrad")
     p.add_argument("--no-register", action="store_true", help="the label is already on the scan grid")
     p.add_argument("-o", "--output", required=True, help="checkpoint file (.pt)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
@@ -231,29 +358,65 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("image")
     p.add_argument("--reference", required=True)
     p.add_argument("--dataset", help="HDF5: path of the reference image inside the file")
-    p.add_argument("--crop", type=int, default=4, help="pixels cropped at each edge before comparing")
-    p.add_argument("--pixel-size", type=float, default=None, help="pixel size in Å (for FRC resolution)")
+    p.add_argument("--crop", type=_number(int, 0), default=4, help="pixels cropped at each edge before comparing")
+    p.add_argument("--pixel-size", type=POSITIVE, default=None, help="pixel size in Å (for FRC resolution)")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("demo", help="the whole workflow on the bundled MoS2 and PrScO3 samples")
     p.add_argument("-o", "--output", default="stemml-output", help="folder for a new run subfolder")
     p.add_argument("--model", choices=("linear", "conv4d", "both"), default="both")
-    p.add_argument("--time-limit", type=float, default=300.0, help="training time limit per model (s)")
+    p.add_argument("--time-limit", type=POSITIVE, default=300.0, help="training time limit per model (s)")
     p.set_defaults(func=cmd_demo)
     return parser
 
 
+def _primary(args: argparse.Namespace) -> str:
+    return next((str(getattr(args, a)) for a in ("data", "file", "image", "model")
+                 if getattr(args, a, None)), "input")
+
+
+#: failures of file-parsing libraries (h5py, zipfile, torch, ...) on broken input files
+_DATA_ERRORS = (OSError, EOFError, struct.error, zipfile.BadZipFile, zlib.error,
+                UnicodeDecodeError)
+
+
+def describe_error(exc: BaseException, args: argparse.Namespace) -> tuple[int, str]:
+    """(exit status, one-line message) for an exception leaving a command."""
+    if isinstance(exc, (UserError, ValueError)):
+        return EXIT_USAGE, str(exc)
+    files = [*_inputs(args), getattr(args, "output", None) or ""]
+    if isinstance(exc, OSError) and exc.filename:
+        return EXIT_USAGE, f"{exc.filename}: {exc.strerror or exc}"
+    if isinstance(exc, (*_DATA_ERRORS, MemoryError)):
+        text = " ".join(str(exc).split()) or type(exc).__name__
+        if isinstance(exc, MemoryError):
+            text = f"not enough memory ({text})"
+        if not any(f and Path(f).name in text for f in files):
+            text = f"{_primary(args)}: could not read the data ({text})"
+        return EXIT_USAGE, text
+    return EXIT_INTERNAL, (f"internal error while processing {_primary(args)}: "
+                           f"{type(exc).__name__}: {exc} (please report it; STEMML_DEBUG=1 "
+                           "shows the traceback)")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
     try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # usage errors (status 2, argparse's message), --help, --version
+        return _exit_code(exc)
+    try:
+        _check_device(args)
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print("stemml: interrupted", file=sys.stderr)
         return 130
-    except (UserError, ValueError, FileNotFoundError, FileExistsError, IsADirectoryError, PermissionError) as exc:
-        print(f"stemml {args.command}: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+    except Exception as exc:
+        if os.environ.get("STEMML_DEBUG"):
+            raise
+        code, message = describe_error(exc, args)
+        print(f"stemml {args.command}: error: {message}", file=sys.stderr)
+        return code
 
 
 if __name__ == "__main__":

@@ -198,6 +198,14 @@ class Dataset4D:
         return int(np.prod(self.shape)) * self.dtype.itemsize
 
     @property
+    def input_files(self) -> tuple[str, ...]:
+        """Every file the data set is read from: ``source`` and what the reader lists in
+        ``metadata`` (an EMPAD XML, HDF5 external files, ...). Outputs must not overwrite them."""
+        m = self.metadata
+        files = [self.source, m.get("raw_file"), m.get("xml_file"), *m.get("input_files", ())]
+        return tuple(dict.fromkeys(str(f) for f in files if f))
+
+    @property
     def is_lazy(self) -> bool:
         return isinstance(self.data, np.memmap) or type(self.data).__module__.startswith("dask")
 

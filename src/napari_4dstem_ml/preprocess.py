@@ -202,7 +202,8 @@ def bf_centre(mean_pattern: np.ndarray) -> tuple[float, float]:
 
 def sample_patterns(dataset: Dataset4D, max_patterns: int = 1024) -> np.ndarray:
     """Up to about ``max_patterns`` patterns on a regular sub-grid of the scan, float32,
-    negatives clipped, ``(n, ky, kx)``. Reads one strided scan row at a time (lazy-safe)."""
+    negatives clipped, ``(n, ky, kx)``; patterns holding NaN/inf values are left out (a
+    ``PreprocessError`` when none is left). Reads one strided scan row at a time (lazy-safe)."""
     ny, nx = dataset.scan_shape
     total = ny * nx
     stride = max(1, int(math.ceil(math.sqrt(total / max(1, max_patterns)))))
@@ -211,8 +212,13 @@ def sample_patterns(dataset: Dataset4D, max_patterns: int = 1024) -> np.ndarray:
     out = []
     for y in rows:
         block = np.asarray(dataset.data[y, sx // 2 :: sx], dtype=np.float32)
+        block = block[np.isfinite(block).all(axis=(1, 2))]
         out.append(np.clip(block, 0, None))
-    return np.concatenate(out, 0)
+    out = np.concatenate(out, 0)
+    if len(out) == 0:
+        raise PreprocessError(f"{dataset.source or 'the data set'}: every sampled diffraction "
+                              "pattern holds NaN/inf values")
+    return out
 
 
 # ---------------------------------------------------------------------------------------------

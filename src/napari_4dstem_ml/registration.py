@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import json
 import math
+import struct
+import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,6 +63,18 @@ _UNIT_TO_A = {
 
 class LabelError(ReaderError):
     """A label file that holds no usable 2D image (the message names the file)."""
+
+
+#: a label image is read whole into memory: at most this many bytes (checked before reading)
+MAX_LABEL_BYTES = 2 * 2**30
+
+
+def _check_size(shape: Any, dtype: Any, path: Path, what: str) -> None:
+    n = int(np.prod([int(v) for v in shape], dtype=object)) * np.dtype(dtype).itemsize
+    if n > MAX_LABEL_BYTES:
+        raise LabelError(f"{path}: {what} declares shape {tuple(int(v) for v in shape)} "
+                         f"({n / 2**30:.1f} GiB); a label image is at most "
+                         f"{MAX_LABEL_BYTES / 2**30:.0f} GiB", path)
 
 
 # ============================================================================ loading
@@ -144,7 +158,9 @@ def _load_tiff(path: Path) -> Label:
     with tifffile.TiffFile(path) as tif:
         if len(tif.series) == 0:
             raise LabelError(f"{path}: TIFF holds no image", path)
-        arr = tif.series[0].asarray()
+        series = tif.series[0]
+        _check_size(series.shape, series.dtype, path, "the first TIFF series")
+        arr = series.asarray()
         px = _tiff_pixel_size(tif)
     img, note = _to_image(arr, path, "the first TIFF series")
     return Label(img, px, path, note)
@@ -215,12 +231,23 @@ def _pick(candidates: list[str], dataset: str | None, path: Path, prefer: tuple[
 
 
 def _load_npy(path: Path) -> Label:
-    arr = np.load(path, allow_pickle=False)
+    from .io.numpy_files import npy_header
+
+    shape, _fortran, dtype, _offset = npy_header(path)  # magic, objects, truncation
+    _check_size(shape, dtype, path, "the array")
+    arr = np.array(np.load(path, mmap_mode="r", allow_pickle=False))
     img, note = _to_image(arr, path, "the array")
     return Label(img, None, path, note)
 
 
 def _load_npz(path: Path, dataset: str | None) -> Label:
+    from .io.numpy_files import npz_members
+
+    for m in npz_members(path):
+        if m.dtype.hasobject:
+            raise LabelError(f"{path}: member {m.key!r} holds Python objects (pickled data); "
+                             "such arrays are never loaded, as loading them could run code", path)
+        _check_size(m.shape, m.dtype, path, f"member {m.key!r}")
     with np.load(path, allow_pickle=False) as z:
         arrays = {k: z[k] for k in z.files}
     cands = [k for k, v in arrays.items() if np.squeeze(v).ndim in (2, 3) and v.size > 4]
@@ -249,8 +276,10 @@ def _h5_candidates(f: Any) -> list[str]:
     return out
 
 
-def _load_hdf5(path: Path, dataset: str | None, matlab: bool) -> Label:
+def _load_hdf5(path: Path, dataset: str | None, matlab: bool, allow_external: bool = False) -> Label:
     import h5py
+
+    from .io.hdf5 import check_links, require_local
 
     try:
         f = h5py.File(path, "r")
@@ -258,8 +287,12 @@ def _load_hdf5(path: Path, dataset: str | None, matlab: bool) -> Label:
         raise LabelError(f"{path}: cannot open as HDF5 ({e})", path) from e
     with f:
         cands = _h5_candidates(f)
+        if dataset is not None:
+            check_links(f, "/" + dataset.strip("/"), path, allow_external)
         key = _pick(cands, dataset, path, prefer=("object", "image", "label", "phase"))
         ds = f[key]
+        require_local(ds, path, allow_external)
+        _check_size(ds.shape, ds.dtype, path, f"dataset {key!r}")
         arr = ds[()]
         px = _px_from_attrs(ds.attrs)
         if px is None and ds.parent is not None:
@@ -302,7 +335,8 @@ def _load_mat_v5(path: Path, dataset: str | None) -> Label:
 
 
 def load_label(
-    path: str | Path, *, pixel_size: float | None = None, dataset: str | None = None
+    path: str | Path, *, pixel_size: float | None = None, dataset: str | None = None,
+    allow_external: bool = False,
 ) -> Label:
     """Load a 2D label image from TIFF, ``.npy``/``.npz``, HDF5, PNG or MATLAB ``.mat``.
 
@@ -314,10 +348,42 @@ def load_label(
     TIFF resolution tags / ImageJ ``unit``, HDF5 attributes ``pixel_size_A`` or
     ``pixel_size`` (+ ``units``), PtychoShelves ``p.dx_spec`` (m), or ``.npz`` scalars of
     the same names; values outside 0.001–10⁴ Å are treated as unknown.
+
+    Hostile files: only regular files are read (no FIFOs or devices); sizes declared in
+    headers are checked (at most :data:`MAX_LABEL_BYTES`) before reading; Python objects are
+    never unpickled; HDF5 data in other files is refused unless ``allow_external``; any
+    failure of a parsing library becomes a :class:`LabelError` naming the file.
     """
+    from .io import check_regular_file
+
     p = Path(path)
-    if not p.exists():
-        raise LabelError(f"{p}: no such file", p)
+    try:
+        check_regular_file(p)
+    except ReaderError as exc:
+        raise LabelError(str(exc), p) from exc
+    try:
+        lab = _load_any(p, dataset, allow_external)
+    except ReaderError:
+        raise
+    except (OSError, KeyError, IndexError, RuntimeError, EOFError, ValueError, MemoryError,
+            SyntaxError, UnicodeDecodeError, zlib.error, struct.error) as exc:
+        reason = " ".join(str(exc).split())[:200] or type(exc).__name__
+        raise LabelError(f"{p}: cannot read the label ({reason})", p) from exc
+    except Exception as exc:  # noqa: BLE001 - e.g. Pillow's DecompressionBombError
+        if type(exc).__module__.split(".")[0] not in ("PIL", "tifffile", "h5py", "scipy"):
+            raise
+        raise LabelError(f"{p}: cannot read the label ({type(exc).__name__}: {exc})", p) from exc
+    if not np.any(np.isfinite(lab.image)):
+        raise LabelError(f"{p}: the label image has no finite values", p)
+    if pixel_size is not None:
+        px = float(pixel_size)
+        if not (px > 0 and math.isfinite(px)):
+            raise ValueError(f"pixel_size must be a positive number of Å, got {pixel_size!r}")
+        lab = Label(lab.image, px, lab.source, lab.description)
+    return lab
+
+
+def _load_any(p: Path, dataset: str | None, allow_external: bool) -> Label:
     ext = p.suffix.lower()
     if ext in (".tif", ".tiff"):
         lab = _load_tiff(p)
@@ -326,24 +392,18 @@ def load_label(
     elif ext == ".npz":
         lab = _load_npz(p, dataset)
     elif ext in (".h5", ".hdf5", ".hdf", ".emd"):
-        lab = _load_hdf5(p, dataset, matlab=False)
+        lab = _load_hdf5(p, dataset, matlab=False, allow_external=allow_external)
     elif ext == ".mat":
         import h5py
 
-        lab = _load_hdf5(p, dataset, matlab=True) if h5py.is_hdf5(p) else _load_mat_v5(p, dataset)
+        lab = (_load_hdf5(p, dataset, matlab=True, allow_external=allow_external)
+               if h5py.is_hdf5(p) else _load_mat_v5(p, dataset))
     elif ext in (".png", ".jpg", ".jpeg", ".bmp"):
         lab = _load_png(p)
     else:
         raise LabelError(
             f"{p}: unsupported label format {ext!r}; expected one of {', '.join(LABEL_EXTENSIONS)}", p
         )
-    if not np.any(np.isfinite(lab.image)):
-        raise LabelError(f"{p}: the label image has no finite values", p)
-    if pixel_size is not None:
-        px = float(pixel_size)
-        if not (px > 0 and math.isfinite(px)):
-            raise ValueError(f"pixel_size must be a positive number of Å, got {pixel_size!r}")
-        lab = Label(lab.image, px, lab.source, lab.description)
     return lab
 
 

@@ -64,6 +64,7 @@ class TrainingJob:
     register: bool = True
     overwrite: bool = False
     time_limit_s: float | None = None
+    allow_external: bool = False
 
     @classmethod
     def from_cli(cls, args: Any) -> TrainingJob:
@@ -83,6 +84,7 @@ class TrainingJob:
             label_pixel_A=args.label_pixel,
             register=not args.no_register,
             overwrite=args.overwrite,
+            allow_external=bool(getattr(args, "allow_external", False)),
         )
 
     def configs(self, dataset: Dataset4D):
@@ -117,10 +119,13 @@ class TrainingJob:
             bin_factor=max(1, min(dataset.detector_shape) // size) if pixel is None else 1,
             compression=compression,
         )
+        def given(value, name):  # 0 is a value (and then refused), not "unset"
+            return defaults[name] if value is None else value
+
         train_cfg = TrainConfig(
-            epochs=self.epochs or defaults["epochs"],
-            lr=self.lr or defaults["lr"],
-            batch_size=self.batch_size or defaults["batch_size"],
+            epochs=given(self.epochs, "epochs"),
+            lr=given(self.lr, "lr"),
+            batch_size=given(self.batch_size, "batch_size"),
             seed=self.seed,
             device=self.device,
             time_limit_s=self.time_limit_s,
@@ -150,12 +155,18 @@ class JobResult:
 
 def registered_label(
     dataset: Dataset4D, label_path: str | Path, *, dataset_name: str | None = None,
-    pixel_size_A: float | None = None, register: bool = True,
+    pixel_size_A: float | None = None, register: bool = True, allow_external: bool = False,
 ) -> Generator[Message, None, tuple[np.ndarray, np.ndarray, dict[str, Any]]]:
-    """Load a label file and put it on the scan grid; returns (image, coverage mask, summary)."""
+    """Load a label file and put it on the scan grid; returns (image, coverage mask, summary).
+    A label without variance (one value everywhere) is refused: there is nothing to learn."""
     from .registration import load_label, register_label
 
-    lab = load_label(label_path, pixel_size=pixel_size_A, dataset=dataset_name)
+    lab = load_label(label_path, pixel_size=pixel_size_A, dataset=dataset_name,
+                     allow_external=allow_external)
+    values = lab.image[np.isfinite(lab.image)]
+    if values.size and float(values.max()) == float(values.min()):
+        raise ValueError(f"{label_path}: the label has no variance (every value is "
+                         f"{float(values[0]):.6g}): there is nothing to learn")
     if not register:
         if lab.image.shape != dataset.scan_shape:
             raise ValueError(
@@ -191,15 +202,17 @@ def run_job(
     ``registered``: the label already on the scan grid, as returned by
     :func:`registered_label` (image, coverage mask, summary), to skip registering it again.
     """
-    from .export import check_output
+    from .export import prepare_output
     from .training.checkpoint import save_checkpoint
     from .training.loop import DoneEvent, train
 
-    out = check_output(Path(job.output), job.overwrite, suffixes=(".pt",))
+    inputs = (*dataset.input_files, job.label)
+    out = Path(job.output)
+    prepare_output(out, overwrite=job.overwrite, inputs=inputs, suffixes=(".pt",))
     if registered is None:
         registered = yield from registered_label(
             dataset, job.label, dataset_name=job.label_dataset, pixel_size_A=job.label_pixel_A,
-            register=job.register,
+            register=job.register, allow_external=job.allow_external,
         )
     label, coverage, reg_summary = registered
     model_cfg, pre_cfg, train_cfg = job.configs(dataset)
@@ -213,7 +226,8 @@ def run_job(
     summary.update(source=str(dataset.source), label=str(job.label), registration=reg_summary,
                    job=asdict(job))
     save_checkpoint(out, result.model, result.model_config, result.preprocessor,
-                    train_summary=summary, metrics=result.metrics)
+                    train_summary=summary, metrics=result.metrics, overwrite=job.overwrite,
+                    inputs=inputs)
     metrics = {k: float(v) for k, v in result.metrics.items() if isinstance(v, (int, float))}
     res = JobResult(out, reg_summary, metrics, result.stopped, len(result.history), result.elapsed_s)
     yield res
@@ -255,7 +269,7 @@ def run_headless(
     """
     import json
 
-    from .export import write_image
+    from .export import write_image, write_text
     from .metrics import compare
     from .samples import SAMPLES, load_sample, sample_path
     from .training.checkpoint import load_checkpoint
@@ -309,6 +323,6 @@ def run_headless(
             ml = compare(image, sample.ground_truth, pixel_size=px)
             summary["models"][model][key] = ml.to_dict()
             yield Message(f"{key}: {model} vs ground truth: {ml.summary()}")
-    (run / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    write_text(run / "summary.json", json.dumps(summary, indent=2, default=str))
     yield Message(f"done: {run}")
     return run

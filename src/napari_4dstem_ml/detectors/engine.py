@@ -161,18 +161,31 @@ def iter_virtual_images(
 
 
 def mean_pattern(data: Any, *, step: int = 1, rows_per_chunk: int | None = None) -> np.ndarray:
-    """Mean diffraction pattern ``(ky, kx)`` float64 over the scan (every ``step``-th position)."""
+    """Mean diffraction pattern ``(ky, kx)`` float64 over the scan (every ``step``-th position).
+
+    Patterns holding NaN/inf values are left out (a second pass, only when the plain mean is
+    not finite); NaN everywhere when no pattern is finite."""
     _check_data(data)
     src = data if int(step) == 1 else _Strided(data, int(step))
     total = np.zeros(tuple(int(n) for n in src.shape[2:]), np.float64)
     count = 0
-    for _y0, _y1, tiles in _bands(src, rows_per_chunk):
-        for _x0, _x1, block, release in tiles:
-            total += np.sum(block, axis=(0, 1), dtype=np.float64)
-            count += block.shape[0] * block.shape[1]
-            if release is not None:
-                release()
-    return total / max(count, 1)
+    for finite_only in (False, True):
+        total[...] = 0
+        count = 0
+        for _y0, _y1, tiles in _bands(src, rows_per_chunk):
+            for _x0, _x1, block, release in tiles:
+                if finite_only:
+                    ok = np.isfinite(block).all(axis=(2, 3))
+                    total += np.sum(block[ok], axis=0, dtype=np.float64)
+                    count += int(ok.sum())
+                else:
+                    total += np.sum(block, axis=(0, 1), dtype=np.float64)
+                    count += block.shape[0] * block.shape[1]
+                if release is not None:
+                    release()
+        if np.isfinite(total).all() or np.dtype(src.dtype).kind != "f":
+            return total / max(count, 1)
+    return total / count if count else np.full_like(total, np.nan)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -81,6 +81,13 @@ def parse_xml(path: str | Path) -> EmpadXml:
     """Parse an EMPAD acquisition XML; ``ReaderError`` if it is not readable XML."""
     path = Path(path)
     try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise ReaderError(f"{path}: cannot read the EMPAD XML ({exc.strerror or exc})", path) from exc
+    if size > _MAX_XML_BYTES:
+        raise ReaderError(f"{path}: {size} bytes is far larger than an EMPAD acquisition XML "
+                          f"(at most {_MAX_XML_BYTES} bytes are read)", path)
+    try:
         root = ET.parse(path).getroot()
     except (ET.ParseError, OSError, UnicodeDecodeError) as exc:
         raise ReaderError(f"{path}: unreadable EMPAD XML ({exc})", path) from exc
@@ -178,6 +185,12 @@ def sniff_xml(path: Path) -> bool:
                                      or b"EMPAD" in head or b"empad" in head)
 
 
+def scan_shape_from_name(path: str | Path) -> tuple[int, int] | None:
+    """``(ny, nx)`` from a raw file name like ``scan_x256_y128.raw``, or ``None``."""
+    m = _NAME_PATTERN.search(Path(path).name)
+    return (int(m.group(2)), int(m.group(1))) if m else None
+
+
 def sniff_raw(path: Path) -> bool:
     """A ``.raw`` whose size is a positive whole number of EMPAD frames (a ``stat`` only)."""
     try:
@@ -231,10 +244,8 @@ def read(path: str | Path, scan_shape=None, **_ignored) -> Dataset4D:
             raise ReaderError(
                 f"{info.path}: EMPAD XML without a scan shape (expected pix_x/pix_y or "
                 "scan_parameters/scan_resolution_x|y)", info.path)
-    if scan_shape is None:
-        m = _NAME_PATTERN.search(raw.name)
-        if m:
-            scan_shape, source = (int(m.group(2)), int(m.group(1))), "the file name"
+    if scan_shape is None and scan_shape_from_name(raw) is not None:
+        scan_shape, source = scan_shape_from_name(raw), "the file name"
     if scan_shape is None:
         if rem:
             raise ReaderError(
@@ -270,5 +281,5 @@ def read(path: str | Path, scan_shape=None, **_ignored) -> Dataset4D:
     return Dataset4D(data, calibration=cal, source=raw, reader=NAME, metadata=meta)
 
 
-__all__ = ["EXTENSIONS", "NAME", "EmpadXml", "find_xml", "parse_xml", "read", "sniff_raw",
-           "sniff_xml"]
+__all__ = ["EXTENSIONS", "NAME", "EmpadXml", "find_xml", "parse_xml", "read",
+           "scan_shape_from_name", "sniff_raw", "sniff_xml"]

@@ -7,6 +7,10 @@
   them (pass one back as ``dataset=`` / ``key=``).
 - :class:`ScanShapeRequired`: a stack of ``n_frames`` frames whose scan shape the file does
   not say; pass ``scan_shape=(ny, nx)``.
+- :class:`ExternalDataError`: reading the data would read other files (HDF5 external
+  storage, virtual datasets, external links); pass ``allow_external=True`` to allow it.
+
+Each class names in ``option`` the ``load`` keyword that resolves it (``None``: none does).
 """
 
 from __future__ import annotations
@@ -17,9 +21,15 @@ from pathlib import Path
 class ReaderError(ValueError):
     """A file that a reader handles but that is broken or not what was expected."""
 
-    def __init__(self, message: str, path: str | Path | None = None) -> None:
+    #: the ``load`` keyword that resolves the error, if one does
+    option: str | None = None
+
+    def __init__(self, message: str, path: str | Path | None = None,
+                 option: str | None = None) -> None:
         super().__init__(message)
         self.path = None if path is None else Path(path)
+        if option is not None:
+            self.option = option
 
 
 class AmbiguousDatasetError(ReaderError):
@@ -36,6 +46,19 @@ class AmbiguousDatasetError(ReaderError):
 class ScanShapeRequired(ReaderError):
     """A stack of ``n_frames`` diffraction patterns whose scan shape is unknown."""
 
+    option = "scan_shape"
+
     def __init__(self, message: str, path: str | Path | None, n_frames: int) -> None:
         super().__init__(message, path)
         self.n_frames = int(n_frames)
+
+
+class ExternalDataError(ReaderError):
+    """The data would be read from other files than the one opened (HDF5 external storage,
+    virtual datasets, external links); refused unless ``allow_external=True``."""
+
+    option = "allow_external"
+
+    def __init__(self, message: str, path: str | Path | None, others: list[str]) -> None:
+        super().__init__(message, path)
+        self.others = list(others)

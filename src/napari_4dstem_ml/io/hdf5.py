@@ -27,6 +27,12 @@ Calibrations, later sources overriding earlier ones:
    ``convergence_mrad`` (mrad), ``camera_length_m`` (m), ``scan_shape`` (``(ny, nx)``, for 3D).
 
 py4DSTEM's axis order ``(Rx, Ry, Qx, Qy)`` is array order, which is ours: no transpose.
+
+Data in other files: a dataset reached through an external link, stored in external raw
+files (``external=``) or assembled from other files (a virtual dataset) would make reading
+this file read those files too. That is refused with an
+:class:`~napari_4dstem_ml.io.errors.ExternalDataError` naming them, unless
+``allow_external=True``; allowed, they are listed in ``metadata["input_files"]``.
 """
 
 from __future__ import annotations
@@ -39,7 +45,7 @@ from typing import Any
 import numpy as np
 
 from ..dataset import Calibration, Dataset4D
-from .errors import AmbiguousDatasetError, ReaderError
+from .errors import AmbiguousDatasetError, ExternalDataError, ReaderError
 from .shapes import normalize_scan_shape, require_scan_shape, rows_per_chunk
 from .units import as_text, detector_step, length_to_A, pair, positive
 
@@ -90,11 +96,38 @@ def list_datasets(path: str | Path) -> list[str]:
         return _candidates(f)
 
 
-def _pick(f, path: Path, dataset: str | None):
+def check_links(f, key: str, path: Path, allow_external: bool, depth: int = 0) -> None:
+    """Refuse (unless allowed) an external link on the way to ``key``, before following it."""
+    import h5py
+
+    if depth > 16:
+        raise ReaderError(f"{path}: too many soft links on the way to {key!r}", path)
+    parts = [p for p in key.split("/") if p]
+    here = "/"
+    for part in parts:
+        grp = f.get(here)
+        if not isinstance(grp, h5py.Group):
+            return
+        link = grp.get(part, getlink=True)
+        if isinstance(link, h5py.ExternalLink) and not allow_external:
+            raise ExternalDataError(
+                f"{path}: {posixpath.join(here, part)} is an external link to "
+                f"{link.filename}:{link.path}; refused by default, as it can point at any file "
+                "on this machine; allow it with allow_external=True", path, [link.filename])
+        if isinstance(link, h5py.SoftLink):
+            rest = "/".join(parts[parts.index(part) + 1:])
+            target = link.path if link.path.startswith("/") else posixpath.join(here, link.path)
+            check_links(f, posixpath.join(target, rest), path, allow_external, depth + 1)
+            return
+        here = posixpath.join(here, part)
+
+
+def _pick(f, path: Path, dataset: str | None, allow_external: bool = False):
     import h5py
 
     if dataset is not None:
         key = dataset if str(dataset).startswith("/") else "/" + str(dataset)
+        check_links(f, key, path, allow_external)
         obj = f.get(key)
         if isinstance(obj, h5py.Group) and isinstance(obj.get("data"), h5py.Dataset):
             obj = obj["data"]
@@ -119,6 +152,39 @@ def _pick(f, path: Path, dataset: str | None):
     raise AmbiguousDatasetError(
         f"{path}: several 3D/4D datasets and none chosen; pass dataset= one of {cands}",
         path, cands)
+
+
+def other_files(dset, path: str | Path) -> list[tuple[str, str]]:
+    """``(file, how)`` for every file other than ``path`` that reading ``dset`` reads: the
+    file an external link led to, external raw storage, the sources of a virtual dataset."""
+    import os
+
+    here = os.path.realpath(path)
+    out: list[tuple[str, str]] = []
+    fname = dset.file.filename
+    if os.path.realpath(fname) != here:
+        out.append((fname, "external link"))
+    for entry in dset.external or ():
+        name = entry[0].decode() if isinstance(entry[0], bytes) else str(entry[0])
+        out.append((name, "external storage"))
+    if dset.is_virtual:
+        for vs in dset.virtual_sources():
+            if vs.file_name != "." and os.path.realpath(vs.file_name) != here:
+                out.append((vs.file_name, "virtual dataset source"))
+    return list(dict.fromkeys(out))
+
+
+def require_local(dset, path: str | Path, allow_external: bool = False) -> list[str]:
+    """The other files ``dset`` reads (see :func:`other_files`); an ``ExternalDataError``
+    naming them unless ``allow_external``."""
+    others = other_files(dset, path)
+    if others and not allow_external:
+        what = "; ".join(f"{how} -> {name}" for name, how in others[:5])
+        raise ExternalDataError(
+            f"{path}: dataset {dset.name} is read from other files ({what}); refused by "
+            "default, as such a file can point at any file on this machine; allow it with "
+            "allow_external=True", path, [n for n, _ in others])
+    return [n for n, _ in others]
 
 
 def _read_value(group, key: str) -> Any:
@@ -273,7 +339,8 @@ class _H5Source:
         return out.squeeze(axis=tuple(squeeze)) if squeeze else out
 
 
-def read(path: str | Path, dataset: str | None = None, scan_shape=None, **_ignored) -> Dataset4D:
+def read(path: str | Path, dataset: str | None = None, scan_shape=None,
+         allow_external: bool = False, **_ignored) -> Dataset4D:
     """Open a 4D data set from an HDF5 file lazily (Dask over h5py)."""
     import dask.array as da
     from dask.base import tokenize
@@ -287,7 +354,8 @@ def read(path: str | Path, dataset: str | None = None, scan_shape=None, **_ignor
             from . import rsciio as rs
 
             return rs.read(path, plugin="hspy", scan_shape=scan_shape, dataset=dataset)
-        dset = _pick(f, path, dataset)
+        dset = _pick(f, path, dataset, allow_external)
+        others = require_local(dset, path, allow_external)
         groups = _ancestors(dset)
         changes: dict = {}
         if _is_emd_array(dset.parent) and posixpath.basename(dset.name) == "data":
@@ -319,5 +387,6 @@ def read(path: str | Path, dataset: str | None = None, scan_shape=None, **_ignor
     except BaseException:
         f.close()
         raise
-    meta = {"dataset": dset.name, "original_shape": tuple(int(n) for n in dset.shape)}
+    meta = {"dataset": dset.name, "original_shape": tuple(int(n) for n in dset.shape),
+            "input_files": others}
     return Dataset4D(data, calibration=cal, source=path, reader=NAME, metadata=meta)

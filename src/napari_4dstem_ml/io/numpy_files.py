@@ -33,13 +33,20 @@ _CAL_KEYS = ("scan_step_A", "detector_pixel_mrad", "detector_pixel_inv_A", "ener
              "convergence_mrad", "camera_length_m", "scan_shape")
 
 
-def sniff_npy(path: Path) -> bool:
-    """The file starts with the ``.npy`` magic string (reads 6 bytes)."""
+def sniff_npy(path: Path, ndims: tuple[int, ...] | None = None) -> bool:
+    """The file starts with the ``.npy`` magic string (and, with ``ndims``, its header
+    declares an array of one of those dimensionalities). Reads at most a few kB."""
     try:
         with open(path, "rb") as f:
-            return f.read(6) == _NPY_MAGIC
-    except OSError:
-        return False
+            if f.read(6) != _NPY_MAGIC:
+                return False
+            if ndims is None:
+                return True
+            f.seek(0)
+            shape = _read_header(f)[0]
+    except (OSError, ValueError, EOFError, SyntaxError):
+        return ndims is None
+    return len(shape) in ndims
 
 
 def sniff_npz(path: Path) -> bool:
@@ -69,6 +76,7 @@ class NpzMember:
     dtype: np.dtype
     fortran: bool
     offset: int | None  # byte offset of the array data in the .npz when stored uncompressed
+    stored_bytes: int = 0  # bytes of array data the archive holds for it (uncompressed size)
 
 
 def npz_members(path: str | Path) -> list[NpzMember]:
@@ -91,8 +99,9 @@ def npz_members(path: str | Path) -> list[NpzMember]:
                     if local[:4] == b"PK\x03\x04":
                         n, k = struct.unpack("<HH", local[26:30])
                         offset = info.header_offset + 30 + n + k + header_len
-                out.append(NpzMember(key, tuple(shape), dtype, bool(fortran), offset))
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
+                stored = max(0, info.file_size - header_len)
+                out.append(NpzMember(key, tuple(shape), dtype, bool(fortran), offset, stored))
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, SyntaxError, KeyError) as exc:
         raise ReaderError(f"{path}: not a readable .npz archive ({exc})", path) from exc
     return out
 
@@ -105,7 +114,23 @@ def list_arrays(path: str | Path) -> list[str]:
     return [m.key for m in npz_members(path) if len(m.shape) in (3, 4)]
 
 
+#: compressed ``.npz`` members are read whole into memory: at most this many bytes
+MAX_COMPRESSED_MEMBER_BYTES = 4 * 2**30
+
+
 def _member_array(path: Path, m: NpzMember) -> np.ndarray:
+    if m.dtype.hasobject:
+        raise ReaderError(f"{path}: member {m.key!r} holds Python objects (pickled data); such "
+                          "arrays are never loaded, as loading them could run code", path)
+    need = int(np.prod(m.shape, dtype=object)) * m.dtype.itemsize
+    if need > m.stored_bytes:
+        raise ReaderError(f"{path}: member {m.key!r} declares shape {m.shape} {m.dtype} "
+                          f"({need} bytes) but holds {m.stored_bytes} bytes (truncated or "
+                          "corrupt)", path)
+    if m.offset is None and need > MAX_COMPRESSED_MEMBER_BYTES:
+        raise ReaderError(f"{path}: member {m.key!r} is compressed ({need / 2**30:.1f} GiB once "
+                          "read) and cannot be memory-mapped; save it with np.savez "
+                          "(uncompressed) to read it lazily", path)
     if m.offset is not None:
         if int(np.prod(m.shape)) == 0:
             return np.empty(m.shape, m.dtype)
@@ -115,7 +140,36 @@ def _member_array(path: Path, m: NpzMember) -> np.ndarray:
         return z[m.key]
 
 
+def npy_header(path: Path) -> tuple[tuple[int, ...], bool, np.dtype, int]:
+    """``(shape, fortran_order, dtype, data_offset)`` of a ``.npy`` file, checked against the
+    file: the magic string, a parsable header, no Python objects, and enough bytes for the
+    array the header declares. A ``ReaderError`` naming the file otherwise."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            if f.read(6) != _NPY_MAGIC:
+                raise ReaderError(f"{path}: not a NumPy .npy file (it does not start with the "
+                                  ".npy signature)", path)
+            f.seek(0)
+            shape, fortran, dtype = _read_header(f)
+            offset = f.tell()
+    except ReaderError:
+        raise
+    except (OSError, ValueError, EOFError, SyntaxError) as exc:
+        raise ReaderError(f"{path}: not a readable .npy array (broken header: {exc})", path) from exc
+    if dtype.hasobject:
+        raise ReaderError(f"{path}: the array holds Python objects (pickled data); such files "
+                          "are never loaded, as loading them could run code", path)
+    need = int(np.prod(shape, dtype=object)) * dtype.itemsize
+    if need > size - offset:
+        raise ReaderError(
+            f"{path}: the header declares shape {tuple(shape)} {dtype} ({need} bytes) but the "
+            f"file holds {max(0, size - offset)} bytes of data (truncated?)", path)
+    return tuple(shape), bool(fortran), dtype, offset
+
+
 def _read_npy(path: Path, scan_shape) -> Dataset4D:
+    npy_header(path)
     try:
         arr = np.load(path, mmap_mode="r", allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:

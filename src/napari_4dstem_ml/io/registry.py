@@ -8,12 +8,19 @@ plugin, e.g. ``"rsciio:hspy"``).
 
 from __future__ import annotations
 
+import stat
+import struct
+import zipfile
+import zlib
+from dataclasses import replace
 from pathlib import Path
 from types import ModuleType
 
+import numpy as np
+
 from ..dataset import Dataset4D
 from . import empad, hdf5, numpy_files, rsciio
-from .errors import AmbiguousDatasetError, ReaderError, ScanShapeRequired
+from .errors import AmbiguousDatasetError, ExternalDataError, ReaderError, ScanShapeRequired
 
 READERS: dict[str, ModuleType] = {
     empad.NAME: empad,
@@ -25,7 +32,13 @@ _ALIASES = {"raw": "empad", "h5": "hdf5", "emd": "hdf5", "npy": "numpy", "npz": 
 #: every extension some reader handles (lower case, with the dot)
 EXTENSIONS: tuple[str, ...] = (*empad.EXTENSIONS, ".xml", *hdf5.EXTENSIONS,
                                *numpy_files.EXTENSIONS, *rsciio.EXTENSIONS)
-OPTIONS = ("dataset", "scan_shape", "key", "reader")
+OPTIONS = ("dataset", "scan_shape", "key", "reader", "allow_external")
+#: dtypes read as they are; ``float16`` and ``bool`` are converted (to float32 / uint8)
+#: lazily; anything else (complex, strings, objects, records, dates) is refused
+CONVERTED = {np.dtype(np.float16): np.dtype(np.float32), np.dtype(bool): np.dtype(np.uint8)}
+#: failures of parsing libraries on broken files, reported as a ReaderError naming the file
+_PARSE_ERRORS = (OSError, KeyError, IndexError, RuntimeError, EOFError, struct.error,
+                 UnicodeDecodeError, zipfile.BadZipFile, zlib.error, MemoryError, OverflowError)
 
 
 def reader_for(path: str | Path) -> str | None:
@@ -38,11 +51,13 @@ def reader_for(path: str | Path) -> str | None:
     if not path.is_file():
         return None
     if ext == ".raw":
-        return empad.NAME if empad.sniff_raw(path) else None
+        ours = (empad.sniff_raw(path) or path.with_suffix(".xml").is_file()
+                or empad.scan_shape_from_name(path) is not None)
+        return empad.NAME if ours else None  # then a broken one gets a clear error
     if ext == ".xml":
         return empad.NAME if empad.sniff_xml(path) else None
     if ext == ".npy":
-        return numpy_files.NAME if numpy_files.sniff_npy(path) else None
+        return numpy_files.NAME if numpy_files.sniff_npy(path, ndims=(3, 4)) else None
     if ext == ".npz":
         return numpy_files.NAME if numpy_files.sniff_npz(path) else None
     if ext in hdf5.EXTENSIONS:
@@ -87,17 +102,21 @@ def load(path: str | Path, **options) -> Dataset4D:
 
     Options: ``dataset=`` (HDF5 internal path, or signal title/index for RosettaSciIO),
     ``key=`` (``.npz`` member), ``scan_shape=(ny, nx)`` (for stacks of frames, or an EMPAD file
-    without XML), ``reader=`` (force a reader by name). Raises :class:`ReaderError` (a
-    ``ValueError``) naming the file and what was expected; :class:`AmbiguousDatasetError`
-    (``.candidates``) when a choice is needed; :class:`ScanShapeRequired` (``.n_frames``) when
-    the scan shape is unknown.
+    without XML), ``reader=`` (force a reader by name), ``allow_external=`` (HDF5: allow data
+    stored in other files, see :mod:`.hdf5`). Raises :class:`ReaderError` (a ``ValueError``)
+    naming the file and what was expected; :class:`AmbiguousDatasetError` (``.candidates``)
+    when a choice is needed; :class:`ScanShapeRequired` (``.n_frames``) when the scan shape is
+    unknown; :class:`ExternalDataError` for data in other files. Only regular files (and
+    ``.zspy`` folders) are opened: FIFOs, devices and sockets are refused before any read.
+    The data's dtype must be real numbers: ``float16`` and ``bool`` are converted lazily
+    (``metadata["converted_from"]``), complex, string, object and record dtypes are refused.
+    An empty data set is refused.
     """
     unknown = sorted(set(options) - set(OPTIONS))
     if unknown:
         raise TypeError(f"load() got unknown options {unknown}; known: {list(OPTIONS)}")
     path = Path(path)
-    if not path.exists():
-        raise ReaderError(f"{path}: no such file", path)
+    check_regular_file(path, folders=(".zspy",))
     forced = options.pop("reader", None)
     opts = {k: v for k, v in options.items() if v is not None}
     if forced:
@@ -113,8 +132,68 @@ def load(path: str | Path, **options) -> Dataset4D:
                 f"{path}: no reader for '{path.suffix}' files; readable: {', '.join(EXTENSIONS)}",
                 path)
         module, extra = READERS[name], {}
-    return module.read(path, **extra, **opts)
+    if module is not hdf5:
+        opts.pop("allow_external", None)
+    try:
+        ds = module.read(path, **extra, **opts)
+    except ReaderError:
+        raise
+    except _PARSE_ERRORS as exc:
+        raise ReaderError(f"{path}: cannot read it ({_reason(exc)})", path) from exc
+    except ValueError as exc:  # e.g. a shape that is not 4D-STEM data
+        raise ReaderError(f"{path}: {exc}", path) from exc
+    return check_dtype(ds, path)
 
 
-__all__ = ["EXTENSIONS", "OPTIONS", "READERS", "AmbiguousDatasetError", "ReaderError",
-           "ScanShapeRequired", "can_read", "list_datasets", "load", "reader_for"]
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, MemoryError):
+        return "it claims more memory than is available"
+    text = (getattr(exc, "strerror", None) or str(exc) or type(exc).__name__).strip()
+    return text.splitlines()[0][:200] if text else type(exc).__name__
+
+
+def check_regular_file(path: str | Path, folders: tuple[str, ...] = ()) -> None:
+    """A ``ReaderError`` unless ``path`` is a regular file (or a folder with one of the
+    extensions ``folders``): no FIFOs, devices or sockets, which could block or never end."""
+    path = Path(path)
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise ReaderError(f"{path}: no such file", path) from None
+    except OSError as exc:
+        raise ReaderError(f"{path}: cannot open it ({exc.strerror or exc})", path) from exc
+    if stat.S_ISDIR(mode):
+        if path.suffix.lower() in folders:
+            return
+        raise ReaderError(f"{path} is a folder, not a data file", path)
+    if not stat.S_ISREG(mode):
+        raise ReaderError(f"{path} is not a regular file (a FIFO, device or socket); "
+                          "refusing to read from it", path)
+
+
+def check_dtype(ds: Dataset4D, path: str | Path) -> Dataset4D:
+    """``ds`` with a dtype the engine handles: real integers and float32/64 as they are,
+    ``float16``/``bool`` converted lazily; anything else is a ``ReaderError`` naming the file.
+    An empty data set is refused too."""
+    dt = ds.dtype
+    if 0 in ds.shape:
+        raise ReaderError(f"{path}: the data set is empty (shape {ds.shape})", path)
+    if dt in CONVERTED or (dt.kind == "f" and dt.newbyteorder("=") in CONVERTED):
+        import dask.array as da
+
+        target = CONVERTED[dt.newbyteorder("=")]
+        data = ds.data if type(ds.data).__module__.startswith("dask") else da.from_array(
+            ds.data, chunks=(max(1, 2**26 // max(1, int(np.prod(ds.shape[1:])) * 4)), -1, -1, -1))
+        meta = {**ds.metadata, "converted_from": str(dt)}
+        return replace(ds, data=data.astype(target), metadata=meta)
+    if dt.kind in "iu" or (dt.kind == "f" and dt.itemsize in (4, 8)):
+        return ds
+    what = {"c": "complex numbers", "U": "text", "S": "bytes", "O": "Python objects",
+            "V": "records (structured)", "M": "dates", "m": "time spans"}.get(dt.kind, str(dt))
+    raise ReaderError(f"{path}: the data are {what} (dtype {dt}); expected real numbers "
+                      "(integers or floats) per detector pixel", path)
+
+
+__all__ = ["EXTENSIONS", "OPTIONS", "READERS", "AmbiguousDatasetError", "ExternalDataError",
+           "ReaderError", "ScanShapeRequired", "can_read", "check_dtype", "check_regular_file",
+           "list_datasets", "load", "reader_for"]

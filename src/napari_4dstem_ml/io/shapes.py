@@ -26,7 +26,8 @@ def normalize_scan_shape(scan_shape: Any, path: str | Path | None = None) -> tup
     if len(vals) != 2 or min(vals) < 1:
         where = f"{path}: " if path is not None else ""
         raise ReaderError(
-            f"{where}scan_shape must be two positive integers (ny, nx), got {scan_shape!r}", path
+            f"{where}scan_shape must be two positive integers (ny, nx), got {scan_shape!r}", path,
+            option="scan_shape",
         )
     return vals[0], vals[1]
 
@@ -47,6 +48,7 @@ def require_scan_shape(n_frames: int, scan_shape: tuple[int, int] | None, path: 
             f"{path}: scan_shape {ny} x {nx} = {ny * nx} positions does not match the "
             f"{n_frames} {what} in the file",
             path,
+            option="scan_shape",
         )
     return scan_shape
 

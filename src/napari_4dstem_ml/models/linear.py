@@ -118,13 +118,15 @@ class RadialLinear(nn.Module):
         with torch.no_grad():
             return self.r_nodes.cpu().numpy().copy(), self.m.detach().cpu().numpy().copy()
 
-    def export_detector_mask(self, path: str | Path) -> Path:
-        """Save ``detector_mask()`` as a ``.npy`` file (float32, (ky, kx)); returns the path."""
+    def export_detector_mask(self, path: str | Path, *, overwrite: bool = False) -> Path:
+        """Save ``detector_mask()`` as a ``.npy`` file (float32, (ky, kx)) through the package's
+        one writing path (:func:`napari_4dstem_ml.export.write_image`); returns the path."""
+        from ..export import write_image
+
         path = Path(path)
         if path.suffix != ".npy":
             path = path.with_suffix(".npy")
-        np.save(path, self.detector_mask())
-        return path
+        return write_image(path, self.detector_mask(), overwrite=overwrite)
 
     # ---- evaluation ------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -6,16 +6,19 @@ configuration, the fitted preprocessor (detector angular grid, normalisation, la
 normalisation), a training-data summary, metrics and the package version. Loading uses
 ``torch.load(weights_only=True)``: no pickled code runs.
 
-Saving writes a temporary file in the target's directory, flushes and fsyncs it, then
-``os.replace``s it onto the target: the target is never touched until the new file is
-complete, and a failed save leaves no temporary file behind.
+Saving goes through :func:`napari_4dstem_ml.export.output_file`: a temporary file beside the
+target, fsynced, then linked into place only if the target is still absent (replaced only with
+``overwrite=True``); a failed or killed save leaves the old file intact. A model with
+non-finite weights is never saved. Loading validates the description against sane limits
+(:data:`LIMITS`) before building anything, and the stored weights against the description.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
-import tempfile
+import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,10 +26,21 @@ from typing import Any
 
 from ..preprocess import Preprocessor
 
-__all__ = ["FORMAT", "VERSION", "CheckpointError", "LoadedModel", "load_checkpoint", "save_checkpoint"]
+__all__ = ["FORMAT", "LIMITS", "VERSION", "CheckpointError", "LoadedModel", "load_checkpoint",
+           "save_checkpoint"]
 
 FORMAT = "napari-4dstem-ml-checkpoint"
 VERSION = 1
+#: sane upper limits of a checkpoint's description, checked before anything is allocated
+LIMITS = {
+    "file_bytes": 4 * 2**30,  # the whole checkpoint file
+    "config_json_chars": 16 * 2**20,
+    "detector_grid": 2048,  # model detector grid, pixels per side
+    "cluster_size": 63,
+    "n_radial_bins": 4096,
+    "channels": 1024,
+    "kernel": 31,  # kernel_scan, kernel_det, input_pool, pool_det
+}
 
 
 class CheckpointError(ValueError):
@@ -53,13 +67,25 @@ def save_checkpoint(
     *,
     train_summary: dict[str, Any] | None = None,
     metrics: dict[str, Any] | None = None,
+    overwrite: bool = False,
+    inputs: tuple = (),
 ) -> Path:
-    """Write ``model`` and its description to ``path`` atomically; returns the path."""
+    """Write ``model`` and its description to ``path`` through
+    :func:`~napari_4dstem_ml.export.output_file` (an existing file is replaced only with
+    ``overwrite``; never one of ``inputs``); returns the written path. A model with NaN/inf
+    weights raises :class:`CheckpointError` and nothing is written."""
     import torch
 
     from .. import __version__
+    from ..export import OutputError, output_file, prepare_output, writing
 
     path = Path(path)
+    prepare_output(path, overwrite=overwrite, inputs=inputs)
+    bad = nonfinite_tensors(model.state_dict())
+    if bad:
+        raise CheckpointError(
+            f"{path}: not saved: the model's weights are not finite ({', '.join(bad[:4])} hold "
+            "NaN/inf values); training diverged or the data held NaN/inf values")
     config = {
         "model": model_config.to_dict(),
         "preprocessor": preprocessor.to_dict(),
@@ -82,35 +108,21 @@ def save_checkpoint(
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     obj = {"format": FORMAT, "version": VERSION, "config_json": config_json, "state_dict": state}
 
-    directory = path.parent if str(path.parent) else Path(".")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
+    with output_file(path, overwrite=overwrite, inputs=inputs) as tmp, writing(path), \
+            open(tmp, "xb") as f:
         try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_dir(directory)
+            torch.save(obj, f)
+        except RuntimeError as e:  # PyTorch's zip writer reports a failed write this way
+            raise OutputError(f"output {path}: could not be written ({e})", path) from e
     return path
 
 
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+def nonfinite_tensors(state: dict) -> list[str]:
+    """Names of the floating-point tensors of ``state`` holding NaN or inf values."""
+    import torch
+
+    return [k for k, v in state.items()
+            if torch.is_tensor(v) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
 
 
 def _json_default(o: Any) -> Any:
@@ -129,20 +141,36 @@ def _json_default(o: Any) -> Any:
 
 def load_checkpoint(path: str | os.PathLike, *, device: Any = "cpu") -> LoadedModel:
     """Read a checkpoint written by :func:`save_checkpoint`; a file that is not one, or one
-    this version cannot use, raises :class:`CheckpointError` naming the file and the problem."""
-    import pickle
-    import zipfile
+    this version cannot use, raises :class:`CheckpointError` naming the file and the problem.
+
+    Checked before anything is built: a regular file of at most ``LIMITS["file_bytes"]``,
+    the format tag and version, the description within :data:`LIMITS` and with finite
+    statistics; then the stored tensors against the model the description builds (names,
+    shapes, the index tables derived from the description) and for finite values."""
+    import pickle  # noqa: F401 - pickle errors are among those caught below
 
     import torch
 
     from ..models import build_model, config_from_dict
 
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
     try:
-        obj = torch.load(path, map_location=device, weights_only=True)
-    except (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError, ValueError, OSError) as e:
+        st = path.stat()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"checkpoint {path} does not exist") from None
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot read the checkpoint ({e.strerror})") from e
+    if not stat.S_ISREG(st.st_mode):
+        raise CheckpointError(f"{path} is not a regular file (expected a .pt checkpoint)")
+    if st.st_size > LIMITS["file_bytes"]:
+        raise CheckpointError(f"{path}: {st.st_size / 2**30:.1f} GiB is far larger than any "
+                              "napari-4dstem-ml checkpoint")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except MemoryError as e:
+        raise CheckpointError(f"{path} is not a napari-4dstem-ml checkpoint (it claims more "
+                              "memory than is available)") from e
+    except Exception as e:  # noqa: BLE001 - any failure to parse a foreign or broken file
         raise CheckpointError(
             f"{path} is not a napari-4dstem-ml checkpoint ({_load_failure_reason(e)})"
         ) from e
@@ -150,7 +178,7 @@ def load_checkpoint(path: str | os.PathLike, *, device: Any = "cpu") -> LoadedMo
         tag = obj.get("format") if isinstance(obj, dict) else type(obj).__name__
         raise CheckpointError(f"{path} is not a napari-4dstem-ml checkpoint (format tag {tag!r})")
     version = obj.get("version")
-    if not isinstance(version, int) or version < 1:
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
         raise CheckpointError(f"{path}: invalid checkpoint version {version!r}")
     if version > VERSION:
         raise CheckpointError(
@@ -160,23 +188,106 @@ def load_checkpoint(path: str | os.PathLike, *, device: Any = "cpu") -> LoadedMo
     for key in ("config_json", "state_dict"):
         if key not in obj:
             raise CheckpointError(f"{path}: checkpoint lacks {key!r}")
+    text, state = obj["config_json"], obj["state_dict"]
+    if not isinstance(text, str) or len(text) > LIMITS["config_json_chars"]:
+        raise CheckpointError(f"{path}: invalid description (config_json must be a JSON text "
+                              f"of at most {LIMITS['config_json_chars']} characters)")
+    if not isinstance(state, dict) or not all(
+            isinstance(k, str) and torch.is_tensor(v) for k, v in state.items()):
+        raise CheckpointError(f"{path}: invalid state_dict (expected names mapped to tensors)")
     try:
-        config = json.loads(obj["config_json"])
+        config = json.loads(text)
         model_config = config_from_dict(config["model"])
         pre = Preprocessor.from_dict(config["preprocessor"])
-    except (KeyError, TypeError, ValueError) as e:
+    except (KeyError, TypeError, ValueError, AttributeError, RecursionError) as e:
         raise CheckpointError(f"{path}: incomplete or invalid description ({e!r})") from e
+    check_description(model_config, pre, path)
     try:
         model = build_model(model_config, tuple(pre.output_shape))
-        model.load_state_dict(obj["state_dict"], strict=True)
+    except (RuntimeError, ValueError, TypeError, MemoryError) as e:
+        raise CheckpointError(f"{path}: the stored model description cannot be built ({e})") from e
+    _check_state(model, state, path)
+    try:
+        model.load_state_dict(state, strict=True)
     except (RuntimeError, ValueError, TypeError, AttributeError) as e:
         raise CheckpointError(
             f"{path}: the stored weights do not fit the stored model description ({e})"
         ) from e
     model.to(device)
     model.eval()
-    info = {k: v for k, v in config.items() if k not in ("model", "preprocessor")}
+    info = {k: v for k, v in config.items() if k not in ("model", "preprocessor")} \
+        if isinstance(config, dict) else {}
     return LoadedModel(model=model, model_config=model_config, preprocessor=pre, info=info)
+
+
+def check_description(model_config: Any, pre: Preprocessor, path: str | os.PathLike = "") -> None:
+    """A model description within :data:`LIMITS` and with finite, positive statistics (so that
+    building the model allocates a bounded amount of memory and its output is not NaN)."""
+    problems = []
+    grid = tuple(pre.output_shape)
+    if len(grid) != 2 or not all(1 <= int(n) <= LIMITS["detector_grid"] for n in grid):
+        problems.append(f"detector grid {grid} (expected 1..{LIMITS['detector_grid']} per side)")
+    det = tuple(pre.detector_shape)
+    if len(det) != 2 or not all(1 <= int(n) <= 65536 for n in det):
+        problems.append(f"detector shape {det}")
+    k = getattr(model_config, "cluster_size", 1)
+    if not 1 <= int(k) <= LIMITS["cluster_size"]:
+        problems.append(f"cluster size {k} (expected at most {LIMITS['cluster_size']})")
+    bins = getattr(model_config, "n_radial_bins", None)
+    if bins is not None and int(bins) > LIMITS["n_radial_bins"]:
+        problems.append(f"{bins} radial bins (expected at most {LIMITS['n_radial_bins']})")
+    for c in getattr(model_config, "channels", ()) or ():
+        if int(c) > LIMITS["channels"]:
+            problems.append(f"{c} channels (expected at most {LIMITS['channels']})")
+    for name in ("kernel_scan", "kernel_det", "input_pool", "pool_det"):
+        v = getattr(model_config, name, None)
+        if v is not None and int(v) > LIMITS["kernel"]:
+            problems.append(f"{name} {v} (expected at most {LIMITS['kernel']})")
+    positive = {"output_pixel": pre.output_pixel, "mean_counts": pre.mean_counts,
+                "input_std": pre.input_std, "label_std": pre.label_std,
+                "detector_pixel": min(pre.detector_pixel)}
+    for name, v in positive.items():
+        if not (math.isfinite(float(v)) and float(v) > 0):
+            problems.append(f"{name} {v!r} (expected a positive number)")
+    for name, v in {"input_mean": pre.input_mean, "label_mean": pre.label_mean,
+                    "centre": sum(pre.centre)}.items():
+        if not math.isfinite(float(v)):
+            problems.append(f"{name} {v!r} (expected a finite number)")
+    if problems:
+        raise CheckpointError(f"{path}: invalid model description: {'; '.join(problems)}")
+
+
+def _check_state(model: Any, state: dict, path: Path) -> None:
+    """Stored tensors against the freshly built model: same names and shapes, the buffers
+    derived from the description (index tables, interpolation matrices; not learned running
+    statistics) equal to the rebuilt ones, and no NaN/inf weights."""
+    import torch
+
+    own = model.state_dict()
+    derived = {n for n, _ in model.named_buffers()
+               if "running_" not in n and "num_batches_tracked" not in n}
+    missing = sorted(set(own) - set(state))
+    extra = sorted(set(state) - set(own))
+    if missing or extra:
+        raise CheckpointError(
+            f"{path}: the stored weights do not fit the stored model description (missing "
+            f"{missing[:4]}, unexpected {extra[:4]})")
+    for name, ref in own.items():
+        got = state[name]
+        if tuple(got.shape) != tuple(ref.shape):
+            raise CheckpointError(
+                f"{path}: the stored weights do not fit the stored model description "
+                f"({name}: shape {tuple(got.shape)}, expected {tuple(ref.shape)})")
+        if name in derived:
+            same = (torch.allclose(got.to(ref.dtype), ref, rtol=1e-5, atol=1e-6, equal_nan=False)
+                    if ref.is_floating_point() else torch.equal(got.to(ref.dtype), ref))
+            if not same:
+                raise CheckpointError(f"{path}: corrupt checkpoint: the stored table {name!r} "
+                                      "does not match the model description")
+    bad = nonfinite_tensors(state)
+    if bad:
+        raise CheckpointError(f"{path}: corrupt checkpoint: {', '.join(bad[:4])} hold NaN/inf "
+                              "values")
 
 
 def _load_failure_reason(e: BaseException) -> str:

@@ -21,6 +21,7 @@ from .clusters import PatternSource, check_cluster_size, reflect_index
 
 __all__ = [
     "PredictEvent",
+    "PredictionError",
     "iter_predict",
     "iter_predict_linear",
     "iter_predict_source",
@@ -29,6 +30,10 @@ __all__ = [
     "predict",
     "resolve_device",
 ]
+
+
+class PredictionError(ValueError):
+    """A prediction that is NaN/inf or zero everywhere: garbage, never returned."""
 
 
 @dataclass(frozen=True)
@@ -213,9 +218,16 @@ def iter_predict(
         model.to(resolve_device(device))
     pre = preprocessor.adapt(dataset)
     if linear_on_raw_detector(model, pre, dataset):
-        return (yield from iter_predict_linear(model, pre, dataset))
-    source = PatternSource(dataset, pre, cache_budget_bytes=0)
-    return (yield from iter_predict_source(model, source, tile_rows=tile_rows))
+        image = yield from iter_predict_linear(model, pre, dataset)
+    else:
+        source = PatternSource(dataset, pre, cache_budget_bytes=0)
+        image = yield from iter_predict_source(model, source, tile_rows=tile_rows)
+    finite = np.isfinite(image)
+    if not finite.any() or not np.any(image[finite]):
+        what = "NaN/inf" if not finite.any() else "zero"
+        raise PredictionError(f"{dataset.source or 'the data set'}: the prediction is {what} "
+                              "everywhere (the data or the model hold no usable values)")
+    return image
 
 
 def linear_on_raw_detector(model, pre: Preprocessor, dataset: Dataset4D) -> bool:

@@ -1,12 +1,20 @@
 """The training loop as a generator of small event dataclasses.
 
-``train(...)`` yields :class:`PrepareEvent` (preprocessing cache), :class:`StepEvent` (every
+``train(...)`` yields :class:`NoticeEvent` (what the data validation excluded),
+:class:`PrepareEvent` (preprocessing cache), :class:`StepEvent` (every
 optimiser step), :class:`EpochEvent` (validation loss and metrics), :class:`PreviewEvent`
 (reconstruction of the whole field) and a final :class:`DoneEvent`; it returns the
 :class:`TrainResult` as ``StopIteration.value``. Stop it at any time between steps with
 ``gen.close()`` (or by setting a ``cancel`` object with ``is_set()``, e.g.
 ``threading.Event``: the loop then ends cleanly and still returns a result with the best
 weights so far). Losses are on the standardised label; metrics are in label units.
+
+Data validation before any work: positions whose diffraction pattern holds NaN/inf values are
+found in one streaming pass, zeroed, and excluded (with every position whose K×K cluster
+contains one) from training and validation, reported in a :class:`NoticeEvent` and in
+``train_summary["nonfinite_positions"]``; data with no finite pattern and labels without
+variance are refused (:class:`TrainError`). A model whose weights became NaN/inf is never
+returned (:class:`TrainError`): training diverged.
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ from .patches import patch_input, patch_plan
 __all__ = [
     "DoneEvent",
     "EpochEvent",
+    "NoticeEvent",
     "PrepareEvent",
     "PreviewEvent",
     "StepEvent",
@@ -158,6 +167,13 @@ class TrainConfig:
 # events
 # ---------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
+class NoticeEvent:
+    """A line for the user about the data (e.g. positions excluded as NaN/inf)."""
+
+    text: str
+
+
+@dataclass(frozen=True)
 class PrepareEvent:
     """Preprocessing the field into memory: ``done`` of ``total`` scan rows."""
 
@@ -238,7 +254,7 @@ class DoneEvent:
     result: TrainResult
 
 
-TrainEvent = PrepareEvent | StepEvent | EpochEvent | PreviewEvent | DoneEvent
+TrainEvent = NoticeEvent | PrepareEvent | StepEvent | EpochEvent | PreviewEvent | DoneEvent
 
 
 # ---------------------------------------------------------------------------------------------
@@ -287,6 +303,66 @@ def _check_label(label: np.ndarray, label_mask: np.ndarray | None, scan_shape) -
     return label, cov
 
 
+def nonfinite_positions(dataset: Dataset4D) -> np.ndarray | None:
+    """``(Ny, Nx)`` bool: positions whose pattern holds a NaN/inf value (one streaming pass,
+    float data only), or ``None`` when there are none."""
+    if dataset.dtype.kind != "f":
+        return None
+    from ..detectors.engine import virtual_images
+
+    total = virtual_images(dataset.data, np.ones(dataset.detector_shape, np.float32))
+    bad = ~np.isfinite(total)
+    return bad if bad.any() else None
+
+
+def _exclude_nonfinite(dataset: Dataset4D, coverage: np.ndarray, k: int):
+    """(data set with NaN/inf patterns zeroed, coverage without the positions whose K×K
+    cluster holds one, notice text or None, number of bad positions)."""
+    from dataclasses import replace
+
+    from scipy.ndimage import binary_dilation
+
+    bad = nonfinite_positions(dataset)
+    if bad is None:
+        return dataset, coverage, None, 0
+    n, total = int(bad.sum()), bad.size
+    where = dataset.source or "the data"
+    if n == total:
+        raise TrainError(f"{where}: every diffraction pattern holds NaN/inf values; nothing to train on")
+    import dask.array as da
+
+    data = dataset.data
+    if not type(data).__module__.startswith("dask"):
+        data = da.from_array(data, chunks=(max(1, 2**26 // max(1, int(np.prod(data.shape[1:])) * 4)),
+                                           -1, -1, -1))
+    clean = da.where(bad[:, :, None, None], data.dtype.type(0), data)
+    near = binary_dilation(bad, np.ones((k, k), bool)) if k > 1 else bad
+    coverage = coverage & ~near
+    at = ", ".join(f"({y}, {x})" for y, x in zip(*np.nonzero(bad)))
+    at = at if len(at) < 80 else at[:80].rsplit(",", 1)[0] + ", ..."
+    text = (f"{where}: {n} positions of {total} hold NaN/inf values in their diffraction "
+            f"patterns (at {at}); they and the positions whose {k}×{k} cluster includes them "
+            f"({int(near.sum())} in all) are excluded from training and validation")
+    return replace(dataset, data=clean), coverage, text, n
+
+
+def _check_label_variance(values: np.ndarray) -> None:
+    """Refuse a label without variance over the training positions: nothing to learn."""
+    v = np.asarray(values, np.float64)
+    if v.size and (float(v.std()) <= 1e-12 * max(1.0, float(np.abs(v).max()))):
+        raise TrainError(f"the label has no variance over the {v.size} training positions "
+                         f"(every value is {float(v[0]):.6g}): there is nothing to learn")
+
+
+def _check_finite_model(model) -> None:
+    """Refuse to return a model whose weights are NaN/inf (training diverged)."""
+    bad = [n for n, p in model.state_dict().items()
+           if p.is_floating_point() and not bool(p.isfinite().all())]
+    if bad:
+        raise TrainError(f"training diverged: the weights {', '.join(bad[:4])} became NaN/inf; "
+                         "no model is returned (try a smaller learning rate)")
+
+
 def _model_masks(model) -> dict[str, np.ndarray]:
     out = {}
     for name in ("detector_mask", "cluster_weights"):
@@ -329,6 +405,9 @@ def train(
     scan_shape = dataset.scan_shape
     label, coverage = _check_label(label, label_mask, scan_shape)
     k = check_cluster_size(int(model_config.cluster_size), scan_shape)
+    dataset, coverage, notice, n_nonfinite = _exclude_nonfinite(dataset, coverage, k)
+    if notice:
+        yield NoticeEvent(notice)
     train_pos, val_pos = split.positions(scan_shape, k, coverage)
     train_region = split.region_masks(scan_shape)[0]
     sampling = cfg.sampling if cfg.sampling != "auto" else ("patches" if k > 1 else "clusters")
@@ -339,6 +418,7 @@ def train(
             "no training positions: the training region holds no position whose whole "
             f"{k}×{k} cluster lies inside it and whose label is covered"
         )
+    _check_label_variance(label[ty, tx])
     rng = np.random.default_rng(cfg.seed)
     if cfg.val_max_positions is not None and len(vy) > cfg.val_max_positions:
         pick = np.sort(rng.choice(len(vy), cfg.val_max_positions, replace=False))
@@ -555,6 +635,7 @@ def train(
 
         model.load_state_dict(best[2])
         model.eval()
+        _check_finite_model(model)
         result = TrainResult(
             model=model,
             model_config=model_config,
@@ -573,6 +654,7 @@ def train(
                 "split": split.to_dict(),
                 "n_train": int(len(ty)),
                 "n_val": int(len(vy)),
+                "nonfinite_positions": n_nonfinite,
                 "cluster_size": k,
                 "sampling": sampling,
                 "positions_trained": int(n_seen),

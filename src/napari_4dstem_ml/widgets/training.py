@@ -435,6 +435,7 @@ class TrainingWidget(QWidget):
                 r.preprocessor,
                 train_summary=r.train_summary,
                 metrics=r.metrics,
+                overwrite=True,  # the save dialog has asked before replacing a file
             )
         except Exception as err:  # noqa: BLE001 - shown to the user
             show_error(f"could not save the model to {path}: {err}")
