@@ -139,14 +139,52 @@ def _progress(total: int, desc: str, unit: str = "rows"):
 
 # -- commands ---------------------------------------------------------------------------
 def cmd_info(args: argparse.Namespace) -> int:
+    from .parallel import open_client
+
     ds = _load(args.file, args)
     print(ds.summary())
+    compute = _compute(args)
+    if not compute.in_process:
+        with open_client(compute) as client:
+            info = client.scheduler_info()
+            workers = info.get("workers", {})
+            threads = sum(int(w.get("nthreads", 0)) for w in workers.values())
+            memory = sum(float(w.get("memory_limit", 0) or 0) for w in workers.values())
+            print(f"compute: {compute.describe()} at {info.get('address', '?')}: {len(workers)} "
+                  f"worker(s), {threads} thread(s), {memory / 1e9:.1f} GB memory")
     return 0
 
 
-def _centre(ds, spec: str | None):
+def _compute(args: argparse.Namespace):
+    """The ``--scheduler`` / ``--workers`` choice as a :class:`~.parallel.Compute`."""
+    from .parallel import Compute
+
+    try:
+        return Compute(scheduler=getattr(args, "scheduler", None),
+                       workers=getattr(args, "workers", None))
+    except ValueError as exc:
+        raise UserError(f"--scheduler/--workers: {exc}") from exc
+
+
+def _run_to_sink(events, sink, bar):
+    """Drive a job's :class:`~.parallel.BlockEvent` generator: each finished block of rows goes
+    to the output file and the progress bar; closing it (Ctrl-C, an error) cancels the job."""
+    import contextlib
+
+    image = None
+    with contextlib.closing(events):
+        for ev in events:
+            sink.write(ev.y0, ev.y1, ev.block)
+            bar.update(ev.rows_done - bar.n)
+            image = ev.image
+    return image
+
+
+def _centre(ds, spec: str | None, client=None):
+    """``--centre``: 'CY,CX', or the bright-field disk of the mean of about 4,000 patterns
+    spread over the scan (read on the workers when ``client`` is given)."""
     from .detectors.centre import find_bf_centre
-    from .detectors.engine import mean_pattern
+    from .parallel import subsample_mean_pattern
 
     if spec and spec != "auto":
         try:
@@ -157,7 +195,7 @@ def _centre(ds, spec: str | None):
         if not (math.isfinite(cy) and math.isfinite(cx) and -ky <= cy <= 2 * ky and -kx <= cx <= 2 * kx):
             raise UserError(f"--centre {spec}: expected a centre near the {ky} x {kx} px detector")
         return cy, cx
-    mean = mean_pattern(ds.data, step=max(1, min(ds.scan_shape) // 64))
+    mean = subsample_mean_pattern(ds, client=client)
     try:
         if not np.isfinite(mean).all() or not np.any(mean):
             raise ValueError("no finite, nonzero mean pattern")
@@ -168,14 +206,15 @@ def _centre(ds, spec: str | None):
 
 
 def cmd_adf(args: argparse.Namespace) -> int:
-    from .detectors.engine import iter_virtual_images
     from .detectors.geometry import annular_mask
-    from .export import IMAGE_SUFFIXES, prepare_output, write_image
+    from .parallel import iter_virtual_image, open_client
+    from .parallel.sink import image_sink, prepare_sink
 
-    prepare_output(args.output, overwrite=args.overwrite, inputs=_inputs(args), suffixes=IMAGE_SUFFIXES)
+    compute = _compute(args)
+    prepare_sink(args.output, overwrite=args.overwrite, inputs=_inputs(args))
     ds = _load(args.data, args)
     inputs = _inputs(args, ds)
-    prepare_output(args.output, overwrite=args.overwrite, inputs=inputs)
+    prepare_sink(args.output, overwrite=args.overwrite, inputs=inputs)
     if args.outer <= args.inner:
         raise UserError(f"--outer ({args.outer}) must be larger than --inner ({args.inner})")
     if args.pixels:
@@ -185,25 +224,23 @@ def cmd_adf(args: argparse.Namespace) -> int:
             per_px = ds.calibration.require_detector_mrad("an annular detector in mrad")
         except ValueError as exc:
             raise UserError(f"{ds.source}: {exc}; give the radii in pixels with --pixels") from exc
-    centre = _centre(ds, args.centre)
-    mask = annular_mask(ds.detector_shape, centre, args.inner / per_px[0], args.outer / per_px[0])
-    if not mask.any():
-        unit = "px" if args.pixels else "mrad"
-        raise UserError(
-            f"--inner {args.inner:g} --outer {args.outer:g} ({unit}): the annulus about the centre "
-            f"({centre[0]:.1f}, {centre[1]:.1f}) px holds no pixel of the {ds.detector_shape[0]} x "
-            f"{ds.detector_shape[1]} px detector")
-    image = None
-    with _progress(ds.scan_shape[0], "virtual detector") as bar:
-        for event in iter_virtual_images(ds.data, mask):
-            bar.update(event.rows_done - bar.n)
-            image = event.image
-    _report_image(image, ds.source, "virtual image")
-    step = ds.calibration.scan_step_A
-    out = write_image(args.output, image, step[1] if step else None, overwrite=args.overwrite,
-                      inputs=inputs)
     unit = "px" if args.pixels else "mrad"
-    print(f"wrote {out}: {args.inner:g}-{args.outer:g} {unit} detector, centre ({centre[0]:.2f}, {centre[1]:.2f}) px")
+    step = ds.calibration.scan_step_A
+    with open_client(compute) as client:
+        centre = _centre(ds, args.centre, client)
+        mask = annular_mask(ds.detector_shape, centre, args.inner / per_px[0], args.outer / per_px[0])
+        if not mask.any():
+            raise UserError(
+                f"--inner {args.inner:g} --outer {args.outer:g} ({unit}): the annulus about the "
+                f"centre ({centre[0]:.1f}, {centre[1]:.1f}) px holds no pixel of the "
+                f"{ds.detector_shape[0]} x {ds.detector_shape[1]} px detector")
+        with image_sink(args.output, ds.scan_shape, step[1] if step else None,
+                        overwrite=args.overwrite, inputs=inputs) as sink, \
+                _progress(ds.scan_shape[0], "virtual detector") as bar:
+            image = _run_to_sink(iter_virtual_image(ds, mask, client=client), sink, bar)
+            _report_image(image, ds.source, "virtual image")
+    print(f"wrote {args.output}: {args.inner:g}-{args.outer:g} {unit} detector, centre "
+          f"({centre[0]:.2f}, {centre[1]:.2f}) px ({compute.describe()})")
     return 0
 
 
@@ -243,28 +280,28 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from .export import IMAGE_SUFFIXES, prepare_output, write_image
+    from .parallel import iter_predict, open_client
+    from .parallel.sink import image_sink, prepare_sink
     from .training.checkpoint import load_checkpoint
-    from .training.inference import iter_predict
 
-    prepare_output(args.output, overwrite=args.overwrite, inputs=_inputs(args), suffixes=IMAGE_SUFFIXES)
+    compute = _compute(args)
+    prepare_sink(args.output, overwrite=args.overwrite, inputs=_inputs(args))
     model_path = Path(args.model)
     if not model_path.exists():
         raise UserError(f"{model_path}: no such model file")
     loaded = load_checkpoint(model_path)
     ds = _load(args.data, args)
     inputs = _inputs(args, ds)
-    prepare_output(args.output, overwrite=args.overwrite, inputs=inputs)
-    image = None
-    with _progress(ds.scan_shape[0], "predict") as bar:
-        for event in iter_predict(loaded.model, loaded.preprocessor, ds):
-            bar.update(event.rows_done - bar.n)
-            image = event.image
-    _report_image(image, ds.source, "prediction")
+    prepare_sink(args.output, overwrite=args.overwrite, inputs=inputs)
     step = ds.calibration.scan_step_A
-    out = write_image(args.output, image, step[1] if step else None, overwrite=args.overwrite,
-                      inputs=inputs)
-    print(f"wrote {out} ({image.shape[0]} x {image.shape[1]})")
+    with open_client(compute) as client, \
+            image_sink(args.output, ds.scan_shape, step[1] if step else None,
+                       overwrite=args.overwrite, inputs=inputs) as sink, \
+            _progress(ds.scan_shape[0], "predict") as bar:
+        image = _run_to_sink(iter_predict(loaded.model, loaded.preprocessor, ds, client=client),
+                             sink, bar)
+        _report_image(image, ds.source, "prediction")
+    print(f"wrote {args.output} ({image.shape[0]} x {image.shape[1]}; {compute.describe()})")
     return 0
 
 
@@ -303,6 +340,15 @@ def _add_data_options(p: argparse.ArgumentParser) -> None:
                         "datasets, external links); refused by default")
 
 
+def _add_compute_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--scheduler", metavar="tcp://HOST:PORT",
+                   help="run on this running Dask distributed scheduler (workers read the file "
+                        "themselves: give a path they can open)")
+    g.add_argument("--workers", type=COUNT, metavar="N",
+                   help="start a local Dask cluster of N worker processes (default: in process)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -313,6 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="print shape, dtype, calibrations and the reader used")
     p.add_argument("file")
     _add_data_options(p)
+    _add_compute_options(p)
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("adf", help="virtual annular detector image")
@@ -321,9 +368,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--outer", type=POSITIVE, required=True, help="outer radius (mrad, or px with --pixels)")
     p.add_argument("--pixels", action="store_true", help="radii in detector pixels instead of mrad")
     p.add_argument("--centre", default="auto", help="'auto' (bright-field disk) or 'CY,CX' in detector pixels")
-    p.add_argument("-o", "--output", required=True, help="output image (.tif, .npy, .png)")
+    p.add_argument("-o", "--output", required=True,
+                   help="output image (.tif, .npy, .png, .h5, .zarr; written as rows arrive, "
+                        "in place when complete)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     _add_data_options(p)
+    _add_compute_options(p)
     p.set_defaults(func=cmd_adf)
 
     p = sub.add_parser("train", help="train a model against a label image")
@@ -349,9 +399,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="apply a trained model to a data set")
     p.add_argument("data")
     p.add_argument("--model", required=True, help="checkpoint written by 'stemml train'")
-    p.add_argument("-o", "--output", required=True, help="output image (.tif, .npy, .png)")
+    p.add_argument("-o", "--output", required=True,
+                   help="output image (.tif, .npy, .png, .h5, .zarr; written as rows arrive, "
+                        "in place when complete)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     _add_data_options(p)
+    _add_compute_options(p)
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("evaluate", help="compare an image with a reference (PSNR, SSIM, r, FRC)")
@@ -384,6 +437,10 @@ def describe_error(exc: BaseException, args: argparse.Namespace) -> tuple[int, s
     """(exit status, one-line message) for an exception leaving a command."""
     if isinstance(exc, (UserError, ValueError)):
         return EXIT_USAGE, str(exc)
+    from .parallel import ParallelError
+
+    if isinstance(exc, ParallelError):
+        return EXIT_INTERNAL, str(exc)
     files = [*_inputs(args), getattr(args, "output", None) or ""]
     if isinstance(exc, OSError) and exc.filename:
         return EXIT_USAGE, f"{exc.filename}: {exc.strerror or exc}"
