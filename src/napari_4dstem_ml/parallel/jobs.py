@@ -150,7 +150,7 @@ def _run(client, fn, spec: DataSpec, bands: list[tuple[int, int]], shared: Any, 
     ny = image.shape[-2]
     done = 0
     try:
-        for fut in as_completed(futures):
+        for fut in as_completed(futures, loop=client.loop):
             y0, y1 = futures[fut]
             try:
                 block = fut.result()
@@ -172,6 +172,11 @@ def _run(client, fn, spec: DataSpec, bands: list[tuple[int, int]], shared: Any, 
             client.cancel(pending)
         client.cancel([shared_f])
     return image
+
+
+def _local(compute: Compute | None, client) -> bool:
+    """Whether a job runs in this process: no client given and no cluster asked for."""
+    return client is None and (compute is None or compute.in_process)
 
 
 def _client_or(compute: Compute | None, client):
@@ -198,7 +203,7 @@ def iter_virtual_image(
     task computes a band of rows on a worker that reads them itself."""
     ny, nx, ky, kx = dataset.shape
     m = np.asarray(masks, np.float32)
-    if compute is None or (compute.in_process and client is None):
+    if _local(compute, client):
         from ..detectors.engine import iter_virtual_images
 
         t0 = time.perf_counter()
@@ -235,7 +240,7 @@ def iter_predict(
     from ..training import inference
 
     ny, nx = dataset.scan_shape
-    if compute is None or (compute.in_process and client is None):
+    if _local(compute, client):
         t0 = time.perf_counter()
         prev = 0
         image = None
@@ -293,7 +298,7 @@ def subsample_mean_pattern(dataset: Dataset4D, n: int = CENTRE_PATTERNS, *,
     """Mean pattern ``(ky, kx)`` float64 of about ``n`` patterns spread over the scan on a
     regular grid (read on the workers when distributed)."""
     ys, x0, step = subsample_positions(dataset.scan_shape, n)
-    if compute is None or (compute.in_process and client is None):
+    if _local(compute, client):
         total, count = _sum_task(_LocalSpec(dataset), ys, x0, step)
         return total / max(count, 1)
     spec = DataSpec.from_dataset(dataset)
