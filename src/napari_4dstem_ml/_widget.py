@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from .widgets.browser import BrowserWidget
 from .widgets.detectors import DetectorsWidget
+from .widgets.live import LiveWidget
 from .widgets.training import TrainingWidget
 
-__all__ = ["BrowserWidget", "DetectorsWidget", "TrainingWidget"]
+__all__ = ["BrowserWidget", "DetectorsWidget", "LiveWidget", "TrainingWidget"]

@@ -4,7 +4,7 @@ reconstruction, row by row, with the numerics of the offline paths.
 * navigation image: total counts per pattern (negatives included, as recorded);
 * virtual detectors: :func:`~napari_4dstem_ml.detectors.engine.virtual_images` on each block
   of rows (masks fixed at the first block: an ``auto`` centre is the bright-field disk of the
-  first block's mean pattern);
+  first scan row's mean pattern);
 * model: each row is preprocessed once (the preprocessor's data-set values fitted on the first
   block of rows, unless they are fixed in its configuration) and kept while a K×K cluster may
   still need it; output row ``y`` is predicted as soon as row ``y + K//2`` is in (reflected at
@@ -126,8 +126,8 @@ class LivePipeline:
             mean = None
             for name, spec in self._detector_specs.items():
                 if callable(spec):
-                    if mean is None:
-                        mean = block.reshape(-1, *block.shape[2:]).mean(0, dtype=np.float64)
+                    if mean is None:  # the first scan row: the same whatever the timing
+                        mean = block[0].mean(0, dtype=np.float64)
                     spec = spec(mean)
                 self.masks[name] = np.asarray(spec, np.float32)
         if self.model is not None:

@@ -39,17 +39,20 @@ class EmpadFollower:
     :class:`AcquisitionStalled`; the scan is complete when all ``Ny × Nx`` frames are in."""
 
     def __init__(self, path: str | Path, *, timeout_s: float = 10.0, poll_s: float = 0.005,
-                 scan_shape: tuple[int, int] | None = None) -> None:
+                 scan_shape: tuple[int, int] | None = None, cancel=None) -> None:
         from ..io.empad import FRAME_BYTES, find_xml, parse_xml
 
         self.path = Path(path)
         self.name = str(self.path)
         self.timeout_s, self.poll_s = float(timeout_s), float(poll_s)
+        self.cancel = cancel  # a threading.Event: set → rows() returns
         self.frame_bytes = FRAME_BYTES
         self.detector_shape = (128, 128)
         t0 = time.monotonic()
         xml = None
         while scan_shape is None:
+            if cancel is not None and cancel.is_set():
+                raise AcquisitionStalled(f"{self.path}: cancelled while waiting for the XML", 0)
             xml = find_xml(self.path) if self.path.parent.is_dir() else None
             if xml is not None:
                 info = parse_xml(xml)
@@ -80,6 +83,8 @@ class EmpadFollower:
         fd = None
         try:
             while done < ny:
+                if self.cancel is not None and self.cancel.is_set():
+                    return
                 if fd is None:
                     try:
                         fd = os.open(self.path, os.O_RDONLY)
