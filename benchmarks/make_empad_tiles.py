@@ -49,8 +49,8 @@ def sample_patterns() -> tuple[np.ndarray, float]:
 
 
 def scan_for_gb(gb: float) -> int:
-    """Side of a square scan whose EMPAD file is about ``gb`` × 1e9 bytes."""
-    return max(8, int(round(math.sqrt(gb * 1e9 / FRAME_BYTES))))
+    """Side of the smallest square scan whose EMPAD file holds at least ``gb`` × 1e9 bytes."""
+    return max(8, int(math.ceil(math.sqrt(gb * 1e9 / FRAME_BYTES))))
 
 
 def write_tiles(path: Path, ny: int, nx: int, patterns: np.ndarray, step_A: float,

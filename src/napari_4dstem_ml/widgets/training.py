@@ -25,6 +25,7 @@ from qtpy.QtWidgets import (
     QFormLayout,
     QHBoxLayout,
     QLabel,
+    QLineEdit,
     QPushButton,
     QSpinBox,
     QVBoxLayout,
@@ -101,11 +102,13 @@ def train_job(
     )
 
 
-def predict_job(model, preprocessor, dataset):
-    """Worker generator: the core's streaming prediction (yields PredictEvent)."""
-    from ..training.inference import iter_predict
+def predict_job(model, preprocessor, dataset, scheduler: str = ""):
+    """Worker generator: the core's streaming prediction, in this process or, with a
+    ``scheduler`` address, on that Dask cluster (yields events with ``image``, ``rows_done``)."""
+    from ..parallel import Compute, iter_predict, open_client
 
-    return (yield from iter_predict(model, preprocessor, dataset))
+    with open_client(Compute(scheduler=scheduler.strip() or None)) as client:
+        return (yield from iter_predict(model, preprocessor, dataset, client=client))
 
 
 class TrainingWidget(QWidget):
@@ -151,6 +154,8 @@ class TrainingWidget(QWidget):
         self.apply_box = QComboBox()
         self.apply_button = QPushButton("Apply model")
         self.apply_button.setEnabled(False)
+        self.scheduler = QLineEdit()
+        self.scheduler.setPlaceholderText("Dask scheduler tcp://host:port (empty: this process)")
         self.readout = QLabel("")
         self.readout.setWordWrap(True)
 
@@ -176,6 +181,7 @@ class TrainingWidget(QWidget):
         layout.addLayout(form)
         layout.addLayout(buttons)
         layout.addLayout(apply_row)
+        layout.addWidget(self.scheduler)
         layout.addWidget(self.readout)
         layout.addStretch(1)
 
@@ -454,6 +460,7 @@ class TrainingWidget(QWidget):
             self.result.model,
             self.result.preprocessor,
             ds,
+            self.scheduler.text(),
             _progress={"desc": f"reconstructing {name}"},
             _start_thread=False,
             _connect={"errored": error_reporter(f"reconstruction of {name}", self.readout.setText)},
