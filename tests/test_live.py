@@ -104,3 +104,44 @@ def test_stalled_acquisition_times_out_with_a_partial_image(tmp_path, model_file
 def test_follower_without_xml_times_out(tmp_path):
     with pytest.raises(AcquisitionStalled, match="no EMPAD XML"):
         EmpadFollower(tmp_path / "never.raw", timeout_s=0.2)
+
+
+@pytest.mark.slow
+def test_merlin_stream_through_libertem_live(tmp_path):
+    """A Merlin TCP stream from LiberTEM-live's simulator, received with its receiver: the
+    live ADF equals the virtual image of the counts written to the MIB file."""
+    import shutil
+    import socket
+    import subprocess
+    import sys
+
+    pytest.importorskip("libertem_qd_mpx")
+    sim = shutil.which("libertem-live-mib-sim") or str(
+        __import__("pathlib").Path(sys.executable).parent / "libertem-live-mib-sim")
+    if not __import__("os").path.exists(sim):
+        pytest.skip("libertem-live's Merlin simulator is not installed")
+    from napari_4dstem_ml.live.merlin import write_mib
+
+    ds = scan(5, 6)
+    counts = np.clip(np.rint(ds.data), 0, None)
+    hdr = write_mib(Dataset4D(counts), tmp_path / "scan.mib")
+    ports = []
+    for _ in range(3):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            ports.append(s.getsockname()[1])
+    proc = subprocess.Popen([sim, str(hdr), "--host", "127.0.0.1", "--data-port", str(ports[0]),
+                             "--control-port", str(ports[1]), "--trigger-port", str(ports[2]),
+                             "--nav-shape", "5", "6"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        out = tmp_path / "adf.tif"
+        rc = main(["live", f"merlin://127.0.0.1:{ports[0]}", "--inner", "5", "--outer", "30",
+                   "--pixels", "--centre", "63.5,64.5", "--scan-shape", "5", "6", "-o", str(out),
+                   "--timeout", "60"])
+    finally:
+        proc.kill()
+        proc.wait()
+    assert rc == 0
+    ref = virtual_images(counts, annular_mask((128, 128), (63.5, 64.5), 5, 30))
+    np.testing.assert_allclose(tifffile.imread(out), ref, rtol=1e-6)

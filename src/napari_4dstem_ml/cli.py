@@ -340,11 +340,22 @@ def _partial_name(p: Path) -> Path:
     return p.with_name(f"{p.stem}.partial{p.suffix}")
 
 
+def _live_source(args: argparse.Namespace):
+    """The growing EMPAD file, or the Merlin stream of ``merlin://HOST:PORT``."""
+    from .live import open_source
+
+    try:
+        return open_source(args.data, timeout_s=args.timeout,
+                           scan_shape=tuple(args.scan_shape) if args.scan_shape else None)
+    except ImportError as exc:
+        raise UserError(str(exc)) from exc
+
+
 def cmd_live(args: argparse.Namespace) -> int:
     from .detectors.centre import find_bf_centre
     from .detectors.geometry import annular_mask
     from .export import IMAGE_SUFFIXES, prepare_output, write_image
-    from .live import EmpadFollower, LivePipeline, run_live
+    from .live import LivePipeline, run_live
 
     if args.model is None and args.inner is None:
         raise UserError("nothing to compute: give --model and/or --inner/--outer")
@@ -355,6 +366,8 @@ def cmd_live(args: argparse.Namespace) -> int:
     names = (["adf"] if args.inner is not None else []) + (["model"] if args.model else [])
     outputs = _live_outputs(args, names)
     src_files = (args.data, str(Path(args.data).with_suffix(".xml")), args.model)
+    if args.data.lower().startswith("merlin://"):
+        src_files = (args.model,)
     for p in outputs.values():
         prepare_output(p, overwrite=args.overwrite, inputs=[f for f in src_files if f],
                        suffixes=IMAGE_SUFFIXES)
@@ -366,7 +379,7 @@ def cmd_live(args: argparse.Namespace) -> int:
         if not Path(args.model).exists():
             raise UserError(f"{args.model}: no such model file")
         loaded = load_checkpoint(args.model)
-    source = EmpadFollower(args.data, timeout_s=args.timeout)
+    source = _live_source(args)
     detectors = {}
     if args.inner is not None:
         if args.pixels:
@@ -532,7 +545,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_replay)
 
     p = sub.add_parser("live", help="reconstruct a growing EMPAD acquisition row by row")
-    p.add_argument("data", help="EMPAD .raw being written (its .xml is read first)")
+    p.add_argument("data", help="EMPAD .raw being written (its .xml is read first), or "
+                                "merlin://HOST:PORT for a Merlin detector's TCP data stream")
     p.add_argument("--model", help="checkpoint written by 'stemml train'")
     p.add_argument("--inner", type=NON_NEGATIVE, help="virtual annular detector: inner radius (mrad, or px with --pixels)")
     p.add_argument("--outer", type=POSITIVE, help="outer radius (mrad, or px with --pixels)")
@@ -543,6 +557,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True,
                    help="output image (.tif, .npy, .png); with a model and a detector the virtual image goes to NAME_adf.tif")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    p.add_argument("--scan-shape", nargs=2, type=COUNT, metavar=("NY", "NX"),
+                   help="Merlin: the scan shape when the acquisition header does not give it")
     p.set_defaults(func=cmd_live)
 
     p = sub.add_parser("evaluate", help="compare an image with a reference (PSNR, SSIM, r, FRC)")

@@ -9,7 +9,7 @@ paths; :func:`run_live` drives them and writes the finished images.
 
 from .pipeline import LiveEvent, LivePipeline, LiveResult, iter_live, run_live
 from .replay import replay
-from .source import AcquisitionStalled, EmpadFollower, RowSource
+from .source import AcquisitionStalled, EmpadFollower, RowSource, open_source
 
 __all__ = [
     "AcquisitionStalled",
@@ -20,5 +20,6 @@ __all__ = [
     "RowSource",
     "replay",
     "iter_live",
+    "open_source",
     "run_live",
 ]

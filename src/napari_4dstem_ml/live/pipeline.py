@@ -63,36 +63,39 @@ class LiveResult:
 class LivePipeline:
     """Growing images of a scan ``scan_shape`` with detector ``detector_shape``.
 
-    ``detectors``: name → mask ``(ky, kx)``, or name → a function of the first block's mean
+    ``detectors``: name → mask ``(ky, kx)``, or name → a function of the first row's mean
     pattern returning the mask (for an automatic centre). ``model`` (with ``cluster_size`` and
-    ``predict_field``) and ``preprocessor``: the reconstruction, image ``"model"``.
+    ``predict_field``) and ``preprocessor``: the reconstruction, image ``"model"``; ``models``:
+    more of them, name → ``(model, preprocessor)``.
     """
 
     def __init__(self, scan_shape: tuple[int, int], detector_shape: tuple[int, int], *,
                  detectors: dict[str, np.ndarray | MaskFactory] | None = None, model=None,
-                 preprocessor=None, calibration: Calibration | None = None,
-                 navigation: bool = True) -> None:
+                 preprocessor=None, models: dict[str, tuple[Any, Any]] | None = None,
+                 calibration: Calibration | None = None, navigation: bool = True) -> None:
         self.scan_shape = (int(scan_shape[0]), int(scan_shape[1]))
         self.detector_shape = tuple(int(n) for n in detector_shape)
         self.calibration = calibration or Calibration()
         self._detector_specs = dict(detectors or {})
         self.masks: dict[str, np.ndarray] = {}
-        self.model = model
-        self.preprocessor = preprocessor
-        ny, nx = self.scan_shape
-        names = (["navigation"] if navigation else []) + list(self._detector_specs)
+        self.models: dict[str, _LiveModel] = {}
         if model is not None:
-            if preprocessor is None:
-                raise ValueError("a model needs its preprocessor")
-            from ..training.clusters import check_cluster_size
-
-            self.k = check_cluster_size(int(model.cluster_size), self.scan_shape)
-            names.append("model")
+            models = {"model": (model, preprocessor), **(models or {})}
+        for name, (m, pre) in (models or {}).items():
+            if pre is None:
+                raise ValueError(f"model {name!r} needs its preprocessor")
+            self.models[name] = _LiveModel(m, pre, self.scan_shape)
+        ny, nx = self.scan_shape
+        names = (["navigation"] if navigation else []) + list(self._detector_specs) + list(self.models)
         self.images = {n: np.full((ny, nx), np.nan, np.float32) for n in names}
         self.rows_done = dict.fromkeys(names, 0)
         self.acquired = 0
-        self._pre = None
-        self._rows: dict[int, np.ndarray] = {}
+
+    @property
+    def model(self):
+        """The model of image ``"model"`` (``None`` without one)."""
+        lm = self.models.get("model")
+        return None if lm is None else lm.model
 
     def warm_up(self) -> None:
         """Compile and load the kernels on blank rows shaped like the source's (strided EMPAD
@@ -111,14 +114,8 @@ class LivePipeline:
             masks.append(annular_mask((ky, kx), c, ky / 8, ky / 3))
         if masks:
             virtual_images(blank, np.stack(masks))
-        if self.model is not None:
-            import torch
-
-            self.preprocessor.transform(blank[0])
-            k = self.k
-            oy, ox = self.preprocessor.output_shape
-            with torch.inference_mode():
-                self.model.eval().predict_field(torch.zeros((k, k, oy, ox)))
+        for lm in self.models.values():
+            lm.warm_up(blank[0])
 
     # -- set-up on the first block ----------------------------------------------------------
     def _first_block(self, block: np.ndarray) -> None:
@@ -130,10 +127,10 @@ class LivePipeline:
                         mean = block[0].mean(0, dtype=np.float64)
                     spec = spec(mean)
                 self.masks[name] = np.asarray(spec, np.float32)
-        if self.model is not None:
+        if self.models:
             ds = Dataset4D(block, calibration=self.calibration, reader="live")
-            self._pre = self.preprocessor.adapt(ds)
-            self.model.eval()
+            for lm in self.models.values():
+                lm.adapt(ds)
 
     # -- processing -------------------------------------------------------------------------
     def process(self, y0: int, y1: int, block: np.ndarray) -> None:
@@ -154,31 +151,63 @@ class LivePipeline:
                 self.images[n][y0:y1] = out[i]
                 self.rows_done[n] = y1
         self.acquired = y1
-        if self.model is not None:
-            for y in range(y0, y1):
-                self._rows[y] = self._pre.transform(block[y - y0])
-            self._predict_ready()
+        for name, lm in self.models.items():
+            lm.add_rows(y0, block)
+            self.rows_done[name] = lm.predict_ready(self.images[name], y1)
 
-    def _predict_ready(self) -> None:
+
+class _LiveModel:
+    """One model in a live pipeline: its preprocessor (adapted on the first block), the
+    preprocessed rows its clusters may still need, and the rows predicted so far."""
+
+    def __init__(self, model, preprocessor, scan_shape: tuple[int, int]) -> None:
+        from ..training.clusters import check_cluster_size
+
+        self.model, self.preprocessor = model, preprocessor
+        self.scan_shape = scan_shape
+        self.k = check_cluster_size(int(model.cluster_size), scan_shape)
+        self.pre = None
+        self.rows: dict[int, np.ndarray] = {}
+        self.done = 0
+
+    def warm_up(self, blank: np.ndarray) -> None:
+        import torch
+
+        self.preprocessor.transform(blank)
+        oy, ox = self.preprocessor.output_shape
+        with torch.inference_mode():
+            self.model.eval().predict_field(torch.zeros((self.k, self.k, oy, ox)))
+
+    def adapt(self, ds: Dataset4D) -> None:
+        self.pre = self.preprocessor.adapt(ds)
+        self.model.eval()
+
+    def add_rows(self, y0: int, block: np.ndarray) -> None:
+        for i in range(len(block)):
+            self.rows[y0 + i] = self.pre.transform(block[i])
+
+    def predict_ready(self, image: np.ndarray, acquired: int) -> int:
+        """Predict every output row whose clusters are complete; returns the rows done."""
         import torch
 
         from ..training.clusters import reflect_index
 
         ny, nx = self.scan_shape
         h = self.k // 2
-        start = self.rows_done["model"]
-        stop = ny if self.acquired == ny else max(start, self.acquired - h)
+        start = self.done
+        stop = ny if acquired == ny else max(start, acquired - h)
         if stop <= start:
-            return
+            return self.done
         ry = reflect_index(np.arange(start - h, stop + h), ny)
         rx = reflect_index(np.arange(-h, nx + h), nx)
-        tile = np.stack([self._rows[int(y)] for y in ry])[:, rx]
+        tile = np.stack([self.rows[int(y)] for y in ry])[:, rx]
         with torch.inference_mode():
             out = self.model.predict_field(torch.from_numpy(tile))
-        self.images["model"][start:stop] = self._pre.model_to_label(out.cpu().numpy())
-        self.rows_done["model"] = stop
-        for y in [y for y in self._rows if y < stop - h and y > 2 * h]:
-            del self._rows[y]  # rows 0..2h stay: reflection at the top edge reads them
+        image[start:stop] = self.pre.model_to_label(out.cpu().numpy())
+        self.done = stop
+        for y in [y for y in self.rows if 2 * h < y < stop - h]:
+            del self.rows[y]  # rows 0..2h stay: reflection at the top edge reads them
+        return stop
 
 
 def iter_live(source: RowSource, pipeline: LivePipeline) -> Iterator[LiveEvent]:

@@ -133,3 +133,15 @@ def _calibration_from_xml(xml: Path, scan_shape: tuple[int, int]) -> Calibration
         changes["scan_step"] = (fy / ny * 1e10, fx / nx * 1e10)
         changes["scan_units"] = "A"
     return Calibration().with_(**changes)
+
+
+def open_source(text: str | Path, *, timeout_s: float = 10.0,
+                scan_shape: tuple[int, int] | None = None, cancel=None) -> RowSource:
+    """The row source named by ``text``: ``merlin://HOST:PORT`` (a Merlin data stream, see
+    :mod:`.merlin`) or the path of an EMPAD ``.raw`` being written."""
+    from .merlin import MerlinSource, parse_address
+
+    address = parse_address(str(text))
+    if address is None:
+        return EmpadFollower(text, timeout_s=timeout_s, scan_shape=scan_shape, cancel=cancel)
+    return MerlinSource(*address, scan_shape=scan_shape, timeout_s=timeout_s, cancel=cancel)

@@ -1,6 +1,7 @@
 """Live: reconstruct an acquisition while the detector writes it.
 
-Pick the growing EMPAD ``.raw`` (its XML is read first), optionally a virtual annular detector
+Pick the growing EMPAD ``.raw`` (its XML is read first) or a Merlin detector's data stream
+(``merlin://host:port``, received with LiberTEM-live), optionally a virtual annular detector
 (radii in detector pixels; centre from the first row's bright-field disk) and a trained model
 (a ``.pt`` checkpoint). Start follows the file in a worker thread
 (:func:`napari_4dstem_ml.live.iter_live`); the navigation image, the virtual image and the
@@ -50,14 +51,14 @@ def live_job(path: str, inner: float | None, outer: float | None, model_path: st
     """Worker generator: follow ``path`` and yield :class:`~napari_4dstem_ml.live.LiveEvent`s."""
     from ..detectors.centre import find_bf_centre
     from ..detectors.geometry import annular_mask
-    from ..live import EmpadFollower, LivePipeline, iter_live
+    from ..live import LivePipeline, iter_live, open_source
 
     loaded = None
     if model_path:
         from ..training.checkpoint import load_checkpoint
 
         loaded = load_checkpoint(model_path)
-    source = EmpadFollower(path, timeout_s=timeout_s, cancel=cancel)
+    source = open_source(path, timeout_s=timeout_s, cancel=cancel)
     det = source.detector_shape
     detectors = {}
     if inner is not None and outer is not None:
@@ -83,7 +84,7 @@ class LiveWidget(QWidget):
         self._last_draw = 0.0
         self._pending = None
         self.path = QLineEdit()
-        self.path.setPlaceholderText("EMPAD .raw being written")
+        self.path.setPlaceholderText("EMPAD .raw being written, or merlin://host:port")
         browse = QPushButton("…")
         browse.clicked.connect(self._browse)
         self.use_detector = QCheckBox("virtual annular detector (px)")
