@@ -55,8 +55,8 @@ def main() -> None:
     gb = data.nbytes / 1e9
     print(f"data {data.shape} uint16 in RAM, {gb:.2f} GB; load average {os.getloadavg()[0]:.2f}")
 
-    cfg = PreprocessConfig(max_angle_mrad=0.5 * k * 0.84, output_shape=(64, 64),
-                           output_pixel_mrad=k * 0.84 / 64)
+    cfg = PreprocessConfig(max_angle=0.5 * k * 0.84, output_shape=(64, 64),
+                           output_pixel=k * 0.84 / 64)
     pre = Preprocessor.fit(ds, cfg).with_label_stats(0.0, 1.0)
     model = build_model(LinearConfig(cluster_size=5, mask_init="random"), pre.output_shape)
     assert linear_on_raw_detector(model, pre, ds)

@@ -57,8 +57,7 @@ def base(tmp_path_factory):
     np.save(d / "data.npy", data)
     _h5(d / "data.h5", data)
     np.save(d / "label.npy", s.label.astype(np.float32))
-    rc = _cli(["train", d / "data.h5", "--label", d / "label.npy", "--no-register", "--cluster", "3",
-               "--detector-size", "16", "--epochs", "2", "-o", d / "model.pt"])
+    rc = _cli(_train(d, out="model.pt"))
     assert rc == 0 and (d / "model.pt").is_file()
     return d
 
@@ -127,8 +126,9 @@ def _adf(x, d, *extra):
 
 
 def _train(d, data="data.h5", label="label.npy", *extra, out="m.pt"):
-    return ["train", d / data, "--label", d / label, "--no-register", "--cluster", "3",
-            "--detector-size", "16", "--epochs", "2", "-o", d / out, *extra]
+    return ["train", d / data, "--label", d / label, "--no-register", "--model", "linear",
+            "--init", "scratch", "--cluster", "3", "--detector-size", "16", "--epochs", "2",
+            "-o", d / out, *extra]
 
 
 def _predict(d, model="model.pt", data="data.h5", *extra, out="p.tif"):
@@ -325,6 +325,12 @@ _h5_case("external_link", _ext_link, extra=("--dataset", "/linked"),
 _h5_case("external_link_allowed", _ext_link, extra=("--dataset", "/linked", "--allow-external"),
          status=0, names=(), creates=("out.tif",))
 _h5_case("all_nan", lambda d, p, a: _h5(p, np.full_like(a, np.nan)))
+_h5_case("declared_huge_nothing_stored", lambda d, p, a: _h5_empty(p, (100000, 100000, 128, 128)))
+
+
+def _h5_empty(p, shape):
+    with h5py.File(p, "w") as f:  # a 21 PB dataset of which no chunk was ever written
+        f.create_dataset("data", shape=shape, dtype="<f4", chunks=(1, 1, 128, 128))
 
 
 def _h5_add(p, name, a):
@@ -472,7 +478,9 @@ def _train_args(*extra):
 for _opt, _val in [("--inner", "-1"), ("--outer", "0"), ("--inner", "nan"), ("--outer", "inf"),
                    ("--centre", "a,b"), ("--centre", "nan,3"), ("--centre", "1e9,5")]:
     _arg_case(f"adf{_opt}={_val}", _adf_args(_opt, _val), _opt)
-_arg_case("adf-annulus_without_pixels", _adf_args("--inner", "100", "--outer", "200"), "--outer")
+_arg_case("adf-annulus_beyond_detector", _adf_args("--inner", "100", "--outer", "200"), "--inner")
+_arg_case("adf-annulus_between_pixels",
+          _adf_args("--inner", "0.1", "--outer", "0.2", "--centre", "7.5,7.5"), "--outer")
 _arg_case("adf-inner_ge_outer", _adf_args("--inner", "6", "--outer", "2"), "--outer")
 for _opt, _val in [("--epochs", "0"), ("--epochs", "-3"), ("--lr", "0"), ("--lr", "-0.1"),
                    ("--lr", "nan"), ("--lr", "inf"), ("--batch-size", "0"),
@@ -572,7 +580,9 @@ def _nan_data(d, base, value=np.nan, n=2):
 for _model, _val in [("linear", np.nan), ("linear", np.inf), ("conv4d", np.nan)]:
     CASES[f"train-nonfinite_patterns_{_model}_{_val}"] = Case(
         lambda d, base, m=_model, v=_val: (_nan_data(d, base, v), _train(
-            d, "data.h5", "label.npy", "--model", m, *(("--cluster", "5") if m == "conv4d" else ())))[1],
+            d, "data.h5", "label.npy", "--model", m,
+            *(("--cluster", "5", "--epochs", "1", "--ensemble", "1", "--no-augment")
+              if m == "conv4d" else ())))[1],
         status=0, creates=("m.pt",), names=("2 positions",),
         check=lambda d, out: _finite_model(d / "m.pt"))
 
@@ -644,10 +654,25 @@ def _set(d, keys, v):
     d[keys[-1]] = v
 
 
-_ckpt_case("text", lambda p, o, c, b: p.write_text("not a checkpoint"))
-_ckpt_case("empty", lambda p, o, c, b: p.write_bytes(b""))
-_ckpt_case("truncated", lambda p, o, c, b: p.write_bytes((b / "model.pt").read_bytes()[:700]))
-_ckpt_case("zip_not_torch", lambda p, o, c, b: zipfile.ZipFile(p, "w").writestr("a.txt", "hi"))
+def _write_only(fn):
+    def edit(p, o, c, b):
+        fn(p, b)  # the file is written here; nothing for torch.save
+
+    return edit
+
+
+def _zip_not_torch(p, b):
+    with zipfile.ZipFile(p, "w") as z:
+        z.writestr("a.txt", "hi")
+
+
+_ckpt_case("text", _write_only(lambda p, b: p.write_text("not a checkpoint")))
+_ckpt_case("empty", _write_only(lambda p, b: p.write_bytes(b"")))
+_ckpt_case("truncated", _write_only(lambda p, b: p.write_bytes((b / "model.pt").read_bytes()[:700])))
+_ckpt_case("truncated_half", _write_only(
+    lambda p, b: p.write_bytes((b / "model.pt").read_bytes()[: (b / "model.pt").stat().st_size // 2])))
+_ckpt_case("zip_not_torch", _write_only(_zip_not_torch))
+_ckpt_case("legacy_pickle_int", lambda p, o, c, b: 42)
 _ckpt_case("pickled_object", lambda p, o, c, b: torch.save({"obj": _Evil()}, p))
 _ckpt_case("plain_tensor", lambda p, o, c, b: torch.zeros(3))
 _ckpt_case("format_tag", lambda p, o, c, b: {**o, "format": "other"})
@@ -669,13 +694,116 @@ _ckpt_case("corrupted_index_buffer",
 _ckpt_case("nan_weights", _with_state(lambda sd: sd.__setitem__("m", sd["m"] * float("nan"))))
 _ckpt_case("wrong_weight_shape", _with_state(lambda sd: sd.__setitem__("m", torch.zeros(3))))
 _ckpt_case("extra_weight", _with_state(lambda sd: sd.__setitem__("evil", torch.zeros(3))))
-_ckpt_case("fifo", lambda p, o, c, b: os.mkfifo(p))
-_ckpt_case("directory", lambda p, o, c, b: p.mkdir())
+_ckpt_case("fifo", _write_only(lambda p, b: os.mkfifo(p)))
+_ckpt_case("directory", _write_only(lambda p, b: p.mkdir()))
 _ckpt_case("missing", lambda p, o, c, b: None)  # nothing written: no such checkpoint
 
 
 class _Evil:
     """Refused by a weights-only load."""
+
+
+@case("ckpt-data_file_as_model", names=("data.h5",))
+def _(d, base):
+    _copy(base, d, "data.h5")
+    return _predict(d, "data.h5")
+
+
+@case("predict-baseline_output_exists_fails_before_work", names=("p_icom.tif", "--overwrite"))
+def _(d, base):
+    _copy(base, d, "data.h5", "model.pt")
+    (d / "p_icom.tif").write_bytes(b"an earlier baseline")
+    return _predict(d, "model.pt", "data.h5", "--baselines")
+
+
+@case("predict-with_baselines", status=0, creates=("p.tif", "p_icom.tif", "p_adf.tif"))
+def _(d, base):
+    _copy(base, d, "data.h5", "model.pt")
+    return _predict(d, "model.pt", "data.h5", "--baselines")
+
+
+@case("predict-corrupt_gzip_chunk", names=("corrupt.h5",))
+def _(d, base):
+    _copy(base, d, "model.pt")
+    _corrupt_gzip(d, d / "corrupt.h5", np.load(base / "data.npy"))
+    return _predict(d, "model.pt", "corrupt.h5")
+
+
+@case("predict-nan_patterns_warns", status=0, creates=("p.tif",), names=("NaN/inf",))
+def _(d, base):
+    _nan_data(d, base)
+    _copy(base, d, "model.pt")
+    return _predict(d)
+
+
+@case("predict-all_nan_data", names=("nan.h5",))
+def _(d, base):
+    _copy(base, d, "model.pt")
+    _h5(d / "nan.h5", np.full(np.load(base / "data.npy").shape, np.nan, np.float32))
+    return _predict(d, "model.pt", "nan.h5")
+
+
+@case("predict-complex_data", names=("c.h5", "complex"))
+def _(d, base):
+    _copy(base, d, "model.pt")
+    _h5(d / "c.h5", np.load(base / "data.npy").astype(np.complex64))
+    return _predict(d, "model.pt", "c.h5")
+
+
+@case("predict-external_link_data", names=("ext.h5", "--allow-external"))
+def _(d, base):
+    _copy(base, d, "model.pt")
+    _ext_link(d, d / "ext.h5", np.load(base / "data.npy"))
+    return _predict(d, "model.pt", "ext.h5", "--dataset", "linked")
+
+
+@case("evaluate-text_npy_image", names=("t.npy",))
+def _(d, base):
+    _copy(base, d, "label.npy")
+    (d / "t.npy").write_text("0.1 0.2")
+    return ["evaluate", d / "t.npy", "--reference", d / "label.npy"]
+
+
+@case("evaluate-fifo_reference", names=("pipe.npy",))
+def _(d, base):
+    _copy(base, d, "label.npy")
+    os.mkfifo(d / "pipe.npy")
+    return ["evaluate", d / "label.npy", "--reference", d / "pipe.npy"]
+
+
+@case("evaluate-shape_mismatch", names=("small.npy",))
+def _(d, base):
+    _copy(base, d, "label.npy")
+    np.save(d / "small.npy", np.load(base / "label.npy")[:8])
+    return ["evaluate", d / "small.npy", "--reference", d / "label.npy"]
+
+
+@case("info-fifo", names=("pipe.h5",))
+def _(d, base):
+    os.mkfifo(d / "pipe.h5")
+    return ["info", d / "pipe.h5"]
+
+
+@case("adf-zero_signal_auto_centre", names=("zero.npy", "--centre"))
+def _(d, base):
+    np.save(d / "zero.npy", np.zeros((4, 4, 16, 16), np.float32))
+    return ["adf", d / "zero.npy", "--pixels", "--inner", "2", "--outer", "6", "-o", d / "out.tif"]
+
+
+@case("label-external_link_dataset", names=("lab.h5", "target_other.h5"))
+def _(d, base):
+    _copy(base, d, "data.h5")
+    with h5py.File(d / "target_other.h5", "w") as f:
+        f["image"] = np.load(base / "label.npy")
+    with h5py.File(d / "lab.h5", "w") as f:
+        f["image"] = h5py.ExternalLink(str(d / "target_other.h5"), "/image")
+    return _train(d, "data.h5", "lab.h5", "--label-dataset", "image")
+
+
+@case("demo-output_is_a_file", names=("runs",))
+def _(d, base):
+    (d / "runs").write_text("a file where the run folder should go")
+    return ["demo", "-o", d / "runs", "--time-limit", "1"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -985,11 +1113,14 @@ sys.exit(main(sys.argv[2:]))
 """
 
 
-def test_concurrent_predicts_to_one_output(base, tmp_path):
+def test_concurrent_writers_to_one_output(base, tmp_path):
+    """Two processes (``adf``: the same writing path as ``predict``, without importing torch)
+    write one output; both pass the existence check before either finishes."""
     import tifffile
 
-    _copy(base, tmp_path, "model.pt", "data.h5")
-    argv = [str(a) for a in _predict(tmp_path)]
+    _copy(base, tmp_path, "data.h5")
+    argv = [str(a) for a in _adf(tmp_path / "data.h5", tmp_path)]
+    argv[argv.index(str(tmp_path / "out.tif"))] = str(tmp_path / "p.tif")
     procs = [subprocess.Popen([sys.executable, "-c", _SLOW_WRITE, delay, *argv], env=_env(),
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for delay in ("0.5", "1.2")]
@@ -999,6 +1130,24 @@ def test_concurrent_predicts_to_one_output(base, tmp_path):
     loser = next(err for rc, err in results if rc == 2)
     assert "p.tif" in loser and "Traceback" not in loser
     assert tifffile.imread(tmp_path / "p.tif").shape == SCAN
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data.h5", "p.tif"]
+
+
+def test_output_appearing_during_predict_is_not_replaced(base, tmp_path, capsys, monkeypatch):
+    from napari_4dstem_ml.training import inference
+
+    _copy(base, tmp_path, "data.h5", "model.pt")
+    real = inference.iter_reconstruct
+
+    def slow(*a, **kw):
+        (tmp_path / "p.tif").write_bytes(b"another predict run's result")
+        return (yield from real(*a, **kw))
+
+    monkeypatch.setattr(inference, "iter_reconstruct", slow)
+    rc = _cli(_predict(tmp_path))
+    err = capsys.readouterr().err
+    assert rc == 2 and "p.tif" in err and "Traceback" not in err
+    assert (tmp_path / "p.tif").read_bytes() == b"another predict run's result"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data.h5", "model.pt", "p.tif"]
 
 
@@ -1096,3 +1245,24 @@ def test_napari_reader(name, base, tmp_path):
             with pytest.raises(ValueError, match=p.name):
                 reader(str(p))
     assert time.perf_counter() - t0 < 10
+
+
+@pytest.mark.gui
+@pytest.mark.parametrize("name", ["truncated_raw", "complex_npy"])
+def test_napari_open_broken_file_gives_clear_error(name, make_napari_viewer, tmp_path):
+    viewer = make_napari_viewer()
+    if name == "truncated_raw":
+        p = tmp_path / "scan.raw"
+        _raw(p, 3, 10)
+        (tmp_path / "scan.xml").write_text(_xml("scan.raw", 2, 2))
+    else:
+        p = tmp_path / "c.npy"
+        np.save(p, np.zeros((2, 2, 4, 4), np.complex64))
+    with pytest.raises(ValueError, match=p.name) as info:
+        viewer.open(str(p), plugin="napari-4dstem-ml")
+    assert "does not support" not in str(info.value)  # not "no reader"
+    assert len(viewer.layers) == 0
+    good = tmp_path / "ok.npy"
+    np.save(good, np.ones((2, 2, 4, 4), np.float16))  # converted at open
+    layers = viewer.open(str(good), plugin="napari-4dstem-ml")
+    assert layers[0].data.dtype == np.float32

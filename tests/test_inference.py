@@ -93,8 +93,8 @@ def test_linear_model_on_raw_detector_equals_the_preprocessed_path(output_pixel_
     syn = make_synthetic((20, 23), (32, 32), seed=2)
     counts = np.rint(np.asarray(syn.dataset.data)).astype(np.uint16)
     ds = Dataset4D(counts, syn.dataset.calibration)
-    cfg = PreprocessConfig(max_angle_mrad=26.0, output_shape=(24, 24),
-                           output_pixel_mrad=output_pixel_mrad)
+    cfg = PreprocessConfig(max_angle=26.0, output_shape=(24, 24),
+                           output_pixel=output_pixel_mrad)
     pre = Preprocessor.fit(ds, cfg).with_label_stats(0.3, 2.0)
     model = build_model(LinearConfig(cluster_size=3, mask_init="random"), pre.output_shape)
     with torch.no_grad():

@@ -37,7 +37,7 @@ def test_same_pixel_is_a_plain_crop_even_with_a_fractional_centre():
     # the grid snaps to detector pixel edges: centre (9.7, 10.2) → crop rows 4:16, cols 5:17
     for cfg in (
         _plain(output_shape=(12, 12), centre=(9.7, 10.2)),
-        _plain(output_shape=(12, 12), centre=(9.7, 10.2), output_pixel_mrad=1.0),
+        _plain(output_shape=(12, 12), centre=(9.7, 10.2), output_pixel=1.0),
     ):
         pre = Preprocessor.fit(ds, cfg)
         out = pre.transform(ds.data)
@@ -80,7 +80,7 @@ def test_resampling_onto_a_common_angular_grid(px, n, centre):
     # scale 1.4 (bilinear), 2.0 (area binning), 4.0 (area binning) onto a 1.4 mrad grid
     pattern = _render(_blob, px, n, centre)
     ds = Dataset4D(pattern[None, None].astype(np.float32), Calibration(detector_pixel=(px, px)))
-    cfg = _plain(output_shape=(32, 32), output_pixel_mrad=1.4, snap_to_pixels=False)
+    cfg = _plain(output_shape=(32, 32), output_pixel=1.4, snap_to_pixels=False)
     pre = dataclasses.replace(Preprocessor.fit(ds, cfg), centre=centre)
     out = pre.transform(ds.data)[0, 0]
     g = (np.arange(32) - 15.5) * 1.4
@@ -93,7 +93,7 @@ def test_model_grid_transfers_between_calibrations_with_auto_centre():
     b = _render(_blob, 0.6, 128, (60.2, 66.7))
     ds_a = Dataset4D(np.broadcast_to(a, (3, 3, 96, 96)).astype(np.float32), Calibration(detector_pixel=(0.84, 0.84)))
     ds_b = Dataset4D(np.broadcast_to(b, (2, 2, 128, 128)).astype(np.float32), Calibration(detector_pixel=(0.6, 0.6)))
-    pre_a = Preprocessor.fit(ds_a, PreprocessConfig(output_pixel_mrad=1.2, max_angle_mrad=24.0, standardise=False))
+    pre_a = Preprocessor.fit(ds_a, PreprocessConfig(output_pixel=1.2, max_angle=24.0, standardise=False))
     assert pre_a.output_shape == (40, 40)
     pre_b = pre_a.adapt(ds_b)
     assert pre_b.detector_pixel == (0.6, 0.6) and pre_b.output_shape == pre_a.output_shape
@@ -101,7 +101,7 @@ def test_model_grid_transfers_between_calibrations_with_auto_centre():
     oa, ob = pre_a.transform(ds_a.data[0, 0]), pre_b.transform(ds_b.data[0, 0])
     assert abs(oa.sum() - ob.sum()) < 0.02 * oa.sum()
     np.testing.assert_allclose(oa, ob, atol=0.04 * oa.max())
-    # pixels beyond max_angle_mrad are zero
+    # pixels beyond max_angle are zero
     g = (np.arange(40) - 19.5) * 1.2
     outside = g[:, None] ** 2 + g[None, :] ** 2 > 24.0**2
     assert np.all(oa[outside] == 0) and np.all(oa[~outside] > 0)
@@ -109,12 +109,12 @@ def test_model_grid_transfers_between_calibrations_with_auto_centre():
 
 def test_missing_calibration_is_named():
     ds_cal = _random_ds(shape=(2, 2, 20, 20))
-    pre = Preprocessor.fit(ds_cal, PreprocessConfig(output_pixel_mrad=1.5))
+    pre = Preprocessor.fit(ds_cal, PreprocessConfig(output_pixel=1.5))
     bare_other = Dataset4D(np.ones((2, 2, 24, 24), np.float32))
     with pytest.raises(ValueError, match="detector pixel size"):
         pre.adapt(bare_other)
     with pytest.raises(ValueError, match="detector pixel size"):
-        Preprocessor.fit(bare_other, PreprocessConfig(output_pixel_mrad=1.5))
+        Preprocessor.fit(bare_other, PreprocessConfig(output_pixel=1.5))
     # the same detector without calibration: the training geometry is assumed
     bare_same = Dataset4D(ds_cal.data.copy() + 1)
     adapted = pre.adapt(bare_same)
@@ -178,14 +178,14 @@ def test_fit_reads_a_subsample_only_and_lazy_equals_eager():
 
 def test_serialisation_round_trip_and_bad_config():
     ds = _random_ds()
-    pre = Preprocessor.fit(ds, PreprocessConfig(compression="log", max_angle_mrad=6.0, bin_factor=2))
+    pre = Preprocessor.fit(ds, PreprocessConfig(compression="log", max_angle=6.0, bin_factor=2))
     pre = pre.with_label_stats(2.5, 0.5)
     again = Preprocessor.from_json(pre.to_json())
     assert again == pre
     np.testing.assert_array_equal(again.transform(ds.data), pre.transform(ds.data))
     assert PreprocessConfig.from_json(pre.config.to_json()) == pre.config
     np.testing.assert_allclose(pre.model_to_label(pre.label_to_model(np.array([1.0, 3.0]))), [1.0, 3.0])
-    for bad in ({"compression": "sqrt"}, {"bin_factor": 0}, {"max_angle_mrad": -1}, {"output_shape": (0, 4)}):
+    for bad in ({"compression": "sqrt"}, {"bin_factor": 0}, {"max_angle": -1}, {"output_shape": (0, 4)}):
         with pytest.raises(PreprocessError):
             PreprocessConfig(**bad)
     with pytest.raises(PreprocessError, match="unknown"):

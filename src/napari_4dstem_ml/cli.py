@@ -38,11 +38,14 @@ class UserError(Exception):
 def _number(kind, lo=None, hi=None, *, lo_open=False, odd=False):
     """An argparse ``type=``: a finite ``kind`` (int or float) in [lo, hi] (``lo_open``:
     (lo, hi]); ``odd`` ints only. The message names the expected range."""
+    def fmt(v):
+        return f"{v:g}" if kind is float else str(int(v))
+
     parts = []
     if lo is not None:
-        parts.append(f"{'>' if lo_open else '>='} {lo:g}")
+        parts.append(f"{'>' if lo_open else '>='} {fmt(lo)}")
     if hi is not None:
-        parts.append(f"<= {hi:g}")
+        parts.append(f"<= {fmt(hi)}")
     expect = f"{'an odd integer' if odd else 'an integer' if kind is int else 'a number'}" + (
         f" {' and '.join(parts)}" if parts else "")
 
@@ -79,8 +82,9 @@ def _exit_code(exc: SystemExit) -> int:
 
 # -- shared helpers -----------------------------------------------------------------------
 def _load(path: str, args: argparse.Namespace):
-    """Open a data file with the command's data options; errors say which option resolves them."""
-    from .io import ReaderError, load
+    """Open a data file with the command's data options (``--dataset``, ``--scan-shape``,
+    ``--allow-external``)."""
+    from .io import load
 
     options = {}
     if getattr(args, "dataset", None):
@@ -89,13 +93,30 @@ def _load(path: str, args: argparse.Namespace):
         options["scan_shape"] = tuple(args.scan_shape)
     if getattr(args, "allow_external", False):
         options["allow_external"] = True
+    return _with_calibration(load(Path(path), **options), args)
+
+
+def _with_calibration(ds, args: argparse.Namespace):
+    """Apply the calibrations given on the command line (they win over the file's)."""
+    changes = {}
+    if getattr(args, "energy", None) is not None:
+        changes["energy_ev"] = float(args.energy) * 1e3
+    if getattr(args, "convergence", None) is not None:
+        changes["convergence_mrad"] = float(args.convergence)
+    if getattr(args, "detector_pixel", None) is not None:
+        changes["detector_pixel"] = (float(args.detector_pixel),) * 2
+        changes["detector_units"] = "mrad"
+    if getattr(args, "scan_step", None) is not None:
+        changes["scan_step"] = (float(args.scan_step),) * 2
+        changes["scan_units"] = "A"
+    if not changes:
+        return ds
+    from dataclasses import replace
+
     try:
-        return load(Path(path), **options)
-    except ReaderError as exc:
-        flag = _OPTION_FLAGS.get(getattr(exc, "option", None) or "")
-        if flag:
-            raise UserError(f"{exc} (on the command line: {flag})") from exc
-        raise
+        return replace(ds, calibration=ds.calibration.with_(**changes))
+    except ValueError as exc:
+        raise UserError(f"calibration options: {exc}") from exc
 
 
 def _inputs(args: argparse.Namespace, *datasets) -> tuple[str, ...]:
@@ -227,20 +248,34 @@ def cmd_adf(args: argparse.Namespace) -> int:
             raise UserError(f"{ds.source}: {exc}; give the radii in pixels with --pixels") from exc
     unit = "px" if args.pixels else "mrad"
     step = ds.calibration.scan_step_A
+    from .detectors import max_radius_px
+
     with open_client(compute) as client:
         centre = _centre(ds, args.centre, client)
-        mask = annular_mask(ds.detector_shape, centre, args.inner / per_px[0], args.outer / per_px[0])
+        reach = max_radius_px(ds.detector_shape, centre) * per_px[0]
+        inner, outer = args.inner, args.outer
+        if inner >= reach:
+            raise UserError(
+                f"--inner {inner:g} {unit} lies beyond the detector's reach ({reach:.4g} {unit} "
+                f"from the pattern centre): the annulus would contain no detector pixel"
+            )
+        if outer > reach:
+            print(f"stemml adf: warning: --outer {outer:g} {unit} is beyond the detector's reach; "
+                  f"clipped to {reach:.4g} {unit} (the largest circle around the centre that the "
+                  "detector holds)", file=sys.stderr)
+            outer = reach
+        mask = annular_mask(ds.detector_shape, centre, inner / per_px[0], outer / per_px[0])
         if not mask.any():
             raise UserError(
-                f"--inner {args.inner:g} --outer {args.outer:g} ({unit}): the annulus about the "
-                f"centre ({centre[0]:.1f}, {centre[1]:.1f}) px holds no pixel of the "
+                f"--inner {inner:g} --outer {outer:g} ({unit}): the annulus about the centre "
+                f"({centre[0]:.1f}, {centre[1]:.1f}) px holds no pixel of the "
                 f"{ds.detector_shape[0]} x {ds.detector_shape[1]} px detector")
         with image_sink(args.output, ds.scan_shape, step[1] if step else None,
                         overwrite=args.overwrite, inputs=inputs) as sink, \
                 _progress(ds.scan_shape[0], "virtual detector") as bar:
             image = _run_to_sink(iter_virtual_image(ds, mask, client=client), sink, bar)
             _report_image(image, ds.source, "virtual image")
-    print(f"wrote {args.output}: {args.inner:g}-{args.outer:g} {unit} detector, centre "
+    print(f"wrote {args.output}: {inner:g}-{outer:.4g} {unit} detector, centre "
           f"({centre[0]:.2f}, {centre[1]:.2f}) px ({compute.describe()})")
     return 0
 
@@ -254,23 +289,31 @@ def cmd_train(args: argparse.Namespace) -> int:
     ds = _load(args.data, args)
     prepare_output(args.output, overwrite=args.overwrite, inputs=_inputs(args, ds))
     job = TrainingJob.from_cli(args)
-    epochs = job.configs(ds)[2].epochs
+    prepared = job.prepare(ds)
+    epochs = prepared[1][2].epochs
+    tty = sys.stderr.isatty()
     bar = None
     result = None
-    for event in run_job(job, ds):
+    for event in run_job(job, ds, prepared=prepared):
         if isinstance(event, (Message, NoticeEvent)):
             print(event.text)
         elif isinstance(event, PrepareEvent):
             if event.done == 0:
                 print(f"{event.stage} ({event.total} scan rows) ...")
         elif isinstance(event, StepEvent):
-            if bar is None:
+            if bar is None and tty:
                 bar = _progress(epochs, "training", unit="epochs")
-            bar.set_postfix(step=event.step, loss=f"{event.train_loss:.4g}")
-        elif isinstance(event, EpochEvent) and bar is not None:
-            bar.update(event.epoch + 1 - bar.n)
+            if bar is not None:
+                bar.set_postfix(step=event.step, loss=f"{event.train_loss:.4g}")
+        elif isinstance(event, EpochEvent):
             r = event.metrics.get("pearson_r", float("nan"))
-            bar.set_postfix(train=f"{event.train_loss:.4g}", val=f"{event.val_loss:.4g}", r=f"{r:.3f}")
+            if bar is not None:
+                bar.update(event.epoch + 1 - bar.n)
+                bar.set_postfix(train=f"{event.train_loss:.4g}", val=f"{event.val_loss:.4g}", r=f"{r:.3f}")
+            else:  # a log file or pipe: one line per epoch
+                print(f"epoch {event.epoch}: train loss {event.train_loss:.4g}, validation loss "
+                      f"{event.val_loss:.4g}, r {r:.3f}, {event.elapsed_s:.1f} s"
+                      + (" (best)" if event.is_best else ""), flush=True)
         elif isinstance(event, JobResult):
             result = event
     if bar is not None:
@@ -280,29 +323,95 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _baseline_paths(output: str, names: Sequence[str] = ("iCoM", "ADF")) -> list[Path]:
+    """Where ``predict --baselines`` writes each baseline (``names``: those of
+    :meth:`~napari_4dstem_ml.baselines.Baselines.images`), beside ``output``."""
+    stem = Path(output)
+    return [stem.with_name(f"{stem.stem}_{n.lower()}{stem.suffix}") for n in names]
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
+    from .export import IMAGE_SUFFIXES, prepare_output, write_image
     from .parallel import iter_predict, open_client
     from .parallel.sink import image_sink, prepare_sink
     from .training.checkpoint import load_checkpoint
+    from .training.inference import PredictEvent
+    from .workflow import Message, reconstruct
 
     compute = _compute(args)
+    if not compute.in_process and (args.uncertainty or args.baselines):
+        raise UserError("--uncertainty and --baselines run in process; drop --scheduler/--workers")
     prepare_sink(args.output, overwrite=args.overwrite, inputs=_inputs(args))
+    if args.uncertainty:
+        prepare_output(args.uncertainty, overwrite=args.overwrite, inputs=_inputs(args),
+                       suffixes=IMAGE_SUFFIXES)
+    for path in _baseline_paths(args.output) if args.baselines else ():
+        prepare_output(path, overwrite=args.overwrite, inputs=_inputs(args))
     model_path = Path(args.model)
     if not model_path.exists():
         raise UserError(f"{model_path}: no such model file")
     loaded = load_checkpoint(model_path)
+    if args.uncertainty and not hasattr(loaded.model, "predict_field_members"):
+        raise UserError(
+            f"--uncertainty needs an ensemble model; {model_path} holds a single model "
+            "(train with --ensemble 3, the CNN's default)"
+        )
     ds = _load(args.data, args)
     inputs = _inputs(args, ds)
     prepare_sink(args.output, overwrite=args.overwrite, inputs=inputs)
     step = ds.calibration.scan_step_A
-    with open_client(compute) as client, \
-            image_sink(args.output, ds.scan_shape, step[1] if step else None,
-                       overwrite=args.overwrite, inputs=inputs) as sink, \
-            _progress(ds.scan_shape[0], "predict") as bar:
-        image = _run_to_sink(iter_predict(loaded.model, loaded.preprocessor, ds, client=client),
-                             sink, bar)
-        _report_image(image, ds.source, "prediction")
-    print(f"wrote {args.output} ({image.shape[0]} x {image.shape[1]}; {compute.describe()})")
+    if not compute.in_process:
+        with open_client(compute) as client, \
+                image_sink(args.output, ds.scan_shape, step[1] if step else None,
+                           overwrite=args.overwrite, inputs=inputs) as sink, \
+                _progress(ds.scan_shape[0], "predict") as bar:
+            image = _run_to_sink(iter_predict(loaded.model, loaded.preprocessor, ds, client=client),
+                                 sink, bar)
+            _report_image(image, ds.source, "prediction")
+        print(f"wrote {args.output} ({image.shape[0]} x {image.shape[1]}; {compute.describe()})")
+        return 0
+
+    report = None
+    gen = reconstruct(loaded, ds, baselines=bool(args.baselines))
+    with _progress(ds.scan_shape[0], "predict") as bar:
+        while True:
+            try:
+                event = next(gen)
+            except StopIteration as stop:
+                report = stop.value
+                break
+            if isinstance(event, PredictEvent):
+                bar.update(event.rows_done - bar.n)
+            elif isinstance(event, Message):
+                bar.write(f"stemml predict: {event.text}", file=sys.stderr)
+    _report_image(report.image, ds.source, "prediction")
+    step = ds.calibration.scan_step_A
+    px = step[1] if step else None
+    meta = {"model": str(model_path), "data": str(args.data), **report.metadata()}
+    if Path(args.output).suffix.lower() in IMAGE_SUFFIXES:
+        out = write_image(args.output, report.image, px, overwrite=args.overwrite, metadata=meta,
+                          inputs=inputs)
+    else:  # HDF5 or Zarr
+        with image_sink(args.output, ds.scan_shape, px, overwrite=args.overwrite,
+                        inputs=inputs) as sink:
+            sink.write(0, ds.scan_shape[0], report.image)
+        out = args.output
+    print(f"wrote {out} ({report.image.shape[0]} x {report.image.shape[1]})")
+    if args.uncertainty:
+        u = write_image(args.uncertainty, report.uncertainty, px, overwrite=args.overwrite,
+                        inputs=inputs,
+                        metadata={**meta, "quantity": "ensemble standard deviation (label units)"})
+        print(f"wrote {u} (uncertainty: ensemble standard deviation)")
+    if args.baselines:
+        for name, img in report.baselines.images().items():
+            path = _baseline_paths(args.output, (name,))[0]
+            write_image(path, img, px, overwrite=args.overwrite, inputs=inputs,
+                        metadata={"data": str(args.data), "baseline": name, **report.baselines.info})
+            print(f"wrote {path} ({name})")
+    if report.issues:
+        print(f"stemml predict: warning: the data lie outside the model's training domain in "
+              f"{len(report.issues)} respect(s); treat the image with caution (recorded in its "
+              "metadata)", file=sys.stderr)
     return 0
 
 
@@ -431,7 +540,6 @@ def cmd_live(args: argparse.Namespace) -> int:
         print(f"wrote {outputs[n]} ({n}, {ny} x {nx})")
     print(f"{result.frames} frames in {result.elapsed_s:.1f} s ({result.frames / max(result.elapsed_s, 1e-9):.0f} "
           f"frames/s); slowest block processed in {result.max_latency_s * 1e3:.0f} ms")
-    return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -447,8 +555,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             f"{args.image} is {image.shape[0]} x {image.shape[1]} but {args.reference} is "
             f"{reference.shape[0]} x {reference.shape[1]}; register the reference onto the scan grid first"
         )
-    report = compare(image, reference, crop=args.crop, pixel_size=pixel or 1.0)
+    report = compare(image, reference, crop=args.crop, pixel_size=pixel or 1.0,
+                     register=not args.no_register)
     print(report.summary() + ("" if pixel else " (FRC in pixels: no pixel size known)"))
+    if report.pearson_r < 0:
+        print(f"note: r is negative: {args.image} shows inverted contrast relative to "
+              f"{args.reference} (SSIM and PSNR were taken after a fit with scale "
+              f"{report.scale:.3g})")
     return 0
 
 
@@ -467,6 +580,11 @@ def _add_data_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allow-external", action="store_true",
                    help="HDF5: allow data stored in other files (external storage, virtual "
                         "datasets, external links); refused by default")
+    g = p.add_argument_group("calibration (wins over the file's)")
+    g.add_argument("--energy", type=POSITIVE, metavar="KEV", help="beam energy (keV)")
+    g.add_argument("--convergence", type=POSITIVE, metavar="MRAD", help="convergence semi-angle α (mrad)")
+    g.add_argument("--detector-pixel", type=POSITIVE, metavar="MRAD", help="detector pixel (mrad)")
+    g.add_argument("--scan-step", type=POSITIVE, metavar="ANGSTROM", help="scan step (Å)")
 
 
 def _add_compute_options(p: argparse.ArgumentParser) -> None:
@@ -510,14 +628,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label", required=True, help="label image (TIFF, NumPy, HDF5, PNG, .mat)")
     p.add_argument("--label-dataset", help="HDF5: path of the label image inside the file")
     p.add_argument("--label-pixel", type=_number(float, 0, 1e4, lo_open=True), help="label pixel size in Å (if the file does not say)")
-    p.add_argument("--model", choices=("linear", "conv4d"), default="linear")
+    p.add_argument("--model", choices=("linear", "conv4d"), default="conv4d")
+    p.add_argument("--init", default="base",
+                   help="'base' (default: fine-tune the shipped base model), 'scratch', or a checkpoint to fine-tune")
+    p.add_argument("--ensemble", type=_number(int, 1, 32), default=None,
+                   help="members of a deep ensemble, for uncertainty maps (default 3 for the CNN from scratch)")
+    p.add_argument("--no-augment", action="store_true", help="no on-the-fly augmentation")
     p.add_argument("--cluster", type=_number(int, 1, 63, odd=True), default=5, help="cluster size K (odd)")
     p.add_argument("--epochs", type=_number(int, 1, 10**6), default=None)
     p.add_argument("--lr", type=_number(float, 0, 10, lo_open=True), default=None)
     p.add_argument("--batch-size", type=_number(int, 1, 2**20), default=None)
     p.add_argument("--seed", type=_number(int, 0, 2**32 - 1), default=0)
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    p.add_argument("--detector-size", type=_number(int, 2, 1024), default=64, help="model detector grid (pixels per side)")
+    p.add_argument("--detector-size", type=_number(int, 2, 1024), default=None, help="model detector grid (pixels per side; default 48)")
     p.add_argument("--max-angle", type=_number(float, 0, 1000, lo_open=True), default=None, help="detector crop radius in mrad")
     p.add_argument("--no-register", action="store_true", help="the label is already on the scan grid")
     p.add_argument("-o", "--output", required=True, help="checkpoint file (.pt)")
@@ -529,8 +652,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("data")
     p.add_argument("--model", required=True, help="checkpoint written by 'stemml train'")
     p.add_argument("-o", "--output", required=True,
-                   help="output image (.tif, .npy, .png, .h5, .zarr; written as rows arrive, "
-                        "in place when complete)")
+                   help="output image (.tif, .npy, .png, .h5, .zarr; with --scheduler/--workers "
+                        "written as rows arrive, in place when complete)")
+    p.add_argument("--uncertainty", metavar="UNC", help="also write the per-pixel uncertainty (ensemble spread) here")
+    p.add_argument("--baselines", action="store_true",
+                   help="also write the iCoM and ADF images of the same data (OUT_icom, OUT_adf)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     _add_data_options(p)
     _add_compute_options(p)
@@ -567,6 +693,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", help="HDF5: path of the reference image inside the file")
     p.add_argument("--crop", type=_number(int, 0), default=4, help="pixels cropped at each edge before comparing")
     p.add_argument("--pixel-size", type=POSITIVE, default=None, help="pixel size in Å (for FRC resolution)")
+    p.add_argument("--no-register", action="store_true", help="compare as given, without a sub-pixel shift")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("demo", help="the whole workflow on the bundled MoS2 and PrScO3 samples")
@@ -590,7 +717,11 @@ _DATA_ERRORS = (OSError, EOFError, struct.error, zipfile.BadZipFile, zlib.error,
 def describe_error(exc: BaseException, args: argparse.Namespace) -> tuple[int, str]:
     """(exit status, one-line message) for an exception leaving a command."""
     if isinstance(exc, (UserError, ValueError)):
-        return EXIT_USAGE, str(exc)
+        text = str(exc)
+        flag = _OPTION_FLAGS.get(getattr(exc, "option", None) or "")
+        if flag and flag not in text:  # say which option resolves it
+            text += f" (on the command line: {flag})"
+        return EXIT_USAGE, text
     from .parallel import ParallelError
 
     if isinstance(exc, ParallelError):

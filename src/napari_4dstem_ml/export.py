@@ -358,22 +358,30 @@ def check_image(image: np.ndarray, what: str) -> np.ndarray:
 
 
 def write_image(path: str | os.PathLike, image: np.ndarray, pixel_size_A: float | None = None,
-                *, overwrite: bool = False,
-                inputs: Iterable[str | os.PathLike | None] = ()) -> Path:
+                *, overwrite: bool = False, inputs: Iterable[str | os.PathLike | None] = (),
+                metadata: dict | None = None) -> Path:
     """Write a 2D image ``(y, x)`` as TIFF (float32, pixel size in Å in the ImageJ metadata),
     ``.npy`` (float32) or an 8-bit PNG preview (0.5-99.5 percentile scaled), through
-    :func:`output_file`. An all-NaN or all-zero image is refused. Returns the written path."""
+    :func:`output_file`. An all-NaN or all-zero image is refused. Returns the written path.
+
+    ``metadata`` (JSON-serialisable) is recorded in the TIFF's ImageJ ``Info`` and the PNG's
+    text chunk ``napari-4dstem-ml`` (``.npy`` has no place for it)."""
+    import json
+
     target = prepare_output(path, overwrite=overwrite, inputs=inputs, suffixes=IMAGE_SUFFIXES)
     image = check_image(image, f"output {path}")
     suffix = target.suffix.lower()
+    info = json.dumps(metadata, default=str) if metadata else None
     with output_file(path, overwrite=overwrite, inputs=inputs) as tmp, writing(path):
         if suffix in (".tif", ".tiff"):
             import tifffile
 
-            kw = {}
+            kw: dict = {"metadata": {}}
             if pixel_size_A and np.isfinite(pixel_size_A) and pixel_size_A > 0:
                 kw = {"resolution": (1.0 / pixel_size_A, 1.0 / pixel_size_A),
                       "metadata": {"unit": "angstrom"}}
+            if info:
+                kw["metadata"]["Info"] = info
             tifffile.imwrite(tmp, image, imagej=True, **kw)
         elif suffix == ".npy":
             with open(tmp, "xb") as fh:
@@ -383,7 +391,13 @@ def write_image(path: str | os.PathLike, image: np.ndarray, pixel_size_A: float 
 
             lo, hi = np.nanpercentile(image, [0.5, 99.5])
             scaled = np.nan_to_num(np.clip((image - lo) / max(hi - lo, 1e-12), 0, 1))
-            Image.fromarray((scaled * 255).astype(np.uint8)).save(tmp, format="PNG")
+            png = None
+            if info:
+                from PIL.PngImagePlugin import PngInfo
+
+                png = PngInfo()
+                png.add_text("napari-4dstem-ml", info)
+            Image.fromarray((scaled * 255).astype(np.uint8)).save(tmp, format="PNG", pnginfo=png)
     return target
 
 

@@ -545,7 +545,8 @@ class ComparisonReport:
     """Result of :func:`compare`. ``shift_yx`` (px) is how far ``image`` was displaced from
     ``reference`` (it was shifted back by it); ``scale``/``offset`` map image → reference;
     ``crop`` px were removed from every edge; ``data_range`` is the cropped reference's
-    max − min unless given; ``frc_resolution`` (unit of ``pixel_size``) is where the FRC
+    max − min unless given; ``pearson_r`` is taken before the scale fit, so it is negative when
+    the contrast is inverted (``scale`` < 0); ``frc_resolution`` (unit of ``pixel_size``) is where the FRC
     between the aligned image and the reference crosses half-bit (agreement, not resolution).
     ``aligned`` / ``reference_cropped`` are the cropped, fitted arrays that were compared."""
 
@@ -631,7 +632,7 @@ def compare(
         data_range_source=src,
         psnr=psnr(fitted, b, rng),
         ssim=s,
-        pearson_r=pearson_r(fitted, b),
+        pearson_r=pearson_r(a, b),  # before the fit: its sign shows inverted contrast
         frc_resolution=f.resolution,
         pixel_size=float(pixel_size),
         aligned=fitted.astype(np.float32),

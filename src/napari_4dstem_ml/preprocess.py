@@ -48,13 +48,19 @@ __all__ = [
     "PreprocessConfig",
     "Preprocessor",
     "PreprocessError",
+    "MissingCalibrationError",
+    "ScanGrid",
     "bf_centre",
     "dataset_key",
+    "detector_pixel_in",
     "resampling_matrix",
     "sample_patterns",
 ]
 
 COMPRESSIONS = ("none", "power", "log")
+ANGLE_UNITS = ("mrad", "alpha")
+#: relative scan-step difference below which a data set is used on its own grid
+SCAN_STEP_TOLERANCE = 0.02
 _CHUNK_BYTES = 8e6  # float32 bytes per internal chunk of transform()
 
 
@@ -73,34 +79,40 @@ def _pair(v: Any, name: str, cast=float) -> tuple | None:
 
 @dataclass(frozen=True)
 class PreprocessConfig:
-    """How to prepare patterns; all angles in mrad, pixel counts as (y, x).
+    """How to prepare patterns; pixel counts as (y, x).
 
-    ``max_angle_mrad``: circular crop around the centre (``None``: keep everything);
-    ``bin_factor``: detector binning, used to choose the output pixel when
-    ``output_pixel_mrad`` is ``None`` (output pixel = ``bin_factor`` × detector pixel);
-    ``centre``: bright-field centre (cy, cx) in detector pixels (``None``: fitted from the mean
-    pattern); ``output_shape``: the model's detector grid (``None``: from ``max_angle_mrad``,
-    else the detector extent / ``bin_factor``); ``output_pixel_mrad``: the model's angular pixel;
+    Angles (``max_angle``, ``output_pixel``) are in ``angle_units``: ``"mrad"``, or
+    ``"alpha"`` = fractions of the data set's convergence semi-angle α (so the bright-field
+    disk has radius 1 on every microscope). ``max_angle``: circular crop around the centre
+    (``None``: keep everything); ``bin_factor``: detector binning, used to choose the output
+    pixel when ``output_pixel`` is ``None`` (output pixel = ``bin_factor`` × detector pixel);
+    ``centre``: bright-field centre (cy, cx) in detector pixels (``None``: fitted from the
+    mean pattern); ``output_shape``: the model's detector grid (``None``: from ``max_angle``,
+    else the detector extent / ``bin_factor``); ``output_pixel``: the model's angular pixel;
     ``normalise``, ``compression`` (``"none"|"power"|"log"``), ``power``, ``standardise``:
     see the module docstring; ``snap_to_pixels``: exact crop/bin when the scale is an integer;
-    ``fit_max_patterns``: size of the subsample statistics are fitted on.
+    ``fit_max_patterns``: size of the subsample statistics are fitted on; ``scan_step_A``: the
+    model's scan step in Å (``None``: the training data's step; data sets with another step
+    are resampled onto it, see :class:`ScanGrid`).
     """
 
-    max_angle_mrad: float | None = None
+    max_angle: float | None = None
     bin_factor: int = 1
     centre: tuple[float, float] | None = None
     output_shape: tuple[int, int] | None = None
-    output_pixel_mrad: float | None = None
+    output_pixel: float | None = None
     normalise: bool = True
     compression: str = "none"
     power: float = 0.25
     standardise: bool = True
     snap_to_pixels: bool = True
     fit_max_patterns: int = 1024
+    angle_units: str = "mrad"
+    scan_step_A: float | None = None
 
     def __post_init__(self) -> None:
-        if self.max_angle_mrad is not None and not float(self.max_angle_mrad) > 0:
-            raise PreprocessError(f"max_angle_mrad must be > 0 or None, got {self.max_angle_mrad!r}")
+        if self.max_angle is not None and not float(self.max_angle) > 0:
+            raise PreprocessError(f"max_angle must be > 0 or None, got {self.max_angle!r}")
         if isinstance(self.bin_factor, bool) or int(self.bin_factor) != self.bin_factor or self.bin_factor < 1:
             raise PreprocessError(f"bin_factor must be an integer >= 1, got {self.bin_factor!r}")
         object.__setattr__(self, "bin_factor", int(self.bin_factor))
@@ -109,10 +121,8 @@ class PreprocessConfig:
         if shape is not None and min(shape) < 1:
             raise PreprocessError(f"output_shape must be positive, got {self.output_shape!r}")
         object.__setattr__(self, "output_shape", shape)
-        if self.output_pixel_mrad is not None and not float(self.output_pixel_mrad) > 0:
-            raise PreprocessError(
-                f"output_pixel_mrad must be > 0 or None, got {self.output_pixel_mrad!r}"
-            )
+        if self.output_pixel is not None and not float(self.output_pixel) > 0:
+            raise PreprocessError(f"output_pixel must be > 0 or None, got {self.output_pixel!r}")
         if self.compression not in COMPRESSIONS:
             raise PreprocessError(
                 f"compression must be one of {COMPRESSIONS}, got {self.compression!r}"
@@ -121,6 +131,12 @@ class PreprocessConfig:
             raise PreprocessError(f"power must be > 0, got {self.power!r}")
         if int(self.fit_max_patterns) < 1:
             raise PreprocessError(f"fit_max_patterns must be >= 1, got {self.fit_max_patterns!r}")
+        if self.angle_units not in ANGLE_UNITS:
+            raise PreprocessError(f"angle_units must be one of {ANGLE_UNITS}, got {self.angle_units!r}")
+        if self.scan_step_A is not None and not (
+            math.isfinite(float(self.scan_step_A)) and float(self.scan_step_A) > 0
+        ):
+            raise PreprocessError(f"scan_step_A must be > 0 or None, got {self.scan_step_A!r}")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -128,6 +144,10 @@ class PreprocessConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> PreprocessConfig:
+        d = dict(d)
+        for old, new in (("max_angle_mrad", "max_angle"), ("output_pixel_mrad", "output_pixel")):
+            if old in d:  # checkpoints of version 1 (angles always in mrad)
+                d[new] = d.pop(old)
         known = set(cls.__dataclass_fields__)
         unknown = sorted(set(d) - known)
         if unknown:
@@ -224,16 +244,118 @@ def sample_patterns(dataset: Dataset4D, max_patterns: int = 1024) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------
 # the fitted transform
 # ---------------------------------------------------------------------------------------------
+class MissingCalibrationError(PreprocessError):
+    """A calibration the model relies on is missing from the data set. ``field`` is the
+    :class:`~napari_4dstem_ml.dataset.Calibration` field; the message names the command-line
+    option and the napari field that supply it."""
+
+    def __init__(self, field: str, what: str) -> None:
+        self.field = field
+        option, label = CALIBRATION_INPUTS[field]
+        super().__init__(
+            f"{what} needs the {label}, which the data set does not state: give it with "
+            f"{option} on the command line, or in napari in the browser's calibration fields"
+        )
+
+
+#: Calibration field -> (command-line option, what it is)
+CALIBRATION_INPUTS = {
+    "convergence_mrad": ("--convergence MRAD", "convergence semi-angle α (mrad)"),
+    "detector_pixel": ("--detector-pixel MRAD", "detector pixel size (mrad per pixel)"),
+    "energy_ev": ("--energy KEV", "beam energy (keV)"),
+    "scan_step": ("--scan-step ANGSTROM", "scan step (Å)"),
+}
+
+
+def detector_pixel_in(dataset: Dataset4D, units: str, what: str) -> tuple[float, float] | None:
+    """The detector pixel (dky, dkx) of ``dataset`` in ``units`` (``"mrad"``, ``"alpha"``:
+    fractions of the convergence semi-angle, ``"pixels"``: None); raises
+    :class:`MissingCalibrationError` naming what is missing."""
+    if units == "pixels":
+        return None
+    cal = dataset.calibration
+    px = cal.detector_pixel_mrad
+    if px is None:
+        if cal.detector_pixel is not None and cal.detector_units == "A^-1":
+            raise MissingCalibrationError("energy_ev", what + " (to convert the detector's Å⁻¹ to mrad)")
+        raise MissingCalibrationError("detector_pixel", what)
+    if units == "mrad":
+        return float(px[0]), float(px[1])
+    alpha = cal.convergence_mrad
+    if alpha is None or not float(alpha) > 0:
+        raise MissingCalibrationError("convergence_mrad", what)
+    return float(px[0]) / float(alpha), float(px[1]) / float(alpha)
+
+
+@dataclass(frozen=True)
+class ScanGrid:
+    """The model's scan grid on a data set's scan grid (both start at data position (0, 0)).
+
+    ``factor`` (fy, fx) = model step / data step: model position ``i`` lies at data
+    coordinate ``i · f``. ``shape`` covers the data field: ``floor((n - 1) / f) + 1``.
+    Patterns at model positions are bilinear interpolations of the four nearest data
+    patterns (linear intensities, before any compression); images go back to the data grid
+    by cubic-spline interpolation.
+    """
+
+    data_shape: tuple[int, int]
+    factor: tuple[float, float]
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(  # type: ignore[return-value]
+            int(math.floor((n - 1) / f + 1e-9)) + 1 for n, f in zip(self.data_shape, self.factor)
+        )
+
+    def taps(self, axis: int, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """For model indices ``idx`` along ``axis``: data indices (i0, i1) and weight of i1."""
+        u = np.asarray(idx, np.float64) * self.factor[axis]
+        n = self.data_shape[axis]
+        i0 = np.clip(np.floor(u + 1e-9).astype(np.int64), 0, n - 1)
+        w = np.clip(u - i0, 0.0, 1.0)
+        i1 = np.minimum(i0 + 1, n - 1)
+        return i0, i1, w
+
+    def to_data(self, image: np.ndarray) -> np.ndarray:
+        """An image on this model grid → the data grid (cubic spline, edges reflected)."""
+        from scipy.ndimage import map_coordinates
+
+        ny, nx = self.data_shape
+        gy = np.arange(ny) / self.factor[0]
+        gx = np.arange(nx) / self.factor[1]
+        yy, xx = np.meshgrid(gy, gx, indexing="ij")
+        img = np.asarray(image, np.float64)
+        return map_coordinates(img, [yy, xx], order=3, mode="mirror").astype(np.float32)
+
+    def to_model(self, image: np.ndarray, order: int = 3) -> np.ndarray:
+        """An image on the data grid → this model grid (NaN stays NaN where it touches)."""
+        from scipy.ndimage import map_coordinates
+
+        my, mx = self.shape
+        yy, xx = np.meshgrid(np.arange(my) * self.factor[0], np.arange(mx) * self.factor[1],
+                             indexing="ij")
+        img = np.asarray(image, np.float64)
+        bad = ~np.isfinite(img)
+        out = map_coordinates(np.where(bad, 0.0, img), [yy, xx], order=order, mode="mirror")
+        if bad.any():
+            touched = map_coordinates(bad.astype(np.float64), [yy, xx], order=1, mode="mirror")
+            out[touched > 0] = np.nan
+        return out.astype(np.float32)
+
+
 @dataclass(frozen=True)
 class Preprocessor:
     """A :class:`PreprocessConfig` plus fitted statistics; see the module docstring.
 
     Model values: ``output_shape`` (oy, ox), ``output_pixel`` (in ``grid_units``: ``"mrad"``,
-    or ``"pixels"`` = detector pixels of the training data when it had no calibration),
-    ``input_mean``/``input_std`` (standardisation), ``label_mean``/``label_std`` (the model
-    predicts ``(label - label_mean) / label_std``). Data-set values: ``detector_shape``,
-    ``detector_pixel`` (dky, dkx in ``grid_units``), ``centre`` (cy, cx) in detector pixels,
-    ``mean_counts`` (mean total counts per pattern), ``dataset_key`` (what they were fitted on).
+    ``"alpha"`` = fractions of the convergence semi-angle, or ``"pixels"`` = detector pixels of
+    the training data when it had no calibration), ``input_mean``/``input_std``
+    (standardisation), ``label_mean``/``label_std`` (the model predicts
+    ``(label - label_mean) / label_std``), ``scan_step_A`` (the model's scan step, Å; ``None``
+    when uncalibrated). Data-set values: ``detector_shape``, ``detector_pixel`` (dky, dkx in
+    ``grid_units``), ``centre`` (cy, cx) in detector pixels, ``mean_counts`` (mean total counts
+    per pattern: the dose estimate every pattern is divided by), ``alpha_mrad`` and
+    ``data_scan_step_A`` of the data set, ``dataset_key`` (what they were fitted on).
     """
 
     config: PreprocessConfig
@@ -249,6 +371,9 @@ class Preprocessor:
     label_mean: float = 0.0
     label_std: float = 1.0
     dataset_key: str = ""
+    scan_step_A: tuple[float, float] | None = None
+    data_scan_step_A: tuple[float, float] | None = None
+    alpha_mrad: float | None = None
 
     # -- fitting ------------------------------------------------------------------------------
     @classmethod
@@ -257,40 +382,40 @@ class Preprocessor:
         config = config or PreprocessConfig()
         ky, kx = dataset.detector_shape
         cal = dataset.calibration
-        px = cal.detector_pixel_mrad
-        needs_mrad = config.output_pixel_mrad is not None or config.max_angle_mrad is not None
-        if px is None and needs_mrad:
-            what = (
-                "cropping to max_angle_mrad"
-                if config.output_pixel_mrad is None
-                else "resampling onto the model's angular grid (output_pixel_mrad)"
-            )
-            cal.require_detector_mrad(what)  # raises, naming the missing calibration
-        if px is None:
-            units, det_px = "pixels", (1.0, 1.0)
+        if config.angle_units == "alpha":
+            units = "alpha"
         else:
-            units, det_px = "mrad", (float(px[0]), float(px[1]))
-        if config.output_pixel_mrad is not None:
-            out_px = float(config.output_pixel_mrad)
+            units = "mrad" if cal.detector_pixel_mrad is not None else "pixels"
+            if units == "pixels" and (config.output_pixel is not None or config.max_angle is not None):
+                what = ("cropping to max_angle" if config.output_pixel is None
+                        else "resampling onto the model's angular grid (output_pixel)")
+                detector_pixel_in(dataset, "mrad", what)  # raises, naming the missing calibration
+        sample = sample_patterns(dataset, config.fit_max_patterns)
+        geometry = cls._geometry(dataset, config, units, sample)
+        det_px = geometry["detector_pixel"]
+        if config.output_pixel is not None:
+            out_px = float(config.output_pixel)
         else:
             out_px = config.bin_factor * math.sqrt(det_px[0] * det_px[1])
         if config.output_shape is not None:
             oshape = config.output_shape
-        elif config.max_angle_mrad is not None:
-            n = 2 * int(math.ceil(float(config.max_angle_mrad) / out_px - 1e-9))
+        elif config.max_angle is not None:
+            n = 2 * int(math.ceil(float(config.max_angle) / out_px - 1e-9))
             oshape = (max(n, 1), max(n, 1))
         else:
             oshape = (
                 max(1, int(math.floor(ky * det_px[0] / out_px + 1e-9))),
                 max(1, int(math.floor(kx * det_px[1] / out_px + 1e-9))),
             )
-        sample = sample_patterns(dataset, config.fit_max_patterns)
-        geometry = cls._geometry(dataset, config, units, sample)
+        step = geometry["data_scan_step_A"]
+        if config.scan_step_A is not None:
+            step = (float(config.scan_step_A),) * 2
         pre = cls(
             config=config,
             output_shape=(int(oshape[0]), int(oshape[1])),
             output_pixel=out_px,
             grid_units=units,
+            scan_step_A=step,
             **geometry,
         )
         if config.standardise:
@@ -304,20 +429,21 @@ class Preprocessor:
     def _geometry(
         dataset: Dataset4D, config: PreprocessConfig, units: str, sample: np.ndarray | None = None
     ) -> dict[str, Any]:
+        det_px = detector_pixel_in(dataset, units, "resampling onto the model's angular grid")
         if sample is None:
             sample = sample_patterns(dataset, config.fit_max_patterns)
-        if units == "mrad":
-            det_px = dataset.calibration.require_detector_mrad("resampling onto the model's angular grid")
-        else:
-            det_px = (1.0, 1.0)
         centre = config.centre if config.centre is not None else bf_centre(sample.mean(0))
         mean_counts = float(sample.sum(axis=(1, 2), dtype=np.float64).mean())
+        cal = dataset.calibration
+        step = cal.scan_step_A
         return {
             "detector_shape": tuple(int(v) for v in dataset.detector_shape),
-            "detector_pixel": (float(det_px[0]), float(det_px[1])),
+            "detector_pixel": det_px if det_px is not None else (1.0, 1.0),
             "centre": (float(centre[0]), float(centre[1])),
             "mean_counts": mean_counts if mean_counts > 0 else 1.0,
             "dataset_key": dataset_key(dataset),
+            "data_scan_step_A": None if step is None else (float(step[0]), float(step[1])),
+            "alpha_mrad": None if cal.convergence_mrad is None else float(cal.convergence_mrad),
         }
 
     def adapt(self, dataset: Dataset4D) -> Preprocessor:
@@ -326,14 +452,18 @@ class Preprocessor:
         Returns ``self`` when ``dataset`` is the one it was fitted on. A data set without a
         detector calibration is accepted only when its detector has the shape of the fitted one
         (then the same pixel size is assumed); otherwise the missing calibration is named.
+        A model on a calibrated scan grid needs the data set's scan step.
         """
         if dataset_key(dataset) == self.dataset_key:
             return self
         units = self.grid_units
-        has_mrad = dataset.calibration.detector_pixel_mrad is not None
-        if units == "mrad" and not has_mrad:
-            if tuple(dataset.detector_shape) != tuple(self.detector_shape):
-                dataset.calibration.require_detector_mrad("resampling onto the model's angular grid")
+        cal = dataset.calibration
+        if self.scan_step_A is not None and cal.scan_step_A is None:
+            raise MissingCalibrationError(
+                "scan_step", f"the model's {self.scan_step_A[0]:.3g} Å scan clusters")
+        if units == "mrad" and cal.detector_pixel_mrad is None and tuple(
+            dataset.detector_shape
+        ) == tuple(self.detector_shape):
             geo = self._geometry(dataset, self.config, "pixels")
             geo["detector_pixel"] = self.detector_pixel  # same geometry as the training data
         elif units == "pixels" and tuple(dataset.detector_shape) != tuple(self.detector_shape):
@@ -351,7 +481,28 @@ class Preprocessor:
         std = float(std)
         return replace(self, label_mean=float(mean), label_std=std if std > 0 else 1.0)
 
+    # -- the scan grid --------------------------------------------------------------------
+    def scan_grid(self, data_scan_shape: tuple[int, int]) -> ScanGrid | None:
+        """The model's scan grid on the adapted data set's ``(Ny, Nx)`` grid, or ``None`` when
+        the steps agree within :data:`SCAN_STEP_TOLERANCE` (or either is unknown)."""
+        if self.scan_step_A is None or self.data_scan_step_A is None:
+            return None
+        f = tuple(m / d for m, d in zip(self.scan_step_A, self.data_scan_step_A))
+        if all(abs(v - 1.0) <= SCAN_STEP_TOLERANCE for v in f):
+            return None
+        shape = (int(data_scan_shape[0]), int(data_scan_shape[1]))
+        return ScanGrid(data_shape=shape, factor=(float(f[0]), float(f[1])))
+
     # -- applying ---------------------------------------------------------------------------
+    @property
+    def grid_pixel_mrad(self) -> float | None:
+        """The model grid's pixel in mrad on the adapted data set (``None``: uncalibrated)."""
+        if self.grid_units == "mrad":
+            return float(self.output_pixel)
+        if self.grid_units == "alpha" and self.alpha_mrad is not None:
+            return float(self.output_pixel) * float(self.alpha_mrad)
+        return None
+
     @cached_property
     def _operators(self) -> tuple:
         """Per axis (slice of the detector read, operator), the scalar scale, the angle mask.
@@ -375,17 +526,32 @@ class Preprocessor:
         if self.config.normalise:
             scale = oy * ox / self.mean_counts
         mask = None
-        if self.config.max_angle_mrad is not None:
+        if self.config.max_angle is not None:
             a = (np.arange(oy) - (oy - 1) / 2) * self.output_pixel
             b = (np.arange(ox) - (ox - 1) / 2) * self.output_pixel
-            mask = (a[:, None] ** 2 + b[None, :] ** 2) <= float(self.config.max_angle_mrad) ** 2
+            r2 = a[:, None] ** 2 + b[None, :] ** 2
+            # a circle, never beyond the detector's inscribed circle about the centre: every
+            # data set shows the model the same round support, whatever its detector's corners
+            limit = min(float(self.config.max_angle), self.reach)
+            mask = r2 <= limit**2
         return ops[0], ops[1], scale, mask
 
-    def transform(self, block: Any, *, standardise: bool = True,
+    @property
+    def reach(self) -> float:
+        """Radius (grid units) of the largest circle about the centre inside the detector."""
+        from .detectors.geometry import max_radius_px
+
+        return max_radius_px(self.detector_shape, self.centre) * min(self.detector_pixel)
+
+    def transform(self, block: Any, *, standardise: bool = True, stage: str = "model",
                   out: np.ndarray | None = None) -> np.ndarray:
         """Raw patterns ``(..., ky, kx)`` (any real dtype) → float32 ``(..., oy, ox)``.
 
-        ``out``: a C-contiguous float32 array of that shape to write into (no allocation)."""
+        ``stage="linear"`` stops after resampling, dose normalisation and the angle crop
+        (linear intensities); :meth:`finish` then applies compression and standardisation, so
+        ``finish(transform(p, stage="linear")) == transform(p)`` (to float32 rounding).
+        ``out``: a C-contiguous float32 array of that shape to write into (no allocation).
+        """
         block = np.asarray(block)
         ky, kx = self.detector_shape
         if block.shape[-2:] != (ky, kx):
@@ -393,12 +559,15 @@ class Preprocessor:
                 f"patterns must be (..., {ky}, {kx}) to match the fitted detector, "
                 f"got {block.shape}; call adapt(dataset) for another data set"
             )
+        if stage not in ("model", "linear"):
+            raise PreprocessError(f"stage must be 'model' or 'linear', got {stage!r}")
+        linear = stage == "linear"
         lead = block.shape[:-2]
         flat = block.reshape(-1, ky, kx)
         (sly, opy), (slx, opx), scale, mask = self._operators
         oy, ox = self.output_shape
         cfg = self.config
-        std = standardise and cfg.standardise
+        std = standardise and cfg.standardise and not linear
         # an affine (scale, shift) folds normalisation and, without compression, standardisation
         a_mul, a_add = float(scale), 0.0
         if std and cfg.compression == "none":
@@ -409,7 +578,7 @@ class Preprocessor:
                 raise PreprocessError(f"out must be C-contiguous float32 {(*lead, oy, ox)}")
             dst = out.reshape(-1, oy, ox)
         if flat.dtype.kind in "iuf" and self._scatter is not None:
-            return self._compiled(flat, std, dst).reshape(*lead, oy, ox)  # one compiled pass
+            return self._compiled(flat, std, dst, linear).reshape(*lead, oy, ox)  # one pass
         out = np.empty((flat.shape[0], oy, ox), np.float32)
         chunk = max(1, int(_CHUNK_BYTES // (4 * ky * kx)))  # cache-sized pieces
         for i0 in range(0, flat.shape[0], chunk):
@@ -430,13 +599,11 @@ class Preprocessor:
                 r *= mask
             if a_add != 0.0:
                 r += np.float32(a_add)
-            if cfg.compression == "power":
-                np.power(r, np.float32(cfg.power), out=r)
-            elif cfg.compression == "log":
-                np.log1p(r, out=r)
-            if std and cfg.compression != "none":
-                r -= np.float32(self.input_mean)
-                r /= np.float32(self.input_std)
+            if not linear:
+                self._compress(r)
+                if std and cfg.compression != "none":
+                    r -= np.float32(self.input_mean)
+                    r /= np.float32(self.input_std)
             out[i0 : i0 + n] = r
         if dst is not None:
             dst[...] = out
@@ -464,10 +631,11 @@ class Preprocessor:
         bx = tk.blocks(opx, slx, self.output_shape[1])
         return None if by is None or bx is None else (by, bx)
 
-    def _compiled(self, flat: np.ndarray, standardise: bool,
-                  out: np.ndarray | None = None) -> np.ndarray:
+    def _compiled(self, flat: np.ndarray, standardise: bool, out: np.ndarray | None = None,
+                  linear: bool = False) -> np.ndarray:
         """:meth:`transform` of patterns ``(n, ky, kx)`` in one compiled pass
-        (``_transform_kernel``): the same float32 operations in the same order."""
+        (``_transform_kernel``): the same float32 operations in the same order; ``linear``:
+        no compression (``stage="linear"``; ``standardise`` is then False)."""
         from . import _transform_kernel as tk
 
         _, _, scale, mask = self._operators
@@ -481,7 +649,8 @@ class Preprocessor:
             out = np.empty((flat.shape[0], *self.output_shape), np.float32)
         m = np.ones((1, 1), np.float32) if mask is None else mask.astype(np.float32)
         kernel_args = (a_mul, m, mask is not None, a_add,
-                       tk.compression_code(cfg.compression, float(cfg.power)), float(cfg.power),
+                       tk.NONE if linear else tk.compression_code(cfg.compression, float(cfg.power)),
+                       float(cfg.power),
                        self.input_mean, self.input_std, standardise and cfg.compression != "none",
                        out)
         if self._blocks is not None:
@@ -491,6 +660,26 @@ class Preprocessor:
             (y0, jy, wy), (x0, jx, wx) = self._scatter
             tk.scatter_transform(flat, y0, jy, wy, x0, jx, wx, *kernel_args)
         return out
+
+    def _compress(self, r: np.ndarray) -> None:
+        cfg = self.config
+        if cfg.compression == "power":
+            np.clip(r, 0, None, out=r)
+            np.power(r, np.float32(cfg.power), out=r)
+        elif cfg.compression == "log":
+            np.clip(r, 0, None, out=r)
+            np.log1p(r, out=r)
+
+    def finish(self, linear: Any, *, standardise: bool = True) -> np.ndarray:
+        """Linear intensities (``transform(..., stage="linear")``, possibly interpolated,
+        augmented or noise-resampled) → the model's input: compression, then
+        standardisation. Returns a new float32 array."""
+        r = np.array(linear, dtype=np.float32, copy=True)
+        self._compress(r)
+        if standardise and self.config.standardise:
+            r -= np.float32(self.input_mean)
+            r /= np.float32(self.input_std)
+        return r
 
     def is_affine(self) -> bool:
         """True when, for data without negative values, :meth:`transform` is affine per
@@ -540,17 +729,19 @@ class Preprocessor:
         return (np.asarray(y, np.float64) * self.label_std + self.label_mean).astype(np.float32)
 
     def grid_mrad(self) -> tuple[np.ndarray, np.ndarray] | None:
-        """Angles (mrad) of the output pixel centres along y and x, or None when uncalibrated."""
-        if self.grid_units != "mrad":
+        """Angles (mrad) of the output pixel centres along y and x on the adapted data set,
+        or None when uncalibrated."""
+        px = self.grid_pixel_mrad
+        if px is None:
             return None
         oy, ox = self.output_shape
-        return (
-            (np.arange(oy) - (oy - 1) / 2) * self.output_pixel,
-            (np.arange(ox) - (ox - 1) / 2) * self.output_pixel,
-        )
+        return (np.arange(oy) - (oy - 1) / 2) * px, (np.arange(ox) - (ox - 1) / 2) * px
 
     # -- serialisation ------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
+        def lst(v):
+            return None if v is None else list(v)
+
         return {
             "config": self.config.to_dict(),
             "output_shape": list(self.output_shape),
@@ -565,16 +756,26 @@ class Preprocessor:
             "label_mean": self.label_mean,
             "label_std": self.label_std,
             "dataset_key": self.dataset_key,
+            "scan_step_A": lst(self.scan_step_A),
+            "data_scan_step_A": lst(self.data_scan_step_A),
+            "alpha_mrad": self.alpha_mrad,
         }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Preprocessor:
+        def pair(v):
+            return None if v is None else tuple(float(x) for x in v)
+
         try:
+            units = str(d["grid_units"])
+            if units not in ("mrad", "alpha", "pixels"):
+                raise PreprocessError(f"unknown grid units {units!r}")
+            alpha = d.get("alpha_mrad")
             return cls(
                 config=PreprocessConfig.from_dict(d["config"]),
                 output_shape=tuple(int(v) for v in d["output_shape"]),
                 output_pixel=float(d["output_pixel"]),
-                grid_units=str(d["grid_units"]),
+                grid_units=units,
                 detector_shape=tuple(int(v) for v in d["detector_shape"]),
                 detector_pixel=tuple(float(v) for v in d["detector_pixel"]),
                 centre=tuple(float(v) for v in d["centre"]),
@@ -584,6 +785,9 @@ class Preprocessor:
                 label_mean=float(d.get("label_mean", 0.0)),
                 label_std=float(d.get("label_std", 1.0)),
                 dataset_key=str(d.get("dataset_key", "")),
+                scan_step_A=pair(d.get("scan_step_A")),
+                data_scan_step_A=pair(d.get("data_scan_step_A")),
+                alpha_mrad=None if alpha is None else float(alpha),
             )
         except (KeyError, TypeError) as e:
             raise PreprocessError(f"incomplete preprocessor description: {e!r}") from e

@@ -44,26 +44,44 @@ def reference_image(dataset: Dataset4D) -> tuple[np.ndarray, str]:
     return virtual_images(dataset.data, mask), f"virtual ADF {inner:.1f}-{outer:.1f} px"
 
 
+#: the angular unit of the models' detector grids (see README: measured to transfer better)
+DEFAULT_ANGLE_UNITS = "alpha"
+#: the models' detector grid: MODEL_GRID pixels across 2 × MODEL_REACH_ALPHA α
+MODEL_GRID = 48
+MODEL_REACH_ALPHA = 2.4
+INITS = ("base", "scratch")
+
+
 @dataclass(frozen=True)
 class TrainingJob:
-    """Everything ``stemml train`` needs. Angles in mrad, pixel sizes in Å."""
+    """Everything ``stemml train`` needs. Angles in mrad, pixel sizes in Å.
+
+    ``init``: ``"base"`` fine-tunes the base model shipped with the plugin (trained on a
+    simulated library of materials, see :mod:`napari_4dstem_ml.base_model`), ``"scratch"``
+    trains a new model, any other value is a checkpoint to fine-tune. ``ensemble``: members
+    of a deep ensemble (uncertainty maps; ``None``: 3 for the CNN, 1 for the linear model,
+    or the initial model's). ``augment``: on-the-fly augmentation (CNN).
+    """
 
     label: str
     output: str
-    model: str = "linear"
+    model: str = "conv4d"
     cluster_size: int = 5
     epochs: int | None = None
     lr: float | None = None
     batch_size: int | None = None
     seed: int = 0
     device: str = "auto"
-    detector_size: int = 64
+    detector_size: int | None = None
     max_angle_mrad: float | None = None
     label_dataset: str | None = None
     label_pixel_A: float | None = None
     register: bool = True
     overwrite: bool = False
     time_limit_s: float | None = None
+    init: str = "base"
+    ensemble: int | None = None
+    augment: bool = True
     allow_external: bool = False
 
     @classmethod
@@ -84,41 +102,47 @@ class TrainingJob:
             label_pixel_A=args.label_pixel,
             register=not args.no_register,
             overwrite=args.overwrite,
+            init=args.init,
+            ensemble=args.ensemble,
+            augment=not args.no_augment,
             allow_external=bool(getattr(args, "allow_external", False)),
         )
 
-    def configs(self, dataset: Dataset4D):
-        """(model config, preprocessing config, training config) for this job."""
-        from .models import CNN4dConfig, LinearConfig
-        from .preprocess import PreprocessConfig
+    def initial_model(self):
+        """The :class:`~.training.checkpoint.LoadedModel` to fine-tune, or ``None``."""
+        if self.init == "scratch":
+            return None
+        if self.init == "base":
+            from .base_model import load_base_model
+
+            return load_base_model(self.model)
+        from .training.checkpoint import load_checkpoint
+
+        return load_checkpoint(self.init)
+
+    def configs(self, dataset: Dataset4D, initial: Any = None):
+        """(model config, preprocessing config, training config) for this job; with an
+        ``initial`` model (fine-tuning) its model and preprocessing configs are kept."""
+        from .models import CNN4dConfig, EnsembleConfig, LinearConfig
         from .training.loop import TrainConfig
 
-        if self.model == "linear":
-            model_cfg = LinearConfig(cluster_size=self.cluster_size)
-            defaults = {"epochs": 100, "lr": 3e-2, "batch_size": 32}
-            compression = "none"  # a linear model must see linear intensities
-        elif self.model == "conv4d":
-            model_cfg = CNN4dConfig(cluster_size=self.cluster_size)
-            defaults = {"epochs": 20, "lr": 2e-3, "batch_size": 32}
-            compression = "power"
-        else:
+        if self.model not in ("linear", "conv4d"):
             raise ValueError(f"model must be 'linear' or 'conv4d', got {self.model!r}")
-        size = int(self.detector_size)
-        max_angle = self.max_angle_mrad
-        pixel = None
-        mrad = dataset.calibration.detector_pixel_mrad
-        if max_angle is None and mrad is not None:
-            # the whole detector's inscribed circle, sampled on the model's grid
-            max_angle = 0.5 * min(dataset.detector_shape) * mrad[0]
-        if max_angle is not None and mrad is not None:
-            pixel = 2.0 * max_angle / size
-        pre_cfg = PreprocessConfig(
-            max_angle_mrad=max_angle if mrad is not None else None,
-            output_shape=(size, size),
-            output_pixel_mrad=pixel,
-            bin_factor=max(1, min(dataset.detector_shape) // size) if pixel is None else 1,
-            compression=compression,
-        )
+        linear = self.model == "linear"
+        if initial is not None:
+            model_cfg = initial.model_config
+            defaults = ({"epochs": 1, "lr": 3e-2, "batch_size": 32, "l2sp": 1.0} if linear else
+                        {"epochs": 8, "lr": 5e-4, "batch_size": 32, "l2sp": 1e-3})
+            pre_cfg = initial.preprocessor.config
+        else:
+            member = (LinearConfig(cluster_size=self.cluster_size) if linear
+                      else CNN4dConfig(cluster_size=self.cluster_size))
+            n = self.ensemble if self.ensemble is not None else (1 if linear else 3)
+            model_cfg = member if n == 1 else EnsembleConfig(member=member, size=n)
+            defaults = ({"epochs": 100, "lr": 3e-2, "batch_size": 32, "l2sp": 0.0} if linear else
+                        {"epochs": 20, "lr": 2e-3, "batch_size": 32, "l2sp": 0.0})
+            pre_cfg = self._preprocess_config(dataset, linear)
+
         def given(value, name):  # 0 is a value (and then refused), not "unset"
             return defaults[name] if value is None else value
 
@@ -129,8 +153,56 @@ class TrainingJob:
             seed=self.seed,
             device=self.device,
             time_limit_s=self.time_limit_s,
+            l2sp=defaults["l2sp"],
         )
         return model_cfg, pre_cfg, train_cfg
+
+    def _preprocess_config(self, dataset: Dataset4D, linear: bool):
+        from .preprocess import PreprocessConfig
+
+        size = int(self.detector_size or MODEL_GRID)
+        compression = "none" if linear else "power"  # a linear model must see linear intensities
+        cal = dataset.calibration
+        mrad = cal.detector_pixel_mrad
+        if self.max_angle_mrad is None and DEFAULT_ANGLE_UNITS == "alpha" and mrad is not None \
+                and cal.convergence_mrad:
+            reach = 0.5 * min(dataset.detector_shape) * mrad[0] / cal.convergence_mrad
+            r = min(MODEL_REACH_ALPHA, reach)
+            return PreprocessConfig(angle_units="alpha", max_angle=r, output_shape=(size, size),
+                                    output_pixel=2.0 * r / size, compression=compression)
+        max_angle = self.max_angle_mrad
+        pixel = None
+        if max_angle is None and mrad is not None:
+            # the whole detector's inscribed circle, sampled on the model's grid
+            max_angle = 0.5 * min(dataset.detector_shape) * mrad[0]
+        if max_angle is not None and mrad is not None:
+            pixel = 2.0 * max_angle / size
+        return PreprocessConfig(
+            max_angle=max_angle if mrad is not None else None,
+            output_shape=(size, size),
+            output_pixel=pixel,
+            bin_factor=max(1, min(dataset.detector_shape) // size) if pixel is None else 1,
+            compression=compression,
+        )
+
+    def prepare(self, dataset: Dataset4D) -> tuple[Any, tuple]:
+        """(the initial model or ``None``, :meth:`configs`): validates the settings before any
+        long work. With an initial model, a cluster size other than its own is an error."""
+        initial = self.initial_model()
+        if initial is not None and self.cluster_size != initial.model_config.cluster_size \
+                and self.cluster_size != TrainingJob.cluster_size:
+            raise ValueError(
+                f"--cluster {self.cluster_size}: the model to fine-tune uses K = "
+                f"{initial.model_config.cluster_size}; use --init scratch for another cluster size")
+        if initial is not None and initial.model_config.kind not in (self.model, "ensemble"):
+            raise ValueError(f"--init {self.init}: it is a {initial.model_config.kind} model, "
+                             f"not {self.model}")
+        return initial, self.configs(dataset, initial)
+
+    def augment_config(self):
+        from .training.augment import AugmentConfig
+
+        return AugmentConfig() if self.augment and self.model == "conv4d" else None
 
 
 @dataclass
@@ -195,12 +267,14 @@ def registered_label(
 
 
 def run_job(
-    job: TrainingJob, dataset: Dataset4D, registered: tuple | None = None
+    job: TrainingJob, dataset: Dataset4D, registered: tuple | None = None,
+    prepared: tuple | None = None,
 ) -> Generator[Any, None, JobResult]:
     """Train ``job.model`` on ``dataset`` against ``job.label`` and save the checkpoint.
 
     ``registered``: the label already on the scan grid, as returned by
     :func:`registered_label` (image, coverage mask, summary), to skip registering it again.
+    ``prepared``: :meth:`TrainingJob.prepare`'s result, to skip preparing it again.
     """
     from .export import prepare_output
     from .training.checkpoint import save_checkpoint
@@ -209,25 +283,31 @@ def run_job(
     inputs = (*dataset.input_files, job.label)
     out = Path(job.output)
     prepare_output(out, overwrite=job.overwrite, inputs=inputs, suffixes=(".pt",))
+    initial, (model_cfg, pre_cfg, train_cfg) = prepared or job.prepare(dataset)
     if registered is None:
         registered = yield from registered_label(
             dataset, job.label, dataset_name=job.label_dataset, pixel_size_A=job.label_pixel_A,
             register=job.register, allow_external=job.allow_external,
         )
     label, coverage, reg_summary = registered
-    model_cfg, pre_cfg, train_cfg = job.configs(dataset)
-    yield Message(f"training a {job.model} model (K = {job.cluster_size}) on {dataset.scan_shape} positions")
+    how = "from scratch" if initial is None else (
+        "fine-tuning the base model" if job.init == "base" else f"fine-tuning {job.init}")
+    yield Message(f"training a {job.model} model (K = {model_cfg.cluster_size}) on "
+                  f"{dataset.scan_shape} positions, {how}")
     result = None
-    for event in train(dataset, label, model_cfg, pre_cfg, train_cfg, label_mask=coverage):
+    for event in train(dataset, label, model_cfg, pre_cfg, train_cfg, label_mask=coverage,
+                       init=initial, augment=job.augment_config()):
         yield event
         if isinstance(event, DoneEvent):
             result = event.result
     summary = dict(result.train_summary)
     summary.update(source=str(dataset.source), label=str(job.label), registration=reg_summary,
                    job=asdict(job))
+    provenance = {"fine_tuned_from": (initial.info.get("provenance") or {"checkpoint": job.init})}\
+        if initial is not None else {"trained_from": "scratch"}
     save_checkpoint(out, result.model, result.model_config, result.preprocessor,
-                    train_summary=summary, metrics=result.metrics, overwrite=job.overwrite,
-                    inputs=inputs)
+                    train_summary=summary, metrics=result.metrics, provenance=provenance,
+                    overwrite=job.overwrite, inputs=inputs)
     metrics = {k: float(v) for k, v in result.metrics.items() if isinstance(v, (int, float))}
     res = JobResult(out, reg_summary, metrics, result.stopped, len(result.history), result.elapsed_s)
     yield res
@@ -235,11 +315,77 @@ def run_job(
 
 
 
+@dataclass
+class ReconstructionReport:
+    """A model applied to a data set: the ``image`` (label units), its ``uncertainty``
+    (ensemble spread, or ``None``), the domain check (``issues``: the input's quantities
+    outside the model's training domain; ``signature``: what was measured) and, when asked
+    for, the classical ``baselines`` (iCoM, ADF) of the same data."""
+
+    image: np.ndarray
+    uncertainty: np.ndarray | None
+    issues: list
+    signature: Any
+    baselines: Any = None
+
+    def metadata(self) -> dict[str, Any]:
+        """What an output file records about how it was made."""
+        return {
+            "domain_check": "outside the training domain" if self.issues else "inside the training domain",
+            "domain_issues": [i.to_dict() for i in self.issues],
+            "signature": self.signature.to_dict(),
+        }
+
+
+def domain_issues(loaded: Any, dataset: Dataset4D, signature: Any = None) -> tuple[list, Any]:
+    """Check ``dataset`` against the training domain stored in ``loaded``'s checkpoint;
+    returns (issues, the data set's signature)."""
+    from .domain import DataSignature, TrainingDomain
+
+    signature = signature or DataSignature.from_dataset(dataset)
+    summary = (loaded.info or {}).get("train_summary", {}) if hasattr(loaded, "info") else {}
+    domain = TrainingDomain.from_dict(summary.get("domain"))
+    pre = loaded.preprocessor
+    oy, ox = pre.output_shape
+    half = 0.5 * min(oy, ox) * pre.output_pixel
+    if pre.config.max_angle is not None:
+        half = min(half, float(pre.config.max_angle))
+    reach = None
+    if pre.grid_units == "alpha":
+        reach = half
+    elif pre.grid_units == "mrad" and signature.alpha_mrad:
+        reach = half / signature.alpha_mrad
+    return domain.check(signature, model_reach_alpha=reach), signature
+
+
+def reconstruct(
+    loaded: Any, dataset: Dataset4D, *, baselines: bool = False, tile_rows: int | None = None
+) -> Generator[Any, None, ReconstructionReport]:
+    """Apply a loaded model (:class:`~.training.checkpoint.LoadedModel`) to ``dataset``: the
+    domain check first (a :class:`Message` per issue), then the prediction (its
+    :class:`~.training.inference.PredictEvent` s), then, with ``baselines``, iCoM and ADF."""
+    from .training.inference import iter_reconstruct
+
+    issues, sig = domain_issues(loaded, dataset)
+    for issue in issues:
+        yield Message(f"warning: outside the model's training domain: {issue.message()}")
+    rec = yield from iter_reconstruct(loaded.model, loaded.preprocessor, dataset, tile_rows=tile_rows)
+    report = ReconstructionReport(rec.image, rec.uncertainty, issues, sig)
+    if baselines:
+        from .baselines import classical_baselines
+
+        yield Message("classical baselines: iCoM and ADF of the same data ...")
+        report.baselines = classical_baselines(dataset)
+    return report
+
+
 def _new_run_dir(out_dir: str | Path) -> Path:
     """A fresh folder inside ``out_dir`` (never reusing one, so nothing is overwritten)."""
     import time
 
     base = Path(out_dir)
+    if base.exists() and not base.is_dir():
+        raise FileExistsError(f"{base} is a file; the demo writes a new run folder into a folder")
     base.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     for i in range(1000):

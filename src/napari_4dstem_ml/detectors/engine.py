@@ -283,10 +283,11 @@ class _DensePlan(_Plan):
         dt = p3.dtype
         if dt == np.float32 and dt.isnative:
             flat = p3.reshape(p, -1)[:, self.r0 * self.kx : self.r1 * self.kx]
-            if self.n == 1:  # matrix-vector (gemv): sgemm with one column packs the data
-                np.matmul(flat, self.wt[:, 0], out=res[:, 0])
-            else:
-                np.matmul(flat, self.wt, out=res)
+            with np.errstate(invalid="ignore", over="ignore"):  # NaN/inf data stay NaN/inf
+                if self.n == 1:  # matrix-vector (gemv): sgemm with one column packs the data
+                    np.matmul(flat, self.wt[:, 0], out=res[:, 0])
+                else:
+                    np.matmul(flat, self.wt, out=res)
         else:
             sub = max(1, CAST_BYTES // (4 * kc))
             if self._buf is None or self._buf.shape[1] != kc:

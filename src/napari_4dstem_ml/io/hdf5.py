@@ -356,6 +356,9 @@ def read(path: str | Path, dataset: str | None = None, scan_shape=None,
             return rs.read(path, plugin="hspy", scan_shape=scan_shape, dataset=dataset)
         dset = _pick(f, path, dataset, allow_external)
         others = require_local(dset, path, allow_external)
+        if not others and dset.size and dset.id.get_storage_size() == 0:
+            raise ReaderError(f"{path}: dataset {dset.name} declares shape {tuple(dset.shape)} "
+                              "but holds no stored data (nothing was ever written to it)", path)
         groups = _ancestors(dset)
         changes: dict = {}
         if _is_emd_array(dset.parent) and posixpath.basename(dset.name) == "data":

@@ -20,6 +20,9 @@ Interface (all models are ``torch.nn.Module``; axis order (scan_y, scan_x, ky, k
   cluster around every position (eval mode), fully convolutional over the scan axes.
 - ``RadialLinear``: ``detector_mask() -> (ky, kx)`` float32, ``cluster_weights() -> (K, K)``,
   ``radial_profile() -> (r_px, m)``, ``export_detector_mask(path) -> Path`` (``.npy``).
+- ``EnsembleConfig(member=CNN4dConfig(), size=3)``, ``kind == "ensemble"``: an ``Ensemble`` of
+  ``size`` independently initialised members; ``predict_field`` is their mean,
+  ``predict_field_members`` / ``forward_members`` give every member (uncertainty).
 - ``Conv4d(in_ch, out_ch, kernel_size, stride=1, padding=0, bias=True)`` on
   ``(B, C, D0, D1, D2, D3)``; functional ``conv4d(x, weight, bias, stride, padding)``.
 """
@@ -27,6 +30,7 @@ Interface (all models are ``torch.nn.Module``; axis order (scan_y, scan_x, ky, k
 from .cnn4d import CNN4d
 from .config import (
     CNN4dConfig,
+    EnsembleConfig,
     LinearConfig,
     ModelConfig,
     ModelConfigError,
@@ -34,12 +38,15 @@ from .config import (
     config_from_dict,
 )
 from .conv4d import Conv4d, conv4d
+from .ensemble import Ensemble
 from .linear import RadialLinear
 
 __all__ = [
     "CNN4d",
     "CNN4dConfig",
     "Conv4d",
+    "Ensemble",
+    "EnsembleConfig",
     "LinearConfig",
     "ModelConfig",
     "ModelConfigError",

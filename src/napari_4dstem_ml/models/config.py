@@ -14,9 +14,11 @@ __all__ = [
     "ModelConfigError",
     "LinearConfig",
     "CNN4dConfig",
+    "EnsembleConfig",
     "ModelConfig",
     "config_from_dict",
     "build_model",
+    "member_config",
 ]
 
 ACTIVATIONS = ("relu", "leaky_relu", "elu", "gelu")
@@ -141,17 +143,64 @@ class CNN4dConfig(_ConfigMixin):
             raise ModelConfigError(f"dropout must be in [0, 1), got {self.dropout!r}")
 
 
-ModelConfig = LinearConfig | CNN4dConfig
+@dataclass(frozen=True)
+class EnsembleConfig:
+    """A deep ensemble (``Ensemble``): ``size`` independently initialised copies of the
+    ``member`` model, trained on the same batches; the prediction is their mean and the
+    per-pixel spread (standard deviation) their uncertainty."""
 
-_KINDS: dict[str, type] = {"linear": LinearConfig, "conv4d": CNN4dConfig}
+    member: LinearConfig | CNN4dConfig = field(default_factory=CNN4dConfig)
+    size: int = 3
+    kind: str = field(default="ensemble", init=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.member, (LinearConfig, CNN4dConfig)):
+            raise ModelConfigError(
+                f"ensemble member must be a LinearConfig or CNN4dConfig, got {self.member!r}"
+            )
+        _check_int("size", self.size, 1)
+        if self.size > 32:
+            raise ModelConfigError(f"ensemble size must be <= 32, got {self.size}")
+
+    @property
+    def cluster_size(self) -> int:
+        return self.member.cluster_size
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "size": self.size, "member": self.member.to_dict()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> EnsembleConfig:
+        d = dict(d)
+        if d.pop("kind", "ensemble") != "ensemble":
+            raise ModelConfigError("EnsembleConfig.from_dict: kind must be 'ensemble'")
+        unknown = sorted(set(d) - {"size", "member"})
+        if unknown:
+            raise ModelConfigError(f"EnsembleConfig: unknown parameter(s) {unknown}")
+        member = config_from_dict(d.get("member") or {})
+        if isinstance(member, EnsembleConfig):
+            raise ModelConfigError("an ensemble's member cannot be an ensemble")
+        return cls(member=member, size=d.get("size", 3))
+
+
+ModelConfig = LinearConfig | CNN4dConfig | EnsembleConfig
+
+_KINDS: dict[str, type] = {"linear": LinearConfig, "conv4d": CNN4dConfig, "ensemble": EnsembleConfig}
 
 
 def config_from_dict(d: dict[str, Any]) -> ModelConfig:
     """Rebuild a model config from ``to_dict()`` output, dispatching on ``d["kind"]``."""
+    if not isinstance(d, dict):
+        raise ModelConfigError(f"a model config must be a mapping, got {type(d).__name__}")
     kind = d.get("kind")
     if kind not in _KINDS:
         raise ModelConfigError(f"model config 'kind' must be one of {sorted(_KINDS)}, got {kind!r}")
     return _KINDS[kind].from_dict(d)
+
+
+def member_config(config: ModelConfig) -> LinearConfig | CNN4dConfig:
+    """The single-model config of ``config`` (the member of an ensemble)."""
+    return config.member if isinstance(config, EnsembleConfig) else config
 
 
 def build_model(config: ModelConfig, detector_shape: tuple[int, int]):
@@ -164,4 +213,8 @@ def build_model(config: ModelConfig, detector_shape: tuple[int, int]):
         from .cnn4d import CNN4d
 
         return CNN4d(config, detector_shape)
+    if isinstance(config, EnsembleConfig):
+        from .ensemble import Ensemble
+
+        return Ensemble([build_model(config.member, detector_shape) for _ in range(config.size)])
     raise ModelConfigError(f"build_model: unknown config type {type(config).__name__}")

@@ -258,6 +258,9 @@ def iter_predict(
         yield BlockEvent(prev, ny, ny, ny, image, time.perf_counter() - t0)
         return image
     pre = preprocessor.adapt(dataset)
+    if inference._is_ensemble(model) or pre.scan_grid(dataset.scan_shape) is not None:
+        # ensembles and a resampled scan grid run in process (not split into row bands here)
+        return (yield from iter_predict(model, preprocessor, dataset))
     k = int(model.cluster_size)
     inference.check_cluster_size(k, (ny, nx))
     threads = compute.threads_per_worker if compute is not None else 1

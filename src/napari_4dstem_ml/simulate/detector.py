@@ -132,3 +132,37 @@ def poisson_counts(rng: np.random.Generator, expected: np.ndarray, dtype=np.uint
     if counts.size and counts.max() > np.iinfo(dtype).max:
         raise ValueError(f"counts up to {counts.max()} overflow {np.dtype(dtype).name}; lower the dose")
     return counts.astype(dtype)
+
+
+def detect(patterns: np.ndarray, sim_pixel_mrad: tuple[float, float], model: DetectorModel
+           ) -> np.ndarray:
+    """Simulated patterns ``(ny, nx, sy, sx)`` (beam fraction per simulation pixel, the
+    unscattered beam at pixel ``(sy // 2, sx // 2)``) on the detector, with the model's
+    pattern centre and descan at every scan position: beam fraction per detector pixel,
+    float32 ``(ny, nx, ky, kx)``."""
+    ny, nx, sy, sx = patterns.shape
+    centres = model.centres_px((ny, nx)).reshape(-1, 2)
+    frac = resample_to_detector(patterns.reshape(-1, sy, sx), sim_pixel_mrad, (sy // 2, sx // 2),
+                                centres, model)
+    return frac.reshape(ny, nx, *model.shape)
+
+
+def interpolate_cell_patterns(patterns: np.ndarray, cell_A: tuple[float, float], y_A: np.ndarray,
+                              x_A: np.ndarray, blur_fwhm_A: float = 0.0) -> np.ndarray:
+    """:func:`fourier_interpolate_cell` of patterns ``(my, mx, sy, sx)`` onto the scan
+    ``(len(y_A), len(x_A), sy, sx)`` (float32), a block of pattern rows at a time to bound
+    memory; negative ringing is clipped to 0."""
+    sy, sx = patterns.shape[2:]
+    full = np.empty((len(y_A), len(x_A), sy, sx), np.float32)
+    block = max(1, 4096 // sx)
+    for i in range(0, sy, block):  # interpolate a block of detector rows at a time
+        full[:, :, i:i + block] = fourier_interpolate_cell(
+            patterns[:, :, i:i + block], cell_A, y_A, x_A, blur_fwhm_A)
+    np.clip(full, 0, None, out=full)
+    return full
+
+
+def counts_dtype(expected: np.ndarray) -> type:
+    """uint16 when Poisson counts of ``expected`` surely fit (max + 12 sigma + 20), else uint32."""
+    m = float(np.max(expected)) if np.size(expected) else 0.0
+    return np.uint16 if m + 12 * np.sqrt(m) + 20 < np.iinfo(np.uint16).max else np.uint32

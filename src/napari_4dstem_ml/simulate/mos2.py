@@ -18,12 +18,14 @@ from pathlib import Path
 
 import numpy as np
 
+from .cache import PartsCache
 from .detector import (
     DetectorModel,
+    detect,
     gaussian_scan_blur,
     poisson_counts,
-    resample_to_detector,
 )
+from .groundtruth import label_from_phase, sample_periodic
 from .multislice import scan_patterns
 from .writer import SampleArrays, write_sample
 
@@ -112,8 +114,8 @@ def build_atoms(cfg: MoS2Config):
     return at, origin, (start_y, start_x), site
 
 
-def _simulate_chunks(cfg: MoS2Config, workdir: Path, log: Callable[[str], None]):
-    """Run the multislice in chunks of scan rows, caching each chunk in ``workdir``."""
+def _simulate_chunks(cfg: MoS2Config, cache: PartsCache, log: Callable[[str], None]):
+    """Run the multislice in chunks of scan rows, caching each chunk in ``cache``."""
     import abtem
 
     abtem.config.set({"device": "cpu"})
@@ -135,9 +137,9 @@ def _simulate_chunks(cfg: MoS2Config, workdir: Path, log: Callable[[str], None])
     sim_pix = None
     for r0 in range(0, nfy, cfg.rows_per_chunk):
         r1 = min(nfy, r0 + cfg.rows_per_chunk)
-        part = workdir / f"rows_{r0:04d}_{r1:04d}.npz"
-        if part.exists():
-            z = np.load(part)
+        part = f"rows_{r0:04d}_{r1:04d}"
+        z = cache.load(part)
+        if z is not None:
             pats.append(z["patterns"])
             adfs.append(z["adf"])
             sim_pix = tuple(z["sim_pixel_mrad"])
@@ -147,7 +149,7 @@ def _simulate_chunks(cfg: MoS2Config, workdir: Path, log: Callable[[str], None])
                               end=(start[1] + nfx * step, start[0] + r1 * step),
                               gpts=(nfx, r1 - r0), endpoint=False)
         p, a, sim_pix = scan_patterns(probe, potarr, scan, cfg)
-        np.savez(part, patterns=p, adf=a, sim_pixel_mrad=np.asarray(sim_pix))
+        cache.save(part, patterns=p, adf=a, sim_pixel_mrad=np.asarray(sim_pix))
         pats.append(p)
         adfs.append(a)
         log(f"mos2: scan rows {r0}-{r1} of {nfy} in {time.time() - t0:.1f} s")
@@ -157,58 +159,28 @@ def _simulate_chunks(cfg: MoS2Config, workdir: Path, log: Callable[[str], None])
             origin, site, abtem.__version__, cutoff)
 
 
-def _sample_periodic(img: np.ndarray, sampling: tuple[float, float], y_A, x_A, order=3):
-    from scipy.ndimage import map_coordinates
-
-    gy, gx = np.meshgrid(np.asarray(y_A) / sampling[0], np.asarray(x_A) / sampling[1], indexing="ij")
-    return map_coordinates(img, [gy, gx], order=order, mode="grid-wrap")
-
-
-def label_from_phase(phase: np.ndarray, sampling: tuple[float, float], origin_A,
-                     scan_extent_A: tuple[float, float], pixel_A: float, resolution_A: float, pad_A: float,
-                     offset_A: tuple[float, float]):
-    """Blurred exact phase on its own grid covering ``scan_extent_A`` (first to last scan
-    position, Å) plus ``pad_A`` on every side: returns (image, label origin relative to scan
-    position (0, 0)). ``origin_A`` is scan position (0, 0) in the phase's frame. The Gaussian low-pass transfers 10 % at spatial frequency 1/``resolution_A``."""
-    from scipy.ndimage import gaussian_filter
-
-    q = 1.0 / resolution_A
-    sig = np.sqrt(np.log(10.0) / (2 * np.pi**2 * q**2))
-    blurred = gaussian_filter(phase, sigma=(sig / sampling[0], sig / sampling[1]), mode="wrap")
-    ext = np.asarray(scan_extent_A, float)
-    lab_origin = (-pad_A + offset_A[0], -pad_A + offset_A[1])
-    n = (int(round((ext[0] + 2 * pad_A) / pixel_A)) + 1, int(round((ext[1] + 2 * pad_A) / pixel_A)) + 1)
-    ly = origin_A[0] + lab_origin[0] + np.arange(n[0]) * pixel_A
-    lx = origin_A[1] + lab_origin[1] + np.arange(n[1]) * pixel_A
-    return _sample_periodic(blurred, sampling, ly, lx), lab_origin
-
-
 def simulate_mos2(cfg: MoS2Config, out: str | Path, log: Callable[[str], None] = print) -> Path:
     """Simulate the MoS2 sample and write it to ``out`` (HDF5). Intermediate multislice
     results are cached next to it (``<out>.parts/<config digest>/``) so a rerun resumes."""
     from abtem.core.energy import energy2sigma
 
     out = Path(out)
-    workdir = out.with_name(out.name + ".parts") / cfg.digest()
-    workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
+    cache = PartsCache(out, cfg.digest(), cfg.to_dict())
     t0 = time.time()
-    pats, adf, sim_pix, proj, pot_sampling, origin, site, version, cutoff = _simulate_chunks(cfg, workdir, log)
+    pats, adf, sim_pix, proj, pot_sampling, origin, site, version, cutoff = _simulate_chunks(cfg, cache, log)
     t_sim = time.time() - t0
     m = cfg.margin_px
     ny, nx = cfg.scan_shape
     step = (cfg.scan_step_A, cfg.scan_step_A)
     pats = gaussian_scan_blur(pats, cfg.source_fwhm_A, step)[m:m + ny, m:m + nx]
     adf = gaussian_scan_blur(adf, cfg.source_fwhm_A, step)[m:m + ny, m:m + nx]
-    sy, sx = pats.shape[2:]
-    centres = cfg.detector.centres_px((ny, nx)).reshape(-1, 2)
-    frac = resample_to_detector(pats.reshape(-1, sy, sx), sim_pix, (sy // 2, sx // 2), centres, cfg.detector)
+    frac = detect(pats, sim_pix, cfg.detector).reshape(-1, *cfg.detector.shape)
     rng = np.random.default_rng(cfg.seed)
     counts = poisson_counts(rng, frac * cfg.dose_e_per_pattern).reshape(ny, nx, *cfg.detector.shape)
     adf_counts = poisson_counts(rng, adf * cfg.dose_e_per_pattern, np.uint32).astype(np.float32)
     y_A = origin[0] + np.arange(ny) * cfg.scan_step_A
     x_A = origin[1] + np.arange(nx) * cfg.scan_step_A
-    gt = _sample_periodic(proj, pot_sampling, y_A, x_A)
+    gt = sample_periodic(proj, pot_sampling, y_A, x_A)
     sigma = energy2sigma(cfg.energy_ev)
     extent = ((ny - 1) * cfg.scan_step_A, (nx - 1) * cfg.scan_step_A)
     label, lab_origin = label_from_phase(sigma * proj, pot_sampling, origin, extent,

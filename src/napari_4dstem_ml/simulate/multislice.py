@@ -9,19 +9,22 @@ import numpy as np
 from ..dataset import electron_wavelength_A
 
 
-def scan_patterns(probe: Any, potential: Any, scan: Any, cfg: Any) -> tuple[np.ndarray, np.ndarray,
-                                                                             tuple[float, float]]:
+def scan_patterns(probe: Any, potential: Any, scan: Any, cfg: Any, max_angle_mrad: float | None = None
+                  ) -> tuple[np.ndarray, np.ndarray, tuple[float, float]]:
     """Run ``probe`` over ``scan`` through ``potential`` (abTEM 1.x objects).
 
     ``cfg`` supplies ``energy_ev``, ``detector.max_angle_mrad``, ``detector.pixel_mrad``,
     ``adf_inner_mrad`` and ``adf_outer_mrad``. Returns the diffraction patterns
     ``(scan_y, scan_x, ky, kx)`` float32 on abTEM's grid, the ADF image ``(scan_y, scan_x)``
     and that grid's pixel (ky, kx) in mrad (abTEM orders axes x first: transposed here).
+    ``max_angle_mrad`` crops the patterns (default: the detector's reach along an axis + 3 px).
     """
     import abtem
 
     lam = electron_wavelength_A(cfg.energy_ev)
-    det = abtem.PixelatedDetector(max_angle=cfg.detector.max_angle_mrad + 3 * cfg.detector.pixel_mrad)
+    if max_angle_mrad is None:
+        max_angle_mrad = cfg.detector.max_angle_mrad + 3 * cfg.detector.pixel_mrad
+    det = abtem.PixelatedDetector(max_angle=max_angle_mrad)
     adf = abtem.AnnularDetector(inner=cfg.adf_inner_mrad, outer=cfg.adf_outer_mrad)
     dp, im = probe.scan(potential, scan=scan, detectors=[det, adf]).compute(
         scheduler="synchronous", progress_bar=False)

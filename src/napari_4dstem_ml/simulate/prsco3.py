@@ -29,8 +29,15 @@ from pathlib import Path
 
 import numpy as np
 
-from .detector import DetectorModel, fourier_interpolate_cell, poisson_counts, resample_to_detector
-from .mos2 import _sample_periodic, label_from_phase
+from .cache import PartsCache
+from .detector import (
+    DetectorModel,
+    detect,
+    fourier_interpolate_cell,
+    interpolate_cell_patterns,
+    poisson_counts,
+)
+from .groundtruth import label_from_phase, sample_periodic
 from .multislice import scan_patterns
 from .writer import SampleArrays, write_sample
 
@@ -120,14 +127,14 @@ def unit_cell(lattice_A=(5.61, 5.78, 8.03)):
     return Atoms(symbols=symbols, scaled_positions=np.array(frac), cell=list(lattice_A), pbc=True)
 
 
-def _config_patterns(cfg: PrScO3Config, k: int, workdir: Path, log):
+def _config_patterns(cfg: PrScO3Config, k: int, cache: PartsCache, log):
     import abtem
 
     a, b, c = cfg.lattice_A
     my, mx = cfg.cell_samples
-    part = workdir / f"fp{k:02d}.npz"
-    if part.exists():
-        z = np.load(part)
+    part = f"fp{k:02d}"
+    z = cache.load(part)
+    if z is not None:
         return z["patterns"], z["adf"], tuple(z["sim_pixel_mrad"]), float(z["cutoff"])
     t0 = time.time()
     atoms = unit_cell(cfg.lattice_A) * (cfg.window_cells[0], cfg.window_cells[1], cfg.thickness_cells)
@@ -150,9 +157,9 @@ def _config_patterns(cfg: PrScO3Config, k: int, workdir: Path, log):
     pats, adfs = [], []
     for r0 in range(0, my, cfg.rows_per_chunk):
         r1 = min(my, r0 + cfg.rows_per_chunk)
-        chunk = workdir / f"fp{k:02d}_rows{r0:03d}.npz"
-        if chunk.exists():
-            z = np.load(chunk)
+        chunk = f"fp{k:02d}_rows{r0:03d}"
+        z = cache.load(chunk)
+        if z is not None:
             pats.append(z["patterns"])
             adfs.append(z["adf"])
             sim_pix = tuple(z["sim_pixel_mrad"])
@@ -160,12 +167,12 @@ def _config_patterns(cfg: PrScO3Config, k: int, workdir: Path, log):
         scan = abtem.GridScan(start=(x0, y0 + r0 * b / my), end=(x0 + a, y0 + r1 * b / my),
                               gpts=(mx, r1 - r0), endpoint=False)
         p, q, sim_pix = scan_patterns(probe, potarr, scan, cfg)
-        np.savez(chunk, patterns=p, adf=q, sim_pixel_mrad=np.asarray(sim_pix))
+        cache.save(chunk, patterns=p, adf=q, sim_pixel_mrad=np.asarray(sim_pix))
         pats.append(p)
         adfs.append(q)
         log(f"prsco3: phonon config {k}, cell rows {r0}-{r1} of {my}: {time.time() - t0:.0f} s")
     p, q = np.concatenate(pats), np.concatenate(adfs)
-    np.savez(part, patterns=p, adf=q, sim_pixel_mrad=np.asarray(sim_pix), cutoff=cutoff)
+    cache.save(part, patterns=p, adf=q, sim_pixel_mrad=np.asarray(sim_pix), cutoff=np.asarray(cutoff))
     return p, q, sim_pix, cutoff
 
 
@@ -176,14 +183,12 @@ def simulate_prsco3(cfg: PrScO3Config, out: str | Path, log: Callable[[str], Non
     from abtem.core.energy import energy2sigma
 
     out = Path(out)
-    workdir = out.with_name(out.name + ".parts") / cfg.digest()
-    workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
+    cache = PartsCache(out, cfg.digest(), cfg.to_dict())
     abtem.config.set({"device": "cpu"})
     t0 = time.time()
     pats = adf = None
     for k in range(cfg.frozen_phonons):
-        p, q, sim_pix, cutoff = _config_patterns(cfg, k, workdir, log)
+        p, q, sim_pix, cutoff = _config_patterns(cfg, k, cache, log)
         pats = p / cfg.frozen_phonons if pats is None else pats + p / cfg.frozen_phonons
         adf = q / cfg.frozen_phonons if adf is None else adf + q / cfg.frozen_phonons
     t_sim = time.time() - t0
@@ -191,16 +196,9 @@ def simulate_prsco3(cfg: PrScO3Config, out: str | Path, log: Callable[[str], Non
     ny, nx = cfg.scan_shape
     y_A = cfg.scan_origin_A[0] + np.arange(ny) * cfg.scan_step_A
     x_A = cfg.scan_origin_A[1] + np.arange(nx) * cfg.scan_step_A
-    sy, sx = pats.shape[2:]
-    full = np.empty((ny, nx, sy, sx), np.float32)
-    block = max(1, 4096 // sx)
-    for i in range(0, sy, block):  # interpolate a block of detector rows at a time
-        full[:, :, i:i + block] = fourier_interpolate_cell(
-            pats[:, :, i:i + block], (b, a), y_A, x_A, cfg.source_fwhm_A)
-    np.clip(full, 0, None, out=full)
+    full = interpolate_cell_patterns(pats, (b, a), y_A, x_A, cfg.source_fwhm_A)
     adf_img = np.clip(fourier_interpolate_cell(adf, (b, a), y_A, x_A, cfg.source_fwhm_A), 0, None)
-    centres = cfg.detector.centres_px((ny, nx)).reshape(-1, 2)
-    frac = resample_to_detector(full.reshape(-1, sy, sx), sim_pix, (sy // 2, sx // 2), centres, cfg.detector)
+    frac = detect(full, sim_pix, cfg.detector).reshape(-1, *cfg.detector.shape)
     del full
     rng = np.random.default_rng(cfg.seed)
     counts = poisson_counts(rng, frac * cfg.dose_e_per_pattern).reshape(ny, nx, *cfg.detector.shape)
@@ -213,7 +211,7 @@ def simulate_prsco3(cfg: PrScO3Config, out: str | Path, log: Callable[[str], Non
     proj = np.asarray(cell_pot.build().compute(progress_bar=False).project().array, np.float64).T
     proj *= cfg.thickness_cells
     samp = (b / proj.shape[0], a / proj.shape[1])
-    gt = _sample_periodic(proj, samp, y_A, x_A)
+    gt = sample_periodic(proj, samp, y_A, x_A)
     extent = ((ny - 1) * cfg.scan_step_A, (nx - 1) * cfg.scan_step_A)
     label, lab_origin = label_from_phase(energy2sigma(cfg.energy_ev) * proj, samp, cfg.scan_origin_A,
                                          extent, cfg.label_pixel_A, cfg.label_resolution_A,

@@ -4,7 +4,8 @@ Layout: root attrs ``emd_group_type="root"``, ``version_major=1``, ``version_min
 every simulation parameter; ``/datacube`` (``emd_group_type="array"``) with ``data``
 ``(scan_y, scan_x, ky, kx)`` integer counts, gzip-compressed, chunked by scan row, and
 ``dim1..dim4`` (Å, Å, mrad, mrad); ``/label/image``, ``/ground_truth/potential``,
-``/adf/image`` and, when given, ``/vacancy/sites`` (row, col in scan pixels).
+``/adf/image`` and, when given, ``/vacancy/sites`` (row, col in scan pixels) and further
+datasets (``extras``, e.g. ``/noise_free/patterns``).
 """
 
 from __future__ import annotations
@@ -37,6 +38,9 @@ class SampleArrays:
     adf_outer_mrad: float
     params: dict[str, Any] = field(default_factory=dict)
     vacancy_sites: np.ndarray | None = None
+    vacancy_description: str = "sulfur monovacancy site(s): one S of an S2 column removed"
+    #: further datasets: HDF5 path -> (array, attributes); 4D arrays are chunked like the data
+    extras: dict[str, tuple[np.ndarray, dict[str, Any]]] = field(default_factory=dict)
 
 
 def _attr(v: Any) -> Any:
@@ -113,6 +117,15 @@ def write_sample(path: str | Path, s: SampleArrays, compression: str = "gzip") -
             vg = f.create_group("vacancy")
             vs = vg.create_dataset("sites", data=np.asarray(s.vacancy_sites, float))
             vs.attrs["units"] = "scan pixels (row, col)"
-            vg.attrs["description"] = "sulfur monovacancy site(s): one S of an S2 column removed"
+            vg.attrs["description"] = s.vacancy_description
+
+        for name, (arr, attrs) in s.extras.items():
+            arr = np.asarray(arr)
+            opts = dict(copts) if arr.size > 1 else {}
+            if arr.ndim == 4:
+                opts["chunks"] = (1, *arr.shape[1:])
+            ds = f.create_dataset(name, data=arr, **opts)
+            for k, v in attrs.items():
+                ds.attrs[k] = _attr(v)
     tmp.replace(path)
     return path

@@ -30,7 +30,7 @@ __all__ = ["FORMAT", "LIMITS", "VERSION", "CheckpointError", "LoadedModel", "loa
            "save_checkpoint"]
 
 FORMAT = "napari-4dstem-ml-checkpoint"
-VERSION = 1
+VERSION = 2  # 2: ensembles, detector grids in units of α, scan steps, training domains
 #: sane upper limits of a checkpoint's description, checked before anything is allocated
 LIMITS = {
     "file_bytes": 4 * 2**30,  # the whole checkpoint file
@@ -67,13 +67,18 @@ def save_checkpoint(
     *,
     train_summary: dict[str, Any] | None = None,
     metrics: dict[str, Any] | None = None,
+    provenance: dict[str, Any] | None = None,
     overwrite: bool = False,
     inputs: tuple = (),
 ) -> Path:
     """Write ``model`` and its description to ``path`` through
     :func:`~napari_4dstem_ml.export.output_file` (an existing file is replaced only with
     ``overwrite``; never one of ``inputs``); returns the written path. A model with NaN/inf
-    weights raises :class:`CheckpointError` and nothing is written."""
+    weights raises :class:`CheckpointError` and nothing is written.
+
+    ``provenance``: where the model comes from (e.g. a base model's training recipe and
+    simulated library), kept in the description and carried into models fine-tuned from it.
+    """
     import torch
 
     from .. import __version__
@@ -97,6 +102,7 @@ def save_checkpoint(
         "label_normalisation": {"mean": preprocessor.label_mean, "std": preprocessor.label_std},
         "train_summary": train_summary or {},
         "metrics": metrics or {},
+        "provenance": provenance or {},
         "package_version": __version__,
         "torch_version": torch.__version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -166,6 +172,14 @@ def load_checkpoint(path: str | os.PathLike, *, device: Any = "cpu") -> LoadedMo
         raise CheckpointError(f"{path}: {st.st_size / 2**30:.1f} GiB is far larger than any "
                               "napari-4dstem-ml checkpoint")
     try:
+        with open(path, "rb") as fh:
+            magic = fh.read(4)
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot read the checkpoint ({e.strerror or e})") from e
+    if magic != b"PK\x03\x04":  # torch.save's zip format, which save_checkpoint writes
+        raise CheckpointError(f"{path} is not a napari-4dstem-ml checkpoint (not a readable "
+                              "torch file: no zip signature)")
+    try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except MemoryError as e:
         raise CheckpointError(f"{path} is not a napari-4dstem-ml checkpoint (it claims more "
@@ -174,9 +188,12 @@ def load_checkpoint(path: str | os.PathLike, *, device: Any = "cpu") -> LoadedMo
         raise CheckpointError(
             f"{path} is not a napari-4dstem-ml checkpoint ({_load_failure_reason(e)})"
         ) from e
-    if not isinstance(obj, dict) or obj.get("format") != FORMAT:
-        tag = obj.get("format") if isinstance(obj, dict) else type(obj).__name__
-        raise CheckpointError(f"{path} is not a napari-4dstem-ml checkpoint (format tag {tag!r})")
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path} is not a napari-4dstem-ml checkpoint (it holds a "
+                              f"{type(obj).__name__}, not a checkpoint)")
+    if obj.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a napari-4dstem-ml checkpoint (format tag "
+                              f"{obj.get('format')!r})")
     version = obj.get("version")
     if isinstance(version, bool) or not isinstance(version, int) or version < 1:
         raise CheckpointError(f"{path}: invalid checkpoint version {version!r}")
@@ -224,6 +241,10 @@ def check_description(model_config: Any, pre: Preprocessor, path: str | os.PathL
     """A model description within :data:`LIMITS` and with finite, positive statistics (so that
     building the model allocates a bounded amount of memory and its output is not NaN)."""
     problems = []
+    size = getattr(model_config, "size", 1)  # an ensemble: checks apply to its member
+    if not 1 <= int(size) <= 32:
+        problems.append(f"ensemble size {size} (expected 1..32)")
+    model_config = getattr(model_config, "member", model_config)
     grid = tuple(pre.output_shape)
     if len(grid) != 2 or not all(1 <= int(n) <= LIMITS["detector_grid"] for n in grid):
         problems.append(f"detector grid {grid} (expected 1..{LIMITS['detector_grid']} per side)")
@@ -249,6 +270,13 @@ def check_description(model_config: Any, pre: Preprocessor, path: str | os.PathL
     for name, v in positive.items():
         if not (math.isfinite(float(v)) and float(v) > 0):
             problems.append(f"{name} {v!r} (expected a positive number)")
+    for name in ("scan_step_A", "data_scan_step_A"):
+        v = getattr(pre, name, None)
+        if v is not None and not all(math.isfinite(float(x)) and 1e-3 <= float(x) <= 1e3 for x in v):
+            problems.append(f"{name} {v!r} (expected 0.001..1000 Å)")
+    alpha = getattr(pre, "alpha_mrad", None)
+    if alpha is not None and not (math.isfinite(float(alpha)) and float(alpha) > 0):
+        problems.append(f"alpha_mrad {alpha!r} (expected a positive number)")
     for name, v in {"input_mean": pre.input_mean, "label_mean": pre.label_mean,
                     "centre": sum(pre.centre)}.items():
         if not math.isfinite(float(v)):
@@ -298,5 +326,7 @@ def _load_failure_reason(e: BaseException) -> str:
         return "it holds pickled Python objects, which are never loaded"
     if "Weights only load failed" in text or not text.strip():
         return "not a readable torch file"
+    if "PytorchStreamReader" in text or "central directory" in text:
+        return "not a readable torch file: truncated or corrupt archive"
     first = text.strip().splitlines()[0]
     return f"not a readable torch file: {first[:120]}"

@@ -223,17 +223,31 @@ class CacheProgress:
 class PatternSource:
     """Preprocessed patterns of ``dataset`` with ``preprocessor`` (already adapted to it).
 
-    With ``cache_budget_bytes`` large enough for the preprocessed field (float32
-    ``Ny·Nx·oy·ox·4`` bytes), :meth:`fill_cache` preprocesses it once; otherwise every call
-    reads just the patterns it needs from the (lazy) data.
+    Positions are on the *model's* scan grid: the data set's own grid, or, when the model's
+    scan step differs from the data's (:meth:`Preprocessor.scan_grid`), a resampled grid whose
+    patterns are bilinear interpolations of the data's (``grid``; ``scan_shape`` is then the
+    resampled shape). With ``cache_budget_bytes`` large enough for the preprocessed field
+    (float32 ``Ny·Nx·oy·ox·4`` bytes), :meth:`fill_cache` preprocesses it once; otherwise every
+    call reads just the patterns it needs from the (lazy) data. ``stage="linear"`` serves
+    linear intensities (``Preprocessor.transform(..., stage="linear")``) instead of the
+    model's input.
     """
 
     def __init__(
-        self, dataset: Dataset4D, preprocessor: Preprocessor, *, cache_budget_bytes: float = 2e9
+        self,
+        dataset: Dataset4D,
+        preprocessor: Preprocessor,
+        *,
+        cache_budget_bytes: float = 2e9,
+        stage: str = "model",
     ) -> None:
+        if stage not in ("model", "linear"):
+            raise ValueError(f"stage must be 'model' or 'linear', got {stage!r}")
         self.dataset = dataset
         self.preprocessor = preprocessor
-        self.scan_shape = dataset.scan_shape
+        self.stage = stage
+        self.grid = preprocessor.scan_grid(dataset.scan_shape)
+        self.scan_shape = self.grid.shape if self.grid is not None else tuple(dataset.scan_shape)
         self.pattern_shape = tuple(preprocessor.output_shape)
         ny, nx = self.scan_shape
         self.cache_nbytes = ny * nx * int(np.prod(self.pattern_shape)) * 4
@@ -247,27 +261,62 @@ class PatternSource:
         ny, nx = self.scan_shape
         ky, kx = self.dataset.detector_shape
         if rows_per_chunk is None:
-            row_bytes = nx * ky * kx * max(4, self.dataset.dtype.itemsize)
+            row_bytes = self.dataset.scan_shape[1] * ky * kx * max(4, self.dataset.dtype.itemsize)
             rows_per_chunk = max(1, int(64e6 // max(row_bytes, 1)))
         cache = np.empty((ny, nx, *self.pattern_shape), np.float32)
         for y0 in range(0, ny, rows_per_chunk):
             y1 = min(ny, y0 + rows_per_chunk)
-            cache[y0:y1] = self.preprocessor.transform(np.asarray(self.dataset.data[y0:y1]))
+            cache[y0:y1] = self._read_rows(np.arange(y0, y1))
             yield CacheProgress(y1, ny)
         self.cache = cache
+
+    def _read_rows(self, ys: np.ndarray) -> np.ndarray:
+        """Preprocessed model-grid rows ``ys`` (sorted, unique) from the data."""
+        data = self.dataset.data
+        pre = self.preprocessor
+        stage = self.stage
+        if self.grid is None:
+            lo, hi = int(ys[0]), int(ys[-1]) + 1
+            if hi - lo <= 2 * len(ys):  # contiguous enough: one slice read
+                return pre.transform(np.asarray(data[lo:hi])[ys - lo], stage=stage)
+            return np.stack([pre.transform(np.asarray(data[int(y)]), stage=stage) for y in ys])
+        g = self.grid
+        i0, i1, wy = g.taps(0, ys)
+        j0, j1, wx = g.taps(1, np.arange(self.scan_shape[1]))
+        need = np.unique(np.concatenate([i0, i1]))
+        lo, hi = int(need[0]), int(need[-1]) + 1
+        if hi - lo <= 2 * len(need):
+            raw = np.asarray(data[lo:hi])[need - lo]
+        else:
+            raw = np.stack([np.asarray(data[int(y)]) for y in need])
+        lin = pre.transform(raw, stage="linear")  # (n_need, Nx_data, oy, ox)
+        pos = {int(v): i for i, v in enumerate(need)}
+        a = lin[[pos[int(v)] for v in i0]]
+        b = lin[[pos[int(v)] for v in i1]]
+        w = wy.astype(np.float32)[:, None, None, None]
+        rows = a * (1 - w) + b * w
+        wx32 = wx.astype(np.float32)[None, :, None, None]
+        rows = rows[:, j0] * (1 - wx32) + rows[:, j1] * wx32
+        return rows if stage == "linear" else pre.finish(rows)
 
     def rows(self, ys: np.ndarray) -> np.ndarray:
         """Preprocessed scan rows ``ys`` (any order, repeats allowed) → ``(n, Nx, oy, ox)``."""
         ys = np.asarray(ys, dtype=np.int64)
         if self.cache is not None:
             return self.cache[ys]
-        lo, hi = int(ys.min()), int(ys.max()) + 1
         uniq, inv = np.unique(ys, return_inverse=True)
-        if hi - lo <= 2 * len(uniq):  # contiguous enough: one slice read
-            block = self.preprocessor.transform(np.asarray(self.dataset.data[lo:hi])[uniq - lo])
-        else:
-            block = np.stack([self.preprocessor.transform(np.asarray(self.dataset.data[y])) for y in uniq])
-        return block[inv]
+        return self._read_rows(uniq)[inv]
+
+    def _points(self, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
+        """Preprocessed patterns at positions (ys[i], xs[i]) → ``(n, oy, ox)`` (no cache)."""
+        if self.grid is not None:  # interpolated grid: read the rows the points lie on
+            uy, inv = np.unique(ys, return_inverse=True)
+            return self._read_rows(uy)[inv, xs]
+        nx = self.scan_shape[1]
+        flat = ys * nx + xs
+        uniq, inv = np.unique(flat, return_inverse=True)
+        raw = _gather(self.dataset.data, uniq // nx, uniq % nx)
+        return self.preprocessor.transform(raw, stage=self.stage)[inv]
 
     def clusters(self, ys: np.ndarray, xs: np.ndarray, k: int) -> np.ndarray:
         """K×K clusters around positions (ys, xs) → float32 ``(B, K, K, oy, ox)``."""
@@ -276,12 +325,8 @@ class PatternSource:
         ix = np.broadcast_to(rx[:, None, :], (len(rx), k, k))
         if self.cache is not None:
             return self.cache[iy, ix]
-        nx = self.scan_shape[1]
-        flat = (iy * nx + ix).ravel()
-        uniq, inv = np.unique(flat, return_inverse=True)
-        raw = _gather(self.dataset.data, uniq // nx, uniq % nx)
-        pats = self.preprocessor.transform(raw)
-        return pats[inv].reshape(len(ry), k, k, *self.pattern_shape)
+        pats = self._points(iy.ravel(), ix.ravel())
+        return pats.reshape(len(ry), k, k, *self.pattern_shape)
 
     def rect(self, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
         """Preprocessed patterns on the grid ``ys × xs`` (any order, repeats allowed) → a new
@@ -290,11 +335,9 @@ class PatternSource:
         xs = np.asarray(xs, dtype=np.int64)
         if self.cache is not None:
             return self.cache[np.ix_(ys, xs)]
-        nx = self.scan_shape[1]
-        flat = (ys[:, None] * nx + xs[None, :]).ravel()
-        uniq, inv = np.unique(flat, return_inverse=True)
-        pats = self.preprocessor.transform(_gather(self.dataset.data, uniq // nx, uniq % nx))
-        return np.asarray(pats[inv], np.float32).reshape(len(ys), len(xs), *self.pattern_shape)
+        yy, xx = np.meshgrid(ys, xs, indexing="ij")
+        pats = self._points(yy.ravel(), xx.ravel())
+        return np.asarray(pats, np.float32).reshape(len(ys), len(xs), *self.pattern_shape)
 
     def padded_tile(self, y0: int, y1: int, k: int) -> np.ndarray:
         """Rows ``y0:y1`` with a K//2 reflected halo on all sides →

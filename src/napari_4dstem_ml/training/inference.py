@@ -22,6 +22,8 @@ from .clusters import PatternSource, check_cluster_size, reflect_index
 __all__ = [
     "PredictEvent",
     "PredictionError",
+    "Reconstruction",
+    "iter_reconstruct",
     "iter_predict",
     "iter_predict_linear",
     "iter_predict_source",
@@ -41,13 +43,15 @@ class PredictEvent:
     """Progress: ``rows_done`` of ``rows_total`` scan rows are in ``image``.
 
     ``image`` is the ``(Ny, Nx)`` float32 result being filled in place (NaN where not yet
-    predicted, label units); copy it to keep a snapshot.
+    predicted, label units); copy it to keep a snapshot. ``uncertainty``: for an ensemble,
+    the members' standard deviation (label units), filled the same way.
     """
 
     rows_done: int
     rows_total: int
     image: np.ndarray
     elapsed_s: float
+    uncertainty: np.ndarray | None = None
 
     @property
     def fraction(self) -> float:
@@ -126,6 +130,8 @@ class _TileFeeder:
                 dst[...] = buf[done[y], b0 : b0 + c1 - c0]
             elif src.cache is not None:
                 dst[...] = src.cache[y, c0:c1]
+            elif src.grid is not None or src.stage != "model":  # resampled scan grid
+                dst[...] = src.rows(np.array([y]))[0, c0:c1]
             else:
                 src.preprocessor.transform(src.dataset.data[y, c0:c1], out=dst)
             done.setdefault(y, r)
@@ -162,16 +168,22 @@ def _one_numba_thread() -> None:
         pass
 
 
+def _is_ensemble(model) -> bool:
+    return hasattr(model, "predict_field_members")
+
+
 def iter_predict_source(
     model, source: PatternSource, *, tile_rows: int | None = None,
-    rows: tuple[int, int] | None = None,
+    rows: tuple[int, int] | None = None, uncertainty: np.ndarray | None = None,
 ) -> Generator[PredictEvent, None, np.ndarray]:
     """Predict every position of ``source`` (or the scan rows ``rows = (y0, y1)`` only: the
     image is then ``(y1 - y0, Nx)``) tile by tile; yields :class:`PredictEvent` per band of
     rows and returns the image in label units. The model is put in eval mode (and restored).
 
     Tiles come from :class:`_TileFeeder` (the next one read and preprocessed while the model
-    runs on this one) and go through ``model.predict_field``."""
+    runs on this one) and go through ``model.predict_field``. For an ensemble,
+    ``uncertainty`` (float32, the image's shape, filled in place) receives the members'
+    standard deviation in label units."""
     import torch
 
     k = int(model.cluster_size)
@@ -181,6 +193,7 @@ def iter_predict_source(
     pre = source.preprocessor
     device = _model_device(model)
     image = np.full((r1 - r0, nx), np.nan, np.float32)
+    members = _is_ensemble(model) and uncertainty is not None
     was_training = model.training
     model.eval()
     t0 = time.perf_counter()
@@ -188,15 +201,92 @@ def iter_predict_source(
     tiles = feeder.tiles()
     try:
         for y0, y1, x0, x1, tile in tiles:
+            x = torch.from_numpy(tile).to(device)
             with torch.inference_mode():
-                out = model.predict_field(torch.from_numpy(tile).to(device))
-            image[y0 - r0 : y1 - r0, x0:x1] = pre.model_to_label(out.detach().cpu().numpy())
+                if members:
+                    each = model.predict_field_members(x).detach().cpu().numpy()
+                    out = each.mean(0)
+                    uncertainty[y0 - r0 : y1 - r0, x0:x1] = each.std(0) * abs(pre.label_std)
+                else:
+                    out = model.predict_field(x).detach().cpu().numpy()
+            image[y0 - r0 : y1 - r0, x0:x1] = pre.model_to_label(out)
             if x1 == nx:
-                yield PredictEvent(y1 - r0, r1 - r0, image, time.perf_counter() - t0)
+                yield PredictEvent(y1 - r0, r1 - r0, image, time.perf_counter() - t0, uncertainty)
     finally:
         tiles.close()
         model.train(was_training)
     return image
+
+
+@dataclass
+class Reconstruction:
+    """A model's image of a data set: ``image`` ``(Ny, Nx)`` float32 in label units and, for
+    an ensemble, ``uncertainty`` (the members' per-pixel standard deviation, label units)."""
+
+    image: np.ndarray
+    uncertainty: np.ndarray | None = None
+
+
+def iter_reconstruct(
+    model,
+    preprocessor: Preprocessor,
+    dataset: Dataset4D,
+    *,
+    tile_rows: int | None = None,
+    device: Any = None,
+) -> Generator[PredictEvent, None, Reconstruction]:
+    """Like :func:`iter_predict`, returning a :class:`Reconstruction` (image and, for an
+    ensemble, its uncertainty map). An image that is NaN/inf or zero everywhere is garbage:
+    :class:`PredictionError` naming the data set."""
+    rec = yield from _iter_reconstruct(model, preprocessor, dataset, tile_rows=tile_rows,
+                                       device=device)
+    image = rec.image
+    finite = np.isfinite(image)
+    if not finite.any() or not np.any(image[finite]):
+        what = "NaN/inf" if not finite.any() else "zero"
+        raise PredictionError(f"{dataset.source or 'the data set'}: the prediction is {what} "
+                              "everywhere (the data or the model hold no usable values)")
+    return rec
+
+
+def _iter_reconstruct(
+    model,
+    preprocessor: Preprocessor,
+    dataset: Dataset4D,
+    *,
+    tile_rows: int | None = None,
+    device: Any = None,
+) -> Generator[PredictEvent, None, Reconstruction]:
+    if device is not None:
+        model.to(resolve_device(device))
+    pre = preprocessor.adapt(dataset)
+    ens = _is_ensemble(model)
+    if linear_on_raw_detector(model, pre, dataset):
+        return (yield from iter_predict_linear(model, pre, dataset))
+    source = PatternSource(dataset, pre, cache_budget_bytes=0)
+    unc = np.full(source.scan_shape, np.nan, np.float32) if ens else None
+    if source.grid is None:
+        image = yield from iter_predict_source(model, source, tile_rows=tile_rows, uncertainty=unc)
+        return Reconstruction(image, unc)
+    shown = np.full(dataset.scan_shape, np.nan, np.float32)
+    shown_unc = np.full(dataset.scan_shape, np.nan, np.float32) if ens else None
+    t0 = time.perf_counter()
+    gen = iter_predict_source(model, source, tile_rows=tile_rows, uncertainty=unc)
+    while True:
+        try:
+            ev = next(gen)
+        except StopIteration as stop:
+            on_model_grid = stop.value
+            break
+        rows = min(dataset.scan_shape[0], int(ev.rows_done * source.grid.factor[0]))
+        if ev.rows_done < ev.rows_total:
+            yield PredictEvent(rows, dataset.scan_shape[0], shown, time.perf_counter() - t0, shown_unc)
+    shown[:] = source.grid.to_data(on_model_grid)
+    if ens:
+        shown_unc[:] = np.clip(source.grid.to_data(unc), 0, None)
+    ny = dataset.scan_shape[0]
+    yield PredictEvent(ny, ny, shown, time.perf_counter() - t0, shown_unc)
+    return Reconstruction(shown, shown_unc)
 
 
 def iter_predict(
@@ -211,58 +301,69 @@ def iter_predict(
     returns (``StopIteration.value``) the ``(Ny, Nx)`` image in label units.
 
     ``preprocessor`` is adapted to ``dataset`` first (its centre, detector pixel and dose are
-    refitted when it is another data set). ``device``: move the model there first (``None``:
-    leave it where it is; ``"auto"``: CUDA when available).
+    refitted when it is another data set). When the data set's scan step differs from the
+    model's, the model runs on a resampled scan grid (:class:`~..preprocess.ScanGrid`) and
+    the image is interpolated back onto the data's grid at the end. ``device``: move the
+    model there first (``None``: leave it where it is; ``"auto"``: CUDA when available).
+    Ensembles also fill each event's ``uncertainty``.
     """
-    if device is not None:
-        model.to(resolve_device(device))
-    pre = preprocessor.adapt(dataset)
-    if linear_on_raw_detector(model, pre, dataset):
-        image = yield from iter_predict_linear(model, pre, dataset)
-    else:
-        source = PatternSource(dataset, pre, cache_budget_bytes=0)
-        image = yield from iter_predict_source(model, source, tile_rows=tile_rows)
-    finite = np.isfinite(image)
-    if not finite.any() or not np.any(image[finite]):
-        what = "NaN/inf" if not finite.any() else "zero"
-        raise PredictionError(f"{dataset.source or 'the data set'}: the prediction is {what} "
-                              "everywhere (the data or the model hold no usable values)")
-    return image
+    rec = yield from iter_reconstruct(model, preprocessor, dataset, tile_rows=tile_rows, device=device)
+    return rec.image
 
 
 def linear_on_raw_detector(model, pre: Preprocessor, dataset: Dataset4D) -> bool:
     """Whether the linear model can run as a virtual detector on the raw data: no intensity
-    compression and unsigned-integer counts (no negatives, so clipping changes nothing)."""
+    compression, unsigned-integer counts (no negatives, so clipping changes nothing) and the
+    data on the model's scan step."""
+    first = model.members[0] if _is_ensemble(model) else model
     return (
-        hasattr(model, "cluster_weights")
+        hasattr(first, "cluster_weights")
         and pre.is_affine()
         and np.issubdtype(dataset.dtype, np.unsignedinteger)
+        and pre.scan_grid(dataset.scan_shape) is None
     )
 
 
 def iter_predict_linear(
     model, pre: Preprocessor, dataset: Dataset4D
-) -> Generator[PredictEvent, None, np.ndarray]:
+) -> Generator[PredictEvent, None, Reconstruction]:
     """The linear model by its factorisation, straight from the raw data: one streaming
     virtual image with the learned mask mapped onto the raw detector
     (:meth:`Preprocessor.raw_readout`), then the K×K convolution with the cluster weights
-    (reflected edges). Equal to :func:`iter_predict_source` for data without negatives."""
+    (reflected edges). Equal to :func:`iter_predict_source` for data without negatives. An
+    ensemble of linear models reads all its members' masks in the same single pass."""
+    from scipy.ndimage import correlate
+
     from ..detectors.engine import iter_virtual_images
 
-    mask, offset = pre.raw_readout(model.detector_mask())
+    members = list(model.members) if _is_ensemble(model) else [model]
+    readouts = [pre.raw_readout(m.detector_mask()) for m in members]
+    masks = np.stack([r[0] for r in readouts])
     k = int(model.cluster_size)
     check_cluster_size(k, dataset.scan_shape)
     t0 = time.perf_counter()
     ny = dataset.scan_shape[0]
     image = np.full(dataset.scan_shape, np.nan, np.float32)
+    unc = np.full(dataset.scan_shape, np.nan, np.float32) if len(members) > 1 else None
     vimg = None
-    for ev in iter_virtual_images(dataset.data, mask):
+    for ev in iter_virtual_images(dataset.data, masks if len(members) > 1 else masks[0]):
         vimg = ev.image
         if 0 < ev.rows_done < ev.rows_total:
-            yield PredictEvent(ev.rows_done, ny, image, time.perf_counter() - t0)
-    image[:] = linear_readout_image(model, pre, vimg, offset)
-    yield PredictEvent(ny, ny, image, time.perf_counter() - t0)
-    return image
+            yield PredictEvent(ev.rows_done, ny, image, time.perf_counter() - t0, unc)
+    vimgs = np.asarray(vimg, np.float64).reshape(len(members), *dataset.scan_shape)
+    h = k // 2
+    outs = []
+    for m, (_, offset), v in zip(members, readouts, vimgs):
+        v = v + offset
+        padded = np.pad(v, h, mode="reflect") if h else v
+        o = correlate(padded, m.cluster_weights().astype(np.float64), mode="constant")
+        outs.append(o[h : h + v.shape[0], h : h + v.shape[1]] + float(m.bias.detach()))
+    outs = np.stack(outs)
+    image[:] = pre.model_to_label(outs.mean(0))
+    if unc is not None:
+        unc[:] = outs.std(0) * abs(pre.label_std)
+    yield PredictEvent(ny, ny, image, time.perf_counter() - t0, unc)
+    return Reconstruction(image, unc)
 
 
 def linear_readout_image(model, pre: Preprocessor, vimg: np.ndarray, offset: float) -> np.ndarray:

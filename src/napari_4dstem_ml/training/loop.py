@@ -24,12 +24,13 @@ import math
 import os
 import time
 from collections.abc import Generator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
 from ..dataset import Dataset4D
+from ..domain import DataSignature, TrainingDomain
 from ..preprocess import PreprocessConfig, Preprocessor
 from .clusters import PatternSource, RegionSplit, check_cluster_size, default_tile_rows
 from .inference import iter_predict_source, resolve_device
@@ -45,8 +46,10 @@ __all__ = [
     "TrainConfig",
     "TrainError",
     "TrainResult",
+    "TrainingItem",
     "run_training",
     "train",
+    "train_items",
     "validation_metrics",
 ]
 
@@ -87,7 +90,9 @@ class TrainConfig:
     ``preview_every`` steps between previews (``None``: at the end of every epoch; 0: never);
     ``max_steps`` / ``time_limit_s`` stop early; ``num_threads`` CPU threads (``None``: all
     cores); ``val_max_positions`` caps the validation set (a fixed random subset);
-    ``cache_budget_bytes`` for the preprocessed field.
+    ``cache_budget_bytes`` for the preprocessed field; ``l2sp`` when fine-tuning (an initial
+    model is given): weight of the penalty ``l2sp · Σ (θ − θ_initial)²`` that keeps the weights
+    near the initial model's (for the linear model: a ridge towards its initial profile).
     """
 
     epochs: int = 20
@@ -112,6 +117,7 @@ class TrainConfig:
     steps_per_epoch: int | None = None
     val_max_positions: int | None = 20000
     cache_budget_bytes: float = 2e9
+    l2sp: float = 0.0
 
     def __post_init__(self) -> None:
         def pos_int(name, allow_none=False, minimum=1):
@@ -135,6 +141,8 @@ class TrainConfig:
         pos_int("val_max_positions", True)
         if not float(self.lr) > 0:
             raise TrainError(f"lr must be > 0, got {self.lr!r}")
+        if not (math.isfinite(float(self.l2sp)) and float(self.l2sp) >= 0):
+            raise TrainError(f"l2sp must be >= 0, got {self.l2sp!r}")
         if float(self.weight_decay) < 0:
             raise TrainError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
         if not 0 < float(self.min_lr_fraction) <= 1:
@@ -287,6 +295,22 @@ def validation_metrics(pred: np.ndarray, target: np.ndarray) -> dict[str, float]
 # ---------------------------------------------------------------------------------------------
 # the loop
 # ---------------------------------------------------------------------------------------------
+@dataclass
+class TrainingItem:
+    """One data set to train on: ``label`` ``(Ny, Nx)`` on its scan grid (NaN = unknown),
+    ``label_mask`` the covered positions, ``split`` its training/validation regions
+    (default: upper half trains), ``noise_free`` optional noise-free beam intensities
+    ``(Ny, Nx, ky, kx)`` (fractions of the incident beam per detector pixel: simulations),
+    which lets augmentation draw Poisson counts at any dose; ``name`` for reports."""
+
+    dataset: Dataset4D
+    label: np.ndarray
+    label_mask: np.ndarray | None = None
+    split: RegionSplit | None = None
+    noise_free: Any = None
+    name: str = ""
+
+
 def _check_label(label: np.ndarray, label_mask: np.ndarray | None, scan_shape) -> tuple:
     label = np.asarray(label, dtype=np.float64)
     if label.shape != tuple(scan_shape):
@@ -315,18 +339,19 @@ def nonfinite_positions(dataset: Dataset4D) -> np.ndarray | None:
     return bad if bad.any() else None
 
 
-def _exclude_nonfinite(dataset: Dataset4D, coverage: np.ndarray, k: int):
-    """(data set with NaN/inf patterns zeroed, coverage without the positions whose K×K
-    cluster holds one, notice text or None, number of bad positions)."""
+def _exclude_nonfinite(item: TrainingItem, k: int) -> tuple[TrainingItem, str | None, int]:
+    """(the item with its NaN/inf patterns zeroed and the positions whose K×K cluster holds
+    one left out of its label mask, notice text or None, number of bad positions)."""
     from dataclasses import replace
 
     from scipy.ndimage import binary_dilation
 
+    dataset = item.dataset
     bad = nonfinite_positions(dataset)
     if bad is None:
-        return dataset, coverage, None, 0
+        return item, None, 0
     n, total = int(bad.sum()), bad.size
-    where = dataset.source or "the data"
+    where = item.name or dataset.source or "the data"
     if n == total:
         raise TrainError(f"{where}: every diffraction pattern holds NaN/inf values; nothing to train on")
     import dask.array as da
@@ -337,21 +362,22 @@ def _exclude_nonfinite(dataset: Dataset4D, coverage: np.ndarray, k: int):
                                            -1, -1, -1))
     clean = da.where(bad[:, :, None, None], data.dtype.type(0), data)
     near = binary_dilation(bad, np.ones((k, k), bool)) if k > 1 else bad
-    coverage = coverage & ~near
+    mask = ~near if item.label_mask is None else np.asarray(item.label_mask, bool) & ~near
     at = ", ".join(f"({y}, {x})" for y, x in zip(*np.nonzero(bad)))
     at = at if len(at) < 80 else at[:80].rsplit(",", 1)[0] + ", ..."
     text = (f"{where}: {n} positions of {total} hold NaN/inf values in their diffraction "
             f"patterns (at {at}); they and the positions whose {k}×{k} cluster includes them "
             f"({int(near.sum())} in all) are excluded from training and validation")
-    return replace(dataset, data=clean), coverage, text, n
+    return replace(item, dataset=replace(dataset, data=clean), label_mask=mask), text, n
 
 
-def _check_label_variance(values: np.ndarray) -> None:
+def _check_label_variance(values: np.ndarray, name: str = "") -> None:
     """Refuse a label without variance over the training positions: nothing to learn."""
     v = np.asarray(values, np.float64)
     if v.size and (float(v.std()) <= 1e-12 * max(1.0, float(np.abs(v).max()))):
-        raise TrainError(f"the label has no variance over the {v.size} training positions "
-                         f"(every value is {float(v[0]):.6g}): there is nothing to learn")
+        raise TrainError(f"{name + ': ' if name else ''}the label has no variance over the "
+                         f"{v.size} training positions (every value is {float(v[0]):.6g}): "
+                         "there is nothing to learn")
 
 
 def _check_finite_model(model) -> None:
@@ -364,12 +390,112 @@ def _check_finite_model(model) -> None:
 
 
 def _model_masks(model) -> dict[str, np.ndarray]:
+    from ..models.ensemble import Ensemble
+
+    if isinstance(model, Ensemble):
+        model = model.members[0]
     out = {}
     for name in ("detector_mask", "cluster_weights"):
         fn = getattr(model, name, None)
         if callable(fn):
             out[name] = np.asarray(fn())
     return out
+
+
+@dataclass
+class _Prepared:
+    """An item on the model's scan grid, ready for training."""
+
+    item: TrainingItem
+    pre: Preprocessor
+    source: PatternSource
+    label: np.ndarray  # label units, model grid, NaN where unknown
+    target: np.ndarray  # standardised (this item's training statistics), 0 where unknown
+    train_pos: np.ndarray
+    val_pos: np.ndarray
+    train_region: np.ndarray
+    ty: np.ndarray
+    tx: np.ndarray
+    vy: np.ndarray
+    vx: np.ndarray
+    stats: tuple[float, float]
+    linear: np.ndarray | None = None  # linear intensities for augmentation (Ny, Nx, oy, ox)
+    noise_free_fraction: float | None = None
+
+
+def _on_model_grid(grid, label, coverage, train_region, val_region):
+    """Map data-grid label, coverage and regions onto the model's resampled scan grid."""
+    if grid is None:
+        return label, coverage, train_region, val_region
+    lab = grid.to_model(np.where(coverage, label, np.nan))
+    cov = np.isfinite(lab)
+
+    def region(m):
+        return grid.to_model(m.astype(np.float64), order=1) > 0.999
+
+    return lab.astype(np.float64), cov, region(train_region), region(val_region)
+
+
+def _prepare_item(item: TrainingItem, pre: Preprocessor, k: int, cfg: TrainConfig,
+                  rng) -> _Prepared:
+    """Positions, targets and the pattern source of ``item`` (nothing read in bulk yet)."""
+    ds = item.dataset
+    label, coverage = _check_label(item.label, item.label_mask, ds.scan_shape)
+    split = item.split or RegionSplit()
+    tr_region, va_region = split.region_masks(ds.scan_shape)
+    source = PatternSource(ds, pre, cache_budget_bytes=cfg.cache_budget_bytes)
+    label, coverage, tr_region, va_region = _on_model_grid(
+        source.grid, label, coverage, tr_region, va_region)
+    model_split = RegionSplit(train_mask=tr_region, val_mask=va_region)
+    train_pos, val_pos = model_split.positions(source.scan_shape, k, coverage)
+    ty, tx = np.nonzero(train_pos)
+    vy, vx = np.nonzero(val_pos)
+    if cfg.val_max_positions is not None and len(vy) > cfg.val_max_positions:
+        pick = np.sort(rng.choice(len(vy), cfg.val_max_positions, replace=False))
+        vy, vx = vy[pick], vx[pick]
+    lab_train = label[ty, tx] if len(ty) else np.zeros(1)
+    stats = (float(lab_train.mean()), float(lab_train.std()) or 1.0)
+    target = ((np.where(coverage, label, 0.0) - stats[0]) / stats[1]).astype(np.float32)
+    return _Prepared(item, pre, source, label, target, train_pos, val_pos, tr_region,
+                     ty, tx, vy, vx, stats)
+
+
+def _load_item(p: _Prepared, cfg: TrainConfig, augmenting: bool) -> Generator[TrainEvent, None, None]:
+    """Fill the item's preprocessed cache (and, for augmentation, its linear intensities)."""
+    ds = p.item.dataset
+    name = p.item.name or (str(ds.source) if ds.source else "data")
+    for q in p.source.fill_cache():
+        yield PrepareEvent(f"preprocessing {name}", q.rows_done, q.rows_total)
+    if not augmenting:
+        return
+    if p.item.noise_free is not None:
+        p.linear, p.noise_free_fraction = _noise_free_field(p.item, p.pre, p.source)
+    else:
+        lin_src = PatternSource(ds, p.pre, cache_budget_bytes=cfg.cache_budget_bytes, stage="linear")
+        for q in lin_src.fill_cache():
+            yield PrepareEvent(f"linear intensities of {name}", q.rows_done, q.rows_total)
+        p.linear = lin_src.cache
+    if p.linear is None:
+        raise TrainError(
+            f"{name}: augmentation needs the preprocessed field in memory "
+            f"({p.source.cache_nbytes / 1e9:.1f} GB > cache_budget_bytes)")
+
+
+def _noise_free_field(item: TrainingItem, pre: Preprocessor, source: PatternSource):
+    """Linear intensities of the item's noise-free patterns (normalised by their mean total,
+    the mean detected fraction of the beam) on the model grid."""
+    nf = np.asarray(item.noise_free, np.float32)
+    if nf.shape != tuple(item.dataset.shape):
+        raise TrainError(f"noise_free must have the data's shape {item.dataset.shape}, got {nf.shape}")
+    frac = float(nf.sum(axis=(2, 3), dtype=np.float64).mean())
+    if not frac > 0:
+        raise TrainError(f"{item.name or 'item'}: noise-free intensities are all zero")
+    ds_nf = replace(item.dataset, data=nf)
+    pre_nf = replace(pre, mean_counts=frac)
+    src = PatternSource(ds_nf, pre_nf, cache_budget_bytes=float("inf"), stage="linear")
+    for _ in src.fill_cache():
+        pass
+    return src.cache, frac
 
 
 def train(
@@ -383,13 +509,45 @@ def train(
     split: RegionSplit | None = None,
     preprocessor: Preprocessor | None = None,
     cancel: Any = None,
+    init: Any = None,
+    augment: Any = None,
 ) -> Generator[TrainEvent, None, TrainResult]:
     """Train a model mapping K×K pattern clusters of ``dataset`` to ``label`` ``(Ny, Nx)``.
 
     ``label`` is on the scan grid (NaN = unknown); ``label_mask`` ``(Ny, Nx)`` bool marks the
     covered positions. ``split`` (default: upper half trains, lower half validates).
     ``preprocessor``: a fitted one to reuse (else fitted with ``preprocess_config``).
+    ``init``: a model (or a :class:`~.checkpoint.LoadedModel`) whose weights start training
+    (fine-tuning; its preprocessor is reused unless ``preprocessor`` is given).
+    ``augment``: an :class:`~.augment.AugmentConfig` (``None``: no augmentation).
     ``cancel``: optional object whose ``is_set()`` stops training between steps.
+    See :func:`train_items` for several data sets at once.
+    """
+    item = TrainingItem(dataset, label, label_mask, split)
+    return (yield from train_items([item], model_config, preprocess_config, train_config,
+                                   preprocessor=preprocessor, cancel=cancel, init=init,
+                                   augment=augment))
+
+
+def train_items(
+    items: list[TrainingItem],
+    model_config: Any,
+    preprocess_config: PreprocessConfig | None = None,
+    train_config: TrainConfig | None = None,
+    *,
+    preprocessor: Preprocessor | None = None,
+    cancel: Any = None,
+    init: Any = None,
+    augment: Any = None,
+) -> Generator[TrainEvent, None, TrainResult]:
+    """Train one model on several data sets (:class:`TrainingItem`); see :func:`train`.
+
+    The first item fits the preprocessor (its standardisation and, unless
+    ``preprocess_config.scan_step_A`` says otherwise, the model's scan step) and names the
+    label units of the result; the others are adapted to it (their detector geometry and
+    dose refitted, their scans resampled onto the model's step). Each item's label is
+    standardised with its own training statistics, so materials with different label scales
+    train together. Previews show the first item.
 
     No validation pattern influences a training step: training positions' clusters lie
     entirely in the training region, and patch inputs have every pattern outside the training
@@ -399,42 +557,58 @@ def train(
     import torch.nn.functional as F
 
     from ..models import build_model
+    from ..models.ensemble import Ensemble
+    from .augment import AugmentConfig, sample_tile
 
+    if not items:
+        raise TrainError("nothing to train on: no training items")
     cfg = train_config or TrainConfig()
-    split = split or RegionSplit()
-    scan_shape = dataset.scan_shape
-    label, coverage = _check_label(label, label_mask, scan_shape)
-    k = check_cluster_size(int(model_config.cluster_size), scan_shape)
-    dataset, coverage, notice, n_nonfinite = _exclude_nonfinite(dataset, coverage, k)
-    if notice:
-        yield NoticeEvent(notice)
-    train_pos, val_pos = split.positions(scan_shape, k, coverage)
-    train_region = split.region_masks(scan_shape)[0]
+    aug = augment if augment is not None else AugmentConfig.off()
+    augmenting = aug.enabled
+    base_model = getattr(init, "model", init)
+    if init is not None and preprocessor is None:
+        preprocessor = getattr(init, "preprocessor", None)
+    if base_model is not None and hasattr(init, "model_config"):
+        model_config = init.model_config
+    first = items[0].dataset
+    k = check_cluster_size(int(model_config.cluster_size), first.scan_shape)
+    checked, n_nonfinite = [], 0
+    for it in items:  # data validation before any work
+        it, notice, n = _exclude_nonfinite(it, k)
+        n_nonfinite += n
+        if notice:
+            yield NoticeEvent(notice)
+        checked.append(it)
+    items = checked
+    first = items[0].dataset
     sampling = cfg.sampling if cfg.sampling != "auto" else ("patches" if k > 1 else "clusters")
-    ty, tx = np.nonzero(train_pos)
-    vy, vx = np.nonzero(val_pos)
-    if len(ty) == 0:
+    if augmenting and sampling != "patches":
+        raise TrainError("augmentation works with sampling='patches' (cluster size K > 1)")
+    rng = np.random.default_rng(cfg.seed)
+
+    t_start = time.perf_counter()
+    if preprocessor is not None:
+        pre0 = preprocessor.adapt(first)
+        # fine-tuning: the model's scan step becomes the training data's own
+        pre0 = replace(pre0, scan_step_A=pre0.data_scan_step_A)
+    else:
+        pre0 = Preprocessor.fit(first, preprocess_config)
+    prepared = [
+        _prepare_item(item, pre0 if i == 0 else pre0.adapt(item.dataset), k, cfg, rng)
+        for i, item in enumerate(items)
+    ]
+    if sum(len(p.ty) for p in prepared) == 0:
         raise TrainError(
             "no training positions: the training region holds no position whose whole "
             f"{k}×{k} cluster lies inside it and whose label is covered"
         )
-    _check_label_variance(label[ty, tx])
-    rng = np.random.default_rng(cfg.seed)
-    if cfg.val_max_positions is not None and len(vy) > cfg.val_max_positions:
-        pick = np.sort(rng.choice(len(vy), cfg.val_max_positions, replace=False))
-        vy, vx = vy[pick], vx[pick]
-
-    t_start = time.perf_counter()
-    pre = preprocessor.adapt(dataset) if preprocessor is not None else Preprocessor.fit(
-        dataset, preprocess_config
-    )
-    lab_train = label[ty, tx]
-    pre = pre.with_label_stats(float(lab_train.mean()), float(lab_train.std()))
-    target = pre.label_to_model(np.where(coverage, label, 0.0))
-
-    source = PatternSource(dataset, pre, cache_budget_bytes=cfg.cache_budget_bytes)
-    for p in source.fill_cache():
-        yield PrepareEvent("preprocessing", p.rows_done, p.rows_total)
+    for p in prepared:
+        if len(p.ty):
+            _check_label_variance(p.label[p.ty, p.tx], p.item.name)
+    for p in prepared:
+        yield from _load_item(p, cfg, augmenting)
+    main = prepared[0]
+    pre = main.pre.with_label_stats(*main.stats)
 
     device = resolve_device(cfg.device)
     old_threads = torch.get_num_threads()
@@ -442,27 +616,45 @@ def train(
         torch.set_num_threads(int(cfg.num_threads or os.cpu_count() or 1))
     try:
         torch.manual_seed(cfg.seed)
-        model = build_model(model_config, tuple(pre.output_shape)).to(device)
+        model = build_model(model_config, tuple(pre.output_shape))
+        if base_model is not None:
+            try:
+                model.load_state_dict(base_model.state_dict())
+            except RuntimeError as e:
+                raise TrainError(f"the initial model does not fit the model configuration: {e}") from e
+        model = model.to(device)
+        anchor = ([q.detach().clone() for q in model.parameters()]
+                  if base_model is not None and cfg.l2sp > 0 else None)
+        is_ensemble = isinstance(model, Ensemble)
         opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         loss_fn = torch.nn.MSELoss() if cfg.loss == "mse" else torch.nn.L1Loss()
         loss_sum = F.mse_loss if cfg.loss == "mse" else F.l1_loss
         pps = cfg.patches_per_step or max(1, math.ceil(cfg.batch_size / cfg.patch_size**2))
 
         def epoch_groups() -> list:
-            """This epoch's steps: lists of patches, or sorted index arrays into (ty, tx)."""
+            """This epoch's steps: lists of (item, patch), or (item, sorted index arrays)."""
             if sampling == "patches":
-                plan = patch_plan(train_pos, cfg.patch_size, rng)
+                plan = [(i, pt) for i, p in enumerate(prepared) if len(p.ty)
+                        for pt in patch_plan(p.train_pos, cfg.patch_size, rng)]
+                order = rng.permutation(len(plan))
+                plan = [plan[j] for j in order]
                 groups = [plan[i : i + pps] for i in range(0, len(plan), pps)]
             else:
-                perm = rng.permutation(len(ty))
-                groups = [np.sort(perm[i : i + cfg.batch_size]) for i in range(0, len(perm), cfg.batch_size)]
+                groups = []
+                for i, p in enumerate(prepared):
+                    perm = rng.permutation(len(p.ty))
+                    groups += [(i, np.sort(perm[j : j + cfg.batch_size]))
+                               for j in range(0, len(perm), cfg.batch_size)]
+                order = rng.permutation(len(groups))
+                groups = [groups[j] for j in order]
             return groups[: cfg.steps_per_epoch] if cfg.steps_per_epoch is not None else groups
 
         if sampling == "patches":  # grid offsets vary per epoch: a close estimate of the count
-            n_patches = len(patch_plan(train_pos, cfg.patch_size, np.random.default_rng(0)))
+            n_patches = sum(len(patch_plan(p.train_pos, cfg.patch_size, np.random.default_rng(0)))
+                            for p in prepared)
             n_batches = math.ceil(n_patches / pps)
         else:
-            n_batches = math.ceil(len(ty) / cfg.batch_size)
+            n_batches = sum(math.ceil(len(p.ty) / cfg.batch_size) for p in prepared)
         if cfg.steps_per_epoch is not None:
             n_batches = min(n_batches, cfg.steps_per_epoch)
         total_steps = n_batches * cfg.epochs
@@ -480,63 +672,103 @@ def train(
         else:
             sched = None
 
-        val_target = target[vy, vx]
-        val_label = label[vy, vx]
+        def outputs(x: torch.Tensor) -> torch.Tensor:
+            """(M, h, w) member outputs of a padded tile (M = 1 for a single model)."""
+            if is_ensemble:
+                return model.predict_field_members(x)
+            return model.predict_field(x)[None]
 
-        def step_clusters(idx) -> tuple[float, int]:
-            """Forward/backward of the clusters at training positions ``idx``."""
-            ys, xs = ty[idx], tx[idx]
-            x = torch.from_numpy(np.ascontiguousarray(source.clusters(ys, xs, k))).to(device)
-            y = torch.from_numpy(target[ys, xs]).to(device)
-            loss = loss_fn(model(x), y)
-            loss.backward()
-            return float(loss.detach()), len(idx)
+        def penalty() -> torch.Tensor | None:
+            if anchor is None:
+                return None
+            return cfg.l2sp * sum(((q - a) ** 2).sum() for q, a in zip(model.parameters(), anchor))
 
-        def step_patches(patches) -> tuple[float, int]:
+        def step_clusters(group) -> tuple[float, int]:
+            """Forward/backward of the clusters at training positions ``idx`` of one item."""
+            i, idx = group
+            p = prepared[i]
+            ys, xs = p.ty[idx], p.tx[idx]
+            x = torch.from_numpy(np.ascontiguousarray(p.source.clusters(ys, xs, k))).to(device)
+            y = torch.from_numpy(p.target[ys, xs]).to(device)
+            out = model.forward_members(x) if is_ensemble else model(x)[None]
+            loss = sum(loss_fn(o, y) for o in out)
+            reg = penalty()
+            (loss + reg if reg is not None else loss).backward()
+            return float(loss.detach()) / len(out), len(idx)
+
+        def patch_data(i: int, pt) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+            p = prepared[i]
+            if augmenting:
+                t = sample_tile(p.linear, p.target, p.train_region, pt.window, k, p.pre, rng, aug,
+                                noise_free_fraction=p.noise_free_fraction)
+                kept = t.keep & pt.kept(p.train_pos)
+                return t.x, kept, t.y[kept]
+            y0, y1, x0, x1 = pt.window
+            m = pt.kept(p.train_pos)
+            x = patch_input(p.source, pt.window, k, p.train_region)
+            return x, m, p.target[y0:y1, x0:x1][m]
+
+        def step_patches(group) -> tuple[float, int]:
             """Forward/backward of ``model.predict_field`` on each patch window, the loss the
             mean over the training positions of all their cells (one backward per patch
             bounds the memory)."""
-            kept = [p.kept(train_pos) for p in patches]
-            n = int(sum(int(m.sum()) for m in kept))
+            data = [patch_data(i, pt) for i, pt in group]
+            n = int(sum(int(m.sum()) for _, m, _ in data))
+            if n == 0:
+                return float("nan"), 0
             total = 0.0
-            for p, m in zip(patches, kept):
-                y0, y1, x0, x1 = p.window
-                x = torch.from_numpy(patch_input(source, p.window, k, train_region))
-                out = model.predict_field(x.to(device))
+            reg = penalty()
+            for j, (x, m, yv) in enumerate(data):
+                out = outputs(torch.from_numpy(np.ascontiguousarray(x)).to(device))
                 mt = torch.from_numpy(m).to(device)
-                y = torch.from_numpy(target[y0:y1, x0:x1][m]).to(device)
-                loss = loss_sum(out[mt], y, reduction="sum") / n
+                y = torch.from_numpy(np.ascontiguousarray(yv, np.float32)).to(device)
+                loss = sum(loss_sum(o[mt], y, reduction="sum") for o in out) / n
+                if j == 0 and reg is not None:
+                    loss = loss + reg
                 loss.backward()
-                total += float(loss.detach())
-            return total, n
-
-        val_rows = np.unique(vy)
+                total += float(loss.detach()) - (float(reg.detach()) if j == 0 and reg is not None else 0.0)
+            return total / (len(model) if is_ensemble else 1), n
 
         def evaluate() -> tuple[float, dict[str, float]]:
-            """Validation loss and metrics. Uses the fully convolutional ``predict_field`` on
-            tiles of the rows holding validation positions (each pattern's features computed
-            once, instead of once per cluster it belongs to); equal to ``forward``."""
-            if len(vy) == 0:
-                return float("nan"), {}
+            """Validation loss (pooled over items) and the first item's metrics (label
+            units), plus every item's Pearson r. Uses the fully convolutional
+            ``predict_field`` on tiles of the rows holding validation positions."""
             model.eval()
-            p = np.empty(len(vy), np.float32)
-            tile = default_tile_rows(source, k, budget_bytes=64e6)
+            losses, counts, metrics = [], 0, {}
+            rs = []
             with torch.no_grad():
-                lo, hi = int(val_rows[0]), int(val_rows[-1]) + 1
-                for y0 in range(lo, hi, tile):
-                    y1 = min(hi, y0 + tile)
-                    sel = (vy >= y0) & (vy < y1)
-                    if not sel.any():
+                for i, p in enumerate(prepared):
+                    if len(p.vy) == 0:
                         continue
-                    x = torch.from_numpy(np.ascontiguousarray(source.padded_tile(y0, y1, k)))
-                    out = model.predict_field(x.to(device)).float().cpu().numpy()
-                    p[sel] = out[vy[sel] - y0, vx[sel]]
+                    pred = np.empty(len(p.vy), np.float32)
+                    tile = default_tile_rows(p.source, k, budget_bytes=64e6)
+                    rows = np.unique(p.vy)
+                    lo, hi = int(rows[0]), int(rows[-1]) + 1
+                    for y0 in range(lo, hi, tile):
+                        y1 = min(hi, y0 + tile)
+                        sel = (p.vy >= y0) & (p.vy < y1)
+                        if not sel.any():
+                            continue
+                        x = torch.from_numpy(np.ascontiguousarray(p.source.padded_tile(y0, y1, k)))
+                        out = model.predict_field(x.to(device)).float().cpu().numpy()
+                        pred[sel] = out[p.vy[sel] - y0, p.vx[sel]]
+                    t = p.target[p.vy, p.vx]
+                    losses.append(float(loss_fn(torch.from_numpy(pred), torch.from_numpy(t))) * len(t))
+                    counts += len(t)
+                    lab = p.label[p.vy, p.vx]
+                    m = validation_metrics(pred * p.stats[1] + p.stats[0], lab)
+                    if i == 0:
+                        metrics = m
+                    rs.append(m["pearson_r"])
             model.train()
-            loss = float(loss_fn(torch.from_numpy(p), torch.from_numpy(val_target)))
-            return loss, validation_metrics(pre.model_to_label(p), val_label)
+            if counts == 0:
+                return float("nan"), {}
+            if len(prepared) > 1 and rs:
+                metrics = dict(metrics, mean_item_r=float(np.nanmean(rs)))
+            return float(sum(losses) / counts), metrics
 
         def preview(step: int) -> PreviewEvent:
-            gen = iter_predict_source(model, source)
+            gen = iter_predict_source(model, main.source)
             img = None
             while True:
                 try:
@@ -544,25 +776,38 @@ def train(
                 except StopIteration as stop:
                     img = stop.value
                     break
+            if main.source.grid is not None:
+                img = main.source.grid.to_data(img)
             return PreviewEvent(step, img, _model_masks(model))
 
+        main.source.preprocessor = pre  # previews in the first item's label units
         history: list[dict[str, Any]] = []
         best = (math.inf, -1, None, {})  # (val loss, epoch, state, metrics)
         step = 0
         stopped = "completed"
         epochs_since_best = 0
         first_epoch = 0
-        if cfg.linear_init == "als" and hasattr(model, "cluster_weights"):
+        linear_members = (list(model.members) if is_ensemble else [model])
+        if cfg.linear_init == "als" and hasattr(linear_members[0], "cluster_weights"):
             # The linear model is bilinear: its least-squares optimum on the training
-            # positions is epoch 0; Adam epochs (for L1, or further polish) follow.
-            from ..models.linear_solve import fit_radial_linear
+            # positions is epoch 0; Adam epochs (for L1, or further polish) follow. Ensemble
+            # members are fitted on bootstrap resamples of the training positions.
+            from ..models.linear_solve import fit_radial_linear_items
 
-            yield PrepareEvent("least-squares fit of the linear model", 0, 1)
-            als = fit_radial_linear(model, source, target[ty, tx], ty, tx)
+            yield PrepareEvent("least-squares fit of the linear model", 0, len(linear_members))
+            mse = []
+            for j, member in enumerate(linear_members):
+                boot = None if j == 0 else np.random.default_rng(cfg.seed + j)
+                res = fit_radial_linear_items(
+                    member, [(p.source, p.target, p.ty, p.tx) for p in prepared], bootstrap=boot,
+                    prior=None if base_model is None else cfg.l2sp)
+                mse.append(res.mse[-1])
+                yield PrepareEvent("least-squares fit of the linear model", j + 1, len(linear_members))
             val_loss, metrics = evaluate()
             best = (val_loss, 0, copy.deepcopy(model.state_dict()), metrics)
-            ev = EpochEvent(epoch=0, train_loss=als.mse[-1], val_loss=val_loss, metrics=metrics,
-                            lr=0.0, elapsed_s=time.perf_counter() - t_start, step=0, is_best=True)
+            ev = EpochEvent(epoch=0, train_loss=float(np.mean(mse)), val_loss=val_loss,
+                            metrics=metrics, lr=0.0, elapsed_s=time.perf_counter() - t_start,
+                            step=0, is_best=True)
             history.append(asdict(ev))
             yield ev
             if cfg.preview_every is None:
@@ -584,13 +829,15 @@ def train(
                     lv, n_pos = step_patches(group)
                 else:
                     lv, n_pos = step_clusters(group)
-                opt.step()
+                if n_pos:
+                    opt.step()
                 if cfg.schedule == "cosine":
                     sched.step()
                 t_steps += time.perf_counter() - t0
                 step += 1
                 n_seen += n_pos
-                losses.append(lv)
+                if n_pos:
+                    losses.append(lv)
                 yield StepEvent(step, epoch, lv, time.perf_counter() - t_start, n_pos)
                 if cfg.preview_every and step % cfg.preview_every == 0:
                     yield preview(step)
@@ -636,6 +883,12 @@ def train(
         model.load_state_dict(best[2])
         model.eval()
         _check_finite_model(model)
+        ds0 = first
+        domain = training_domain(items, aug)
+        if init is not None:
+            base_domain = (getattr(init, "info", None) or {}).get("train_summary", {}).get("domain")
+            if base_domain:
+                domain = TrainingDomain.from_dict(base_domain).union(domain)
         result = TrainResult(
             model=model,
             model_config=model_config,
@@ -648,12 +901,12 @@ def train(
             steps=step,
             elapsed_s=time.perf_counter() - t_start,
             train_summary={
-                "source": str(dataset.source) if dataset.source else None,
-                "data_shape": list(dataset.shape),
-                "calibration": dataset.calibration.to_dict(),
-                "split": split.to_dict(),
-                "n_train": int(len(ty)),
-                "n_val": int(len(vy)),
+                "source": str(ds0.source) if ds0.source else None,
+                "data_shape": list(ds0.shape),
+                "calibration": ds0.calibration.to_dict(),
+                "split": (items[0].split or RegionSplit()).to_dict(),
+                "n_train": int(sum(len(p.ty) for p in prepared)),
+                "n_val": int(sum(len(p.vy) for p in prepared)),
                 "nonfinite_positions": n_nonfinite,
                 "cluster_size": k,
                 "sampling": sampling,
@@ -662,6 +915,19 @@ def train(
                 "label_mean": pre.label_mean,
                 "label_std": pre.label_std,
                 "train_config": cfg.to_dict(),
+                "augment": aug.to_dict(),
+                "items": [
+                    {"name": p.item.name or (str(p.item.dataset.source) if p.item.dataset.source else None),
+                     "data_shape": list(p.item.dataset.shape),
+                     "calibration": p.item.dataset.calibration.to_dict(),
+                     "n_train": int(len(p.ty)), "n_val": int(len(p.vy)),
+                     "noise_free": p.noise_free_fraction is not None,
+                     "resampled_scan": p.source.grid is not None}
+                    for p in prepared
+                ],
+                "domain": domain.to_dict(),
+                "init": (getattr(init, "info", None) or {}).get("provenance")
+                if init is not None else None,
                 "best_epoch": best[1],
                 "epochs_run": len(history),
                 "steps": step,
@@ -673,6 +939,18 @@ def train(
         return result
     finally:
         torch.set_num_threads(old_threads)
+
+
+def training_domain(items: list[TrainingItem], augment: Any = None) -> TrainingDomain:
+    """The :class:`~..domain.TrainingDomain` of ``items`` (dose widened by dose augmentation
+    for items with noise-free intensities)."""
+    sigs = [DataSignature.from_dataset(it.dataset) for it in items]
+    dose = None
+    if augment is not None and getattr(augment, "dose_range", None) and any(
+        it.noise_free is not None for it in items
+    ):
+        dose = augment.dose_range
+    return TrainingDomain.from_signatures(sigs, dose)
 
 
 def run_training(*args: Any, on_event: Any = None, **kwargs: Any) -> TrainResult:

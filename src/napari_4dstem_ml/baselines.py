@@ -1,0 +1,120 @@
+"""The classical images every ML reconstruction is shown beside: iCoM and the ADF annulus.
+
+A learned reconstruction is only worth using where it beats what needs no training, so the
+demo, the GUI's Compare and the transfer benchmark compute both classical baselines from the
+same 4D data:
+
+- **iCoM** (integrated centre of mass): the CoM of every pattern (inside the detector's
+  inscribed circle, about the bright-field disk's centre) minus a fitted descan plane, turned
+  by the scan rotation, integrated in Fourier space (mirrored, no wrap-around). For a thin
+  (weak-phase) sample it approximates the projected potential.
+- **ADF**: a virtual annular dark-field detector from 1.5 α (α the convergence semi-angle)
+  to 4 α, clipped to the largest circle the detector holds; when the detector does not reach
+  1.5 α, the outermost ring it has. On thick samples ADF is the robust classical image.
+
+Axis order ``(scan_y, scan_x, ky, kx)``; images ``(Ny, Nx)`` float32.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .dataset import Dataset4D
+
+__all__ = ["Baselines", "adf_annulus", "classical_baselines"]
+
+
+@dataclass
+class Baselines:
+    """iCoM and ADF images of one data set, and how they were made (``info``)."""
+
+    icom: np.ndarray
+    adf: np.ndarray
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def images(self) -> dict[str, np.ndarray]:
+        return {"iCoM": self.icom, "ADF": self.adf}
+
+
+def adf_annulus(
+    detector_shape: tuple[int, int], centre: tuple[float, float], r_bf_px: float
+) -> tuple[float, float, str]:
+    """(inner, outer) radii in px of the ADF baseline and a note when the detector limits it."""
+    from .detectors import max_radius_px
+
+    r_max = max_radius_px(detector_shape, centre)
+    inner, outer = 1.5 * r_bf_px, min(4.0 * r_bf_px, r_max)
+    note = ""
+    if outer < 4.0 * r_bf_px:
+        note = f"outer radius clipped to the detector's reach ({r_max / r_bf_px:.2f} α)"
+    if inner >= outer - 1.0:
+        inner, outer = max(1.05 * r_bf_px, r_max - max(2.0, 0.15 * r_bf_px)), r_max
+        note = (f"the detector reaches only {r_max / r_bf_px:.2f} α: ADF from its outermost "
+                f"ring ({inner / r_bf_px:.2f}–{outer / r_bf_px:.2f} α)")
+    return float(inner), float(outer), note
+
+
+def classical_baselines(
+    dataset: Dataset4D,
+    *,
+    centre: tuple[float, float] | None = None,
+    scan_rotation_deg: float | None = 0.0,
+    step: int | None = None,
+) -> Baselines:
+    """iCoM and ADF of ``dataset`` (see the module docstring).
+
+    ``centre`` (cy, cx) px of the bright-field disk (default: found in the mean pattern);
+    ``scan_rotation_deg``: the angle from detector to scan axes (``None``: fitted by
+    minimising the curl of the CoM field); ``step``: stride of the mean-pattern subsample.
+    """
+    from .detectors import annular_mask, bf_disk, mean_pattern, virtual_images
+    from .detectors.centre import fit_descan
+    from .detectors.com import center_of_mass, find_scan_rotation, integrate_com, rotate_com
+
+    ny, nx = dataset.scan_shape
+    if step is None:
+        step = max(1, min(ny, nx) // 32)
+    mean = mean_pattern(dataset.data, step=step)
+    c, r_bf = bf_disk(mean, dataset.calibration)
+    if centre is not None:
+        c = (float(centre[0]), float(centre[1]))
+    inner, outer, note = adf_annulus(dataset.detector_shape, c, r_bf)
+    from .detectors import max_radius_px
+
+    r_max = max_radius_px(dataset.detector_shape, c)
+    ky, kx = dataset.detector_shape
+    yy, xx = np.mgrid[:ky, :kx]
+    inside = (np.hypot(yy - c[0], xx - c[1]) <= r_max).astype(np.float32)
+    masks = np.stack([annular_mask(dataset.detector_shape, c, inner, outer)])
+    adf = virtual_images(dataset.data, masks)[0]
+    com_y, com_x = center_of_mass(dataset.data, mask=inside, centre=c)
+    ok = np.isfinite(com_y) & np.isfinite(com_x)
+    if ok.sum() >= 3:
+        d = fit_descan(com_y, com_x)
+        py, px = d.centres((ny, nx))
+        com_y, com_x = com_y - py, com_x - px
+    if scan_rotation_deg is None:
+        rot, flip = find_scan_rotation(com_y, com_x)
+        if flip:
+            com_y, com_x = com_x, com_y
+    else:
+        rot, flip = float(scan_rotation_deg), False
+    gy, gx = rotate_com(com_y, com_x, rot) if rot else (com_y, com_x)
+    cal_step = dataset.calibration.scan_step_A or (1.0, 1.0)
+    icom = integrate_com(gy, gx, cal_step, mirror=True)
+    info = {
+        "centre_px": [float(c[0]), float(c[1])],
+        "bf_radius_px": float(r_bf),
+        "adf_px": [inner, outer],
+        "adf_alpha": [inner / r_bf, outer / r_bf],
+        "adf_note": note,
+        "icom_scan_rotation_deg": float(rot),
+        "icom_transposed": bool(flip),
+    }
+    px = dataset.calibration.detector_pixel_mrad
+    if px is not None:
+        info["adf_mrad"] = [inner * px[0], outer * px[0]]
+    return Baselines(icom=np.asarray(icom, np.float32), adf=np.asarray(adf, np.float32), info=info)

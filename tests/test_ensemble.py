@@ -1,0 +1,80 @@
+"""Deep ensembles: mean and spread, larger spread off the training distribution."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from napari_4dstem_ml.dataset import Dataset4D  # noqa: E402
+from napari_4dstem_ml.models import CNN4dConfig, EnsembleConfig, LinearConfig, build_model  # noqa: E402
+from napari_4dstem_ml.models.config import config_from_dict  # noqa: E402
+from napari_4dstem_ml.preprocess import PreprocessConfig  # noqa: E402
+from napari_4dstem_ml.training.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
+from napari_4dstem_ml.training.inference import iter_reconstruct, predict  # noqa: E402
+from napari_4dstem_ml.training.loop import TrainConfig, run_training  # noqa: E402
+from napari_4dstem_ml.training.synthetic import make_synthetic  # noqa: E402
+
+
+def _drain(gen):
+    while True:
+        try:
+            next(gen)
+        except StopIteration as stop:
+            return stop.value
+
+
+def test_ensemble_config_and_mean():
+    cfg = EnsembleConfig(member=CNN4dConfig(channels=(2, 4)), size=3)
+    assert config_from_dict(cfg.to_dict()) == cfg
+    torch.manual_seed(0)
+    model = build_model(cfg, (16, 16)).eval()
+    x = torch.randn(4, 5, 5, 16, 16)
+    each = model.forward_members(x)
+    assert each.shape == (3, 4)
+    torch.testing.assert_close(model(x), each.mean(0))
+    field = torch.randn(9, 10, 16, 16)
+    torch.testing.assert_close(model.predict_field(field), model.predict_field_members(field).mean(0))
+
+
+@pytest.mark.slow
+def test_uncertainty_is_larger_off_the_training_distribution(tmp_path):
+    """Three CNNs trained on one kind of synthetic data agree there and disagree on data made
+    with another probe, detector and dose; the ensemble's spread says so, pixel by pixel on
+    average, and survives a checkpoint round trip."""
+    syn = make_synthetic(scan_shape=(40, 40), detector_shape=(24, 24), seed=0)
+    cfg = EnsembleConfig(member=CNN4dConfig(cluster_size=5, channels=(4, 8), dropout=0.0), size=3)
+    res = run_training(syn.dataset, syn.label, cfg, PreprocessConfig(compression="power"),
+                       TrainConfig(epochs=6, lr=3e-3, batch_size=32, seed=1, num_threads=2,
+                                   preview_every=0, device="cpu"))
+    path = save_checkpoint(tmp_path / "ens.pt", res.model, res.model_config, res.preprocessor)
+    loaded = load_checkpoint(path)
+    same = make_synthetic(scan_shape=(40, 40), detector_shape=(24, 24), seed=5)
+    other = make_synthetic(scan_shape=(40, 40), detector_shape=(24, 24), seed=5, bf_radius_px=3.5,
+                           shift_gain=4.0, dose=300.0, probe_sigma=1.6)
+    rec_in = _drain(iter_reconstruct(loaded.model, loaded.preprocessor, same.dataset))
+    rec_out = _drain(iter_reconstruct(loaded.model, loaded.preprocessor, other.dataset))
+    assert rec_in.uncertainty.shape == (40, 40) and np.isfinite(rec_in.uncertainty).all()
+    # relative to each image's own contrast, the spread grows off the training distribution
+    rel_in = np.median(rec_in.uncertainty) / rec_in.image.std()
+    rel_out = np.median(rec_out.uncertainty) / rec_out.image.std()
+    assert rel_out > 2 * rel_in
+    np.testing.assert_allclose(rec_in.image, predict(res.model, res.preprocessor, same.dataset),
+                               rtol=1e-4, atol=1e-4)
+
+
+def test_linear_ensemble_reads_all_masks_in_one_pass():
+    """A bootstrap ensemble of linear models: the raw-detector path (one virtual-image pass
+    for every member's mask) equals the preprocessed path, mean and spread."""
+    syn = make_synthetic(scan_shape=(24, 24), detector_shape=(16, 16), seed=0)
+    counts = Dataset4D(np.rint(np.asarray(syn.dataset.data)).astype(np.uint16), syn.dataset.calibration)
+    cfg = EnsembleConfig(member=LinearConfig(cluster_size=3), size=3)
+    res = run_training(counts, syn.label, cfg, PreprocessConfig(), TrainConfig(epochs=1, preview_every=0))
+    fast = _drain(iter_reconstruct(res.model, res.preprocessor, counts))
+    floats = Dataset4D(np.asarray(counts.data, np.float32), counts.calibration)
+    slow = _drain(iter_reconstruct(res.model, res.preprocessor, floats))
+    assert fast.uncertainty is not None and float(fast.uncertainty.mean()) > 0
+    np.testing.assert_allclose(fast.image, slow.image, rtol=1e-4, atol=1e-4 * np.abs(slow.image).max())
+    np.testing.assert_allclose(fast.uncertainty, slow.uncertainty, rtol=1e-3,
+                               atol=1e-4 * np.abs(slow.image).max())
