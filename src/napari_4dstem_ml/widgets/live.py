@@ -101,6 +101,7 @@ class LiveWidget(QWidget):
         self.stop_button.setEnabled(False)
         self.readout = QLabel("")
         self.readout.setWordWrap(True)
+        self.readout.setMinimumHeight(56)
 
         form = QFormLayout()
         row = QHBoxLayout()
@@ -223,8 +224,10 @@ class LiveWidget(QWidget):
         if name in layers:
             layers.remove(name)
         kw = getattr(self, "_layer_kwargs", {})
-        return self.viewer.add_image(data, name=name, contrast_limits=limits, colormap="gray",
-                                     **kw)
+        layer = self.viewer.add_image(data, name=name, contrast_limits=limits, colormap="gray",
+                                      **kw)
+        self.viewer.reset_view()  # a new scan: show all of it
+        return layer
 
     def _on_finished(self) -> None:
         if self._pending is not None and not getattr(self, "_closed", False):
