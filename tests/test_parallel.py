@@ -201,3 +201,34 @@ def test_in_memory_data_is_refused_on_a_cluster():
     ds = Dataset4D(np.zeros((4, 4, 8, 8), np.float32))
     with pytest.raises(ValueError, match="cannot be opened by Dask workers"):
         run(iter_virtual_image(ds, np.ones((8, 8)), client=object()))
+
+
+@pytest.mark.parametrize("suffix", [".tif", ".npy", ".h5", ".zarr", ".png"])
+def test_sink_writes_blocks_in_any_order_and_only_complete_images(tmp_path, suffix):
+    import zarr
+
+    from napari_4dstem_ml.export import OutputError
+    from napari_4dstem_ml.parallel.sink import image_sink
+
+    image = np.arange(7 * 5, dtype=np.float32).reshape(7, 5) + 1
+    out = tmp_path / f"img{suffix}"
+    with image_sink(out, (7, 5), 0.25) as sink:
+        for y0, y1 in [(4, 7), (0, 2), (2, 4)]:  # as the bands finish
+            sink.write(y0, y1, image[y0:y1])
+    if suffix == ".tif":
+        np.testing.assert_array_equal(tifffile.imread(out), image)
+    elif suffix == ".npy":
+        np.testing.assert_array_equal(np.load(out), image)
+    elif suffix == ".h5":
+        with h5py.File(out) as f:
+            np.testing.assert_array_equal(f["image"][()], image)
+            assert f["image"].attrs["pixel_size_A"] == 0.25
+    elif suffix == ".zarr":
+        np.testing.assert_array_equal(zarr.open_array(str(out), mode="r")[:], image)
+    else:
+        assert out.stat().st_size > 0
+    partial = tmp_path / f"partial{suffix}"
+    with pytest.raises(OutputError, match="2 scan rows never arrived"):
+        with image_sink(partial, (7, 5)) as sink:
+            sink.write(0, 5, image[:5])
+    assert sorted(p.name for p in tmp_path.iterdir()) == [out.name]  # no partial, no temporary
