@@ -72,7 +72,7 @@ def main() -> None:
         m = load_checkpoint(path)
         times[name] = best(lambda m=m: predict(m.model, m.preprocessor, mem), a.repeats)
     c = find_centre(mem)
-    adf = annular_mask(ds.detector_shape, c, 60 / 0.84, 64)
+    adf = annular_mask(ds.detector_shape, c, 30, 60)  # px: about 25-50 mrad
     times["adf"] = best(lambda: virtual_images(data, adf), a.repeats)
     n = ds.scan_shape[0] * ds.scan_shape[1]
     print(f"MoS2 sample {ds.shape}: inference in this environment (best of {a.repeats})")

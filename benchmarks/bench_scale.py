@@ -200,11 +200,12 @@ def main() -> None:
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--model-alone", nargs=2, help=argparse.SUPPRESS)
     ap.add_argument("--gb", type=float, default=40.0, help="size of the tiled EMPAD file (GB)")
-    ap.add_argument("--sizes", type=float, nargs="+", default=[4, 16, 40],
+    ap.add_argument("--sizes", type=float, nargs="*", default=[4, 16, 40],
                     help="GB read in the scaling series (prefixes of the file)")
     ap.add_argument("--cluster-gb", type=float, default=4.0,
                     help="GB read in the in-process / 1 / 2 worker comparison")
     ap.add_argument("--kinds", nargs="+", default=["adf", "linear", "cnn"])
+    ap.add_argument("--e2e-rows", type=int, default=96, help="scan rows of the end-to-end case")
     ap.add_argument("--linear", type=Path, default=None)
     ap.add_argument("--cnn", type=Path, default=None)
     a = ap.parse_args()
@@ -282,7 +283,7 @@ def main() -> None:
         alone = json.loads(subprocess.run(
             [sys.executable, __file__, "--model-alone", str(path), models["cnn"]],
             capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1])
-        e2e = run_child({"path": str(path), "rows": min(n, 96), "kind": "cnn",
+        e2e = run_child({"path": str(path), "rows": min(n, a.e2e_rows), "kind": "cnn",
                          "model": models["cnn"], "workers": 0, "out": out}, path)
         rate = e2e["patterns"] / e2e["seconds"]
         ratio = rate / alone["patterns_per_s"]

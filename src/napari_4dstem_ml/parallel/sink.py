@@ -25,8 +25,9 @@ class ImageSink:
     keeps the whole result (float32, NaN where nothing arrived yet) for the final checks."""
 
     def __init__(self, tmp: Path, suffix: str, shape: tuple[int, int],
-                 pixel_size_A: float | None) -> None:
+                 pixel_size_A: float | None, shown: str | None = None) -> None:
         self.tmp, self.suffix, self.shape = Path(tmp), suffix, tuple(int(n) for n in shape)
+        self.shown = shown or str(tmp)
         self.pixel = pixel_size_A if pixel_size_A and np.isfinite(pixel_size_A) else None
         self.image = np.full(self.shape, np.nan, np.float32)
         self.written = np.zeros(self.shape[0], bool)
@@ -69,7 +70,8 @@ class ImageSink:
         self.image[y0:y1] = rows
         self.written[y0:y1] = True
         if self._out is not None:
-            self._out[y0:y1] = rows
+            with writing(self.shown):  # a failure here is the output's (disk full, ...)
+                self._out[y0:y1] = rows
 
     def missing_rows(self) -> int:
         return int((~self.written).sum())
@@ -80,6 +82,10 @@ class ImageSink:
         if missing:
             raise OutputError(f"{what}: {missing} scan rows never arrived; nothing written")
         check_image(self.image, what)
+        with writing(self.shown):
+            self._finish()
+
+    def _finish(self) -> None:
         if self.suffix in (".tif", ".tiff", ".npy"):
             self._out.flush()
             del self._out
@@ -113,10 +119,11 @@ def image_sink(path: str | Path, shape: tuple[int, int], pixel_size_A: float | N
     at ``path`` only when every row was written and the block ends without an error."""
     target = prepare_sink(path, overwrite=overwrite, inputs=inputs)
     inputs = tuple(inputs)
-    with output_file(path, overwrite=overwrite, inputs=inputs) as tmp, writing(path):
-        sink = ImageSink(tmp, target.suffix.lower(), shape, pixel_size_A)
+    with output_file(path, overwrite=overwrite, inputs=inputs) as tmp:
+        with writing(path):
+            sink = ImageSink(tmp, target.suffix.lower(), shape, pixel_size_A, shown=str(path))
         try:
-            yield sink
+            yield sink  # errors of the job (reading the data, ...) pass through unchanged
             sink.close(f"output {path}")
         except BaseException:
             sink.abort()
