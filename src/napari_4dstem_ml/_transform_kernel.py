@@ -115,7 +115,7 @@ def block_transform(src, ys, by, xs, bx, a_mul, mask, use_mask, a_add, comp, pow
                     continue
                 for c in range(c0, c1):
                     v = np.float32(src[p, y, xs + c])
-                    buf[c] = v if v > zero else zero
+                    buf[c] = zero if v < zero else v  # NaN stays NaN, as np.clip
                 for j in range(ox):
                     q = buf[j * bx]
                     for u in range(1, bx):

@@ -616,8 +616,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pixels", action="store_true", help="radii in detector pixels instead of mrad")
     p.add_argument("--centre", default="auto", help="'auto' (bright-field disk) or 'CY,CX' in detector pixels")
     p.add_argument("-o", "--output", required=True,
-                   help="output image (.tif, .npy, .png, .h5, .zarr; written as rows arrive, "
-                        "in place when complete)")
+                   help="output image (.tif, .npy, .png, .h5, .zarr; HDF5/Zarr written as rows "
+                        "arrive; in place only when complete)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     _add_data_options(p)
     _add_compute_options(p)
@@ -652,8 +652,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("data")
     p.add_argument("--model", required=True, help="checkpoint written by 'stemml train'")
     p.add_argument("-o", "--output", required=True,
-                   help="output image (.tif, .npy, .png, .h5, .zarr; with --scheduler/--workers "
-                        "written as rows arrive, in place when complete)")
+                   help="output image (.tif, .npy, .png, .h5, .zarr; HDF5/Zarr written as rows "
+                        "arrive with --scheduler/--workers; in place only when complete)")
     p.add_argument("--uncertainty", metavar="UNC", help="also write the per-pixel uncertainty (ensemble spread) here")
     p.add_argument("--baselines", action="store_true",
                    help="also write the iCoM and ADF images of the same data (OUT_icom, OUT_adf)")

@@ -95,6 +95,8 @@ def _sum_task(spec: DataSpec, ys: list[int], x_start: int, x_step: int) -> tuple
     n = 0
     for y in ys:
         block = np.asarray(data[y, x_start::x_step])
+        if block.dtype.kind == "f":  # patterns holding NaN/inf are left out
+            block = block[np.isfinite(block).all(axis=(1, 2))]
         total += block.sum(0, dtype=np.float64)
         n += len(block)
     return total, n
@@ -299,18 +301,19 @@ def subsample_positions(scan_shape: tuple[int, int], n: int = CENTRE_PATTERNS
 def subsample_mean_pattern(dataset: Dataset4D, n: int = CENTRE_PATTERNS, *,
                            compute: Compute | None = None, client=None) -> np.ndarray:
     """Mean pattern ``(ky, kx)`` float64 of about ``n`` patterns spread over the scan on a
-    regular grid (read on the workers when distributed)."""
+    regular grid (read on the workers when distributed); patterns holding NaN/inf are left out
+    (NaN everywhere when none is finite)."""
     ys, x0, step = subsample_positions(dataset.scan_shape, n)
     if _local(compute, client):
         total, count = _sum_task(_LocalSpec(dataset), ys, x0, step)
-        return total / max(count, 1)
+        return total / count if count else np.full_like(total, np.nan)
     spec = DataSpec.from_dataset(dataset)
     groups = [ys[i : i + 16] for i in range(0, len(ys), 16)]
     with _client_or(compute, client) as cl:
         futs = [cl.submit(_sum_task, spec, g, x0, step, pure=False) for g in groups]
         parts = cl.gather(futs)
-    total = sum(p[0] for p in parts)
-    return total / max(1, sum(p[1] for p in parts))
+    total, count = sum(p[0] for p in parts), sum(p[1] for p in parts)
+    return total / count if count else np.full_like(total, np.nan)
 
 
 class _LocalSpec:

@@ -1,10 +1,11 @@
 """Result images written block by block as they arrive, into a temporary file that
 :func:`napari_4dstem_ml.export.output_file` puts in place only when the image is complete.
 
-Formats by suffix: ``.tif``/``.tiff`` (float32, contiguous strips memory-mapped through
-tifffile, ImageJ pixel size in Å), ``.npy`` (a memory-mapped ``.npy``), ``.h5``/``.hdf5``
-(dataset ``/image`` with ``pixel_size_A``), ``.zarr`` (a Zarr array folder, written chunk by
-chunk) and ``.png`` (an 8-bit preview, written at the end: PNG cannot be written in pieces).
+Formats by suffix: ``.h5``/``.hdf5`` (dataset ``/image`` with ``pixel_size_A``, chunks of 64
+rows written as their rows arrive) and ``.zarr`` (a Zarr array folder, written chunk by chunk);
+``.tif``/``.tiff`` (float32, ImageJ pixel size in Å), ``.npy`` and ``.png`` (an 8-bit preview)
+are written in one go when the image is complete (a 2D image is small; no memory-mapped writes,
+which a full disk would turn into a crash instead of an error).
 """
 
 from __future__ import annotations
@@ -32,19 +33,7 @@ class ImageSink:
         self.image = np.full(self.shape, np.nan, np.float32)
         self.written = np.zeros(self.shape[0], bool)
         self._h5 = None
-        if suffix in (".tif", ".tiff"):
-            import tifffile
-
-            kw = {}
-            if self.pixel:
-                kw = {"resolution": (1.0 / self.pixel, 1.0 / self.pixel),
-                      "metadata": {"unit": "angstrom"}}
-            self._out = tifffile.memmap(self.tmp, shape=self.shape, dtype=np.float32,
-                                        imagej=True, **kw)
-        elif suffix == ".npy":
-            self._out = np.lib.format.open_memmap(self.tmp, mode="w+", dtype=np.float32,
-                                                  shape=self.shape)
-        elif suffix in (".h5", ".hdf5"):
+        if suffix in (".h5", ".hdf5"):
             import h5py
 
             self._h5 = h5py.File(self.tmp, "x")
@@ -62,7 +51,7 @@ class ImageSink:
             if self.pixel:
                 self._out.attrs["pixel_size_A"] = float(self.pixel)
         else:
-            self._out = None  # PNG: at the end
+            self._out = None  # TIFF, .npy, PNG: at the end
 
     def write(self, y0: int, y1: int, rows: np.ndarray) -> None:
         """Scan rows ``y0:y1`` of the image (``(y1 - y0, Nx)``)."""
@@ -86,16 +75,25 @@ class ImageSink:
             self._finish()
 
     def _finish(self) -> None:
-        if self.suffix in (".tif", ".tiff", ".npy"):
-            self._out.flush()
-            del self._out
-        elif self._h5 is not None:
+        image = self.image
+        if self._h5 is not None:
             self._h5.close()
+        elif self.suffix in (".tif", ".tiff"):
+            import tifffile
+
+            kw = {}
+            if self.pixel:
+                kw = {"resolution": (1.0 / self.pixel, 1.0 / self.pixel),
+                      "metadata": {"unit": "angstrom"}}
+            tifffile.imwrite(self.tmp, image, imagej=True, **kw)
+        elif self.suffix == ".npy":
+            with open(self.tmp, "xb") as fh:
+                np.save(fh, image)
         elif self.suffix == ".png":
             from PIL import Image
 
-            lo, hi = np.nanpercentile(self.image, [0.5, 99.5])
-            scaled = np.nan_to_num(np.clip((self.image - lo) / max(hi - lo, 1e-12), 0, 1))
+            lo, hi = np.nanpercentile(image, [0.5, 99.5])
+            scaled = np.nan_to_num(np.clip((image - lo) / max(hi - lo, 1e-12), 0, 1))
             Image.fromarray((scaled * 255).astype(np.uint8)).save(self.tmp, format="PNG")
 
     def abort(self) -> None:
