@@ -140,11 +140,17 @@ class _TileFeeder:
             buf[:, j] = buf[:, b0 + int(rx[j]) - c0]
         return buf
 
-    def tiles(self) -> Iterator[tuple[int, int, int, int, np.ndarray]]:
-        """``(y0, y1, x0, x1, padded tile)`` in scan order, the next prepared in the background."""
+    def tiles(self, background: bool = True) -> Iterator[tuple[int, int, int, int, np.ndarray]]:
+        """``(y0, y1, x0, x1, padded tile)`` in scan order, the next prepared in the background
+        on one core (``background=False``: each prepared when asked, on all cores; for a model
+        so cheap that preprocessing is all the work)."""
         from concurrent.futures import ThreadPoolExecutor
 
         ranges, nb = self.ranges, len(self.buffers)
+        if not background:
+            for i, rng in enumerate(ranges):
+                yield (*rng, self.fill(i % nb, *rng))
+            return
         with ThreadPoolExecutor(1, thread_name_prefix="stemml-tiles",
                                 initializer=_one_numba_thread) as ex:
             fut = ex.submit(self.fill, 0, *ranges[0])
@@ -198,7 +204,8 @@ def iter_predict_source(
     model.eval()
     t0 = time.perf_counter()
     feeder = _TileFeeder(source, k, tile_rows, (r0, r1))
-    tiles = feeder.tiles()
+    # the linear model costs next to nothing: preprocessing is the work, on every core
+    tiles = feeder.tiles(background=not hasattr(model, "cluster_weights"))
     try:
         for y0, y1, x0, x1, tile in tiles:
             x = torch.from_numpy(tile).to(device)
