@@ -1,11 +1,15 @@
-# One command to set up and run, one to set up and test. Both create .venv here.
+# One command to set up and run, one to set up and test. Both create .venv here, and install
+# the Qt/Xvfb system packages (.ci/system-packages) when run as root on Debian; otherwise they
+# print the apt-get command to run. `make run` writes into $(OUT) (git-ignored).
 PYTHON ?= python3.11
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 SIM    := $(VENV)/.installed-sim
+OUT    ?= stemml-output
+SYSPKG := .ci/system-packages
 
-.PHONY: setup run headless test lint bench clean
+.PHONY: setup system run headless test lint bench clean
 
 setup: $(STAMP)
 
@@ -23,15 +27,25 @@ $(SIM): $(STAMP)
 	$(PY) -m pip install -q -e '.[gui,test,sim]'
 	touch $(SIM)
 
-# Opens napari with the plugin's widgets docked and the MoS2 sample loaded;
-# without a display it says so and runs the headless workflow instead.
+# The Qt/Xvfb system packages: installed when root with apt-get, else the command is printed
+system:
+	@$(SYSPKG) ensure
+
+# Opens napari with the plugin's widgets docked and the MoS2 sample loaded; without a
+# display, or without Qt's system libraries, it says so and runs the headless workflow.
 run: setup
-	$(PY) -m napari_4dstem_ml.launch
+	@if $(SYSPKG) ensure; then \
+	  $(PY) -m napari_4dstem_ml.launch --out $(OUT); \
+	else \
+	  echo "make run: no Qt system libraries: running the headless workflow instead"; \
+	  $(PY) -m napari_4dstem_ml.launch --headless --out $(OUT); \
+	fi
 
 headless: setup
-	$(PY) -m napari_4dstem_ml.launch --headless
+	$(PY) -m napari_4dstem_ml.launch --headless --out $(OUT)
 
-test: $(SIM)
+# stops before pytest, with the reason, when the Qt/Xvfb packages are missing and cannot be installed
+test: system $(SIM)
 	$(PY) -m ruff check src tests benchmarks
 	$(PY) -m npe2 validate napari-4dstem-ml --imports
 	$(PY) -m pytest -p xvfb -v --durations=15

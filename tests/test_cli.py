@@ -82,7 +82,8 @@ def test_train_predict_evaluate_end_to_end(files, capsys):
     d, s = files
     model = d / "model.pt"
     rc = main(["train", str(d / "data.h5"), "--label", str(d / "label.npy"), "--no-register",
-               "--model", "linear", "--cluster", "3", "--epochs", "8", "--detector-size", "24",
+               "--model", "linear", "--init", "scratch", "--cluster", "3", "--epochs", "8",
+               "--detector-size", "24",
                "-o", str(model)])
     assert rc == 0 and model.exists()
     pred = d / "pred.npy"

@@ -1017,24 +1017,35 @@ def test_injected_full_disk_during_checkpoint_save(where, base, tmp_path, capsys
     assert _snapshot(tmp_path) == before
 
 
-def test_output_appearing_during_adf_is_not_replaced(base, tmp_path, capsys, monkeypatch):
-    from napari_4dstem_ml.detectors import engine
+def _appearing_writer(target):
+    """tifffile.imwrite that first lets another writer create ``target`` (after every check)."""
+    import tifffile
 
-    _copy(base, tmp_path, "data.h5")
-    real = engine.iter_virtual_images
+    real = tifffile.imwrite
 
-    def slow(*a, **kw):
-        for ev in real(*a, **kw):
-            if not (tmp_path / "out.tif").exists():
-                (tmp_path / "out.tif").write_bytes(b"written by someone else meanwhile")
-            yield ev
+    def write(*a, **kw):
+        target.write_bytes(b"written by someone else meanwhile")
+        return real(*a, **kw)
 
-    monkeypatch.setattr(engine, "iter_virtual_images", slow)
-    rc = _cli(_adf(tmp_path / "data.h5", tmp_path))
+    return write
+
+
+@pytest.mark.parametrize("command", ["adf", "predict"])
+def test_output_appearing_during_the_write_is_not_replaced(command, base, tmp_path, capsys,
+                                                           monkeypatch):
+    import tifffile
+
+    _copy(base, tmp_path, "data.h5", "model.pt")
+    if command == "adf":
+        argv, target = _adf(tmp_path / "data.h5", tmp_path), tmp_path / "out.tif"
+    else:
+        argv, target = _predict(tmp_path), tmp_path / "p.tif"
+    monkeypatch.setattr(tifffile, "imwrite", _appearing_writer(target))
+    rc = _cli(argv)
     err = capsys.readouterr().err
-    assert rc == 2 and "out.tif" in err and "Traceback" not in err
-    assert (tmp_path / "out.tif").read_bytes() == b"written by someone else meanwhile"
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    assert rc == 2 and target.name in err and "Traceback" not in err
+    assert target.read_bytes() == b"written by someone else meanwhile"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data.h5", "model.pt", target.name]
 
 
 def test_output_appearing_during_training_is_not_replaced(base, tmp_path, capsys, monkeypatch):
@@ -1101,29 +1112,35 @@ def test_kill_9_during_checkpoint_write_keeps_old_checkpoint(base, tmp_path, cap
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data.h5", "model.pt", "p.tif"]
 
 
-_SLOW_WRITE = """
-import sys, time, tifffile
+_BARRIER_WRITE = """
+import os, sys, time, tifffile
+sync, delay = sys.argv[1], float(sys.argv[2])
 real = tifffile.imwrite
-def slow(*a, **kw):
-    time.sleep(float(sys.argv[1]))
+def after_barrier(*a, **kw):  # every check is done: wait until the other writer is here too
+    open(os.path.join(sync, str(os.getpid())), "w").close()
+    t0 = time.time()
+    while len(os.listdir(sync)) < 2 and time.time() - t0 < 60:
+        time.sleep(0.02)
+    time.sleep(delay)
     return real(*a, **kw)
-tifffile.imwrite = slow
+tifffile.imwrite = after_barrier
 from napari_4dstem_ml.cli import main
-sys.exit(main(sys.argv[2:]))
+sys.exit(main(sys.argv[3:]))
 """
 
 
-def test_concurrent_writers_to_one_output(base, tmp_path):
+def test_concurrent_writers_to_one_output(base, tmp_path, tmp_path_factory):
     """Two processes (``adf``: the same writing path as ``predict``, without importing torch)
-    write one output; both pass the existence check before either finishes."""
+    write one output; a barrier makes both pass every check before either writes."""
     import tifffile
 
     _copy(base, tmp_path, "data.h5")
+    sync = tmp_path_factory.mktemp("barrier")
     argv = [str(a) for a in _adf(tmp_path / "data.h5", tmp_path)]
     argv[argv.index(str(tmp_path / "out.tif"))] = str(tmp_path / "p.tif")
-    procs = [subprocess.Popen([sys.executable, "-c", _SLOW_WRITE, delay, *argv], env=_env(),
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for delay in ("0.5", "1.2")]
+    procs = [subprocess.Popen([sys.executable, "-c", _BARRIER_WRITE, str(sync), delay, *argv],
+                              env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for delay in ("0", "0.5")]
     results = [(p.wait(120), p.stderr.read()) for p in procs]
     codes = sorted(rc for rc, _ in results)
     assert codes == [0, 2], results
@@ -1131,24 +1148,6 @@ def test_concurrent_writers_to_one_output(base, tmp_path):
     assert "p.tif" in loser and "Traceback" not in loser
     assert tifffile.imread(tmp_path / "p.tif").shape == SCAN
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data.h5", "p.tif"]
-
-
-def test_output_appearing_during_predict_is_not_replaced(base, tmp_path, capsys, monkeypatch):
-    from napari_4dstem_ml.training import inference
-
-    _copy(base, tmp_path, "data.h5", "model.pt")
-    real = inference.iter_reconstruct
-
-    def slow(*a, **kw):
-        (tmp_path / "p.tif").write_bytes(b"another predict run's result")
-        return (yield from real(*a, **kw))
-
-    monkeypatch.setattr(inference, "iter_reconstruct", slow)
-    rc = _cli(_predict(tmp_path))
-    err = capsys.readouterr().err
-    assert rc == 2 and "p.tif" in err and "Traceback" not in err
-    assert (tmp_path / "p.tif").read_bytes() == b"another predict run's result"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["data.h5", "model.pt", "p.tif"]
 
 
 def _can_mount_tmpfs() -> bool:

@@ -304,3 +304,66 @@ def test_compare_recovers_shift_scale_and_reports_metrics():
     d = rep.to_dict()
     assert "aligned" not in d and d["crop"] == 8
     assert "PSNR" in rep.summary()
+
+
+# ---------------------------------------------------------------------------- transfer scoring
+def _lattice(shape=(64, 64), a=(7.3, 0.0), b=(0.0, 6.1), sigma=1.0, missing=None, amp=None, noise=0.0, seed=0):
+    """Gaussian atoms on a lattice a, b (px); ``missing`` (i, j) gets amplitude ``amp``."""
+    yy, xx = np.mgrid[: shape[0], : shape[1]].astype(float)
+    img = np.zeros(shape)
+    sites = {}
+    for i in range(-2, 14):
+        for j in range(-2, 14):
+            p = np.array([3.2, 2.7]) + i * np.array(a) + j * np.array(b)
+            w = amp if (i, j) == missing else 1.0
+            img += w * np.exp(-((yy - p[0]) ** 2 + (xx - p[1]) ** 2) / (2 * sigma**2))
+            sites[(i, j)] = p
+    rng = np.random.default_rng(seed)
+    return img + noise * rng.standard_normal(shape), sites
+
+
+def test_lattice_vectors_and_equivalent_sites_of_a_known_lattice():
+    img, sites = _lattice(a=(0.0, 7.3), b=(6.1, 0.0))
+    a1, a2 = M.lattice_vectors(img)  # a first estimate from the autocorrelation
+    lengths = sorted([np.hypot(*a1), np.hypot(*a2)])
+    assert lengths == pytest.approx([6.1, 7.3], rel=0.03)
+    eq = M.equivalent_sites(img, sites[(4, 4)], pixel_size=0.24, margin=3)
+    inside = [p for k, p in sites.items() if k != (4, 4) and 3 <= p[0] <= 60 and 3 <= p[1] <= 60]
+    assert len(eq) == len(inside)
+    d = np.min(np.hypot(*(eq[:, None, :] - np.array(inside)[None]).transpose(2, 0, 1)), axis=1)
+    assert d.max() < 0.1
+
+
+def test_defect_contrast_in_sigma_of_the_intact_sites():
+    """A site at half amplitude in noise: the contrast equals the drop over the intact sites'
+    scatter; an image that does not show the defect scores about zero; the sign follows the
+    reference."""
+    truth, sites = _lattice(missing=(4, 4), amp=0.5)
+    eq = M.equivalent_sites(truth, sites[(4, 4)], pixel_size=0.24)
+    noisy, _ = _lattice(missing=(4, 4), amp=0.5, noise=0.05, seed=1)
+    intact, _ = _lattice(noise=0.05, seed=1)
+    c_def = M.defect_contrast(noisy, truth, sites[(4, 4)], eq, pixel_size=0.1, blur=0.1)
+    c_none = M.defect_contrast(intact, truth, sites[(4, 4)], eq, pixel_size=0.1, blur=0.1)
+    assert c_def > 5 and abs(c_none) < 3
+    assert M.defect_contrast(-noisy, truth, sites[(4, 4)], eq, pixel_size=0.1, blur=0.1) == pytest.approx(c_def)
+    with pytest.raises(ValueError, match="3 intact sites"):
+        M.defect_contrast(noisy, truth, sites[(4, 4)], eq[:2], pixel_size=0.1)
+
+
+def test_uncertainty_error_correlation_ranks():
+    rng = np.random.default_rng(0)
+    ref = rng.standard_normal((40, 40))
+    sd = np.linspace(0.01, 1.0, 1600).reshape(40, 40)
+    img = 3.0 * (ref + sd * rng.standard_normal((40, 40))) + 7.0
+    good = M.uncertainty_error_correlation(img, 3.0 * sd, ref)
+    bad = M.uncertainty_error_correlation(img, rng.random((40, 40)), ref)
+    pixelwise = M.uncertainty_error_correlation(img, 3.0 * sd, ref, window=0)
+    assert good > 0.7 and abs(bad) < 0.2
+    assert 0.2 < pixelwise < 0.6  # a pixel's error is one draw: even the true σ ranks it weakly
+
+
+def test_compare_reports_inverted_contrast_as_negative_r():
+    rng = np.random.default_rng(2)
+    ref = ndimage.gaussian_filter(rng.standard_normal((48, 48)), 2)
+    rep = M.compare(-ref + 0.01 * rng.standard_normal((48, 48)), ref, register=False)
+    assert rep.pearson_r < -0.99 and rep.scale < 0 and rep.ssim > 0.9

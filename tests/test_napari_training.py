@@ -13,7 +13,7 @@ def test_train_save_apply(make_napari_viewer, qtbot, tmp_path):
     from napari_4dstem_ml.training.checkpoint import load_checkpoint
     from napari_4dstem_ml.training.inference import predict
     from napari_4dstem_ml.training.synthetic import make_synthetic
-    from napari_4dstem_ml.widgets.training import TrainingWidget, reconstruction_name
+    from napari_4dstem_ml.widgets.training import TrainingWidget, applied_name
 
     syn = make_synthetic((16, 16), (12, 12), bf_radius_px=3.0, seed=0)
     other = make_synthetic((12, 12), (12, 12), bf_radius_px=3.0, seed=1)
@@ -36,7 +36,7 @@ def test_train_save_apply(make_napari_viewer, qtbot, tmp_path):
     assert widget.result is not None
     assert widget.result.steps > 0 or widget.result.stopped == "least_squares"
     assert len(widget.history) >= 1
-    rec = viewer.layers[reconstruction_name("train")]
+    rec = viewer.layers[widget.run_name]
     assert rec.data.shape == syn.label.shape
     # the last preview is the best model's reconstruction of the field
     assert widget.save_button.isEnabled() and widget.apply_button.isEnabled()
@@ -48,7 +48,7 @@ def test_train_save_apply(make_napari_viewer, qtbot, tmp_path):
     assert widget.apply("other") is not None
     qtbot.waitUntil(lambda: widget.apply_worker is None, timeout=60000)
     expected = predict(widget.result.model, widget.result.preprocessor, other.dataset)
-    got = viewer.layers[reconstruction_name("other")].data
+    got = viewer.layers[applied_name(widget.run_name, "other")].data
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
 
 

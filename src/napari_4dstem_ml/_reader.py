@@ -78,3 +78,53 @@ def layer_data(ds, name: str) -> tuple:
         "metadata": {"dataset4d": ds},
     }
     return (ds.data, kwargs, "image")
+
+
+# ---------------------------------------------------------------------------------------------
+# model checkpoints (.pt): dropped onto napari, they join the session's models (no layer)
+# ---------------------------------------------------------------------------------------------
+TRAINING_WIDGET = "Train & reconstruct"
+
+
+def get_model_reader(path):
+    """Return a reader for a ``.pt`` model checkpoint (a torch zip file), else ``None``."""
+    if isinstance(path, (list, tuple)):
+        if len(path) != 1:
+            return None
+        path = path[0]
+    p = Path(str(path))
+    if p.suffix.lower() != ".pt" or not p.is_file():
+        return None
+    try:
+        with open(p, "rb") as fh:
+            if fh.read(2) != b"PK":  # torch.save's zip container
+                return None
+    except OSError:
+        return None
+    return read_model
+
+
+def read_model(path) -> list[tuple]:
+    """Load a checkpoint into the current viewer's session (Apply then offers it) and dock
+    the training widget, which lists it with its description. Returns napari's "no layer"
+    sentinel. A broken checkpoint raises ``CheckpointError`` naming the file."""
+    if isinstance(path, (list, tuple)):
+        path = path[0]
+    import napari
+
+    from .widgets.models import load_model_file
+    from .widgets.session import session_for
+
+    viewer = napari.current_viewer()
+    if viewer is None:
+        raise ValueError(f"{path}: a model is opened into a napari viewer, and none is open")
+    entry = load_model_file(session_for(viewer), path)
+    try:
+        _, widget = viewer.window.add_plugin_dock_widget("napari-4dstem-ml", TRAINING_WIDGET)
+        widget.select_model(entry.name)
+    except Exception:  # noqa: BLE001 - docking is a convenience; the model is loaded
+        pass
+    from napari.utils.notifications import show_info
+
+    show_info(f"model {entry.name} loaded ({entry.kind}): choose a data set and Apply")
+    return [(None,)]

@@ -37,7 +37,9 @@ def _sample(key: str) -> list[tuple]:
     session = _browser_session()
     if session is not None:
         data, kwargs, _ = layers.pop(0)
-        session.add_dataset(kwargs["name"], kwargs["metadata"]["dataset4d"])
+        name = session.add_dataset(kwargs["name"], kwargs["metadata"]["dataset4d"])
+        for _, kw, _ in layers:  # the name it got (a second copy is renamed)
+            kw["metadata"]["dataset"] = name
     return layers
 
 
@@ -54,8 +56,14 @@ def sample_layers(key: str) -> list[tuple]:
     unit = napari_unit("A") if ds.calibration.scan_step_A else "pixel"
     scan = {"scale": step, "units": (unit, unit), "axis_labels": SCAN_AXES}
     px = float(s.label_pixel_size_A)
+    name = f"{title} 4D-STEM"
+
+    def role(r: str, **extra) -> dict:
+        # the role and data set of a scan-plane image: the widgets find them by it
+        return {"metadata": {"role": r, "dataset": name, **extra}}
+
     layers = [
-        layer_data(ds, f"{title} 4D-STEM"),
+        layer_data(ds, name),
         (
             s.ground_truth,
             {
@@ -64,6 +72,7 @@ def sample_layers(key: str) -> list[tuple]:
                 "visible": False,
                 "contrast_limits": robust_limits(s.ground_truth),
                 **scan,
+                **role("ground_truth"),
             },
             "image",
         ),
@@ -74,6 +83,7 @@ def sample_layers(key: str) -> list[tuple]:
                 "colormap": "gray",
                 "contrast_limits": robust_limits(s.adf),
                 **scan,
+                **role("adf"),
             },
             "image",
         ),
@@ -87,11 +97,13 @@ def sample_layers(key: str) -> list[tuple]:
                 "units": (unit, unit),
                 "axis_labels": SCAN_AXES,
                 "contrast_limits": robust_limits(s.label),
-                "metadata": {
-                    "label_pixel_size_A": px,
-                    "label_origin_A": s.label_origin_A,
-                    "label_method": s.label_method,
-                },
+                **role(
+                    "label",
+                    own_grid=True,
+                    label_pixel_size_A=px,
+                    label_origin_A=s.label_origin_A,
+                    label_method=s.label_method,
+                ),
             },
             "image",
         ),

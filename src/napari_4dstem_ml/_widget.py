@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from .widgets.browser import BrowserWidget
+from .widgets.compare import CompareWidget
 from .widgets.detectors import DetectorsWidget
 from .widgets.live import LiveWidget
 from .widgets.training import TrainingWidget
 
-__all__ = ["BrowserWidget", "DetectorsWidget", "LiveWidget", "TrainingWidget"]
+__all__ = ["BrowserWidget", "CompareWidget", "DetectorsWidget", "LiveWidget", "TrainingWidget"]

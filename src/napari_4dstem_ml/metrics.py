@@ -638,3 +638,150 @@ def compare(
         aligned=fitted.astype(np.float32),
         reference_cropped=b.astype(np.float32),
     )
+
+
+# ---------------------------------------------------------------------------- transfer scoring
+def lowpass(image: Any, pixel_size: float, resolution: float = 0.4) -> np.ndarray:
+    """Gaussian low-pass transferring 10 % at spatial frequency 1/``resolution`` (same unit as
+    ``pixel_size``): the convention of the simulated labels' information limit."""
+    q = 1.0 / float(resolution)
+    sigma = math.sqrt(math.log(10.0) / (2 * math.pi**2 * q**2))
+    return ndimage.gaussian_filter(_as_2d(image, "image"), sigma / float(pixel_size), mode="nearest")
+
+
+def lattice_vectors(reference: Any) -> tuple[np.ndarray, np.ndarray]:
+    """The two shortest non-collinear lattice vectors (px, sub-pixel) of a crystal image, from
+    the peaks of its (circular) autocorrelation.
+
+    A lattice translation maps the whole crystal onto itself, so its autocorrelation peak is
+    about as high as the highest; a translation between sublattices (e.g. W onto S2 columns)
+    overlaps only part of the crystal and peaks lower. Only peaks within 75 % of the highest
+    non-zero shift count.
+    """
+    g = _as_2d(reference, "reference")
+    g = g - g.mean()
+    ac = np.fft.fftshift(np.real(np.fft.ifft2(np.abs(np.fft.fft2(g)) ** 2)))
+    ac /= ac.max()
+    cy, cx = (n // 2 for n in ac.shape)
+    peaks = (ac == ndimage.maximum_filter(ac, size=5)) & (ac > 0.2)
+    cands = []
+    for y, x in zip(*np.nonzero(peaks)):
+        if 0 < y < ac.shape[0] - 1 and 0 < x < ac.shape[1] - 1:
+            dy = _parabolic(ac[y - 1, x], ac[y, x], ac[y + 1, x])
+            dx = _parabolic(ac[y, x - 1], ac[y, x], ac[y, x + 1])
+            v = np.array([y - cy + dy, x - cx + dx])
+            if np.hypot(*v) > 2 and np.hypot(*v) < 0.45 * min(ac.shape):
+                cands.append((float(ac[y, x]), v))
+    if not cands:
+        raise ValueError("no lattice peaks in the reference image's autocorrelation")
+    top = max(h for h, _ in cands)
+    vecs = sorted((v for h, v in cands if h >= 0.75 * top), key=lambda v: float(np.hypot(*v)))
+    for i, a in enumerate(vecs):
+        for b in vecs[i + 1 :]:
+            if abs(a[0] * b[1] - a[1] * b[0]) > 0.3 * np.hypot(*a) * np.hypot(*b):
+                return a, b
+    raise ValueError("no two independent lattice vectors in the reference image")
+
+
+def _refine_peak(image: np.ndarray, p: np.ndarray, radius: int) -> np.ndarray:
+    y, x = int(round(p[0])), int(round(p[1]))
+    y0, x0 = max(0, y - radius), max(0, x - radius)
+    win = image[y0 : y + radius + 1, x0 : x + radius + 1]
+    iy, ix = np.unravel_index(int(np.argmax(win)), win.shape)
+    y, x = y0 + iy, x0 + ix
+    dy = _parabolic(image[y - 1, x], image[y, x], image[y + 1, x]) if 0 < y < image.shape[0] - 1 else 0.0
+    dx = _parabolic(image[y, x - 1], image[y, x], image[y, x + 1]) if 0 < x < image.shape[1] - 1 else 0.0
+    return np.array([y + dy, x + dx])
+
+
+def equivalent_sites(
+    reference: Any, site: Any, pixel_size: float, *, margin: int = 3
+) -> np.ndarray:
+    """Sites equivalent to ``site`` (row, col) by the reference crystal's lattice
+    translations, each refined to the nearest peak of the 0.4 Å low-passed reference; ``(n, 2)``,
+    the site itself and positions within ``margin`` px of the edge excluded.
+
+    The lattice vectors start from the autocorrelation and are refitted by least squares to
+    the refined peaks, first of the nearest cells, then of all, so they do not drift across
+    the field.
+    """
+    ref = _as_2d(reference, "reference")
+    a1, a2 = lattice_vectors(ref)
+    smooth = lowpass(ref, pixel_size)
+    ny, nx = ref.shape
+    s0 = np.asarray(site, float)
+    radius = max(1, int(round(0.5 / pixel_size)))
+
+    def predict(limit: int) -> tuple[np.ndarray, np.ndarray]:
+        ij, pts = [], []
+        for i in range(-limit, limit + 1):
+            for j in range(-limit, limit + 1):
+                if i == 0 and j == 0:
+                    continue
+                p = s0 + i * a1 + j * a2
+                if margin <= p[0] <= ny - 1 - margin and margin <= p[1] <= nx - 1 - margin:
+                    ij.append((i, j))
+                    pts.append(_refine_peak(smooth, p, radius))
+        return np.array(ij, float).reshape(-1, 2), np.array(pts).reshape(-1, 2)
+
+    n = int(2 * max(ny, nx) / max(1.0, min(np.hypot(*a1), np.hypot(*a2)))) + 2
+    for limit in (2, n):
+        ij, pts = predict(limit)
+        if len(ij) >= 3:  # least squares: pts - site = ij @ [a1; a2]
+            sol = np.linalg.lstsq(ij, pts - s0, rcond=None)[0]
+            a1, a2 = sol[0], sol[1]
+    return predict(n)[1]
+
+
+def defect_contrast(
+    image: Any, reference: Any, site: Any, sites: Any, pixel_size: float, blur: float = 0.35
+) -> float:
+    """How clearly ``image`` shows a point defect, in standard deviations of the intact sites.
+
+    Column intensities are Gaussian-weighted means over ``blur`` (unit of ``pixel_size``)
+    around each site, after a scale/offset fit of the image to the reference; the result is
+    (mean over the intact ``sites`` − value at ``site``) / their standard deviation, signed so
+    that it is positive when the defect shows the way it does in ``reference``.
+    """
+    s = float(blur) / float(pixel_size)
+    ref = ndimage.gaussian_filter(_as_2d(reference, "reference"), s)
+    _, _, fitted = fit_scale_offset(ndimage.gaussian_filter(_as_2d(image, "image"), s), ref)
+    pts = np.asarray(sites, float).reshape(-1, 2)
+    if len(pts) < 3:
+        raise ValueError("need at least 3 intact sites to measure a defect's contrast")
+
+    def at(a: np.ndarray, p: np.ndarray) -> np.ndarray:
+        return ndimage.map_coordinates(a, np.atleast_2d(p).T, order=1)
+
+    intact = at(fitted, pts)
+    d = float(at(fitted, np.asarray(site, float))[0])
+    sign = np.sign(at(ref, pts).mean() - at(ref, np.asarray(site, float))[0]) or 1.0
+    sd = float(intact.std())
+    return float(sign * (intact.mean() - d) / sd) if sd > 0 else math.nan
+
+
+def uncertainty_error_correlation(
+    image: Any, uncertainty: Any, reference: Any, crop: int = 3, window: float = 1.0
+) -> float:
+    """Spearman rank correlation between a per-pixel ``uncertainty`` and the actual error of
+    ``image`` against ``reference`` (after a scale/offset fit of the image, the uncertainty
+    scaled alike); ``crop`` edge pixels left out.
+
+    A pixel's error is one draw of a random variable whose spread the uncertainty predicts
+    (even a perfect σ ranks |N(0, σ)| at only ~0.4), so both are compared as local RMS over
+    a Gaussian window of ``window`` pixels (σ; 0: pixel by pixel).
+    """
+    from scipy.stats import spearmanr
+
+    a, b = _pair(image, reference)
+    u = _as_2d(uncertainty, "uncertainty")
+    scale, offset, fitted = fit_scale_offset(a, b)
+    err2 = (fitted - b) ** 2
+    unc2 = (scale * u) ** 2
+    if window > 0:
+        err2 = ndimage.gaussian_filter(err2, window, mode="nearest")
+        unc2 = ndimage.gaussian_filter(unc2, window, mode="nearest")
+    sl = (slice(crop, a.shape[0] - crop), slice(crop, a.shape[1] - crop))
+    e, v = np.sqrt(err2[sl]).ravel(), np.sqrt(unc2[sl]).ravel()
+    ok = np.isfinite(e) & np.isfinite(v)
+    return float(spearmanr(v[ok], e[ok]).statistic)

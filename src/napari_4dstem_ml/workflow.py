@@ -408,9 +408,10 @@ def run_headless(
 
     Train each of ``models`` on the MoS2 sample against its ptychography label (registered
     onto the scan grid once, automatically), apply it to MoS2 and to the thick PrScO3
-    sample, and compare each reconstruction and the conventional ADF image with the ground
-    truth. Writes TIFF and PNG images, the checkpoints, the linear model's learned detector
-    mask (``.npy``, usable as a custom virtual detector) and ``summary.json`` into a new run
+    sample, and compare each reconstruction — and the classical iCoM and ADF images of the same
+    data — with the ground truth. Writes TIFF and PNG images (the CNN ensemble's uncertainty
+    map too), the checkpoints, the linear model's learned detector mask (``.npy``, usable as a
+    custom virtual detector) and ``summary.json`` (metrics, domain checks) into a new run
     folder of ``out_dir``, which it returns. Yields :class:`Message` lines and training events.
     """
     import json
@@ -419,7 +420,6 @@ def run_headless(
     from .metrics import compare
     from .samples import SAMPLES, load_sample, sample_path
     from .training.checkpoint import load_checkpoint
-    from .training.inference import predict
 
     run = _new_run_dir(out_dir)
     yield Message(f"writing results to {run}")
@@ -439,13 +439,18 @@ def run_headless(
     except FileNotFoundError as exc:
         yield Message(f"skipping prsco3: {exc}")
     summary: dict[str, Any] = {"registration": registered[2], "samples": {}, "models": {}}
+    from .baselines import classical_baselines
+
     for key, sample in samples.items():
         px = sample.dataset.calibration.scan_step_A[1]
-        for suffix in (".tif", ".png"):
-            write_image(run / f"{key}_adf{suffix}", sample.adf, px)
-        adf = compare(sample.adf, sample.ground_truth, pixel_size=px)
-        summary["samples"][key] = {"adf_vs_truth": adf.to_dict()}
-        yield Message(f"{key}: ADF vs ground truth: {adf.summary()}")
+        base = classical_baselines(sample.dataset)
+        summary["samples"][key] = {"baselines": base.info}
+        for name, img in base.images().items():
+            for suffix in (".tif", ".png"):
+                write_image(run / f"{key}_{name.lower()}{suffix}", img, px)
+            rep = compare(img, sample.ground_truth, pixel_size=px)
+            summary["samples"][key][f"{name.lower()}_vs_truth"] = rep.to_dict()
+            yield Message(f"{key}: {name} vs ground truth: {rep.summary()}")
 
     for model in models:
         job = TrainingJob(label=str(sample_path("mos2")), label_dataset="label/image",
@@ -462,7 +467,13 @@ def run_headless(
         summary["models"][model] = {"checkpoint": str(result.checkpoint),
                                     "validation": result.metrics}
         for key, sample in samples.items():
-            image = predict(loaded.model, loaded.preprocessor, sample.dataset)
+            rep = yield from reconstruct(loaded, sample.dataset)
+            image = rep.image
+            if rep.uncertainty is not None:
+                for suffix in (".tif", ".png"):
+                    write_image(run / f"{key}_{model}_uncertainty{suffix}", rep.uncertainty,
+                                sample.dataset.calibration.scan_step_A[1])
+            summary["models"][model][f"{key}_domain"] = rep.metadata()
             px = sample.dataset.calibration.scan_step_A[1]
             for suffix in (".tif", ".png"):
                 write_image(run / f"{key}_{model}{suffix}", image, px)

@@ -71,6 +71,26 @@ class CNN4d(nn.Module):
         s = k - 2 * (ks - 1)
         self.dense = Conv4d(c2, 1, (s, s, dy, dx))
 
+    def first_layer_filters(self) -> np.ndarray:
+        """The first convolution's kernels as one 2D float32 montage, for display.
+
+        Channel c's kernel ``(ks, ks, kd, kd)`` (scan y, scan x, detector y, detector x) is a
+        ``(ks·kd) × (ks·kd)`` block: the scan offset picks the ``kd × kd`` tile, the detector
+        offset the pixel in it. Blocks fill a grid of ``ceil(sqrt(2C))`` columns row by row,
+        with 1-px gaps of 0.
+        """
+        w = self.conv1.weight.detach().float().cpu().numpy()[:, 0]
+        c, ks, _, kd, _ = w.shape
+        n = ks * kd
+        cols = min(c, int(np.ceil(np.sqrt(2 * c))))
+        rows = int(np.ceil(c / cols))
+        blocks = w.transpose(0, 1, 3, 2, 4).reshape(c, n, n)
+        out = np.zeros((rows * (n + 1) - 1, cols * (n + 1) - 1), np.float32)
+        for i in range(c):
+            r, q = divmod(i, cols)
+            out[r * (n + 1) : r * (n + 1) + n, q * (n + 1) : q * (n + 1) + n] = blocks[i]
+        return out
+
     def _features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 1, Sy, Sx, ky, kx) → (B, C2, Sy - 2(ks-1), Sx - 2(ks-1), dy, dx)."""
         cfg = self.config

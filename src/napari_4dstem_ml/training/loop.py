@@ -193,13 +193,15 @@ class PrepareEvent:
 @dataclass(frozen=True)
 class StepEvent:
     """One optimiser step: the batch's training loss (standardised label units) over
-    ``positions`` training positions."""
+    ``positions`` training positions; ``total_steps`` planned in all (for progress bars; the
+    patch plan varies per epoch, so it is a close estimate)."""
 
     step: int
     epoch: int
     train_loss: float
     elapsed_s: float
     positions: int = 0
+    total_steps: int = 0
 
 
 @dataclass(frozen=True)
@@ -222,7 +224,7 @@ class EpochEvent:
 class PreviewEvent:
     """Reconstruction ``image`` ``(Ny, Nx)`` of the whole field (label units) at ``step``;
     ``masks`` holds model-specific views (linear: ``detector_mask`` (oy, ox),
-    ``cluster_weights`` (K, K))."""
+    ``cluster_weights`` (K, K); 4D CNN: ``first_layer_filters``, a montage image)."""
 
     step: int
     image: np.ndarray
@@ -395,7 +397,7 @@ def _model_masks(model) -> dict[str, np.ndarray]:
     if isinstance(model, Ensemble):
         model = model.members[0]
     out = {}
-    for name in ("detector_mask", "cluster_weights"):
+    for name in ("detector_mask", "cluster_weights", "first_layer_filters"):
         fn = getattr(model, name, None)
         if callable(fn):
             out[name] = np.asarray(fn())
@@ -838,7 +840,7 @@ def train_items(
                 n_seen += n_pos
                 if n_pos:
                     losses.append(lv)
-                yield StepEvent(step, epoch, lv, time.perf_counter() - t_start, n_pos)
+                yield StepEvent(step, epoch, lv, time.perf_counter() - t_start, n_pos, total_steps)
                 if cfg.preview_every and step % cfg.preview_every == 0:
                     yield preview(step)
                 if cancel is not None and cancel.is_set():

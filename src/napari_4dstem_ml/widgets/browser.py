@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from napari.qt import QtViewer
 from napari.qt.threading import create_worker
+from qtpy.QtCore import QEvent, QObject, QTimer
 from qtpy.QtWidgets import (
     QComboBox,
     QDoubleSpinBox,
@@ -21,12 +22,14 @@ from qtpy.QtWidgets import (
     QVBoxLayout,
     QWidget,
 )
+from superqt import QCollapsible
 
 from .. import display
 from ..dataset import pretty_unit
 from .session import (
     MEAN_LAYER,
     Session,
+    camera,
     compact_widget,
     error_reporter,
     guarded,
@@ -85,6 +88,21 @@ class BrowserWidget(QWidget):
         self.qt_diffraction = QtViewer(self.session.diffraction)
         self.qt_diffraction.setMinimumSize(280, 280)
         self.session.diffraction.canvas.overlays.scale_bar.visible = True
+        # the whole detector in view: refit when the canvas is resized (e.g. when the dock is
+        # first laid out) unless the user has zoomed or panned since the last fit
+        self._fitted_camera = None
+        self._fit_timer = QTimer(self)
+        self._fit_timer.setSingleShot(True)
+        self._fit_timer.setInterval(50)
+        self._fit_timer.timeout.connect(self._refit_if_untouched)
+        self._resize_watch = _ResizeWatcher(self._fit_timer.start, self)
+        self.qt_diffraction.canvas.native.installEventFilter(self._resize_watch)
+        # the diffraction view's own layer list (visibility) and layer controls (opacity,
+        # contrast limits, colormap) for the pattern, mean pattern, detectors, learned masks
+        self.layer_panel = QCollapsible("diffraction layers (visibility, colormap, contrast)")
+        self.layer_panel.addWidget(self.qt_diffraction.layers)
+        self.layer_panel.addWidget(self.qt_diffraction.controls)
+        self.qt_diffraction.layers.setMinimumHeight(120)
 
         self.dataset_box = QComboBox()
         self.mode_box = QComboBox()
@@ -108,12 +126,16 @@ class BrowserWidget(QWidget):
         layout.addLayout(form)
         layout.addWidget(self.position_label)
         layout.addWidget(self.qt_diffraction, stretch=1)
+        layout.addWidget(self.layer_panel)
 
         self.dataset_box.currentTextChanged.connect(self._on_choose)
         self.mode_box.currentTextChanged.connect(self._on_display)
         self.exponent.valueChanged.connect(self._on_display)
         self.nav_box.currentTextChanged.connect(lambda _: self.compute_navigation())
         s = self.session
+        s.settings.bind("browser", "display", self.mode_box)
+        s.settings.bind("browser", "exponent", self.exponent)
+        s.settings.bind("browser", "navigation", self.nav_box)
         s.datasets_changed.connect(self._refresh_datasets)
         s.dataset_changed.connect(self._on_dataset)
         s.position_changed.connect(self._on_position)
@@ -147,8 +169,9 @@ class BrowserWidget(QWidget):
         return QSize(460, 640)
 
     def teardown(self) -> None:
-        self._closed = True
         """Release the diffraction canvas and the connections (the viewer is closing)."""
+        self._closed = True
+        self._fit_timer.stop()
         if self.worker is not None:
             self.worker.quit()
         self._cleanup()
@@ -157,6 +180,21 @@ class BrowserWidget(QWidget):
             qt.close()
             qt.setParent(None)
             qt.deleteLater()
+
+    # -- view ------------------------------------------------------------------
+    def fit_diffraction(self) -> None:
+        """Fit the whole detector into the diffraction view."""
+        viewer = self.session.diffraction
+        viewer.reset_view()
+        cam = camera(viewer)
+        self._fitted_camera = (tuple(cam.center), cam.zoom)
+
+    def _refit_if_untouched(self) -> None:
+        cam = camera(self.session.diffraction)
+        if getattr(self, "_closed", False):
+            return
+        if self._fitted_camera is None or self._fitted_camera == (tuple(cam.center), cam.zoom):
+            self.fit_diffraction()
 
     # -- slots -----------------------------------------------------------------
     def _refresh_datasets(self) -> None:
@@ -179,6 +217,7 @@ class BrowserWidget(QWidget):
         self.dataset_box.blockSignals(True)
         self.dataset_box.setCurrentText(name)
         self.dataset_box.blockSignals(False)
+        self.fit_diffraction()
         self.compute_navigation()
 
     def _on_position(self, iy: int, ix: int) -> None:
@@ -241,8 +280,9 @@ class BrowserWidget(QWidget):
             return
         if what == "navigation":
             new = nav_layer_name(name) not in self.viewer.layers
-            layer = self.session.show_scan_image(nav_layer_name(name), np.array(value))
-            layer.metadata["navigation"] = kind
+            layer = self.session.show_scan_image(
+                nav_layer_name(name), np.array(value), dataset=name, metadata={"navigation": kind}
+            )
             if new:
                 self.viewer.reset_view()
         elif what == "mean":
@@ -250,6 +290,22 @@ class BrowserWidget(QWidget):
                 MEAN_LAYER,
                 display.transform(value, self.session.display_mode, self.session.exponent),
                 colormap="magma",
-                visible=False,
+                visible=MEAN_LAYER in self.session.diffraction.layers
+                and self.session.diffraction.layers[MEAN_LAYER].visible,
+                scale=self.session.detector_layer_kwargs(name)["scale"],
             )
             layer.metadata["raw"] = value
+            layer.metadata["dataset"] = name
+
+
+class _ResizeWatcher(QObject):
+    """Calls ``callback()`` when the watched widget is resized or shown."""
+
+    def __init__(self, callback, parent: QObject) -> None:
+        super().__init__(parent)
+        self.callback = callback
+
+    def eventFilter(self, obj, event) -> bool:  # noqa: N802 (Qt API)
+        if event.type() in (QEvent.Type.Resize, QEvent.Type.Show):
+            self.callback()
+        return False

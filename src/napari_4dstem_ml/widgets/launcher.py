@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import napari
 
-WIDGETS = ("4D-STEM browser", "Virtual detectors", "Train & reconstruct")
+WIDGETS = ("4D-STEM browser", "Virtual detectors", "Train & reconstruct", "Compare methods")
 
 
 def open_gui(load_sample: bool = True, widgets: tuple[str, ...] = WIDGETS):
     """Open napari with the widgets docked and the MoS2 sample (or synthetic data) loaded."""
     viewer = napari.Viewer(title="napari-4dstem-ml")
-    for name in widgets:
-        viewer.window.add_plugin_dock_widget("napari-4dstem-ml", name)
+    docks = {}
+    for i, name in enumerate(widgets):
+        # the browser (diffraction view) on top; the other widgets as tabs below it
+        docks[name], _ = viewer.window.add_plugin_dock_widget(
+            "napari-4dstem-ml", name, tabify=i >= 2
+        )
+    if "Train & reconstruct" in docks:
+        docks["Train & reconstruct"].raise_()
     if load_sample:
         try:
             viewer.open_sample("napari-4dstem-ml", "mos2")

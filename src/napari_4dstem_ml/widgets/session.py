@@ -17,8 +17,10 @@ A 4D image layer opened into the main viewer (by this plugin's reader, a sample,
 from __future__ import annotations
 
 import functools
+import hashlib
 import weakref
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from napari.components import ViewerModel
@@ -28,6 +30,7 @@ from qtpy.QtCore import QEvent, QObject, QTimer
 
 from .. import display
 from ..dataset import Calibration, Dataset4D, napari_unit
+from .settings import Settings
 
 if TYPE_CHECKING:
     import napari
@@ -41,12 +44,75 @@ def nav_layer_name(name: str) -> str:
     return f"navigation: {name}"
 
 
+#: ``layer.metadata["role"]`` of the scan-plane images the plugin makes or loads (see
+#: :data:`napari_4dstem_ml.comparison.ROLES`); ``layer.metadata["dataset"]`` names the data set
+ROLE_KEY = "role"
+DATASET_KEY = "dataset"
+
+
+def layer_role(layer) -> str | None:
+    return layer.metadata.get(ROLE_KEY) if hasattr(layer, "metadata") else None
+
+
+def layer_dataset(layer) -> str | None:
+    return layer.metadata.get(DATASET_KEY) if hasattr(layer, "metadata") else None
+
+
+@dataclass
+class SessionModel:
+    """A model the session knows: trained here or loaded from a checkpoint.
+
+    ``kind`` is "linear" or "conv4d"; ``info`` the checkpoint-style description
+    (``train_summary``, ``metrics``, ...); ``source`` where it came from (a file path, or
+    "trained in this session").
+    """
+
+    name: str
+    kind: str
+    model: Any
+    model_config: Any
+    preprocessor: Any
+    info: dict[str, Any] = field(default_factory=dict)
+    source: str = "trained in this session"
+    path: str | None = None
+
+    @property
+    def role(self) -> str:
+        """The comparison role of its reconstructions ("linear" or "cnn")."""
+        return "linear" if self.kind == "linear" else "cnn"
+
+
+@dataclass(frozen=True)
+class RegisteredLabel:
+    """A label put onto a data set's scan grid (cached per label and data set)."""
+
+    image: np.ndarray
+    coverage: np.ndarray
+    report: str
+    params: dict[str, Any]
+
+
+def camera(viewer):
+    """A viewer's camera (``viewer.scene.camera`` since napari 0.9, ``viewer.camera`` before)."""
+    scene = getattr(viewer, "scene", None)
+    return scene.camera if scene is not None and hasattr(scene, "camera") else viewer.camera
+
+
+def fingerprint(data) -> str:
+    """A short content hash of an array (label images are small: cheap)."""
+    a = np.ascontiguousarray(np.asarray(data))
+    h = hashlib.sha1(str((a.shape, a.dtype.str)).encode())
+    h.update(a.tobytes())
+    return h.hexdigest()[:16]
+
+
 class Session:
     """State of one main viewer: data sets, current data set, scan position, display mode."""
 
     dataset_changed = Signal(str)
     datasets_changed = Signal()
     position_changed = Signal(int, int)
+    models_changed = Signal()
 
     def __init__(self, viewer: napari.Viewer) -> None:
         viewer = unwrap(viewer)
@@ -58,6 +124,10 @@ class Session:
         self.display_mode = "log"
         self.exponent = 0.25
         self._limits: dict[tuple[str, str, float], tuple[float, float]] = {}
+        self.models: dict[str, SessionModel] = {}
+        self._runs: dict[str, int] = {}
+        self.registrations: dict[tuple[str, str], RegisteredLabel] = {}
+        self.settings = Settings()
         viewer.layers.events.inserted.connect(self._on_inserted)
         for layer in list(viewer.layers):
             self._maybe_adopt(layer)
@@ -106,8 +176,40 @@ class Session:
         self.position = (ny // 2, nx // 2)
         self._update_pattern(reset_limits=True)
         self._update_marker()
+        self._rescale_dataset_layers(name)
         self.dataset_changed.emit(name)
         self.position_changed.emit(*self.position)
+
+    def _rescale_dataset_layers(self, name: str) -> None:
+        """Layers derived from data set ``name`` get its scan / detector calibration."""
+        ds = self.datasets[name]
+        viewer = self.viewer
+        scan = tuple(ds.scale()[:2])
+        for layer in list(viewer.layers) if viewer is not None else []:
+            if layer_dataset(layer) == name and layer.ndim == 2:
+                if tuple(layer.scale) != scan and not layer.metadata.get("own_grid"):
+                    layer.scale = scan
+        det = tuple(ds.scale()[2:])
+        for layer in self.diffraction.layers:
+            if layer.name == MEAN_LAYER or layer.name == PATTERN_LAYER:
+                layer.scale = det
+
+    # -- models ------------------------------------------------------------------
+    def add_model(self, entry: SessionModel) -> str:
+        """Register a model under a unique name (returns it) and tell the widgets."""
+        base, name, k = entry.name, entry.name, 1
+        while name in self.models:
+            k += 1
+            name = f"{base} [{k}]"
+        entry.name = name
+        self.models[name] = entry
+        self.models_changed.emit()
+        return name
+
+    def next_run_name(self, kind: str, dataset: str) -> str:
+        """``"linear #3 on <data set>"``: numbered per model kind in this session."""
+        self._runs[kind] = n = self._runs.get(kind, 0) + 1
+        return f"{kind} #{n} on {dataset}"
 
     # -- scan position ---------------------------------------------------------
     def set_position(self, iy: int, ix: int) -> tuple[int, int]:
@@ -156,13 +258,13 @@ class Session:
             )
         return self._limits[key]
 
-    def detector_layer_kwargs(self) -> dict:
-        ds = self.dataset
+    def detector_layer_kwargs(self, name: str | None = None) -> dict:
+        ds = self.datasets[name] if name in self.datasets else self.dataset
         units = tuple(napari_unit(u) for u in ds.units()[2:])
         return {"scale": ds.scale()[2:], "units": units, "axis_labels": ("ky", "kx")}
 
-    def scan_layer_kwargs(self) -> dict:
-        ds = self.dataset
+    def scan_layer_kwargs(self, name: str | None = None) -> dict:
+        ds = self.datasets[name] if name in self.datasets else self.dataset
         units = tuple(napari_unit(u) for u in ds.units()[:2])
         return {"scale": ds.scale()[:2], "units": units, "axis_labels": ("y", "x")}
 
@@ -226,19 +328,42 @@ class Session:
                 self.set_position(iy, ix)
 
     # -- layer helpers ---------------------------------------------------------
-    def show_scan_image(self, name: str, data: np.ndarray, **kwargs):
-        """Add or update (in place) a 2D scan-plane image layer in the main viewer."""
+    def show_scan_image(
+        self,
+        name: str,
+        data: np.ndarray,
+        *,
+        dataset: str | None = None,
+        role: str | None = None,
+        metadata: dict | None = None,
+        **kwargs,
+    ):
+        """Add or update (in place) a 2D scan-plane image layer in the main viewer.
+
+        ``dataset`` (default: the current one) gives the layer's calibration and is stored in
+        its metadata with ``role`` (see :data:`ROLE_KEY`) and ``metadata``.
+        """
         viewer = self.viewer
+        dataset = dataset or self.current
+        meta = {DATASET_KEY: dataset, **({ROLE_KEY: role} if role else {}), **(metadata or {})}
+        scan_kw = self.scan_layer_kwargs(dataset)
         if name in viewer.layers and viewer.layers[name].data.shape == data.shape:
             layer = viewer.layers[name]
             layer.data = data
             layer.contrast_limits = display.robust_limits(data, 0.1, 99.9)
+            if tuple(layer.scale) != tuple(kwargs.get("scale", scan_kw["scale"])):
+                layer.scale = kwargs.get("scale", scan_kw["scale"])
+            layer.metadata.update(meta)
             return layer
         if name in viewer.layers:
             viewer.layers.remove(name)
-        kw = {**self.scan_layer_kwargs(), "colormap": "gray", **kwargs}
+        kw = {**scan_kw, "colormap": "gray", **kwargs}
         layer = viewer.add_image(
-            data, name=name, contrast_limits=display.robust_limits(data, 0.1, 99.9), **kw
+            data,
+            name=name,
+            contrast_limits=display.robust_limits(data, 0.1, 99.9),
+            metadata=meta,
+            **kw,
         )
         if MARKER_LAYER in viewer.layers:  # keep the marker on top
             viewer.layers.move(viewer.layers.index(MARKER_LAYER), len(viewer.layers))
@@ -249,14 +374,22 @@ class Session:
         layers = self.diffraction.layers
         if name in layers and layers[name].data.shape == data.shape:
             layers[name].data = data
-            layers[name].contrast_limits = display.robust_limits(data, 0.1, 99.9)
+            layers[name].contrast_limits = kwargs.get(
+                "contrast_limits", display.robust_limits(data, 0.1, 99.9)
+            )
+            for key in ("scale", "translate"):
+                if key in kwargs:
+                    setattr(layers[name], key, kwargs[key])
             return layers[name]
         if name in layers:
             layers.remove(name)
-        kw = {**self.detector_layer_kwargs(), "colormap": "gray", **kwargs}
-        return self.diffraction.add_image(
-            data, name=name, contrast_limits=display.robust_limits(data, 0.1, 99.9), **kw
-        )
+        kw = {
+            **self.detector_layer_kwargs(),
+            "colormap": "gray",
+            "contrast_limits": display.robust_limits(data, 0.1, 99.9),
+            **kwargs,
+        }
+        return self.diffraction.add_image(data, name=name, **kw)
 
 
 def is_4d_layer(layer) -> bool:

@@ -1,16 +1,29 @@
-"""Train & reconstruct: train a cluster model against a label, watch it learn, apply it.
+"""Train & reconstruct: train a cluster model against a label, watch it learn, apply models.
 
 The widget gathers parameters and runs the core's training generator
-(:func:`napari_4dstem_ml.training.loop.train`) in a worker; each preview updates the
-"reconstruction" image layer (and, for the linear model, the learned detector mask in the
-diffraction view) in place. Stop ends training cleanly after the current step, keeping the best
-weights (a second Stop aborts the worker). Save writes an atomic checkpoint; Apply streams a
-prediction of another data set, row tile by row tile.
+(:func:`napari_4dstem_ml.training.loop.train`) in a worker. Each run is named after its model
+and data set ("conv4d #2 on MoS2 …") and keeps its own layers, updated in place: the
+reconstruction (main viewer), and for the linear model the learned detector mask m(|k|) on the
+diffraction plane (with its colorbar; the cluster weights w(|r|) are plotted in the dock), for
+the 4D CNN its first-layer filters (beside the detector). The dock shows a determinate progress bar (epochs, steps,
+time left) and the train/validation loss per epoch. The training and validation regions are the
+rectangles of the "training regions" layer (:mod:`.regions`). The label is registered onto the
+scan grid once per label and data set (cached in the session).
+
+Models trained here or loaded from checkpoints (button, or dropping a ``.pt`` onto napari) are
+listed with their description; Save writes the selected one (atomic checkpoint), Apply streams
+its reconstruction of any loaded 4D data set. Stop ends training cleanly after the current step,
+keeping the best weights (a second Stop aborts the worker).
+
+Speed: the worker's events are only stored by the slots; the progress text is refreshed by a
+2 Hz timer, the plots and layers once per epoch, and no indeterminate animation runs, so the
+GUI thread (and software OpenGL) takes little time from training.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -18,6 +31,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info
+from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import (
     QComboBox,
     QDoubleSpinBox,
@@ -26,13 +40,33 @@ from qtpy.QtWidgets import (
     QHBoxLayout,
     QLabel,
     QLineEdit,
+    QListWidget,
+    QPlainTextEdit,
+    QProgressBar,
     QPushButton,
     QSpinBox,
     QVBoxLayout,
     QWidget,
 )
 
-from .session import Session, compact_widget, error_reporter, guarded, on_viewer_close, session_for
+from .models import describe, load_model_file
+from .plots import LossCurves, WeightsPlot
+from .regions import REGIONS_LAYER, ensure_regions_layer, split_for
+from .session import (
+    DATASET_KEY,
+    ROLE_KEY,
+    RegisteredLabel,
+    Session,
+    SessionModel,
+    compact_widget,
+    error_reporter,
+    fingerprint,
+    guarded,
+    layer_dataset,
+    layer_role,
+    on_viewer_close,
+    session_for,
+)
 
 if TYPE_CHECKING:
     import napari
@@ -40,10 +74,21 @@ if TYPE_CHECKING:
 MODEL_KINDS = ("linear", "conv4d")
 #: default (epochs, learning rate, batch size) per model, as in the CLI's training job
 DEFAULTS = {"linear": (100, 3e-2, 32), "conv4d": (20, 2e-3, 32)}
+#: progress text refresh interval (ms): the only per-step GUI work
+PROGRESS_MS = 500
+#: layer-name prefixes of the learned views in the diffraction viewer
+MASK_PREFIX = "m(|k|): "
+FILTERS_PREFIX = "filters: "
+#: roles never offered as the default training label
+NOT_LABELS = ("ground_truth", "adf", "icom", "linear", "cnn", "uncertainty")
 
 
-def reconstruction_name(dataset: str) -> str:
-    return f"reconstruction: {dataset}"
+def registered_name(dataset: str) -> str:
+    return f"label on scan grid: {dataset}"
+
+
+def applied_name(model: str, dataset: str) -> str:
+    return f"{model} → {dataset}"
 
 
 def train_job(
@@ -56,11 +101,14 @@ def train_job(
     batch_size: int,
     cancel,
     label_pixel_A: float | None = None,
+    *,
+    registered: RegisteredLabel | None = None,
+    split=None,
 ):
-    """Worker generator: registers the label if it is not on the scan grid, fits the
-    preprocessor, then yields the core's training events.
+    """Worker generator: registers the label if it is not on the scan grid (unless
+    ``registered`` gives it), fits the preprocessor, then yields the core's training events.
 
-    Yields ``("registered", Registration, reference name)`` when registering,
+    Yields ``("registered", RegisteredLabel)`` when it registered the label,
     ``("preprocessor", Preprocessor)``, then every training event.
     """
     from ..preprocess import Preprocessor
@@ -69,14 +117,12 @@ def train_job(
 
     label = np.asarray(label, np.float32)
     coverage = np.isfinite(label)
-    if label.shape != dataset.scan_shape:
-        from ..registration import register_label
-        from ..workflow import reference_image
-
-        ref, what = reference_image(dataset)
-        reg = register_label(label, label_pixel_A, ref, dataset.calibration.scan_step_A)
-        yield ("registered", reg, what)
-        label, coverage = reg.image_on_scan_grid.astype(np.float32), reg.coverage_mask
+    if registered is not None:
+        label, coverage = registered.image, registered.coverage
+    elif label.shape != dataset.scan_shape:
+        registered = register(dataset, label, label_pixel_A)
+        yield ("registered", registered)
+        label, coverage = registered.image, registered.coverage
     # the same model, preprocessing and training settings as the CLI / headless workflow
     job = TrainingJob(
         label="",
@@ -98,7 +144,29 @@ def train_job(
         train_config=train_cfg,
         preprocessor=pre,
         label_mask=coverage,
+        split=split,
         cancel=cancel,
+    )
+
+
+def register(dataset, label: np.ndarray, label_pixel_A: float | None) -> RegisteredLabel:
+    """The core's label registration onto the scan grid (against a virtual ADF image)."""
+    from ..registration import register_label
+    from ..workflow import reference_image
+
+    ref, what = reference_image(dataset)
+    reg = register_label(label, label_pixel_A, ref, dataset.calibration.scan_step_A)
+    p = reg.params
+    report = (
+        f"label registered against {what}: scale {p.scale:.4g}, rotation "
+        f"{p.rotation_deg:.2f}°, shift ({p.shift_yx[0]:.2f}, {p.shift_yx[1]:.2f}) "
+        f"steps, r = {reg.score:+.3f}, covers {100 * reg.coverage:.0f} %"
+    )
+    return RegisteredLabel(
+        image=reg.image_on_scan_grid.astype(np.float32),
+        coverage=np.asarray(reg.coverage_mask, bool),
+        report=report,
+        params=p.to_dict(),
     )
 
 
@@ -111,8 +179,14 @@ def predict_job(model, preprocessor, dataset, scheduler: str = ""):
         return (yield from iter_predict(model, preprocessor, dataset, client=client))
 
 
+def format_duration(seconds: float) -> str:
+    s = int(round(max(0.0, seconds)))
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
+
+
 class TrainingWidget(QWidget):
-    """Dock widget: data set, label, model and hyper-parameters; Start/Stop/Save/Apply."""
+    """Dock widget: data set, label, regions, model and hyper-parameters; Start/Stop;
+    progress and loss curves; the session's models with Load/Save/Apply."""
 
     def __init__(self, napari_viewer: napari.Viewer, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -125,10 +199,21 @@ class TrainingWidget(QWidget):
         self.history: list = []
         self.registration_report = ""
         self.apply_worker = None
+        self.run_name: str | None = None
+        self._label_chosen = False  # the user picked a label: keep it
+        self._progress: dict = {}
+        self._watched_regions: set[int] = set()
 
         self.dataset_box = QComboBox()
         self.label_box = QComboBox()
         self.label_file_button = QPushButton("Label file…")
+        self.regions_button = QPushButton("Show regions")
+        self.regions_button.setToolTip(
+            "show the 'training regions' rectangles on the scan plane: move or resize them "
+            "(select mode) to choose where to train and validate"
+        )
+        self.regions_label = QLabel("")
+        self.regions_label.setWordWrap(True)
         self.kind_box = QComboBox()
         self.kind_box.addItems(list(MODEL_KINDS))
         self.cluster = QSpinBox()
@@ -149,6 +234,20 @@ class TrainingWidget(QWidget):
         self.start_button = QPushButton("Start")
         self.stop_button = QPushButton("Stop")
         self.stop_button.setEnabled(False)
+        self.progress = QProgressBar()
+        self.progress.setRange(0, 1000)
+        self.progress.setValue(0)
+        self.progress.setTextVisible(True)
+        self.progress.setFormat("idle")
+        self.curves = LossCurves()
+        self.weights_plot = WeightsPlot()
+        self.weights_plot.setVisible(False)
+        self.model_list = QListWidget()
+        self.model_list.setMaximumHeight(64)
+        self.model_info = QPlainTextEdit("no model yet: train one, or load a checkpoint (.pt)")
+        self.model_info.setReadOnly(True)
+        self.model_info.setMaximumHeight(96)
+        self.load_button = QPushButton("Load model…")
         self.save_button = QPushButton("Save model…")
         self.save_button.setEnabled(False)
         self.apply_box = QComboBox()
@@ -165,6 +264,10 @@ class TrainingWidget(QWidget):
         label_row.addWidget(self.label_box, stretch=1)
         label_row.addWidget(self.label_file_button)
         form.addRow("label", label_row)
+        regions_row = QHBoxLayout()
+        regions_row.addWidget(self.regions_label, stretch=1)
+        regions_row.addWidget(self.regions_button)
+        form.addRow("regions", regions_row)
         form.addRow("model", self.kind_box)
         form.addRow("cluster size K", self.cluster)
         form.addRow("epochs", self.epochs)
@@ -173,47 +276,121 @@ class TrainingWidget(QWidget):
         buttons = QHBoxLayout()
         buttons.addWidget(self.start_button)
         buttons.addWidget(self.stop_button)
-        buttons.addWidget(self.save_button)
+        model_buttons = QHBoxLayout()
+        model_buttons.addWidget(self.load_button)
+        model_buttons.addWidget(self.save_button)
         apply_row = QHBoxLayout()
+        apply_row.addWidget(QLabel("apply to"))
         apply_row.addWidget(self.apply_box, stretch=1)
         apply_row.addWidget(self.apply_button)
         layout = QVBoxLayout(self)
         layout.addLayout(form)
         layout.addLayout(buttons)
+        layout.addWidget(self.progress)
+        plots = QHBoxLayout()
+        plots.addWidget(self.curves, stretch=2)
+        plots.addWidget(self.weights_plot, stretch=1)
+        layout.addLayout(plots, stretch=1)
+        layout.addWidget(QLabel("models"))
+        layout.addWidget(self.model_list)
+        layout.addWidget(self.model_info)
+        layout.addLayout(model_buttons)
         layout.addLayout(apply_row)
         layout.addWidget(self.scheduler)
         layout.addWidget(self.readout)
-        layout.addStretch(1)
 
+        self._timer = QTimer(self)
+        self._timer.setInterval(PROGRESS_MS)
+        self._timer.timeout.connect(self._show_progress)
+
+        self._restoring = False
         self.kind_box.currentTextChanged.connect(self._on_kind)
         self._on_kind(self.kind_box.currentText())
+        settings = self.session.settings
+        settings.bind("training", "model", self.kind_box)
+        settings.bind("training", "cluster_size", self.cluster)
+        for key, box in (("epochs", self.epochs), ("lr", self.lr), ("batch_size", self.batch)):
+            box.valueChanged.connect(lambda v, key=key: self._store_hyper(key, v))
         self.start_button.clicked.connect(self.start)
         self.stop_button.clicked.connect(self.stop)
         self.save_button.clicked.connect(self._on_save)
-        self.apply_button.clicked.connect(lambda: self.apply(self.apply_box.currentText()))
+        self.load_button.clicked.connect(self._on_load)
+        self.apply_button.clicked.connect(self._on_apply)
+        self.regions_button.clicked.connect(self.show_regions)
         self.label_file_button.clicked.connect(self._on_label_file)
+        # a label chosen by the user (or a script) is kept; a default one follows the layers
+        # (the refresh below blocks this signal while it fills the box)
+        self.label_box.currentTextChanged.connect(lambda _: setattr(self, "_label_chosen", True))
+        self.dataset_box.currentTextChanged.connect(self._on_dataset_choice)
+        self.model_list.currentTextChanged.connect(self._on_model_selected)
         self.session.datasets_changed.connect(self._refresh)
+        self.session.models_changed.connect(self._refresh_models)
         napari_viewer.layers.events.inserted.connect(self._refresh)
         napari_viewer.layers.events.removed.connect(self._refresh)
         on_viewer_close(napari_viewer, self.teardown)
         compact_widget(self)
         self._refresh()
+        self._refresh_models()
 
     def teardown(self) -> None:
         self._closed = True
+        self._timer.stop()
         if self.cancel is not None:
             self.cancel.set()
         if self.worker is not None:
             self.worker.quit()
+        if self.apply_worker is not None:
+            self.apply_worker.quit()
         self.session.datasets_changed.disconnect(self._refresh)
+        self.session.models_changed.disconnect(self._refresh_models)
 
+    # -- settings ------------------------------------------------------------------
     def _on_kind(self, kind: str) -> None:
+        """Hyper-parameters of ``kind``: stored ones, else the CLI's defaults."""
         epochs, lr, batch = DEFAULTS.get(kind, DEFAULTS["linear"])
-        self.epochs.setValue(epochs)
-        self.lr.setValue(lr)
-        self.batch.setValue(batch)
+        get = self.session.settings.get
+        self._restoring = True
+        try:
+            self.epochs.setValue(int(get("training", f"{kind}.epochs", epochs)))
+            self.lr.setValue(float(get("training", f"{kind}.lr", lr)))
+            self.batch.setValue(int(get("training", f"{kind}.batch_size", batch)))
+        finally:
+            self._restoring = False
+
+    def _store_hyper(self, key: str, value) -> None:
+        if not self._restoring:
+            self.session.settings.set("training", f"{self.kind_box.currentText()}.{key}", value)
 
     # -- choices -------------------------------------------------------------------
+    def _label_candidates(self) -> list:
+        return [
+            layer
+            for layer in self.viewer.layers
+            if layer.__class__.__name__ == "Image"
+            and layer.ndim == 2
+            and not layer.rgb
+            and not layer.name.startswith(("navigation:", "virtual ", "CoM", "iCoM"))
+            and layer_role(layer) not in ("linear", "cnn", "uncertainty", "adf", "icom")
+        ]
+
+    def default_label(self, dataset: str) -> str | None:
+        """The data set's own ptychographic label (never the ground truth): a layer whose
+        role is "label" for ``dataset``, else any label layer, else any other candidate that
+        is not a ground truth."""
+        layers = self._label_candidates()
+        for test in (
+            lambda lay: layer_role(lay) == "label" and layer_dataset(lay) == dataset,
+            lambda lay: layer_role(lay) == "label",
+            lambda lay: layer_role(lay) not in NOT_LABELS
+            and "ground truth" not in lay.name.lower(),
+        ):
+            found = [lay for lay in layers if test(lay)]
+            if found:
+                # the label on its own grid before one already put on the scan grid
+                found.sort(key=lambda lay: lay.name.startswith("label on scan grid"))
+                return found[0].name
+        return None
+
     def _refresh(self, *_) -> None:
         names = list(self.session.datasets)
         for box in (self.dataset_box, self.apply_box):
@@ -224,19 +401,56 @@ class TrainingWidget(QWidget):
             if cur in names:
                 box.setCurrentText(cur)
             box.blockSignals(False)
-        labels = [
-            layer.name
-            for layer in self.viewer.layers
-            if layer.__class__.__name__ == "Image"
-            and layer.ndim == 2
-            and not layer.rgb
-            and not layer.name.startswith(("navigation:", "reconstruction:", "virtual "))
-        ]
+        labels = [layer.name for layer in self._label_candidates()]
         cur = self.label_box.currentText()
+        self.label_box.blockSignals(True)
         self.label_box.clear()
         self.label_box.addItems(labels)
-        if cur in labels:
+        if cur in labels and self._label_chosen:
             self.label_box.setCurrentText(cur)
+        else:
+            default = self.default_label(self.dataset_box.currentText())
+            if default is not None:
+                self.label_box.setCurrentText(default)
+        self.label_box.blockSignals(False)
+        self._show_regions_text()
+
+    def _on_dataset_choice(self, name: str) -> None:
+        self._label_chosen = False
+        self._refresh()
+
+    def _show_regions_text(self) -> None:
+        name = self.dataset_box.currentText()
+        if name not in self.session.datasets:
+            self.regions_label.setText("")
+            return
+        try:
+            split = split_for(self.session, name)
+            ds = self.session.datasets[name]
+            tr, va = split.region_masks(ds.scan_shape)
+            drawn = REGIONS_LAYER in self.viewer.layers
+            self.regions_label.setText(
+                f"{'drawn' if drawn else 'default'}: train {int(tr.sum())}, validate "
+                f"{int(va.sum())} positions"
+            )
+        except Exception as err:  # noqa: BLE001 - shown to the user
+            self.regions_label.setText(f"regions: {err}")
+
+    def show_regions(self):
+        """Show (create) the regions layer for the chosen data set, ready to edit."""
+        name = self.dataset_box.currentText()
+        if name not in self.session.datasets:
+            show_error("choose a 4D data set first")
+            return None
+        layer = ensure_regions_layer(self.session, name)
+        layer.visible = True
+        self.viewer.layers.selection.active = layer
+        layer.mode = "select"
+        if id(layer) not in self._watched_regions:
+            self._watched_regions.add(id(layer))
+            layer.events.data.connect(lambda *_: self._show_regions_text())
+        self._show_regions_text()
+        return layer
 
     def _on_label_file(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, "Label image")
@@ -254,19 +468,29 @@ class TrainingWidget(QWidget):
             return
         image = getattr(lab, "image", lab)
         kwargs = {}
-        if getattr(lab, "pixel_size", None):
-            kwargs["scale"] = (
-                (lab.pixel_size,) * 2 if np.ndim(lab.pixel_size) == 0 else lab.pixel_size
-            )
-        layer = self.viewer.add_image(np.asarray(image), name=f"label: {Path(path).name}", **kwargs)
-        layer.metadata["label"] = lab
+        px = getattr(lab, "pixel_size_A", None) or getattr(lab, "pixel_size", None)
+        if px:
+            kwargs["scale"] = (px,) * 2 if np.ndim(px) == 0 else px
+        layer = self.viewer.add_image(
+            np.asarray(image),
+            name=f"label: {Path(path).name}",
+            metadata={
+                ROLE_KEY: "label",
+                DATASET_KEY: self.dataset_box.currentText() or None,
+                "own_grid": True,
+                **({"label_pixel_size_A": float(np.ravel(px)[0])} if px else {}),
+            },
+            **kwargs,
+        )
+        self._label_chosen = True
         self.label_box.setCurrentText(layer.name)
 
-    def chosen_label(self, dataset) -> tuple[np.ndarray, float | None]:
-        """The chosen label image and its pixel size (Å; from the layer's scale).
+    def chosen_label(self, dataset) -> tuple[np.ndarray, float | None, str]:
+        """The chosen label image, its pixel size (Å; from the layer's scale) and a cache key.
 
         A label not on the scan grid is registered in the training worker (core
-        ``register_label`` against a virtual ADF image, ``workflow.reference_image``).
+        ``register_label`` against a virtual ADF image, ``workflow.reference_image``), once
+        per label and data set.
         """
         name = self.label_box.currentText()
         if not name:
@@ -279,11 +503,14 @@ class TrainingWidget(QWidget):
                 f"label {name!r} is {data.shape}, the scan is {dataset.scan_shape}: registering "
                 "it needs the scan step of the data set, which is unknown"
             )
-        return data, pixel
+        return data, pixel, f"{fingerprint(data)}:{pixel:.6g}"
 
     # -- training ------------------------------------------------------------------
     def start(self):
-        """Start training on the chosen data set and label (returns the worker)."""
+        """Start training on the chosen data set, label and regions (returns the worker)."""
+        if self.worker is not None:
+            show_info("training is running: stop it first")
+            return None
         name = self.dataset_box.currentText()
         if not name or name not in self.session.datasets:
             show_error("choose a 4D data set first")
@@ -291,15 +518,28 @@ class TrainingWidget(QWidget):
         ds = self.session.datasets[name]
         self.registration_report = ""
         try:
-            label, label_pixel = self.chosen_label(ds)
+            label, label_pixel, key = self.chosen_label(ds)
+            split = split_for(self.session, name)
+            split.positions(ds.scan_shape, self.cluster.value())  # fail early, clearly
         except Exception as err:  # noqa: BLE001 - shown to the user
             show_error(str(err))
+            self.readout.setText(str(err))
             return None
+        self._label_key = (key, name)
+        registered = self.session.registrations.get(self._label_key)
+        if registered is not None:
+            self.registration_report = registered.report + " (cached)"
+        kind = self.kind_box.currentText()
         self.cancel = threading.Event()
         self.history = []
         self.result = None
+        self.preprocessor = None
         self._training_name = name
-        kind = self.kind_box.currentText()
+        self.run_name = self.session.next_run_name(kind, name)
+        self._kind = kind
+        self.curves.clear_points()
+        self.weights_plot.setVisible(kind == "linear")
+        self._hide_other_learned_views()
         worker = create_worker(
             guarded(train_job),
             ds,
@@ -311,7 +551,8 @@ class TrainingWidget(QWidget):
             self.batch.value(),
             self.cancel,
             label_pixel,
-            _progress={"desc": f"training {kind} on {name}"},
+            registered=registered,
+            split=split,
             _start_thread=False,
             _connect={"errored": error_reporter("training", self.readout.setText)},
         )
@@ -320,7 +561,13 @@ class TrainingWidget(QWidget):
         self.worker = worker
         self.start_button.setEnabled(False)
         self.stop_button.setEnabled(True)
-        self.readout.setText(f"training {kind} (K={self.cluster.value()}) on {name}…")
+        self._progress = {"t0": time.perf_counter(), "text": "starting", "fraction": 0.0}
+        self.readout.setText(
+            (self.registration_report + "\n" if self.registration_report else "")
+            + f"training {self.run_name} (K={self.cluster.value()})…"
+        )
+        self._show_progress()
+        self._timer.start()
         worker.start()
         return worker
 
@@ -330,117 +577,281 @@ class TrainingWidget(QWidget):
             return
         if self.cancel is not None and not self.cancel.is_set():
             self.cancel.set()
-            self.readout.setText(self.readout.text() + "\nstopping…")
+            self._progress["text"] = "stopping after this step…"
+            self._show_progress()
         else:
             self.worker.quit()
 
     def _on_finished(self) -> None:
         self.worker = None
+        self._timer.stop()
         self.start_button.setEnabled(True)
         self.stop_button.setEnabled(False)
-        have = self.result is not None
-        self.save_button.setEnabled(have)
-        self.apply_button.setEnabled(have)
+        self._show_progress(final=True)
+
+    def _show_progress(self, final: bool = False) -> None:
+        """Refresh the progress bar from the latest stored state (timer, 2 Hz)."""
+        p = self._progress
+        if not p:
+            return
+        if final:
+            r = self.result
+            self.progress.setValue(1000 if r is not None else self.progress.value())
+            self.progress.setFormat(
+                f"done ({r.stopped}) in {format_duration(r.elapsed_s)}" if r is not None
+                else "stopped"
+            )
+            return
+        self.progress.setValue(int(1000 * min(1.0, p.get("fraction", 0.0))))
+        text = p.get("text", "")
+        if p.get("eta") is not None:
+            text += f" · {format_duration(p['eta'])} left"
+        else:
+            text += f" · {format_duration(time.perf_counter() - p['t0'])}"
+        self.progress.setFormat(text)
 
     def _on_event(self, ev) -> None:
+        """Worker events, on the GUI thread: store progress (shown by the timer); layers and
+        plots change once per epoch."""
         from ..training import loop
 
         if getattr(self, "_closed", False):
+            return
+        p = self._progress
+        if isinstance(ev, loop.StepEvent):  # the frequent one: keep it cheap
+            epochs = self.epochs.value()
+            total = ev.total_steps or 0
+            if "t_first_step" not in p:
+                p["t_first_step"], p["step0"] = time.perf_counter() - 1e-9, ev.step - 1
+            done = ev.step - p["step0"]
+            p["text"] = f"epoch {ev.epoch + 1}/{epochs} · step {ev.step}/{total or '?'}"
+            if total:
+                p["fraction"] = ev.step / total
+                rate = (time.perf_counter() - p["t_first_step"]) / max(done, 1)
+                p["eta"] = rate * max(total - ev.step, 0)
             return
         if isinstance(ev, tuple) and ev[0] == "preprocessor":
             self.preprocessor = ev[1]
             return
         if isinstance(ev, tuple) and ev[0] == "registered":
-            reg, what = ev[1], ev[2]
-            p = reg.params
-            self.registration_report = (
-                f"label registered against {what}: scale {p.scale:.4g}, rotation "
-                f"{p.rotation_deg:.2f}°, shift ({p.shift_yx[0]:.2f}, {p.shift_yx[1]:.2f}) "
-                f"steps, r = {reg.score:+.3f}, covers {100 * reg.coverage:.0f} %"
-            )
-            self.readout.setText(self.registration_report)
-            show_info(self.registration_report)
+            reg = ev[1]
+            self.session.registrations[self._label_key] = reg
+            self.registration_report = reg.report
+            self.readout.setText(reg.report)
+            show_info(reg.report)
             self.session.show_scan_image(
-                f"label on scan grid: {self._training_name}",
-                reg.image_on_scan_grid,
+                registered_name(self._training_name),
+                reg.image,
+                dataset=self._training_name,
+                role="label",
                 visible=False,
-                scale=self.session.datasets[self._training_name].scale()[:2],
             )
             return
         if isinstance(ev, loop.PrepareEvent):
-            self.readout.setText(f"{ev.stage}: {ev.done}/{ev.total} rows")
-        elif isinstance(ev, loop.StepEvent):
-            self.readout.setText(f"epoch {ev.epoch}, step {ev.step}: loss {ev.train_loss:.4g}")
-        elif isinstance(ev, loop.EpochEvent):
+            p["text"] = f"{ev.stage}: {ev.done}/{ev.total}"
+            p["fraction"] = 0.0
+            return
+        if hasattr(ev, "text") and not isinstance(ev, tuple):  # a core message (hook)
+            self.readout.setText(str(ev.text))
+            show_info(str(ev.text))
+            return
+        if isinstance(ev, loop.EpochEvent):
             self.history.append(ev)
+            self.curves.add_epoch(ev.epoch, ev.train_loss, ev.val_loss)
             m = ", ".join(f"{k} {v:.3g}" for k, v in ev.metrics.items())
             self.readout.setText(
-                f"epoch {ev.epoch}: train {ev.train_loss:.4g}, val {ev.val_loss:.4g}"
-                + (f" ({m})" if m else "")
-                + (" *best*" if ev.is_best else "")
+                f"{self.run_name}\nepoch {ev.epoch}: train {ev.train_loss:.4g}, "
+                f"val {ev.val_loss:.4g}" + (f" ({m})" if m else "") + (" *best*" if ev.is_best else "")
             )
         elif isinstance(ev, loop.PreviewEvent):
             layer = self.session.show_scan_image(
-                reconstruction_name(self._training_name), np.asarray(ev.image, np.float32)
+                self.run_name,
+                np.asarray(ev.image, np.float32),
+                dataset=self._training_name,
+                role="linear" if self._kind == "linear" else "cnn",
+                metadata={"step": ev.step, "model": self.run_name},
             )
-            layer.metadata["step"] = ev.step
-            self._show_masks(ev.masks)
+            self._keep_on_top(layer)
+            self._show_learned(ev.masks)
+            unc = getattr(ev, "uncertainty", None)  # hook: an uncertainty map, when given
+            if unc is not None:
+                self.session.show_scan_image(
+                    f"uncertainty: {self.run_name}", np.asarray(unc, np.float32),
+                    dataset=self._training_name, role="uncertainty", visible=False,
+                    colormap="magma",
+                )
         elif isinstance(ev, loop.DoneEvent):
-            self.result = ev.result
-            self.preprocessor = ev.result.preprocessor
-            r = ev.result
-            m = ", ".join(f"{k} {v:.3g}" for k, v in r.metrics.items())
-            self.readout.setText(
-                (self.registration_report + "\n" if self.registration_report else "")
-                + f"done ({r.stopped}): {r.steps} steps in {r.elapsed_s:.1f} s, best epoch "
-                f"{r.best_epoch}, val loss {r.best_val_loss:.4g}" + (f"; {m}" if m else "")
-            )
+            self._on_done(ev.result)
 
-    def _show_masks(self, masks: dict) -> None:
-        """Linear model: the learned detector mask, placed on the diffraction view."""
+    def _on_done(self, r) -> None:
+        from .models import model_kind
+
+        self.result = r
+        self.preprocessor = r.preprocessor
+        m = ", ".join(f"{k} {v:.3g}" for k, v in r.metrics.items())
+        self.readout.setText(
+            (self.registration_report + "\n" if self.registration_report else "")
+            + f"{self.run_name} done ({r.stopped}): {r.steps} steps in {r.elapsed_s:.1f} s, "
+            f"best epoch {r.best_epoch}, val loss {r.best_val_loss:.4g}" + (f"; {m}" if m else "")
+        )
+        summary = dict(r.train_summary)
+        summary.setdefault("source", self._training_name)
+        entry = SessionModel(
+            name=self.run_name,
+            kind=model_kind(r.model_config),
+            model=r.model,
+            model_config=r.model_config,
+            preprocessor=r.preprocessor,
+            info={"train_summary": summary, "metrics": dict(r.metrics)},
+        )
+        name = self.session.add_model(entry)
+        self.select_model(name)
+
+    def _keep_on_top(self, layer) -> None:
+        layers = self.viewer.layers
+        if "scan position" in layers:
+            layers.move(layers.index("scan position"), len(layers))
+        if REGIONS_LAYER in layers and layers.index(REGIONS_LAYER) < layers.index(layer):
+            layers.move(layers.index(REGIONS_LAYER), len(layers))
+
+    def _hide_other_learned_views(self) -> None:
+        """A new run: other runs' learned masks / filters leave the diffraction view."""
+        for layer in self.session.diffraction.layers:
+            if layer.name.startswith((MASK_PREFIX, FILTERS_PREFIX)):
+                layer.visible = False
+
+    def _show_learned(self, masks: dict) -> None:
+        """The run's learned views: linear → m(|k|) on the diffraction plane (with colorbar)
+        and w(|r|) in the dock; 4D CNN → its first-layer filters."""
         pre = self.preprocessor
-        for key, value in (masks or {}).items():
-            arr = np.asarray(value, np.float32)
-            if key != "detector_mask" or pre is None:
-                continue
-            det_scale = np.asarray(self.session.datasets[self._training_name].scale()[2:])
+        masks = masks or {}
+        if "cluster_weights" in masks:
+            self.weights_plot.set_weights(np.asarray(masks["cluster_weights"]))
+        if pre is None:
+            return
+        ds = self.session.datasets[self._training_name]
+        det_scale = np.asarray(ds.scale()[2:], float)
+        px = float(pre.output_pixel)
+        grid_scale = np.array((px, px)) if pre.grid_units != "pixels" else px * det_scale
+        centre_world = np.asarray(pre.centre, float) * det_scale
+        if "detector_mask" in masks:
+            arr = np.asarray(masks["detector_mask"], np.float32)
             o = np.asarray(arr.shape, float)
-            px = float(pre.output_pixel)
-            scale = (px, px) if pre.grid_units != "pixels" else tuple(px * det_scale)
-            centre_world = np.asarray(pre.centre) * det_scale
-            translate = tuple(centre_world - (o - 1) / 2 * np.asarray(scale))
-            self.session.show_detector_image(
-                "learned detector mask",
+            translate = tuple(centre_world - (o - 1) / 2 * grid_scale)
+            lim = float(np.nanmax(np.abs(arr))) or 1.0
+            layer = self.session.show_detector_image(
+                MASK_PREFIX + self.run_name,
                 arr,
-                colormap="twilight_shifted",
-                scale=scale,
+                colormap="PiYG",
+                contrast_limits=(-lim, lim),
+                scale=tuple(grid_scale),
                 translate=translate,
-                opacity=0.6,
-                blending="additive",
+                opacity=0.7,
             )
+            layer.colorbar.visible = True
+            layer.metadata["model"] = self.run_name
+        if "first_layer_filters" in masks:
+            arr = np.asarray(masks["first_layer_filters"], np.float32)
+            # drawn beside the detector, half its height
+            ky, kx = ds.detector_shape
+            s = 0.5 * ky * det_scale[0] / arr.shape[0]
+            translate = (0.0, kx * det_scale[1] + 2 * s)
+            lim = float(np.nanmax(np.abs(arr))) or 1.0
+            name = FILTERS_PREFIX + self.run_name
+            new = name not in self.session.diffraction.layers
+            layer = self.session.show_detector_image(
+                name,
+                arr,
+                colormap="PiYG",
+                contrast_limits=(-lim, lim),
+                scale=(s, s),
+                translate=translate,
+            )
+            layer.metadata["model"] = self.run_name
+            if new:  # bring the filters into view once
+                self.session.diffraction.reset_view()
 
-    # -- save / apply ---------------------------------------------------------------
-    def _on_save(self) -> None:
-        path, _ = QFileDialog.getSaveFileName(self, "Save model", "model.pt", "Model (*.pt)")
+    # -- models: list, load, save, apply ------------------------------------------------
+    def _refresh_models(self) -> None:
+        cur = self.model_list.currentItem().text() if self.model_list.currentItem() else None
+        self.model_list.blockSignals(True)
+        self.model_list.clear()
+        names = list(self.session.models)
+        self.model_list.addItems(names)
+        self.model_list.blockSignals(False)
+        if cur in names:
+            self.select_model(cur)
+        elif names:
+            self.select_model(names[-1])
+        have = bool(names)
+        self.save_button.setEnabled(have)
+        self.apply_button.setEnabled(have)
+
+    def select_model(self, name: str) -> None:
+        items = self.model_list.findItems(name, self.model_list_match())
+        if items:
+            self.model_list.setCurrentItem(items[0])
+        self._on_model_selected(name)
+
+    @staticmethod
+    def model_list_match():
+        from qtpy.QtCore import Qt
+
+        return Qt.MatchFlag.MatchExactly
+
+    def selected_model(self) -> SessionModel | None:
+        item = self.model_list.currentItem()
+        return self.session.models.get(item.text()) if item is not None else None
+
+    def _on_model_selected(self, name: str) -> None:
+        entry = self.session.models.get(name)
+        self.model_info.setPlainText(describe(entry) if entry is not None else "")
+
+    def _on_load(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Load model", "", "Model (*.pt)")
         if path:
-            self.save(path)
+            self.load_model(path)
 
-    def save(self, path) -> Path | None:
-        """Atomic checkpoint of the last trained model (core ``save_checkpoint``)."""
+    def load_model(self, path) -> SessionModel | None:
+        """Load a checkpoint into the session's models (selected, ready to apply)."""
+        try:
+            entry = load_model_file(self.session, path)
+        except Exception as err:  # noqa: BLE001 - shown to the user
+            show_error(f"could not load model {Path(path).name}: {err}")
+            return None
+        self.select_model(entry.name)
+        show_info(f"model loaded: {entry.name}")
+        return entry
+
+    def _on_save(self) -> None:
+        entry = self.selected_model()
+        if entry is None:
+            show_error("train or load a model first")
+            return
+        path, _ = QFileDialog.getSaveFileName(
+            self, "Save model", f"{entry.kind}.pt", "Model (*.pt)"
+        )
+        if path:
+            self.save(path, entry.name)
+
+    def save(self, path, model: str | None = None) -> Path | None:
+        """Atomic checkpoint of model ``model`` (default: the selected one)."""
         from ..training.checkpoint import save_checkpoint
 
-        r = self.result
-        if r is None:
-            show_error("train a model first")
+        entry = self.session.models.get(model) if model else self.selected_model()
+        if entry is None:
+            show_error("train or load a model first")
             return None
+        info = entry.info or {}
         try:
             out = save_checkpoint(
                 path,
-                r.model,
-                r.model_config,
-                r.preprocessor,
-                train_summary=r.train_summary,
-                metrics=r.metrics,
+                entry.model,
+                entry.model_config,
+                entry.preprocessor,
+                train_summary=info.get("train_summary"),
+                metrics=info.get("metrics"),
+                provenance=info.get("provenance"),
                 overwrite=True,  # the save dialog has asked before replacing a file
             )
         except Exception as err:  # noqa: BLE001 - shown to the user
@@ -449,42 +860,57 @@ class TrainingWidget(QWidget):
         show_info(f"model saved to {out}")
         return out
 
-    def apply(self, name: str):
-        """Predict data set ``name`` with the trained model, streaming rows into a layer."""
-        if self.result is None or name not in self.session.datasets:
-            show_error("train a model and choose a loaded 4D data set to apply it to")
+    def _on_apply(self) -> None:
+        entry = self.selected_model()
+        self.apply(self.apply_box.currentText(), entry.name if entry else None)
+
+    def apply(self, name: str, model: str | None = None):
+        """Reconstruct data set ``name`` with model ``model`` (default: the selected one),
+        streaming rows into the layer "<model> → <data set>"."""
+        entry = self.session.models.get(model) if model else self.selected_model()
+        if entry is None or name not in self.session.datasets:
+            show_error("choose a model and a loaded 4D data set to apply it to")
+            return None
+        if self.apply_worker is not None:
+            show_info("a reconstruction is running: wait for it to finish")
             return None
         ds = self.session.datasets[name]
+        layer_name = applied_name(entry.name, name)
         worker = create_worker(
             guarded(predict_job),
-            self.result.model,
-            self.result.preprocessor,
+            entry.model,
+            entry.preprocessor,
             ds,
             self.scheduler.text(),
-            _progress={"desc": f"reconstructing {name}"},
             _start_thread=False,
             _connect={"errored": error_reporter(f"reconstruction of {name}", self.readout.setText)},
         )
+        meta = {"model": entry.name}
 
         def on_event(ev, name=name):
             if getattr(self, "_closed", False):
                 return
-            layer = self.session.show_scan_image(
-                reconstruction_name(name),
-                np.nan_to_num(ev.image, nan=float(np.nanmean(ev.image)))
-                if np.isfinite(ev.image).any()
-                else np.zeros_like(ev.image),
-                scale=ds.scale()[:2],
+            image = ev.image
+            filled = (
+                np.nan_to_num(image, nan=float(np.nanmean(image)))
+                if np.isfinite(image).any()
+                else np.zeros_like(image)
             )
-            layer.metadata["rows_done"] = ev.rows_done
+            self.session.show_scan_image(
+                layer_name, filled, dataset=name, role=entry.role,
+                metadata={**meta, "rows_done": ev.rows_done},
+            )
+            self.progress.setValue(int(1000 * ev.rows_done / max(ev.rows_total, 1)))
+            self.progress.setFormat(f"{layer_name}: {ev.rows_done}/{ev.rows_total} rows")
 
         def on_return(image, name=name):
             if getattr(self, "_closed", False):
                 return
-            layer = self.session.show_scan_image(
-                reconstruction_name(name), image, scale=ds.scale()[:2]
+            self.session.show_scan_image(
+                layer_name, image, dataset=name, role=entry.role,
+                metadata={**meta, "rows_done": ds.scan_shape[0]},
             )
-            layer.metadata["rows_done"] = ds.scan_shape[0]
+            self.readout.setText(f"reconstructed {name} with {entry.name}")
 
         worker.yielded.connect(on_event)
         worker.returned.connect(on_return)

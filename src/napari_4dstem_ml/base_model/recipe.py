@@ -1,0 +1,188 @@
+"""How the shipped base models are trained: the recipe, runnable on this repository's library.
+
+``python -m napari_4dstem_ml.base_model [--library DIR] [--out DIR]`` trains
+
+- ``base_conv4d.pt``: a deep ensemble (3 members) of the 4D CNN, and
+- ``base_linear.pt``: the radially symmetric linear model,
+
+on every data set of the simulated training library (``napari_4dstem_ml.simulate.suites.
+library()``; ``python benchmarks/make_library.py`` writes it to ``benchmarks/_data/library``),
+against each data set's exact projected potential low-passed to 0.4 Å (the label ptychography
+cannot give for thick samples). Inputs are on a physical grid: the detector in units of the
+convergence semi-angle α (48 × 48 pixels to 2.4 α), scan clusters at 0.25 Å (other steps
+resampled), every pattern divided by its data set's dose. The CNN trains with on-the-fly
+augmentation (Poisson noise redrawn at 5·10³–5·10⁵ e⁻/pattern from the noise-free patterns,
+joint rotations/mirrors, scan-step, centre, descan, calibration and detector-reach changes).
+Each data set trains on its upper 80 % of scan rows and validates on the rest.
+
+The checkpoints' ``provenance`` holds this recipe and every library item's parameters; their
+``train_summary.domain`` the ranges of energy, α, detector sampling, scan step, dose and
+dark-field fraction they cover. None of the held-out transfer-suite materials (WS2, hBN,
+SrTiO3, Si, PrScO3) is in the library.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Generator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["RECIPE", "Recipe", "library_items", "train_base_models"]
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Everything that defines a base model besides its data."""
+
+    angle_units: str = "alpha"
+    max_angle: float = 2.4
+    grid: int = 48
+    scan_step_A: float = 0.25
+    label: str = "ground truth projected potential, low-passed to 0.4 A (10 % transfer)"
+    train_fraction: float = 0.8
+    cnn: dict[str, Any] = field(default_factory=lambda: {
+        "cluster_size": 5, "channels": [8, 16], "dropout": 0.1, "ensemble": 3})
+    cnn_train: dict[str, Any] = field(default_factory=lambda: {
+        "epochs": 8, "lr": 2e-3, "batch_size": 64, "steps_per_epoch": 400, "patience": 3,
+        "seed": 0, "val_max_positions": 4000})
+    linear: dict[str, Any] = field(default_factory=lambda: {"cluster_size": 5})
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+RECIPE = Recipe()
+
+
+def _default_library() -> Path:
+    return Path(__file__).resolve().parents[3] / "benchmarks" / "_data" / "library"
+
+
+def library_items(library: str | Path, recipe: Recipe = RECIPE) -> tuple[list, list[dict], list]:
+    """(training items, their provenance records, open HDF5 files to close) for every
+    ``*.h5`` of ``library`` written by the simulator."""
+    import h5py
+    import numpy as np
+
+    from ..io import load
+    from ..training.clusters import RegionSplit
+    from ..training.loop import TrainingItem
+
+    files = sorted(Path(library).glob("*.h5"))
+    if not files:
+        raise FileNotFoundError(
+            f"no simulated library in {library}: write it first with 'python benchmarks/make_library.py'"
+        )
+    items, records, handles = [], [], []
+    for path in files:
+        ds = load(path, dataset="datacube/data")
+        f = h5py.File(path, "r")
+        handles.append(f)
+        if "noise_free" not in f or "ground_truth" not in f:
+            raise ValueError(f"{path}: not a library item (no noise-free patterns or ground truth)")
+        low = [k for k in f["ground_truth"] if k.startswith("potential_lowpass_")]
+        label = np.asarray(f[f"ground_truth/{low[0]}"], np.float64)
+        items.append(TrainingItem(ds, label, split=RegionSplit(train_fraction=recipe.train_fraction),
+                                  noise_free=f["noise_free/patterns"], name=path.stem))
+        cfg = f.attrs.get("simulation_config")
+        records.append({"file": path.name, "config": json.loads(cfg) if cfg is not None else None})
+    return items, records, handles
+
+
+def train_base_models(
+    library: str | Path | None = None,
+    out_dir: str | Path | None = None,
+    recipe: Recipe = RECIPE,
+    kinds: tuple[str, ...] = ("linear", "conv4d"),
+) -> Generator[Any, None, dict[str, Path]]:
+    """Train the base models of ``kinds`` on ``library``; yields training events and returns
+    {kind: checkpoint path}."""
+    from .. import __version__
+    from ..models import CNN4dConfig, EnsembleConfig, LinearConfig
+    from ..preprocess import PreprocessConfig
+    from ..training.augment import AugmentConfig
+    from ..training.checkpoint import save_checkpoint
+    from ..training.loop import DoneEvent, TrainConfig, train_items
+    from . import BASE_MODEL_FILES
+
+    library = Path(library) if library else _default_library()
+    out_dir = Path(out_dir) if out_dir else Path(__file__).parent
+    items, records, handles = library_items(library, recipe)
+    out = {}
+    try:
+        for kind in kinds:
+            linear = kind == "linear"
+            pre_cfg = PreprocessConfig(
+                angle_units=recipe.angle_units, max_angle=recipe.max_angle,
+                output_shape=(recipe.grid, recipe.grid), output_pixel=2 * recipe.max_angle / recipe.grid,
+                compression="none" if linear else "power", scan_step_A=recipe.scan_step_A)
+            if linear:
+                model_cfg = LinearConfig(cluster_size=recipe.linear["cluster_size"])
+                train_cfg = TrainConfig(epochs=1, preview_every=0, seed=0)
+                aug = None
+            else:
+                c = recipe.cnn
+                member = CNN4dConfig(cluster_size=c["cluster_size"], channels=tuple(c["channels"]),
+                                     dropout=c["dropout"])
+                model_cfg = EnsembleConfig(member=member, size=c["ensemble"])
+                train_cfg = TrainConfig(preview_every=0, **recipe.cnn_train)
+                aug = AugmentConfig()
+            t0 = time.time()
+            result = None
+            for ev in train_items(items, model_cfg, pre_cfg, train_cfg, augment=aug):
+                yield ev
+                if isinstance(ev, DoneEvent):
+                    result = ev.result
+            provenance = {
+                "base_model": kind,
+                "recipe": recipe.to_dict(),
+                "library": records,
+                "trained_seconds": round(time.time() - t0, 1),
+                "package_version": __version__,
+                "script": "python -m napari_4dstem_ml.base_model",
+            }
+            path = out_dir / BASE_MODEL_FILES[kind]
+            save_checkpoint(path, result.model, result.model_config, result.preprocessor,
+                            train_summary=result.train_summary, metrics=result.metrics,
+                            provenance=provenance, overwrite=True)  # a rebuild replaces it
+            out[kind] = path
+    finally:
+        for f in handles:
+            f.close()
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    from ..training.loop import EpochEvent, PrepareEvent
+
+    p = argparse.ArgumentParser(prog="python -m napari_4dstem_ml.base_model",
+                                description="train the shipped base models on the simulated library")
+    p.add_argument("--library", default=None, help="folder of simulated library items (*.h5)")
+    p.add_argument("--out", default=None, help="where to write the checkpoints (default: the package)")
+    p.add_argument("--kind", choices=("linear", "conv4d", "both"), default="both")
+    args = p.parse_args(argv)
+    kinds = ("linear", "conv4d") if args.kind == "both" else (args.kind,)
+    gen = train_base_models(args.library, args.out, kinds=kinds)
+    t0 = time.time()
+    while True:
+        try:
+            ev = next(gen)
+        except StopIteration as stop:
+            for kind, path in stop.value.items():
+                print(f"wrote {path} ({kind})")
+            return 0
+        if isinstance(ev, PrepareEvent) and ev.done in (0, ev.total):
+            print(f"[{time.time() - t0:7.0f} s] {ev.stage} {ev.done}/{ev.total}", flush=True)
+        elif isinstance(ev, EpochEvent):
+            m = ", ".join(f"{k} {v:.3f}" for k, v in ev.metrics.items())
+            print(f"[{time.time() - t0:7.0f} s] epoch {ev.epoch}: train {ev.train_loss:.4f}, "
+                  f"val {ev.val_loss:.4f}, {m}", flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
