@@ -52,6 +52,7 @@ def start_replay(ds, dst, rate, **kw) -> threading.Thread:
     return t
 
 
+@pytest.mark.slow
 def test_replay_then_live_equals_offline(tmp_path, model_file):
     path, model, pre = model_file
     ds = scan()
