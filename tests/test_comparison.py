@@ -78,4 +78,4 @@ def test_csv_and_figure(tmp_path):
 
     with Image.open(png) as im:
         assert im.size[0] > 400 and im.size[1] > 300
-    assert not list(tmp_path.glob(".*tmp*"))  # atomic: no temporary file left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.png", "t.csv"]  # no temporary left

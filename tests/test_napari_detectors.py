@@ -36,8 +36,8 @@ def test_shape_edit_updates_virtual_image(make_napari_viewer, qtbot):
     c = (11.5, 11.5)
     assert widget.centre() == c
     widget.add_presets()
-    qtbot.waitUntil(lambda: image_layer_name("HAADF", "tiny") in viewer.layers, timeout=10000)
-    qtbot.waitUntil(lambda: widget.worker is None, timeout=10000)
+    qtbot.waitUntil(lambda: image_layer_name("HAADF", "tiny") in viewer.layers, timeout=60000)
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=60000)
     bf = viewer.layers[image_layer_name("BF", "tiny")]
     np.testing.assert_allclose(bf.data, _reference(data, c, 0, 3.0), rtol=1e-5)
     adf = viewer.layers[image_layer_name("ADF", "tiny")]
@@ -58,7 +58,7 @@ def test_shape_edit_updates_virtual_image(make_napari_viewer, qtbot):
     new[i] = np.array([lo, [lo[0], hi[1]], hi, [hi[0], lo[1]]])
     shapes.data = new
     expected = _reference(data, (12.5, 9.5), 0, 5.0)
-    qtbot.waitUntil(lambda: np.allclose(bf.data, expected, rtol=1e-5), timeout=10000)
+    qtbot.waitUntil(lambda: np.allclose(bf.data, expected, rtol=1e-5), timeout=60000)
     # updated in place: same layer object, no new layers
     assert viewer.layers[image_layer_name("BF", "tiny")] is bf
     assert len(viewer.layers) == n_layers

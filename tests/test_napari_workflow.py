@@ -319,7 +319,7 @@ def test_resize_about_centre_keeps_annulus_centred(make_napari_viewer, qtbot):
     assert spec.detector.outer == pytest.approx(adf.outer + 2.0)
     assert spec.detector.inner == pytest.approx(adf.inner)
     # the circles are redrawn centred on the detector's centre
-    qtbot.waitUntil(lambda: widget.worker is None and not widget._timer.isActive(), timeout=10000)
+    qtbot.waitUntil(lambda: widget.worker is None and not widget._timer.isActive(), timeout=60000)
     qtbot.wait(50)
     feats = list(zip(shapes.features["detector"], shapes.features["edge"]))
     for (name, _edge), corners in zip(feats, shapes.data):
@@ -353,10 +353,12 @@ def test_typed_radii_and_reported_presets(make_napari_viewer, qtbot):
     from napari_4dstem_ml.widgets.detectors import image_layer_name
 
     viewer = make_napari_viewer()
-    # 32 px of 1 mrad, α = 5 mrad: ADF (7.5-20) fits, HAADF (from 15 mrad) is clipped at 16
+    # 32 px of 1 mrad, α = 5 mrad: the edge is at 16 mrad: ADF (7.5-20) is clipped there,
+    # HAADF (from 15 mrad to the edge) fits
     widget, data = _detectors(viewer, k=32, px_mrad=1.0, alpha=5.0)
     widget.add_presets()
-    assert "HAADF clipped" in widget.status.text()
+    assert "ADF clipped at the detector's edge: outer 16.0 mrad instead of 20.0" in widget.status.text()
+    assert "HAADF" not in widget.status.text() and "HAADF" in widget.specs
     widget2_viewer = make_napari_viewer()
     w2, _ = _detectors(widget2_viewer, k=32, px_mrad=1.0, alpha=8.0)
     w2.add_presets()  # HAADF from 24 mrad: beyond the 16 mrad edge
@@ -375,7 +377,7 @@ def test_typed_radii_and_reported_presets(make_napari_viewer, qtbot):
     qtbot.waitUntil(
         lambda: layer_name in viewer.layers
         and np.allclose(viewer.layers[layer_name].data, expected, rtol=1e-5),
-        timeout=10000,
+        timeout=60000,
     )
     assert viewer.layers[layer_name].metadata["role"] == "adf"
 
@@ -402,7 +404,7 @@ def test_learned_mask_as_custom_detector(make_napari_viewer, qtbot):
     widget.add_custom(name, mask)
     layer_name = image_layer_name(name, "d")
     expected = np.einsum("yxij,ij->yx", syn.dataset.data.astype(np.float64), mask)
-    qtbot.waitUntil(lambda: layer_name in viewer.layers, timeout=10000)
+    qtbot.waitUntil(lambda: layer_name in viewer.layers, timeout=60000)
     np.testing.assert_allclose(viewer.layers[layer_name].data, expected, rtol=1e-4, atol=1e-3)
     # with the offset and the cluster weights it is the model's own reconstruction
     pre = res.preprocessor.adapt(syn.dataset)
@@ -449,22 +451,22 @@ def test_opening_prsco3_after_mos2_rescales_everything(make_napari_viewer, qtbot
     viewer = make_napari_viewer()
     viewer.open_sample("napari-4dstem-ml", "mos2")
     s = session_for(viewer)
-    qtbot.waitUntil(lambda: s.current is not None, timeout=5000)
+    qtbot.waitUntil(lambda: s.current is not None, timeout=30000)
     det = DetectorsWidget(viewer)
     training = TrainingWidget(viewer)
     det.com_box.setChecked(True)
     det.add_presets()
     mos2 = s.current
-    qtbot.waitUntil(lambda: f"iCoM: {mos2}" in viewer.layers, timeout=10000)
+    qtbot.waitUntil(lambda: f"iCoM: {mos2}" in viewer.layers, timeout=60000)
     adf_mrad = det.specs["ADF"].detector.outer * 0.84
     viewer.open_sample("napari-4dstem-ml", "prsco3")
-    qtbot.waitUntil(lambda: s.current != mos2, timeout=5000)
+    qtbot.waitUntil(lambda: s.current != mos2, timeout=30000)
     prsco3 = s.current
     qtbot.waitUntil(
         lambda: f"iCoM: {prsco3}" in viewer.layers and f"navigation: {prsco3}" in viewer.layers
         and MEAN_LAYER in s.diffraction.layers
         and s.diffraction.layers[MEAN_LAYER].metadata.get("dataset") == prsco3,
-        timeout=10000,
+        timeout=60000,
     )
     derived = [layer for layer in viewer.layers if layer.metadata.get("dataset") == prsco3
                and not layer.metadata.get("own_grid")]
@@ -494,7 +496,7 @@ def test_label_defaults_to_ptychographic_label(make_napari_viewer, qtbot, monkey
     viewer = make_napari_viewer()
     viewer.open_sample("napari-4dstem-ml", "mos2")
     s = session_for(viewer)
-    qtbot.waitUntil(lambda: s.current is not None, timeout=5000)
+    qtbot.waitUntil(lambda: s.current is not None, timeout=30000)
     widget = TrainingWidget(viewer)
     # the ground truth is the first 2D layer, but the label box picks the label
     images = [layer.name for layer in viewer.layers if layer.__class__.__name__ == "Image"]

@@ -138,12 +138,12 @@ class ComparisonTable:
         return buf.getvalue()
 
     def to_csv(self, path: str | Path, overwrite: bool = False) -> Path:
-        """Write :meth:`csv_text` atomically to ``path`` (``.csv``); never over a file unasked."""
-        from .export import atomic_write, check_output
+        """Write :meth:`csv_text` to ``path`` (``.csv``) through the package's one writing path
+        (:func:`export.write_text`: complete or nothing; never over a file unasked)."""
+        from .export import prepare_output, write_text
 
-        path = check_output(Path(path), overwrite, suffixes=(".csv",))
-        text = self.csv_text()
-        return atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+        prepare_output(path, overwrite=overwrite, suffixes=(".csv",))
+        return write_text(path, self.csv_text(), overwrite=overwrite)
 
 
 def choose_reference(images: Sequence[MethodImage]) -> MethodImage | None:
@@ -233,15 +233,16 @@ def comparison_figure(
     dpi: int = 110,
 ) -> Path:
     """A PNG figure: one labelled panel per image (robust contrast, the region outlined), and
-    the metrics ``table`` beneath. Written atomically with matplotlib's Agg backend."""
+    the metrics ``table`` beneath; matplotlib's Agg backend, written through
+    :func:`export.output_file` (complete or nothing; never over a file unasked)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.patches import Rectangle
 
     from .display import robust_limits
-    from .export import atomic_write, check_output
+    from .export import output_file, prepare_output, writing
 
-    path = check_output(Path(path), overwrite, suffixes=(".png",))
+    path = prepare_output(path, overwrite=overwrite, suffixes=(".png",))
     images = list(images)
     if not images:
         raise ValueError("no images to draw")
@@ -279,7 +280,6 @@ def comparison_figure(
         t.set_fontsize(8)
         ax.set_title(f"against {table.reference}, yellow region", fontsize=8)
 
-    def write(tmp: Path) -> None:
+    with output_file(path, overwrite=overwrite) as tmp, writing(path):
         fig.savefig(tmp, format="png", dpi=dpi)
-
-    return atomic_write(path, write)
+    return path

@@ -398,7 +398,7 @@ class DetectorsWidget(QWidget):
                     f"{name} left out: it starts at {det.inner * f:.1f} {unit}, beyond the "
                     f"detector's edge at {rmax_px * f:.1f} {unit}"
                 )
-            elif math.isfinite(det.outer) and made[name].outer < det.outer - 1e-9:
+            elif det.outer < 1e8 and made[name].outer < det.outer - 1e-9:  # HAADF: to the edge
                 notes.append(
                     f"{name} clipped at the detector's edge: outer {made[name].outer * f:.1f} "
                     f"{unit} instead of {det.outer * f:.1f} {unit}"

@@ -16,9 +16,13 @@ from .session import Session, SessionModel
 
 
 def model_kind(model_config) -> str:
-    """"linear" or "conv4d" for a model configuration."""
-    name = type(model_config).__name__.lower()
-    return "linear" if "linear" in name else "conv4d"
+    """"linear" or "conv4d" for a model configuration (an ensemble: its members' kind)."""
+    kind = getattr(model_config, "kind", None)
+    if kind == "ensemble":
+        kind = getattr(model_config.member, "kind", None)
+    if kind is None:
+        kind = "linear" if "linear" in type(model_config).__name__.lower() else "conv4d"
+    return "linear" if kind == "linear" else "conv4d"
 
 
 def load_model_file(session: Session, path) -> SessionModel:
@@ -52,11 +56,17 @@ def describe(entry: SessionModel) -> str:
     cfg = entry.model_config
     info = entry.info or {}
     ts = info.get("train_summary") or {}
-    lines = [f"{entry.name}: {entry.kind} model, cluster K = {getattr(cfg, 'cluster_size', '?')}"]
+    k = getattr(cfg, "cluster_size", None) or getattr(getattr(cfg, "member", None), "cluster_size", "?")
+    lines = [f"{entry.name}: {entry.kind} model, cluster K = {k}"]
     pre = entry.preprocessor
     grid = f"{pre.output_shape[0]}×{pre.output_shape[1]} detector grid"
-    if pre.grid_units != "pixels":
-        grid += f", {_fmt(float(pre.output_pixel))} {pre.grid_units}/px"
+    if pre.grid_units == "mrad":
+        grid += f", {_fmt(float(pre.output_pixel))} mrad/px"
+    elif pre.grid_units == "alpha":
+        grid += f", {_fmt(float(pre.output_pixel))} α/px (in units of the convergence angle)"
+    size = getattr(cfg, "size", None)
+    if getattr(cfg, "kind", None) == "ensemble" and size:
+        grid += f"; ensemble of {size}"
     lines.append(grid)
     if ts:
         src = ts.get("source") or "a data set in memory"

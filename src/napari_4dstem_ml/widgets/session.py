@@ -501,7 +501,10 @@ class _CloseWatcher(QObject):
             if callbacks:  # the widgets asked their workers to quit: let them finish
                 from napari.qt.threading import WorkerBase
 
-                WorkerBase.await_workers(msecs=5000)
+                try:  # a worker quits at its next yield (a long numba compile delays that)
+                    WorkerBase.await_workers(msecs=30000)
+                except RuntimeError:
+                    pass
         return False
 
 

@@ -104,9 +104,14 @@ def train_job(
     *,
     registered: RegisteredLabel | None = None,
     split=None,
+    init: str = "scratch",
+    ensemble: int | None = 1,
 ):
     """Worker generator: registers the label if it is not on the scan grid (unless
-    ``registered`` gives it), fits the preprocessor, then yields the core's training events.
+    ``registered`` gives it), prepares the job as the CLI does (``TrainingJob.prepare``: model,
+    preprocessing and training configs; ``init`` "scratch", "base" or a checkpoint to fine-tune;
+    ``ensemble`` members, ``None`` for the CLI's default), then yields the core's training
+    events.
 
     Yields ``("registered", RegisteredLabel)`` when it registered the label,
     ``("preprocessor", Preprocessor)``, then every training event.
@@ -123,7 +128,6 @@ def train_job(
         registered = register(dataset, label, label_pixel_A)
         yield ("registered", registered)
         label, coverage = registered.image, registered.coverage
-    # the same model, preprocessing and training settings as the CLI / headless workflow
     job = TrainingJob(
         label="",
         output="",
@@ -132,20 +136,28 @@ def train_job(
         epochs=epochs,
         lr=lr,
         batch_size=batch_size,
+        init=init,
+        ensemble=ensemble,
     )
-    model_cfg, pre_cfg, train_cfg = job.configs(dataset)
+    initial, (model_cfg, pre_cfg, train_cfg) = job.prepare(dataset)
     train_cfg = replace(train_cfg, patience=None)
-    pre = Preprocessor.fit(dataset, pre_cfg)
+    if initial is None:
+        pre = Preprocessor.fit(dataset, pre_cfg)
+    else:
+        pre = initial.preprocessor.adapt(dataset)
     yield ("preprocessor", pre)
     yield from train(
         dataset,
         label,
         model_cfg,
+        pre_cfg,
         train_config=train_cfg,
-        preprocessor=pre,
+        preprocessor=pre if initial is None else None,
         label_mask=coverage,
         split=split,
         cancel=cancel,
+        init=initial,
+        augment=job.augment_config(),
     )
 
 
@@ -731,8 +743,11 @@ class TrainingWidget(QWidget):
             return
         ds = self.session.datasets[self._training_name]
         det_scale = np.asarray(ds.scale()[2:], float)
-        px = float(pre.output_pixel)
-        grid_scale = np.array((px, px)) if pre.grid_units != "pixels" else px * det_scale
+        gp = getattr(pre, "grid_pixel_mrad", None)
+        if pre.grid_units == "pixels" or gp is None or ds.calibration.detector_pixel_mrad is None:
+            grid_scale = float(pre.output_pixel) * det_scale  # model pixels in detector pixels
+        else:
+            grid_scale = np.array((gp, gp))
         centre_world = np.asarray(pre.centre, float) * det_scale
         if "detector_mask" in masks:
             arr = np.asarray(masks["detector_mask"], np.float32)
@@ -832,10 +847,11 @@ class TrainingWidget(QWidget):
             self, "Save model", f"{entry.kind}.pt", "Model (*.pt)"
         )
         if path:
-            self.save(path, entry.name)
+            self.save(path, entry.name, overwrite=True)  # the dialog asked before replacing
 
-    def save(self, path, model: str | None = None) -> Path | None:
-        """Atomic checkpoint of model ``model`` (default: the selected one)."""
+    def save(self, path, model: str | None = None, overwrite: bool = False) -> Path | None:
+        """Atomic checkpoint of model ``model`` (default: the selected one); an existing file
+        is replaced only with ``overwrite``."""
         from ..training.checkpoint import save_checkpoint
 
         entry = self.session.models.get(model) if model else self.selected_model()
@@ -852,7 +868,7 @@ class TrainingWidget(QWidget):
                 train_summary=info.get("train_summary"),
                 metrics=info.get("metrics"),
                 provenance=info.get("provenance"),
-                overwrite=True,  # the save dialog has asked before replacing a file
+                overwrite=overwrite,  # True from the dialog, which asked before replacing
             )
         except Exception as err:  # noqa: BLE001 - shown to the user
             show_error(f"could not save the model to {path}: {err}")
@@ -900,6 +916,14 @@ class TrainingWidget(QWidget):
                 layer_name, filled, dataset=name, role=entry.role,
                 metadata={**meta, "rows_done": ev.rows_done},
             )
+            unc = getattr(ev, "uncertainty", None)  # an ensemble's spread (label units)
+            if unc is not None and np.isfinite(unc).any():
+                self.session.show_scan_image(
+                    f"uncertainty: {layer_name}",
+                    np.nan_to_num(unc, nan=float(np.nanmean(unc))),
+                    dataset=name, role="uncertainty", colormap="magma", visible=False,
+                    metadata={**meta, "rows_done": ev.rows_done},
+                )
             self.progress.setValue(int(1000 * ev.rows_done / max(ev.rows_total, 1)))
             self.progress.setFormat(f"{layer_name}: {ev.rows_done}/{ev.rows_total} rows")
 
