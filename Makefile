@@ -54,5 +54,22 @@ lint: setup
 	$(PY) -m ruff check src tests benchmarks
 	$(PY) -m ruff format --check src tests benchmarks
 
+# The peers' environment (py4DSTEM 0.14 pins numpy 1.26, so a venv of its own; LiberTEM in it for
+# the virtual-detector comparison), pinned by benchmarks/peers-*.txt, then every benchmark, niced
+# (the 40 GB data set of bench_scale.py is written to benchmarks/_data; delete it afterwards).
+PEERS := benchmarks/_envs/peers
+$(PEERS)/.installed: benchmarks/peers-requirements.txt benchmarks/peers-constraints.txt
+	$(PYTHON) -m venv $(PEERS)
+	$(PEERS)/bin/python -m pip install -q -r benchmarks/peers-requirements.txt -c benchmarks/peers-constraints.txt
+	touch $@
+
+bench: setup $(PEERS)/.installed
+	nice -n 10 $(PY) benchmarks/bench_virtual_detectors.py
+	nice -n 10 $(PY) benchmarks/bench_linear_inference.py
+	nice -n 10 $(PY) benchmarks/bench_cnn_inference.py
+	nice -n 10 $(PY) benchmarks/bench_ptycho.py
+	nice -n 10 $(PY) benchmarks/bench_live.py
+	nice -n 10 $(PY) benchmarks/bench_scale.py
+
 clean:
 	rm -rf $(VENV) build dist .pytest_cache

@@ -24,6 +24,7 @@ import numpy as np
 
 EXIT_USAGE = 2
 EXIT_INTERNAL = 1
+EXIT_STALLED = 3  # stemml live: the acquisition stopped before the scan was complete
 #: load() keywords as command-line options (for messages that say how to resolve an error)
 _OPTION_FLAGS = {"dataset": "--dataset", "key": "--dataset", "scan_shape": "--scan-shape",
                  "allow_external": "--allow-external"}
@@ -160,14 +161,52 @@ def _progress(total: int, desc: str, unit: str = "rows"):
 
 # -- commands ---------------------------------------------------------------------------
 def cmd_info(args: argparse.Namespace) -> int:
+    from .parallel import open_client
+
     ds = _load(args.file, args)
     print(ds.summary())
+    compute = _compute(args)
+    if not compute.in_process:
+        with open_client(compute) as client:
+            info = client.scheduler_info()
+            workers = info.get("workers", {})
+            threads = sum(int(w.get("nthreads", 0)) for w in workers.values())
+            memory = sum(float(w.get("memory_limit", 0) or 0) for w in workers.values())
+            print(f"compute: {compute.describe()} at {info.get('address', '?')}: {len(workers)} "
+                  f"worker(s), {threads} thread(s), {memory / 1e9:.1f} GB memory")
     return 0
 
 
-def _centre(ds, spec: str | None):
+def _compute(args: argparse.Namespace):
+    """The ``--scheduler`` / ``--workers`` choice as a :class:`~.parallel.Compute`."""
+    from .parallel import Compute
+
+    try:
+        return Compute(scheduler=getattr(args, "scheduler", None),
+                       workers=getattr(args, "workers", None))
+    except ValueError as exc:
+        raise UserError(f"--scheduler/--workers: {exc}") from exc
+
+
+def _run_to_sink(events, sink, bar):
+    """Drive a job's :class:`~.parallel.BlockEvent` generator: each finished block of rows goes
+    to the output file and the progress bar; closing it (Ctrl-C, an error) cancels the job."""
+    import contextlib
+
+    image = None
+    with contextlib.closing(events):
+        for ev in events:
+            sink.write(ev.y0, ev.y1, ev.block)
+            bar.update(ev.rows_done - bar.n)
+            image = ev.image
+    return image
+
+
+def _centre(ds, spec: str | None, client=None):
+    """``--centre``: 'CY,CX', or the bright-field disk of the mean of about 4,000 patterns
+    spread over the scan (read on the workers when ``client`` is given)."""
     from .detectors.centre import find_bf_centre
-    from .detectors.engine import mean_pattern
+    from .parallel import subsample_mean_pattern
 
     if spec and spec != "auto":
         try:
@@ -178,7 +217,7 @@ def _centre(ds, spec: str | None):
         if not (math.isfinite(cy) and math.isfinite(cx) and -ky <= cy <= 2 * ky and -kx <= cx <= 2 * kx):
             raise UserError(f"--centre {spec}: expected a centre near the {ky} x {kx} px detector")
         return cy, cx
-    mean = mean_pattern(ds.data, step=max(1, min(ds.scan_shape) // 64))
+    mean = subsample_mean_pattern(ds, client=client)
     try:
         if not np.isfinite(mean).all() or not np.any(mean):
             raise ValueError("no finite, nonzero mean pattern")
@@ -189,14 +228,15 @@ def _centre(ds, spec: str | None):
 
 
 def cmd_adf(args: argparse.Namespace) -> int:
-    from .detectors.engine import iter_virtual_images
     from .detectors.geometry import annular_mask
-    from .export import IMAGE_SUFFIXES, prepare_output, write_image
+    from .parallel import iter_virtual_image, open_client
+    from .parallel.sink import image_sink, prepare_sink
 
-    prepare_output(args.output, overwrite=args.overwrite, inputs=_inputs(args), suffixes=IMAGE_SUFFIXES)
+    compute = _compute(args)
+    prepare_sink(args.output, overwrite=args.overwrite, inputs=_inputs(args))
     ds = _load(args.data, args)
     inputs = _inputs(args, ds)
-    prepare_output(args.output, overwrite=args.overwrite, inputs=inputs)
+    prepare_sink(args.output, overwrite=args.overwrite, inputs=inputs)
     if args.outer <= args.inner:
         raise UserError(f"--outer ({args.outer}) must be larger than --inner ({args.inner})")
     if args.pixels:
@@ -206,38 +246,37 @@ def cmd_adf(args: argparse.Namespace) -> int:
             per_px = ds.calibration.require_detector_mrad("an annular detector in mrad")
         except ValueError as exc:
             raise UserError(f"{ds.source}: {exc}; give the radii in pixels with --pixels") from exc
-    centre = _centre(ds, args.centre)
+    unit = "px" if args.pixels else "mrad"
+    step = ds.calibration.scan_step_A
     from .detectors import max_radius_px
 
-    reach = max_radius_px(ds.detector_shape, centre) * per_px[0]
-    unit = "px" if args.pixels else "mrad"
-    inner, outer = args.inner, args.outer
-    if inner >= reach:
-        raise UserError(
-            f"--inner {inner:g} {unit} lies beyond the detector's reach ({reach:.4g} {unit} from "
-            f"the pattern centre): the annulus would contain no detector pixel"
-        )
-    if outer > reach:
-        print(f"stemml adf: warning: --outer {outer:g} {unit} is beyond the detector's reach; "
-              f"clipped to {reach:.4g} {unit} (the largest circle around the centre that the "
-              "detector holds)", file=sys.stderr)
-        outer = reach
-    mask = annular_mask(ds.detector_shape, centre, inner / per_px[0], outer / per_px[0])
-    if not mask.any():
-        raise UserError(
-            f"--inner {inner:g} --outer {outer:g} ({unit}): the annulus about the centre "
-            f"({centre[0]:.1f}, {centre[1]:.1f}) px holds no pixel of the {ds.detector_shape[0]} x "
-            f"{ds.detector_shape[1]} px detector")
-    image = None
-    with _progress(ds.scan_shape[0], "virtual detector") as bar:
-        for event in iter_virtual_images(ds.data, mask):
-            bar.update(event.rows_done - bar.n)
-            image = event.image
-    _report_image(image, ds.source, "virtual image")
-    step = ds.calibration.scan_step_A
-    out = write_image(args.output, image, step[1] if step else None, overwrite=args.overwrite,
-                      inputs=inputs)
-    print(f"wrote {out}: {inner:g}-{outer:.4g} {unit} detector, centre ({centre[0]:.2f}, {centre[1]:.2f}) px")
+    with open_client(compute) as client:
+        centre = _centre(ds, args.centre, client)
+        reach = max_radius_px(ds.detector_shape, centre) * per_px[0]
+        inner, outer = args.inner, args.outer
+        if inner >= reach:
+            raise UserError(
+                f"--inner {inner:g} {unit} lies beyond the detector's reach ({reach:.4g} {unit} "
+                f"from the pattern centre): the annulus would contain no detector pixel"
+            )
+        if outer > reach:
+            print(f"stemml adf: warning: --outer {outer:g} {unit} is beyond the detector's reach; "
+                  f"clipped to {reach:.4g} {unit} (the largest circle around the centre that the "
+                  "detector holds)", file=sys.stderr)
+            outer = reach
+        mask = annular_mask(ds.detector_shape, centre, inner / per_px[0], outer / per_px[0])
+        if not mask.any():
+            raise UserError(
+                f"--inner {inner:g} --outer {outer:g} ({unit}): the annulus about the centre "
+                f"({centre[0]:.1f}, {centre[1]:.1f}) px holds no pixel of the "
+                f"{ds.detector_shape[0]} x {ds.detector_shape[1]} px detector")
+        with image_sink(args.output, ds.scan_shape, step[1] if step else None,
+                        overwrite=args.overwrite, inputs=inputs) as sink, \
+                _progress(ds.scan_shape[0], "virtual detector") as bar:
+            image = _run_to_sink(iter_virtual_image(ds, mask, client=client), sink, bar)
+            _report_image(image, ds.source, "virtual image")
+    print(f"wrote {args.output}: {inner:g}-{outer:.4g} {unit} detector, centre "
+          f"({centre[0]:.2f}, {centre[1]:.2f}) px ({compute.describe()})")
     return 0
 
 
@@ -293,11 +332,16 @@ def _baseline_paths(output: str, names: Sequence[str] = ("iCoM", "ADF")) -> list
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from .export import IMAGE_SUFFIXES, prepare_output, write_image
+    from .parallel import iter_predict, open_client
+    from .parallel.sink import image_sink, prepare_sink
     from .training.checkpoint import load_checkpoint
     from .training.inference import PredictEvent
     from .workflow import Message, reconstruct
 
-    prepare_output(args.output, overwrite=args.overwrite, inputs=_inputs(args), suffixes=IMAGE_SUFFIXES)
+    compute = _compute(args)
+    if not compute.in_process and (args.uncertainty or args.baselines):
+        raise UserError("--uncertainty and --baselines run in process; drop --scheduler/--workers")
+    prepare_sink(args.output, overwrite=args.overwrite, inputs=_inputs(args))
     if args.uncertainty:
         prepare_output(args.uncertainty, overwrite=args.overwrite, inputs=_inputs(args),
                        suffixes=IMAGE_SUFFIXES)
@@ -314,7 +358,19 @@ def cmd_predict(args: argparse.Namespace) -> int:
         )
     ds = _load(args.data, args)
     inputs = _inputs(args, ds)
-    prepare_output(args.output, overwrite=args.overwrite, inputs=inputs)
+    prepare_sink(args.output, overwrite=args.overwrite, inputs=inputs)
+    step = ds.calibration.scan_step_A
+    if not compute.in_process:
+        with open_client(compute) as client, \
+                image_sink(args.output, ds.scan_shape, step[1] if step else None,
+                           overwrite=args.overwrite, inputs=inputs) as sink, \
+                _progress(ds.scan_shape[0], "predict") as bar:
+            image = _run_to_sink(iter_predict(loaded.model, loaded.preprocessor, ds, client=client),
+                                 sink, bar)
+            _report_image(image, ds.source, "prediction")
+        print(f"wrote {args.output} ({image.shape[0]} x {image.shape[1]}; {compute.describe()})")
+        return 0
+
     report = None
     gen = reconstruct(loaded, ds, baselines=bool(args.baselines))
     with _progress(ds.scan_shape[0], "predict") as bar:
@@ -332,8 +388,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
     step = ds.calibration.scan_step_A
     px = step[1] if step else None
     meta = {"model": str(model_path), "data": str(args.data), **report.metadata()}
-    out = write_image(args.output, report.image, px, overwrite=args.overwrite, metadata=meta,
-                      inputs=inputs)
+    if Path(args.output).suffix.lower() in IMAGE_SUFFIXES:
+        out = write_image(args.output, report.image, px, overwrite=args.overwrite, metadata=meta,
+                          inputs=inputs)
+    else:  # HDF5 or Zarr
+        with image_sink(args.output, ds.scan_shape, px, overwrite=args.overwrite,
+                        inputs=inputs) as sink:
+            sink.write(0, ds.scan_shape[0], report.image)
+        out = args.output
     print(f"wrote {out} ({report.image.shape[0]} x {report.image.shape[1]})")
     if args.uncertainty:
         u = write_image(args.uncertainty, report.uncertainty, px, overwrite=args.overwrite,
@@ -351,6 +413,133 @@ def cmd_predict(args: argparse.Namespace) -> int:
               f"{len(report.issues)} respect(s); treat the image with caution (recorded in its "
               "metadata)", file=sys.stderr)
     return 0
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from .live import replay
+
+    ds = _load(args.source, args)
+    dst = Path(args.destination)
+    for p in (dst, dst.with_suffix(".xml")):
+        if str(p.resolve()) in {str(Path(f).resolve()) for f in _inputs(args, ds)}:
+            raise UserError(f"{p}: the replay would overwrite its own source")
+    ny, nx = ds.scan_shape
+    with _progress(ny * nx, f"replay at {args.rate:g} Hz" if args.rate else "replay",
+                   unit="frames") as bar:
+        replay(ds, dst, args.rate, overwrite=args.overwrite,
+               progress=lambda n, total: bar.update(n - bar.n))
+    print(f"wrote {dst} ({ny} x {nx} frames) and {dst.with_suffix('.xml').name}")
+    return 0
+
+
+def _live_outputs(args: argparse.Namespace, names: list[str]) -> dict[str, Path]:
+    """Output path per image: the model's at ``-o``; the virtual image at ``-o`` without a
+    model, else with ``_adf`` added to the name."""
+    out = Path(args.output)
+    paths = {}
+    for n in names:
+        if n == "model" or (n == "adf" and "model" not in names):
+            paths[n] = out
+        else:
+            paths[n] = out.with_name(f"{out.stem}_{n}{out.suffix}")
+    return paths
+
+
+def _partial_name(p: Path) -> Path:
+    return p.with_name(f"{p.stem}.partial{p.suffix}")
+
+
+def _live_source(args: argparse.Namespace):
+    """The growing EMPAD file, or the Merlin stream of ``merlin://HOST:PORT``."""
+    from .live import open_source
+
+    try:
+        return open_source(args.data, timeout_s=args.timeout,
+                           scan_shape=tuple(args.scan_shape) if args.scan_shape else None)
+    except ImportError as exc:
+        raise UserError(str(exc)) from exc
+
+
+def cmd_live(args: argparse.Namespace) -> int:
+    from .detectors.centre import find_bf_centre
+    from .detectors.geometry import annular_mask
+    from .export import IMAGE_SUFFIXES, prepare_output, write_image
+    from .live import LivePipeline, run_live
+
+    if args.model is None and args.inner is None:
+        raise UserError("nothing to compute: give --model and/or --inner/--outer")
+    if (args.inner is None) != (args.outer is None):
+        raise UserError("--inner and --outer go together")
+    if args.inner is not None and args.outer <= args.inner:
+        raise UserError(f"--outer ({args.outer}) must be larger than --inner ({args.inner})")
+    names = (["adf"] if args.inner is not None else []) + (["model"] if args.model else [])
+    outputs = _live_outputs(args, names)
+    src_files = (args.data, str(Path(args.data).with_suffix(".xml")), args.model)
+    if args.data.lower().startswith("merlin://"):
+        src_files = (args.model,)
+    for p in outputs.values():
+        prepare_output(p, overwrite=args.overwrite, inputs=[f for f in src_files if f],
+                       suffixes=IMAGE_SUFFIXES)
+        prepare_output(_partial_name(p), overwrite=True, inputs=[f for f in src_files if f])
+    loaded = None
+    if args.model:
+        from .training.checkpoint import load_checkpoint
+
+        if not Path(args.model).exists():
+            raise UserError(f"{args.model}: no such model file")
+        loaded = load_checkpoint(args.model)
+    source = _live_source(args)
+    detectors = {}
+    if args.inner is not None:
+        if args.pixels:
+            per_px = 1.0
+        else:
+            px = source.calibration.detector_pixel_mrad
+            if px is None:
+                raise UserError(f"{args.data}: the EMPAD XML gives no detector pixel size in "
+                                "mrad; give the radii in pixels with --pixels")
+            per_px = px[0]
+        det = source.detector_shape
+        if args.centre and args.centre != "auto":
+            try:
+                cy, cx = (float(v) for v in args.centre.split(","))
+            except ValueError as exc:
+                raise UserError(f"--centre: expected 'auto' or 'CY,CX', got {args.centre!r}") from exc
+            detectors["adf"] = annular_mask(det, (cy, cx), args.inner / per_px, args.outer / per_px)
+        else:
+            detectors["adf"] = lambda mean: annular_mask(det, find_bf_centre(mean),
+                                                         args.inner / per_px, args.outer / per_px)
+    pipe = LivePipeline(source.scan_shape, source.detector_shape, detectors=detectors,
+                        model=loaded.model if loaded else None,
+                        preprocessor=loaded.preprocessor if loaded else None,
+                        calibration=source.calibration)
+    pipe.warm_up()
+    ny, nx = source.scan_shape
+    last = names[-1]
+    with _progress(ny, f"live {Path(args.data).name}") as bar:
+        def show(ev):
+            bar.update(ev.rows_done[last] - bar.n)
+            bar.set_postfix(acquired=ev.rows_acquired, rate=f"{ev.frames_per_s:.0f}/s",
+                            latency=f"{ev.latency_s * 1e3:.0f}ms", refresh=False)
+
+        result = run_live(source, pipe, show)
+    step = source.calibration.scan_step_A
+    pixel = step[1] if step else None
+    if not result.complete:
+        saved = []
+        for n in names:
+            if result.rows_done[n] > 0:
+                p = _partial_name(outputs[n])
+                write_image(p, result.images[n], pixel, overwrite=True)
+                saved.append(f"{p} ({result.rows_done[n]} of {ny} rows)")
+        where = "; partial image(s) saved as " + ", ".join(saved) if saved else "; nothing to save"
+        print(f"stemml live: {result.message}{where}", file=sys.stderr)
+        return EXIT_STALLED
+    for n in names:
+        write_image(outputs[n], result.images[n], pixel, overwrite=args.overwrite)
+        print(f"wrote {outputs[n]} ({n}, {ny} x {nx})")
+    print(f"{result.frames} frames in {result.elapsed_s:.1f} s ({result.frames / max(result.elapsed_s, 1e-9):.0f} "
+          f"frames/s); slowest block processed in {result.max_latency_s * 1e3:.0f} ms")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -468,6 +657,15 @@ def _add_data_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--scan-step", type=POSITIVE, metavar="ANGSTROM", help="scan step (Å)")
 
 
+def _add_compute_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--scheduler", metavar="tcp://HOST:PORT",
+                   help="run on this running Dask distributed scheduler (workers read the file "
+                        "themselves: give a path they can open)")
+    g.add_argument("--workers", type=COUNT, metavar="N",
+                   help="start a local Dask cluster of N worker processes (default: in process)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -478,6 +676,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="print shape, dtype, calibrations and the reader used")
     p.add_argument("file")
     _add_data_options(p)
+    _add_compute_options(p)
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("adf", help="virtual annular detector image")
@@ -486,9 +685,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--outer", type=POSITIVE, required=True, help="outer radius (mrad, or px with --pixels)")
     p.add_argument("--pixels", action="store_true", help="radii in detector pixels instead of mrad")
     p.add_argument("--centre", default="auto", help="'auto' (bright-field disk) or 'CY,CX' in detector pixels")
-    p.add_argument("-o", "--output", required=True, help="output image (.tif, .npy, .png)")
+    p.add_argument("-o", "--output", required=True,
+                   help="output image (.tif, .npy, .png, .h5, .zarr; HDF5/Zarr written as rows "
+                        "arrive; in place only when complete)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     _add_data_options(p)
+    _add_compute_options(p)
     p.set_defaults(func=cmd_adf)
 
     p = sub.add_parser("train", help="train a model against a label image")
@@ -519,13 +721,41 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="apply a trained model to a data set")
     p.add_argument("data")
     p.add_argument("--model", required=True, help="checkpoint written by 'stemml train'")
-    p.add_argument("-o", "--output", required=True, help="output image (.tif, .npy, .png)")
+    p.add_argument("-o", "--output", required=True,
+                   help="output image (.tif, .npy, .png, .h5, .zarr; HDF5/Zarr written as rows "
+                        "arrive with --scheduler/--workers; in place only when complete)")
     p.add_argument("--uncertainty", metavar="UNC", help="also write the per-pixel uncertainty (ensemble spread) here")
     p.add_argument("--baselines", action="store_true",
                    help="also write the iCoM and ADF images of the same data (OUT_icom, OUT_adf)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     _add_data_options(p)
+    _add_compute_options(p)
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("replay", help="write an EMPAD acquisition in progress (XML, then frames at a rate)")
+    p.add_argument("source", help="4D data set to replay (128 x 128 detector)")
+    p.add_argument("destination", help="EMPAD .raw file to write (its .xml beside it)")
+    p.add_argument("--rate", type=NON_NEGATIVE, default=1100.0, help="frames per second (0: as fast as possible)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing files")
+    _add_data_options(p)
+    p.set_defaults(func=cmd_replay)
+
+    p = sub.add_parser("live", help="reconstruct a growing EMPAD acquisition row by row")
+    p.add_argument("data", help="EMPAD .raw being written (its .xml is read first), or "
+                                "merlin://HOST:PORT for a Merlin detector's TCP data stream")
+    p.add_argument("--model", help="checkpoint written by 'stemml train'")
+    p.add_argument("--inner", type=NON_NEGATIVE, help="virtual annular detector: inner radius (mrad, or px with --pixels)")
+    p.add_argument("--outer", type=POSITIVE, help="outer radius (mrad, or px with --pixels)")
+    p.add_argument("--pixels", action="store_true", help="radii in detector pixels instead of mrad")
+    p.add_argument("--centre", default="auto", help="'auto' (bright-field disk of the first row) or 'CY,CX' px")
+    p.add_argument("--timeout", type=POSITIVE, default=10.0,
+                   help="seconds without a new frame before giving up (partial images are saved as NAME.partial.tif)")
+    p.add_argument("-o", "--output", required=True,
+                   help="output image (.tif, .npy, .png); with a model and a detector the virtual image goes to NAME_adf.tif")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    p.add_argument("--scan-shape", nargs=2, type=COUNT, metavar=("NY", "NX"),
+                   help="Merlin: the scan shape when the acquisition header does not give it")
+    p.set_defaults(func=cmd_live)
 
     p = sub.add_parser("evaluate", help="compare an image with a reference (PSNR, SSIM, r, FRC)")
     p.add_argument("image")
@@ -586,6 +816,10 @@ def describe_error(exc: BaseException, args: argparse.Namespace) -> tuple[int, s
         if flag and flag not in text:  # say which option resolves it
             text += f" (on the command line: {flag})"
         return EXIT_USAGE, text
+    from .parallel import ParallelError
+
+    if isinstance(exc, ParallelError):
+        return EXIT_INTERNAL, str(exc)
     files = [*_inputs(args), getattr(args, "output", None) or ""]
     if isinstance(exc, OSError) and exc.filename:
         return EXIT_USAGE, f"{exc.filename}: {exc.strerror or exc}"

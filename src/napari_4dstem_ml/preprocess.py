@@ -543,12 +543,14 @@ class Preprocessor:
 
         return max_radius_px(self.detector_shape, self.centre) * min(self.detector_pixel)
 
-    def transform(self, block: Any, *, standardise: bool = True, stage: str = "model") -> np.ndarray:
+    def transform(self, block: Any, *, standardise: bool = True, stage: str = "model",
+                  out: np.ndarray | None = None) -> np.ndarray:
         """Raw patterns ``(..., ky, kx)`` (any real dtype) → float32 ``(..., oy, ox)``.
 
         ``stage="linear"`` stops after resampling, dose normalisation and the angle crop
         (linear intensities); :meth:`finish` then applies compression and standardisation, so
         ``finish(transform(p, stage="linear")) == transform(p)`` (to float32 rounding).
+        ``out``: a C-contiguous float32 array of that shape to write into (no allocation).
         """
         block = np.asarray(block)
         ky, kx = self.detector_shape
@@ -564,13 +566,20 @@ class Preprocessor:
         flat = block.reshape(-1, ky, kx)
         (sly, opy), (slx, opx), scale, mask = self._operators
         oy, ox = self.output_shape
-        out = np.empty((flat.shape[0], oy, ox), np.float32)
         cfg = self.config
         std = standardise and cfg.standardise and not linear
         # an affine (scale, shift) folds normalisation and, without compression, standardisation
         a_mul, a_add = float(scale), 0.0
         if std and cfg.compression == "none":
             a_mul, a_add = a_mul / self.input_std, -self.input_mean / self.input_std
+        dst = None
+        if out is not None:
+            if out.shape != (*lead, oy, ox) or out.dtype != np.float32 or not out.flags.c_contiguous:
+                raise PreprocessError(f"out must be C-contiguous float32 {(*lead, oy, ox)}")
+            dst = out.reshape(-1, oy, ox)
+        if flat.dtype.kind in "iuf" and self._scatter is not None:
+            return self._compiled(flat, std, dst, linear).reshape(*lead, oy, ox)  # one pass
+        out = np.empty((flat.shape[0], oy, ox), np.float32)
         chunk = max(1, int(_CHUNK_BYTES // (4 * ky * kx)))  # cache-sized pieces
         for i0 in range(0, flat.shape[0], chunk):
             a = np.array(flat[i0 : i0 + chunk, sly, slx], dtype=np.float32)
@@ -596,7 +605,61 @@ class Preprocessor:
                     r -= np.float32(self.input_mean)
                     r /= np.float32(self.input_std)
             out[i0 : i0 + n] = r
+        if dst is not None:
+            dst[...] = out
+            return dst.reshape(*lead, oy, ox)
         return out.reshape(*lead, oy, ox)
+
+    @cached_property
+    def _scatter(self) -> tuple | None:
+        """Per axis ``(start, j, w)``: the operators as scatters for ``_transform_kernel``
+        (``None`` when one upsamples)."""
+        from . import _transform_kernel as tk
+
+        (sly, opy), (slx, opx), _, _ = self._operators
+        sy = tk.scatter(opy, sly, self.output_shape[0])
+        sx = tk.scatter(opx, slx, self.output_shape[1])
+        return None if sy is None or sx is None else (sy, sx)
+
+    @cached_property
+    def _blocks(self) -> tuple | None:
+        """Per axis ``(b, start)`` when both operators are crop + block sums (else ``None``)."""
+        from . import _transform_kernel as tk
+
+        (sly, opy), (slx, opx), _, _ = self._operators
+        by = tk.blocks(opy, sly, self.output_shape[0])
+        bx = tk.blocks(opx, slx, self.output_shape[1])
+        return None if by is None or bx is None else (by, bx)
+
+    def _compiled(self, flat: np.ndarray, standardise: bool, out: np.ndarray | None = None,
+                  linear: bool = False) -> np.ndarray:
+        """:meth:`transform` of patterns ``(n, ky, kx)`` in one compiled pass
+        (``_transform_kernel``): the same float32 operations in the same order; ``linear``:
+        no compression (``stage="linear"``; ``standardise`` is then False)."""
+        from . import _transform_kernel as tk
+
+        _, _, scale, mask = self._operators
+        cfg = self.config
+        a_mul, a_add = float(scale), 0.0
+        if standardise and cfg.compression == "none":
+            a_mul, a_add = a_mul / self.input_std, -self.input_mean / self.input_std
+        if not flat.dtype.isnative:
+            flat = flat.astype(flat.dtype.newbyteorder("="))
+        if out is None:
+            out = np.empty((flat.shape[0], *self.output_shape), np.float32)
+        m = np.ones((1, 1), np.float32) if mask is None else mask.astype(np.float32)
+        kernel_args = (a_mul, m, mask is not None, a_add,
+                       tk.NONE if linear else tk.compression_code(cfg.compression, float(cfg.power)),
+                       float(cfg.power),
+                       self.input_mean, self.input_std, standardise and cfg.compression != "none",
+                       out)
+        if self._blocks is not None:
+            (by, ys), (bx, xs) = self._blocks
+            tk.block_transform(flat, ys, by, xs, bx, *kernel_args)
+        else:
+            (y0, jy, wy), (x0, jx, wx) = self._scatter
+            tk.scatter_transform(flat, y0, jy, wy, x0, jx, wx, *kernel_args)
+        return out
 
     def _compress(self, r: np.ndarray) -> None:
         cfg = self.config

@@ -39,6 +39,7 @@ from qtpy.QtWidgets import (
     QFormLayout,
     QHBoxLayout,
     QLabel,
+    QLineEdit,
     QListWidget,
     QPlainTextEdit,
     QProgressBar,
@@ -185,12 +186,23 @@ def register(dataset, label: np.ndarray, label_pixel_A: float | None) -> Registe
     )
 
 
-def predict_job(entry, dataset):
-    """Worker generator: the core's reconstruction with its domain check (yields a Message
-    per domain issue, then PredictEvents; returns the ReconstructionReport)."""
-    from ..workflow import reconstruct
+def predict_job(entry, dataset, scheduler: str = ""):
+    """Worker generator: the core's reconstruction with its domain check (a Message per
+    domain issue, then the prediction's events; returns the ReconstructionReport), in this
+    process or, with a ``scheduler`` address, on that Dask cluster (the image only: an
+    ensemble's uncertainty is computed in process)."""
+    from ..workflow import Message, ReconstructionReport, domain_issues, reconstruct
 
-    return (yield from reconstruct(entry, dataset))
+    if not scheduler.strip():
+        return (yield from reconstruct(entry, dataset))
+    from ..parallel import Compute, iter_predict, open_client
+
+    issues, sig = domain_issues(entry, dataset)
+    for issue in issues:
+        yield Message(f"warning: outside the model's training domain: {issue.message()}")
+    with open_client(Compute(scheduler=scheduler.strip())) as client:
+        image = yield from iter_predict(entry.model, entry.preprocessor, dataset, client=client)
+    return ReconstructionReport(image, None, issues, sig)
 
 
 def format_duration(seconds: float) -> str:
@@ -276,6 +288,8 @@ class TrainingWidget(QWidget):
         self.apply_box = QComboBox()
         self.apply_button = QPushButton("Apply model")
         self.apply_button.setEnabled(False)
+        self.scheduler = QLineEdit()
+        self.scheduler.setPlaceholderText("Dask scheduler tcp://host:port (empty: this process)")
         self.readout = QLabel("")
         self.readout.setWordWrap(True)
 
@@ -319,6 +333,7 @@ class TrainingWidget(QWidget):
         layout.addWidget(self.model_info)
         layout.addLayout(model_buttons)
         layout.addLayout(apply_row)
+        layout.addWidget(self.scheduler)
         layout.addWidget(self.readout)
 
         self._timer = QTimer(self)
@@ -949,6 +964,7 @@ class TrainingWidget(QWidget):
             guarded(predict_job),
             entry,
             ds,
+            self.scheduler.text(),
             _start_thread=False,
             _connect={"errored": error_reporter(f"reconstruction of {name}", self.readout.setText)},
         )

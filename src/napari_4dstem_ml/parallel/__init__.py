@@ -1,0 +1,28 @@
+"""Running the heavy passes (virtual images, model inference) on a Dask distributed cluster.
+
+``Compute`` says where work runs: in this process (the default), on a ``LocalCluster`` of
+``workers`` processes, or on an existing scheduler (``scheduler="tcp://host:port"``).
+:func:`open_client` connects (an unreachable scheduler fails within seconds with
+:class:`SchedulerUnreachable`). Workers open the file themselves (:class:`DataSpec`: EMPAD and
+``.npy`` memory-mapped by byte offset, HDF5 through h5py chunk by chunk, Zarr/Dask natively),
+so no pattern passes through the client; the masks and the model are broadcast once.
+:mod:`.jobs` holds the generators (progress events per finished block; closing one cancels
+its tasks), :mod:`.sink` the incremental writers of the result images.
+"""
+
+from .cluster import Compute, ParallelError, SchedulerUnreachable, open_client
+from .data import DataSpec
+from .jobs import BlockEvent, find_centre, iter_predict, iter_virtual_image, subsample_mean_pattern
+
+__all__ = [
+    "BlockEvent",
+    "Compute",
+    "DataSpec",
+    "ParallelError",
+    "SchedulerUnreachable",
+    "find_centre",
+    "iter_predict",
+    "iter_virtual_image",
+    "open_client",
+    "subsample_mean_pattern",
+]

@@ -1,0 +1,148 @@
+"""Live mode: replay an acquisition into a growing EMPAD file and follow it row by row."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+
+from napari_4dstem_ml.cli import main
+from napari_4dstem_ml.dataset import Calibration, Dataset4D
+from napari_4dstem_ml.detectors import annular_mask, virtual_images
+from napari_4dstem_ml.io import load
+from napari_4dstem_ml.live import AcquisitionStalled, EmpadFollower, LivePipeline, replay, run_live
+from napari_4dstem_ml.models import CNN4dConfig, build_model
+from napari_4dstem_ml.preprocess import PreprocessConfig, Preprocessor
+from napari_4dstem_ml.training.checkpoint import save_checkpoint
+from napari_4dstem_ml.training.inference import predict
+
+
+def scan(ny=9, nx=12, seed=2) -> Dataset4D:
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:128, :128]
+    data = np.empty((ny, nx, 128, 128), np.float32)
+    for y in range(ny):
+        for x in range(nx):
+            disk = (np.hypot(yy - 63.2 - 0.1 * y, xx - 64.5) < 20) * (15 + 4 * np.cos(0.9 * x - 0.5 * y))
+            data[y, x] = rng.poisson(disk + 0.2) - 0.1  # EMPAD: small negatives after background
+    return Dataset4D(data, Calibration(scan_step=(0.3, 0.3), energy_ev=80e3))
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory):
+    ds = scan()
+    # data-set values fixed in the configuration (centre; no dose normalisation), so the live
+    # fit on the first rows and the offline fit on the whole scan give the same transform
+    cfg = PreprocessConfig(compression="power", bin_factor=4, centre=(63.5, 64.5), normalise=False)
+    pre = Preprocessor.fit(ds, cfg).with_label_stats(0.5, 3.0)
+    torch.manual_seed(1)
+    model = build_model(CNN4dConfig(channels=(4, 4)), pre.output_shape).eval()
+    path = tmp_path_factory.mktemp("model") / "cnn.pt"
+    save_checkpoint(path, model, model.config, pre)
+    return path, model, pre
+
+
+def start_replay(ds, dst, rate, **kw) -> threading.Thread:
+    t = threading.Thread(target=replay, args=(ds, dst, rate), kwargs=kw, daemon=True)
+    t.start()
+    return t
+
+
+@pytest.mark.slow
+def test_replay_then_live_equals_offline(tmp_path, model_file):
+    path, model, pre = model_file
+    ds = scan()
+    acq = tmp_path / "acq.raw"
+    writer = start_replay(ds, acq, 400.0)  # 108 frames in ~0.27 s: the follower sees it grow
+    out = tmp_path / "live.tif"
+    rc = main(["live", str(acq), "--model", str(path), "--inner", "5", "--outer", "30",
+               "--pixels", "--centre", "63.5,64.5", "-o", str(out), "--timeout", "20"])
+    writer.join()
+    assert rc == 0
+    offline = load(acq)  # the finished file, read as any EMPAD file
+    np.testing.assert_array_equal(np.asarray(offline.data), ds.data)  # replay wrote the data
+    ref = predict(model, pre, offline)
+    np.testing.assert_allclose(tifffile.imread(out), ref, rtol=1e-5, atol=1e-6)
+    adf = virtual_images(np.asarray(ds.data), annular_mask((128, 128), (63.5, 64.5), 5, 30))
+    np.testing.assert_allclose(tifffile.imread(tmp_path / "live_adf.tif"), adf, rtol=1e-5)
+
+
+def test_rows_arrive_while_the_file_grows(tmp_path):
+    ds = scan(6, 5)
+    acq = tmp_path / "acq.raw"
+    writer = start_replay(ds, acq, 100.0)  # 30 frames over 0.3 s
+    pipe = LivePipeline((6, 5), (128, 128), detectors={"bf": annular_mask((128, 128), (63, 64), 0, 20)})
+    blocks = []
+    result = run_live(EmpadFollower(acq, timeout_s=10), pipe, lambda ev: blocks.append(ev.rows_acquired))
+    writer.join()
+    assert result.complete and blocks[-1] == 6 and len(blocks) >= 3  # several blocks, in order
+    np.testing.assert_allclose(result.images["navigation"], ds.data.sum(axis=(2, 3)), rtol=1e-5)
+
+
+def test_stalled_acquisition_times_out_with_a_partial_image(tmp_path, model_file, capsys):
+    path, _, _ = model_file
+    ds = scan()
+    acq = tmp_path / "acq.raw"
+    replay(ds, acq, 0, stop_after=5 * 12 + 7)  # 5 whole rows and part of the sixth, then nothing
+    out = tmp_path / "out.tif"
+    t0 = time.monotonic()
+    rc = main(["live", str(acq), "--model", str(path), "--inner", "5", "--outer", "30", "--pixels",
+               "-o", str(out), "--timeout", "0.5"])
+    assert rc == 3 and time.monotonic() - t0 < 30
+    err = capsys.readouterr().err
+    assert "stalled" in err and "5 of 9 scan rows" in err and "out.partial.tif" in err
+    assert not out.exists() and not (tmp_path / "out_adf.tif").exists()
+    adf = tifffile.imread(tmp_path / "out_adf.partial.tif")
+    assert np.isfinite(adf[:5]).all() and np.isnan(adf[5:]).all()
+    part = tifffile.imread(tmp_path / "out.partial.tif")  # model rows need the next K//2 rows
+    assert np.isfinite(part[:3]).all() and np.isnan(part[3:]).all()
+
+
+def test_follower_without_xml_times_out(tmp_path):
+    with pytest.raises(AcquisitionStalled, match="no EMPAD XML"):
+        EmpadFollower(tmp_path / "never.raw", timeout_s=0.2)
+
+
+@pytest.mark.slow
+def test_merlin_stream_through_libertem_live(tmp_path):
+    """A Merlin TCP stream from LiberTEM-live's simulator, received with its receiver: the
+    live ADF equals the virtual image of the counts written to the MIB file."""
+    import shutil
+    import socket
+    import subprocess
+    import sys
+
+    pytest.importorskip("libertem_qd_mpx")
+    sim = shutil.which("libertem-live-mib-sim") or str(
+        __import__("pathlib").Path(sys.executable).parent / "libertem-live-mib-sim")
+    if not __import__("os").path.exists(sim):
+        pytest.skip("libertem-live's Merlin simulator is not installed")
+    from napari_4dstem_ml.live.merlin import write_mib
+
+    ds = scan(5, 6)
+    counts = np.clip(np.rint(ds.data), 0, None)
+    hdr = write_mib(Dataset4D(counts), tmp_path / "scan.mib")
+    ports = []
+    for _ in range(3):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            ports.append(s.getsockname()[1])
+    proc = subprocess.Popen([sim, str(hdr), "--host", "127.0.0.1", "--data-port", str(ports[0]),
+                             "--control-port", str(ports[1]), "--trigger-port", str(ports[2]),
+                             "--nav-shape", "5", "6"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        out = tmp_path / "adf.tif"
+        rc = main(["live", f"merlin://127.0.0.1:{ports[0]}", "--inner", "5", "--outer", "30",
+                   "--pixels", "--centre", "63.5,64.5", "--scan-shape", "5", "6", "-o", str(out),
+                   "--timeout", "60"])
+    finally:
+        proc.kill()
+        proc.wait()
+    assert rc == 0
+    ref = virtual_images(counts, annular_mask((128, 128), (63.5, 64.5), 5, 30))
+    np.testing.assert_allclose(tifffile.imread(out), ref, rtol=1e-6)
