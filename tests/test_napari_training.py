@@ -31,7 +31,7 @@ def test_train_save_apply(make_napari_viewer, qtbot, tmp_path):
 
     worker = widget.start()
     assert worker is not None
-    qtbot.waitUntil(lambda: widget.worker is None, timeout=60000)
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=240000)
     # the linear model with the MSE loss is solved directly (least squares): no optimiser steps
     assert widget.result is not None
     assert widget.result.steps > 0 or widget.result.stopped == "least_squares"
@@ -46,7 +46,7 @@ def test_train_save_apply(make_napari_viewer, qtbot, tmp_path):
     assert loaded.model_config == widget.result.model_config
 
     assert widget.apply("other") is not None
-    qtbot.waitUntil(lambda: widget.apply_worker is None, timeout=60000)
+    qtbot.waitUntil(lambda: widget.apply_worker is None, timeout=240000)
     expected = predict(widget.result.model, widget.result.preprocessor, other.dataset)
     got = viewer.layers[applied_name(widget.run_name, "other")].data
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
