@@ -199,19 +199,24 @@ def test_compare_builds_grid_and_table_equal_to_core(make_napari_viewer, qtbot, 
     assert table.region == (24, 48, 0, 48)  # the default validation region: lower half
     assert table.reference == "ground truth"
     # the widget's table shows the core's numbers ...
+    # no iCoM layer was loaded: Compare computes the classical baseline beside the others
+    from napari_4dstem_ml.baselines import classical_baselines
+
+    icom = classical_baselines(syn.dataset).icom
+    expected = dict(images, **{"iCoM (baseline)": ("icom", icom)})
     ref = compare_methods(
-        [MethodImage(n, r, np.asarray(i, np.float32)) for n, (r, i) in images.items()],
+        [MethodImage(n, r, np.asarray(i, np.float32)) for n, (r, i) in expected.items()],
         region=(24, 48, 0, 48),
         pixel_size=syn.dataset.scale()[0],
         unit="Å",
     )
-    assert [r.name for r in table.rows] == ["ADF", "linear"]
+    assert [r.name for r in table.rows] == ["ADF", "linear", "iCoM (baseline)"]
     for i, row in enumerate(ref.formatted()):
         shown = tuple(widget.table.item(i, j).text() for j in range(widget.table.columnCount()))
         assert shown == row
     # ... and those are metrics.compare on the region, independently called
     for row in table.rows:
-        crop = np.asarray(images[row.name][1], np.float32)[24:48, :]
+        crop = np.asarray(expected[row.name][1], np.float32)[24:48, :]
         direct = metrics.compare(crop.astype(np.float64), truth[24:48, :].astype(np.float64),
                                  pixel_size=syn.dataset.scale()[0])
         assert row.pearson_r == pytest.approx(direct.pearson_r, rel=1e-12)
@@ -222,8 +227,9 @@ def test_compare_builds_grid_and_table_equal_to_core(make_napari_viewer, qtbot, 
     # the grid: on, only the compared layers visible, each labelled
     assert viewer.canvas.grid.enabled
     shown = {layer.name for layer in viewer.layers if layer.visible}
-    assert shown == set(images)
-    assert all(viewer.layers[n].name_overlay.visible for n in images)
+    assert shown == set(images) | {"iCoM (baseline): d"}
+    assert all(viewer.layers[n].name_overlay.visible for n in shown)
+    np.testing.assert_allclose(viewer.layers["iCoM (baseline): d"].data, icom, rtol=1e-6)
     assert viewer.canvas.grid.position(viewer.layers.index("ADF"), viewer.layers) == (0, 0)
     # exports: CSV with the full-precision numbers, PNG figure
     out = widget.save_csv(tmp_path / "table.csv")
