@@ -86,6 +86,21 @@ def test_blockfile(tmp_path):
     assert ds.calibration.detector_pixel is None  # .blo stores the pattern scale in cm
 
 
+def test_blockfile_header_that_does_not_fit_is_refused_before_reading(tmp_path):
+    """A blockfile header (layout from the format: 'IMGBLO', magic 0x0102, two u4 offsets, a
+    u4, then u2 DP_SZ, rotation, NX, NY) claiming 60000 x 60000 patterns in a 4 kB file."""
+    pytest.importorskip("rsciio.blockfile")
+    p = tmp_path / "huge.blo"
+    head = b"IMGBLO" + np.array([0x0102], "<u2").tobytes() + np.array([256, 512, 0], "<u4").tobytes()
+    head += np.array([128, 0, 60000, 60000], "<u2").tobytes()
+    p.write_bytes(head + bytes(4096 - len(head)))
+    with pytest.raises(ReaderError, match="does not fit the file"):
+        load(p)
+    p.write_bytes(b"IMGBLO" + b"\x00\x00" + bytes(4000))
+    with pytest.raises(ReaderError, match="not a blockfile"):
+        load(p)
+
+
 def mib_header(index: int, ky: int, kx: int, t_us: int) -> bytes:
     """A 384-byte single-chip Merlin frame header (comma-separated ASCII fields)."""
     ts = f"2024-01-01T00:00:{t_us // 1_000_000:02d}.{t_us % 1_000_000:06d}000Z"

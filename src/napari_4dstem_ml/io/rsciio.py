@@ -48,6 +48,36 @@ def _plugin(plugin: str):
             f"({exc}); install rosettasciio with that format's extras") from exc
 
 
+def _check_blockfile(path: Path) -> None:
+    """Refuse a ``.blo`` whose header is not a blockfile's (magic 0x0102) or whose offsets and
+    dimensions do not fit in the file, before RosettaSciIO reads (or allocates) anything."""
+    import numpy as np
+
+    head = np.dtype([("ID", "S6"), ("MAGIC", "<u2"), ("off1", "<u4"), ("off2", "<u4"),
+                     ("unknown", "<u4"), ("DP_SZ", "<u2"), ("rot", "<u2"), ("NX", "<u2"),
+                     ("NY", "<u2")])
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            raw = f.read(head.itemsize)
+    except OSError as exc:
+        raise ReaderError(f"{path}: cannot be read ({exc.strerror or exc})", path) from exc
+    if len(raw) < head.itemsize:
+        raise ReaderError(f"{path}: too short for a blockfile header ({size} bytes)", path)
+    h = np.frombuffer(raw, head)[0]
+    if int(h["MAGIC"]) != 0x0102:
+        raise ReaderError(f"{path}: not a blockfile (header signature {int(h['MAGIC']):#06x}, "
+                          "expected 0x0102)", path)
+    frames = int(h["NX"]) * int(h["NY"])
+    need = int(h["off2"]) + frames * (6 + int(h["DP_SZ"]) ** 2)
+    if not (head.itemsize <= int(h["off1"]) <= size and int(h["off2"]) <= size and frames > 0
+            and int(h["DP_SZ"]) > 0 and need <= size):
+        raise ReaderError(
+            f"{path}: blockfile header does not fit the file ({int(h['NX'])} x {int(h['NY'])} "
+            f"patterns of {int(h['DP_SZ'])}² pixels from byte {int(h['off2'])} need {need} "
+            f"bytes, the file has {size})", path)
+
+
 def _title(sig: dict, i: int) -> str:
     try:
         t = sig["metadata"]["General"]["title"]
@@ -117,6 +147,8 @@ def read(path: str | Path, plugin: str | None = None, scan_shape=None,
     if plugin is None:
         raise ReaderError(f"{path}: no RosettaSciIO plugin for '{path.suffix}' files", path)
     mod = _plugin(plugin)
+    if plugin == "blockfile":
+        _check_blockfile(path)
     kwargs: dict = {"lazy": True}
     if plugin == "quantumdetector" and scan_shape is not None:
         kwargs["navigation_shape"] = (scan_shape[1], scan_shape[0])  # rsciio wants (x, y)
