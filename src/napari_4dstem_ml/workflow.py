@@ -133,7 +133,7 @@ class TrainingJob:
         if initial is not None:
             model_cfg = initial.model_config
             defaults = ({"epochs": 1, "lr": 3e-2, "batch_size": 32, "l2sp": 1.0} if linear else
-                        {"epochs": 8, "lr": 5e-4, "batch_size": 32, "l2sp": 1e-3})
+                        {"epochs": 8, "lr": 5e-4, "batch_size": 32, "l2sp": 1.0})
             pre_cfg = initial.preprocessor.config
         else:
             member = (LinearConfig(cluster_size=self.cluster_size) if linear
