@@ -143,7 +143,7 @@ def evaluate_material(path: Path, loaded: dict) -> dict:
     gt_lp = lowpass(gt, step)
     base = classical_baselines(ds)
     adf_best, annulus = best_adf(ds, gt_lp, step)
-    images = {"ADF": base.adf, f"ADF best ({annulus})": adf_best, "iCoM": base.icom}
+    images = {"ADF": base.adf, "ADF best": adf_best, "iCoM": base.icom}
     extra = {"adf_in_reach": base.info["adf_alpha"], "adf_best": annulus}
     unc = None
     for name, lm in loaded.items():
@@ -221,7 +221,12 @@ def main(argv=None) -> int:
     names = {"linear": "linear", "conv4d": "CNN"}
     if args.checkpoints:
         paths = {k: Path(v) for k, v in (c.split("=", 1) for c in args.checkpoints)}
-        mos2 = registered = None
+        from napari_4dstem_ml.samples import load_sample, sample_path
+        from napari_4dstem_ml.workflow import registered_label
+
+        mos2 = load_sample("mos2")
+        registered = drain(registered_label(mos2.dataset, sample_path("mos2"),
+                                            dataset_name="label/image"))
     else:
         paths, mos2, registered = train_defaults(out, tuple(args.models.split(",")))
     loaded = {names.get(k, k): load_checkpoint(v) for k, v in paths.items()}
@@ -249,7 +254,8 @@ def main(argv=None) -> int:
         for m in methods:
             s = row["scores"][m]
             d = row["defects"].get(m)
-            print(f"| {row['material']} | {m} | {s['r_raw']:.3f} | {s['r_lp']:.3f} | "
+            shown = f"ADF best ({row['adf_best']})" if m == "ADF best" else m
+            print(f"| {row['material']} | {shown} | {s['r_raw']:.3f} | {s['r_lp']:.3f} | "
                   f"{s['ssim_lp']:.3f} | {s['psnr_lp']:.1f} | {'' if d is None else f'{d:+.1f}'} |")
         if "uncertainty_error_rank_r" in row:
             print(f"| {row['material']} | CNN uncertainty vs error (Spearman) | "

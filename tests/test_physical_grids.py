@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -89,9 +91,14 @@ def test_scan_resampling_is_exact_for_a_linear_field():
     interpolation of a field linear in position is exact."""
     train, _ = _ramp_dataset(0.3)
     data, f = _ramp_dataset(0.2)
-    cfg = PreprocessConfig(normalise=False, standardise=False, output_shape=(8, 8))
+    cfg = PreprocessConfig(normalise=False, standardise=False, output_shape=(8, 8),
+                           scan_resample=True)
     pre = Preprocessor.fit(train, cfg).adapt(data)
     assert pre.scan_step_A == (0.3, 0.3) and pre.data_scan_step_A == (0.2, 0.2)
+    # by default the model runs on the data's own grid (the domain check reports the step)
+    native = Preprocessor.fit(train, replace(cfg, scan_resample=False)).adapt(data)
+    assert native.scan_grid(data.scan_shape) is None
+    assert PatternSource(data, native, cache_budget_bytes=0).scan_shape == data.scan_shape
     src = PatternSource(data, pre, cache_budget_bytes=0)
     assert src.grid is not None and src.grid.factor == pytest.approx((1.5, 1.5))
     assert src.scan_shape == (9, 7)  # floor(12 / 1.5) + 1, floor(10 / 1.5) + 1
