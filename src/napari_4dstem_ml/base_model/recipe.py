@@ -9,8 +9,9 @@ on every data set of the simulated training library (``napari_4dstem_ml.simulate
 library()``; ``python benchmarks/make_library.py`` writes it to ``benchmarks/_data/library``),
 against each data set's exact projected potential low-passed to 0.4 Å (the label ptychography
 cannot give for thick samples). Inputs are on a physical grid: the detector in units of the
-convergence semi-angle α (48 × 48 pixels to 2.4 α), scan clusters at 0.25 Å (other steps
-resampled), every pattern divided by its data set's dose. The CNN trains with on-the-fly
+convergence semi-angle α (48 × 48 pixels to 2.4 α), scan clusters on each data set's own
+scan grid (0.2–0.4 Å; not resampled: bilinear interpolation between patterns left stripes,
+see ``PreprocessConfig.scan_resample``), every pattern divided by its data set's dose. The CNN trains with on-the-fly
 augmentation (Poisson noise redrawn at 5·10³–5·10⁵ e⁻/pattern from the noise-free patterns,
 joint rotations/mirrors, scan-step, centre, descan, calibration and detector-reach changes).
 Each data set trains on its upper 80 % of scan rows and validates on the rest. The linear
@@ -45,12 +46,13 @@ class Recipe:
     max_angle: float = 2.4
     grid: int = 48
     scan_step_A: float = 0.25
+    scan_resample: bool = False
     label: str = "ground truth projected potential, low-passed to 0.4 A (10 % transfer)"
     train_fraction: float = 0.8
     cnn: dict[str, Any] = field(default_factory=lambda: {
         "cluster_size": 5, "channels": [8, 16], "dropout": 0.1, "ensemble": 3})
     cnn_train: dict[str, Any] = field(default_factory=lambda: {
-        "epochs": 8, "lr": 2e-3, "batch_size": 64, "steps_per_epoch": 400, "patience": 3,
+        "epochs": 16, "lr": 2e-3, "batch_size": 64, "steps_per_epoch": 400, "patience": 4,
         "seed": 0, "val_max_positions": 4000})
     linear: dict[str, Any] = field(default_factory=lambda: {
         "cluster_size": 5, "angle_units": "mrad", "max_angle": 51.36, "grid": 48})
@@ -115,6 +117,7 @@ def train_base_models(
 
     library = Path(library) if library else _default_library()
     out_dir = Path(out_dir) if out_dir else Path(__file__).parent
+    out_dir.mkdir(parents=True, exist_ok=True)  # before training, not after it
     items, records, handles = library_items(library, recipe)
     out = {}
     try:
@@ -127,7 +130,7 @@ def train_base_models(
             pre_cfg = PreprocessConfig(
                 angle_units=units, max_angle=reach, output_shape=(grid, grid),
                 output_pixel=2 * reach / grid, compression="none" if linear else "power",
-                scan_step_A=recipe.scan_step_A)
+                scan_step_A=recipe.scan_step_A, scan_resample=recipe.scan_resample)
             if linear:
                 model_cfg = LinearConfig(cluster_size=recipe.linear["cluster_size"])
                 train_cfg = TrainConfig(epochs=1, preview_every=0, seed=0)
