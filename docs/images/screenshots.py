@@ -134,8 +134,14 @@ def main():
     tr.apply_box.setCurrentText(prsco3)
     tr.apply(prsco3, "mos2_cnn.pt")
     wait(qapp, lambda: tr.apply_worker is None)
-    show_only(f"mos2_cnn.pt → {prsco3}", "scan position")
+    # the reconstruction beside its uncertainty (the ensemble's spread), the domain check's
+    # notification (PrScO3 lies outside MoS2's training domain) still on screen
+    recon = f"mos2_cnn.pt → {prsco3}"
+    show_only(recon, f"uncertainty: {recon}")
+    viewer.layers[f"uncertainty: {recon}"].visible = True
+    viewer.grid.enabled = True
     shot(viewer, qapp, "models.png")
+    viewer.grid.enabled = False
 
     # 5. compare on MoS2: ADF, iCoM, linear, CNN, label, ground truth with the metrics table
     s.set_current(mos2)

@@ -49,6 +49,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from ..workflow import TRAINING_DEFAULTS
 from .models import describe, load_model_file
 from .plots import LossCurves, WeightsPlot
 from .regions import REGIONS_LAYER, ensure_regions_layer, split_for
@@ -72,9 +73,9 @@ if TYPE_CHECKING:
     import napari
 
 MODEL_KINDS = ("conv4d", "linear")
-#: default (epochs, learning rate, batch size) per model and start, as in the CLI's training job
-DEFAULTS = {"linear": (100, 3e-2, 32), "conv4d": (20, 2e-3, 32),
-            "linear.base": (1, 3e-2, 32), "conv4d.base": (8, 5e-4, 32)}
+#: default (epochs, learning rate, batch size) per model and start: the CLI's training job's
+DEFAULTS = {k: (int(v["epochs"]), v["lr"], int(v["batch_size"]))
+            for k, v in TRAINING_DEFAULTS.items()}
 #: the "start from" choices besides the session's saved models
 START_BASE = "base model (fine-tune)"
 START_SCRATCH = "scratch"
