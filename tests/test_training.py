@@ -334,3 +334,63 @@ def test_bad_inputs(syn):
         with pytest.raises(TrainError):
             TrainConfig(**bad)
     assert TrainConfig.from_dict(TrainConfig(epochs=3).to_dict()) == TrainConfig(epochs=3)
+
+
+def _weights(model):
+    return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+
+def test_l2sp_keeps_fine_tuned_weights_near_the_initial_ones(syn, tmp_path):
+    """Fine-tuning from a trained CNN: without the penalty the weights move; with a large
+    L2-SP weight they stay within a small fraction of that move, and the training domain of
+    the result covers both the initial model's data and the new data."""
+    from dataclasses import replace
+
+    cfg = TrainConfig(epochs=1, lr=3e-3, batch_size=16, num_threads=1, preview_every=0, seed=0,
+                      steps_per_epoch=20)
+    mcfg = CNN4dConfig(cluster_size=5, channels=(2, 2))
+    first = run_training(syn.dataset, syn.label, mcfg, PreprocessConfig(), cfg)
+    other = make_synthetic(scan_shape=(48, 48), detector_shape=(32, 32), seed=1,
+                           energy_ev=200e3, spacing=7.0)
+    w0 = _weights(first.model)
+    free = run_training(other.dataset, other.label, mcfg, None, replace(cfg, l2sp=0.0),
+                        init=first.model, preprocessor=first.preprocessor.adapt(other.dataset))
+    held = run_training(other.dataset, other.label, mcfg, None, replace(cfg, l2sp=1e4),
+                        init=first.model, preprocessor=first.preprocessor.adapt(other.dataset))
+    moved_free = float((_weights(free.model) - w0).norm())
+    moved_held = float((_weights(held.model) - w0).norm())
+    assert moved_free > 0
+    assert moved_held < 0.2 * moved_free
+    # from a checkpoint, the training domain is the union of both trainings' domains
+    from napari_4dstem_ml.training.checkpoint import load_checkpoint, save_checkpoint
+
+    ck = load_checkpoint(save_checkpoint(tmp_path / "first.pt", first.model, first.model_config,
+                                         first.preprocessor, train_summary=first.train_summary))
+    tuned = run_training(other.dataset, other.label, mcfg, None, replace(cfg, l2sp=1.0),
+                         init=ck, preprocessor=first.preprocessor.adapt(other.dataset))
+    assert first.train_summary["domain"]["ranges"]["energy_kev"] == [80.0, 80.0]
+    assert tuned.train_summary["domain"]["ranges"]["energy_kev"] == [80.0, 200.0]
+
+
+def test_fine_tuning_job_uses_the_fine_tuning_defaults(tmp_path):
+    from napari_4dstem_ml.training.checkpoint import save_checkpoint
+    from napari_4dstem_ml.workflow import TRAINING_DEFAULTS, TrainingJob
+
+    syn = make_synthetic(scan_shape=(24, 24), detector_shape=(16, 16), seed=2)
+    mcfg = CNN4dConfig(cluster_size=5, channels=(2, 2))
+    res = run_training(syn.dataset, syn.label, mcfg, PreprocessConfig(),
+                       TrainConfig(epochs=1, batch_size=16, num_threads=1, preview_every=0,
+                                   steps_per_epoch=2))
+    ck = save_checkpoint(tmp_path / "m.pt", res.model, res.model_config, res.preprocessor,
+                         train_summary=res.train_summary)
+    job = TrainingJob(label="unused.tif", output=str(tmp_path / "o.pt"), model="conv4d",
+                      init=str(ck))
+    initial, (m, p, t) = job.prepare(syn.dataset)
+    want = TRAINING_DEFAULTS["conv4d.base"]
+    assert initial is not None and m == mcfg
+    assert (t.epochs, t.lr, t.batch_size, t.l2sp) == (
+        want["epochs"], want["lr"], want["batch_size"], want["l2sp"])
+    scratch = TrainingJob(label="unused.tif", output=str(tmp_path / "o.pt"), model="conv4d",
+                          init="scratch").prepare(syn.dataset)
+    assert scratch[0] is None and scratch[1][2].l2sp == 0.0
+    assert scratch[1][2].epochs == TRAINING_DEFAULTS["conv4d"]["epochs"]
