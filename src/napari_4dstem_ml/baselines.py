@@ -24,7 +24,7 @@ import numpy as np
 
 from .dataset import Dataset4D
 
-__all__ = ["Baselines", "adf_annulus", "classical_baselines"]
+__all__ = ["Baselines", "adf_annulus", "classical_baselines", "icom_image"]
 
 
 @dataclass
@@ -57,6 +57,47 @@ def adf_annulus(
     return float(inner), float(outer), note
 
 
+def icom_image(
+    data: Any,
+    centre: tuple[float, float],
+    scan_step_A: tuple[float, float] | None = None,
+    *,
+    scan_rotation_deg: float | None = 0.0,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+    """iCoM of ``data`` ``(scan_y, scan_x, ky, kx)`` as every part of the plugin computes it:
+    the CoM (px) inside the detector's inscribed circle about ``centre`` (cy, cx) px, minus a
+    fitted descan plane, turned by ``scan_rotation_deg`` (``None``: fitted by minimising the
+    curl), integrated by mirrored Fourier integration with the scan step (Å; ``None``: 1).
+    Returns (iCoM, CoM y, CoM x, info), the CoM components after descan removal and rotation.
+    """
+    from .detectors import max_radius_px
+    from .detectors.centre import fit_descan
+    from .detectors.com import center_of_mass, find_scan_rotation, integrate_com, rotate_com
+
+    ny, nx = data.shape[:2]
+    ky, kx = data.shape[2:]
+    r_max = max_radius_px((ky, kx), centre)
+    yy, xx = np.mgrid[:ky, :kx]
+    inside = (np.hypot(yy - centre[0], xx - centre[1]) <= r_max).astype(np.float32)
+    com_y, com_x = center_of_mass(data, mask=inside, centre=centre)
+    ok = np.isfinite(com_y) & np.isfinite(com_x)
+    if ok.sum() >= 3:
+        d = fit_descan(com_y, com_x)
+        py, px = d.centres((ny, nx))
+        com_y, com_x = com_y - py, com_x - px
+    if scan_rotation_deg is None:
+        rot, flip = find_scan_rotation(com_y, com_x)
+        if flip:
+            com_y, com_x = com_x, com_y
+    else:
+        rot, flip = float(scan_rotation_deg), False
+    gy, gx = rotate_com(com_y, com_x, rot) if rot else (com_y, com_x)
+    icom = integrate_com(gy, gx, tuple(scan_step_A or (1.0, 1.0)), mirror=True)
+    info = {"icom_scan_rotation_deg": float(rot), "icom_transposed": bool(flip)}
+    return (np.asarray(icom, np.float32), np.asarray(gy, np.float32), np.asarray(gx, np.float32),
+            info)
+
+
 def classical_baselines(
     dataset: Dataset4D,
     *,
@@ -71,8 +112,6 @@ def classical_baselines(
     minimising the curl of the CoM field); ``step``: stride of the mean-pattern subsample.
     """
     from .detectors import annular_mask, bf_disk, mean_pattern, virtual_images
-    from .detectors.centre import fit_descan
-    from .detectors.com import center_of_mass, find_scan_rotation, integrate_com, rotate_com
 
     ny, nx = dataset.scan_shape
     if step is None:
@@ -82,37 +121,18 @@ def classical_baselines(
     if centre is not None:
         c = (float(centre[0]), float(centre[1]))
     inner, outer, note = adf_annulus(dataset.detector_shape, c, r_bf)
-    from .detectors import max_radius_px
 
-    r_max = max_radius_px(dataset.detector_shape, c)
-    ky, kx = dataset.detector_shape
-    yy, xx = np.mgrid[:ky, :kx]
-    inside = (np.hypot(yy - c[0], xx - c[1]) <= r_max).astype(np.float32)
     masks = np.stack([annular_mask(dataset.detector_shape, c, inner, outer)])
     adf = virtual_images(dataset.data, masks)[0]
-    com_y, com_x = center_of_mass(dataset.data, mask=inside, centre=c)
-    ok = np.isfinite(com_y) & np.isfinite(com_x)
-    if ok.sum() >= 3:
-        d = fit_descan(com_y, com_x)
-        py, px = d.centres((ny, nx))
-        com_y, com_x = com_y - py, com_x - px
-    if scan_rotation_deg is None:
-        rot, flip = find_scan_rotation(com_y, com_x)
-        if flip:
-            com_y, com_x = com_x, com_y
-    else:
-        rot, flip = float(scan_rotation_deg), False
-    gy, gx = rotate_com(com_y, com_x, rot) if rot else (com_y, com_x)
-    cal_step = dataset.calibration.scan_step_A or (1.0, 1.0)
-    icom = integrate_com(gy, gx, cal_step, mirror=True)
+    icom, _, _, icom_info = icom_image(dataset.data, c, dataset.calibration.scan_step_A,
+                                       scan_rotation_deg=scan_rotation_deg)
     info = {
         "centre_px": [float(c[0]), float(c[1])],
         "bf_radius_px": float(r_bf),
         "adf_px": [inner, outer],
         "adf_alpha": [inner / r_bf, outer / r_bf],
         "adf_note": note,
-        "icom_scan_rotation_deg": float(rot),
-        "icom_transposed": bool(flip),
+        **icom_info,
     }
     px = dataset.calibration.detector_pixel_mrad
     if px is not None:

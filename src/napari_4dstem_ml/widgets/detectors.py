@@ -148,9 +148,10 @@ def detector_job(
 
     For scans over 256×256 positions the engine's strided preview is yielded first. With
     ``descan`` the BF-disk centre is tracked across the scan (core ``center_of_mass`` of the
-    BF disk + ``fit_descan``) and the masks follow it (engine ``centres=``).
+    BF disk + ``fit_descan``) and the masks follow it (engine ``centres=``). ``with_com``:
+    CoM y/x (descan plane removed) and iCoM, by :func:`~napari_4dstem_ml.baselines.icom_image`.
     """
-    from ..detectors import center_of_mass, engine, fit_descan, integrate_com
+    from ..detectors import center_of_mass, engine, fit_descan
 
     shape = tuple(data.shape[2:])
     names = [s.detector.name for s in specs]
@@ -169,10 +170,12 @@ def detector_job(
         if data.shape[0] * data.shape[1] > 256 * 256:
             yield ("preview", names, engine.preview_virtual_images(data, masks, **kwargs))
         yield ("images", names, engine.virtual_images(data, masks, **kwargs))
-    if with_com:
-        comy, comx = center_of_mass(data, centre=centre, **kwargs)
+    if with_com:  # the same iCoM as the CLI, the demo and Compare's baseline
+        from ..baselines import icom_image
+
+        icom, comy, comx, _ = icom_image(data, centre, scan_step)
         yield ("images", ["CoM y", "CoM x"], np.stack([comy, comx]))
-        yield ("images", ["iCoM"], integrate_com(comy, comx, step=scan_step)[None])
+        yield ("images", ["iCoM"], icom[None])
 
 
 class DetectorsWidget(QWidget):
