@@ -25,6 +25,7 @@ def test_train_save_apply(make_napari_viewer, qtbot, tmp_path):
     widget.dataset_box.setCurrentText("train")
     widget.label_box.setCurrentText("label")
     widget.kind_box.setCurrentText("linear")
+    widget.start_box.setCurrentText("scratch")  # a tiny model of its own
     widget.cluster.setValue(3)
     widget.epochs.setValue(2)
     widget.batch.setValue(32)
@@ -79,3 +80,32 @@ def test_training_error_is_notified(make_napari_viewer, qtbot, monkeypatch):
     assert any("model exploded" in m for m in messages)
     assert widget.start_button.isEnabled()
     assert "model exploded" in widget.readout.text()
+
+
+def test_fine_tunes_the_base_model_by_default(make_napari_viewer, qtbot):
+    """With the base model installed, Start fine-tunes it: K and the ensemble are the base's
+    (their boxes disabled), the checkpoint's training domain includes the base's library."""
+    from napari_4dstem_ml.base_model import load_base_model
+    from napari_4dstem_ml.training.synthetic import make_synthetic
+    from napari_4dstem_ml.widgets.training import START_BASE, TrainingWidget
+
+    base = load_base_model("linear")
+    syn = make_synthetic((20, 20), (32, 32), bf_radius_px=6.0, seed=0)
+    viewer = make_napari_viewer()
+    widget = TrainingWidget(viewer)
+    widget.session.add_dataset("train", syn.dataset)
+    viewer.add_image(syn.label, name="label", scale=syn.dataset.scale()[:2],
+                     metadata={"role": "label", "dataset": "train"})
+    widget.dataset_box.setCurrentText("train")
+    widget.label_box.setCurrentText("label")
+    widget.kind_box.setCurrentText("linear")
+    assert widget.start_box.currentText() == START_BASE
+    assert not widget.cluster.isEnabled() and not widget.ensemble.isEnabled()
+    widget.cluster.setValue(3)  # ignored: fine-tuning keeps the base's K
+    assert widget.start() is not None
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=240000)
+    res = widget.result
+    assert res is not None
+    assert res.model_config.cluster_size == base.model_config.cluster_size
+    dom = res.train_summary["domain"]
+    assert dom["n_datasets"] == base.info["train_summary"]["domain"]["n_datasets"] + 1

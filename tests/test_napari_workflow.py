@@ -69,6 +69,7 @@ def test_region_drawn_as_rectangle_is_trained_on(make_napari_viewer, qtbot):
     viewer = make_napari_viewer()
     widget = _training_widget(viewer, syn)
     widget.kind_box.setCurrentText("linear")
+    widget.start_box.setCurrentText("scratch")  # a tiny model of its own
     widget.cluster.setValue(3)
     layer = widget.show_regions()
     regions = list(layer.features["region"])
@@ -99,6 +100,7 @@ def test_loss_curve_gets_one_point_per_epoch_and_progress_is_determinate(
     viewer = make_napari_viewer()
     widget = _training_widget(viewer, syn)
     widget.kind_box.setCurrentText("conv4d")
+    widget.start_box.setCurrentText("scratch")  # a tiny model of its own
     widget.cluster.setValue(5)
     widget.epochs.setValue(3)
     widget.batch.setValue(16)
@@ -127,6 +129,7 @@ def test_two_trainings_leave_two_reconstructions(make_napari_viewer, qtbot):
     viewer = make_napari_viewer()
     widget = _training_widget(viewer, syn)
     widget.kind_box.setCurrentText("linear")
+    widget.start_box.setCurrentText("scratch")  # a tiny model of its own
     widget.cluster.setValue(3)
     names = []
     for k in (3, 1):
@@ -158,6 +161,7 @@ def test_label_registered_once_per_label_and_dataset(make_napari_viewer, qtbot, 
                      translate=(-step / 4, -step / 4), metadata={"role": "label"})
     widget.label_box.setCurrentText("fine label")
     widget.kind_box.setCurrentText("linear")
+    widget.start_box.setCurrentText("scratch")  # a tiny model of its own
     widget.cluster.setValue(3)
     calls = []
     real = tw.register
@@ -537,8 +541,10 @@ def test_settings_round_trip(make_napari_viewer, monkeypatch, tmp_path):
     assert (w2.epochs.value(), w2.lr.value(), w2.cluster.value()) == (7, 0.004, 7)
     assert b2.mode_box.currentText() == "power" and b2.exponent.value() == pytest.approx(0.4)
     # the linear model keeps its own defaults
+    from napari_4dstem_ml.widgets.training import DEFAULTS
+
     w2.kind_box.setCurrentText("linear")
-    assert w2.epochs.value() == 100
+    assert w2.epochs.value() == DEFAULTS[w2._start_key()][0]
     w2.kind_box.setCurrentText("conv4d")
     assert w2.epochs.value() == 7
     assert not math.isnan(w2.lr.value())

@@ -49,7 +49,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ..workflow import TRAINING_DEFAULTS
+from ..workflow import TRAINING_DEFAULTS, TrainingJob
 from .models import describe, load_model_file
 from .plots import LossCurves, WeightsPlot
 from .regions import REGIONS_LAYER, ensure_regions_layer, split_for
@@ -431,6 +431,7 @@ class TrainingWidget(QWidget):
             self.batch.setValue(int(get("training", f"{key}.batch_size", batch)))
             scratch = self.start_box.currentText() == START_SCRATCH
             self.ensemble.setEnabled(scratch)  # fine-tuning keeps the initial model's members
+            self.cluster.setEnabled(scratch)  # ... and its cluster size K
             self.ensemble.setValue(3 if kind == "conv4d" else 1)
         finally:
             self._restoring = False
@@ -623,7 +624,9 @@ class TrainingWidget(QWidget):
             ds,
             label,
             kind,
-            self.cluster.value(),
+            # fine-tuning keeps the initial model's K (the job's default means "not chosen")
+            self.cluster.value() if self.start_box.currentText() == START_SCRATCH
+            else TrainingJob.cluster_size,
             self.epochs.value(),
             self.lr.value(),
             self.batch.value(),
