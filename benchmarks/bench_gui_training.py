@@ -86,12 +86,14 @@ def main(argv=None) -> int:
     s.registrations[(key, tr.dataset_box.currentText())] = reg
     lr, batch = tr.lr.value(), tr.batch.value()
     print(f"job: {args.model}, K=5, {args.epochs} epochs, lr {lr:g}, batch {batch}, "
-          f"data {ds.shape}", flush=True)
+          f"start {tr.init_choice()}, ensemble {tr.ensemble.value()}, data {ds.shape}", flush=True)
 
     def headless() -> tuple[float, float]:
         t0, c0 = time.perf_counter(), time.process_time()
+        # the same job as the widget's Start: its start (base model by default) and ensemble
         for _ in train_job(ds, label, args.model, 5, args.epochs, lr, batch, threading.Event(),
-                           pixel, registered=reg, split=RegionSplit()):
+                           pixel, registered=reg, split=RegionSplit(),
+                           init=tr.init_choice(), ensemble=tr.ensemble.value()):
             pass
         return time.perf_counter() - t0, time.process_time() - c0
 
