@@ -146,3 +146,31 @@ def test_merlin_stream_through_libertem_live(tmp_path):
     assert rc == 0
     ref = virtual_images(counts, annular_mask((128, 128), (63.5, 64.5), 5, 30))
     np.testing.assert_allclose(tifffile.imread(out), ref, rtol=1e-6)
+
+
+def test_live_takes_the_calibrations_the_acquisition_lacks(tmp_path, capsys):
+    """A model on a physical (α) grid needs α and mrad/px; the EMPAD XML of this acquisition
+    states neither: live refuses with the option to give, and with the options given computes
+    exactly what an offline prediction with the same calibration gives."""
+    ds = scan(ny=6, nx=7)
+    cal = Calibration(scan_step=(0.3, 0.3), energy_ev=80e3, detector_pixel=(1.0, 1.0),
+                      detector_units="mrad", convergence_mrad=20.0)
+    calibrated = Dataset4D(ds.data, cal)
+    cfg = PreprocessConfig(angle_units="alpha", max_angle=1.6, output_shape=(16, 16),
+                           output_pixel=0.2, centre=(63.5, 64.5), normalise=False)
+    pre = Preprocessor.fit(calibrated, cfg).with_label_stats(0.0, 1.0)
+    torch.manual_seed(3)
+    model = build_model(CNN4dConfig(channels=(2, 2)), pre.output_shape).eval()
+    path = save_checkpoint(tmp_path / "alpha.pt", model, model.config, pre)
+    acq = tmp_path / "acq.raw"
+    replay(ds, acq, 0.0)  # the whole acquisition, written at once (no calibration in its XML)
+    out = tmp_path / "live.tif"
+    args = ["live", str(acq), "--model", str(path), "-o", str(out), "--timeout", "5"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "--convergence" in err or "--detector-pixel" in err
+    assert not out.exists()
+    assert main(args + ["--detector-pixel", "1.0", "--convergence", "20"]) == 0
+    offline = Dataset4D(np.asarray(load(acq).data), cal.with_(scan_step=load(acq).calibration.scan_step))
+    ref = predict(model, pre, offline)
+    np.testing.assert_allclose(tifffile.imread(out), ref, rtol=1e-5, atol=1e-6)

@@ -98,6 +98,17 @@ def _load(path: str, args: argparse.Namespace):
 
 def _with_calibration(ds, args: argparse.Namespace):
     """Apply the calibrations given on the command line (they win over the file's)."""
+    calibration = _calibration_with(ds.calibration, args)
+    if calibration is ds.calibration:
+        return ds
+    from dataclasses import replace
+
+    return replace(ds, calibration=calibration)
+
+
+def _calibration_with(calibration, args: argparse.Namespace):
+    """``calibration`` with the command line's calibration options applied (the same object
+    when none is given)."""
     changes = {}
     if getattr(args, "energy", None) is not None:
         changes["energy_ev"] = float(args.energy) * 1e3
@@ -110,11 +121,9 @@ def _with_calibration(ds, args: argparse.Namespace):
         changes["scan_step"] = (float(args.scan_step),) * 2
         changes["scan_units"] = "A"
     if not changes:
-        return ds
-    from dataclasses import replace
-
+        return calibration
     try:
-        return replace(ds, calibration=ds.calibration.with_(**changes))
+        return calibration.with_(**changes)
     except ValueError as exc:
         raise UserError(f"calibration options: {exc}") from exc
 
@@ -489,15 +498,17 @@ def cmd_live(args: argparse.Namespace) -> int:
             raise UserError(f"{args.model}: no such model file")
         loaded = load_checkpoint(args.model)
     source = _live_source(args)
+    calibration = _calibration_with(source.calibration, args)
     detectors = {}
     if args.inner is not None:
         if args.pixels:
             per_px = 1.0
         else:
-            px = source.calibration.detector_pixel_mrad
+            px = calibration.detector_pixel_mrad
             if px is None:
-                raise UserError(f"{args.data}: the EMPAD XML gives no detector pixel size in "
-                                "mrad; give the radii in pixels with --pixels")
+                raise UserError(f"{args.data}: the acquisition gives no detector pixel size in "
+                                "mrad; give it with --detector-pixel MRAD, or the radii in "
+                                "pixels with --pixels")
             per_px = px[0]
         det = source.detector_shape
         if args.centre and args.centre != "auto":
@@ -512,7 +523,7 @@ def cmd_live(args: argparse.Namespace) -> int:
     pipe = LivePipeline(source.scan_shape, source.detector_shape, detectors=detectors,
                         model=loaded.model if loaded else None,
                         preprocessor=loaded.preprocessor if loaded else None,
-                        calibration=source.calibration)
+                        calibration=calibration)
     pipe.warm_up()
     ny, nx = source.scan_shape
     last = names[-1]
@@ -650,6 +661,10 @@ def _add_data_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allow-external", action="store_true",
                    help="HDF5: allow data stored in other files (external storage, virtual "
                         "datasets, external links); refused by default")
+    _add_calibration_options(p)
+
+
+def _add_calibration_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("calibration (wins over the file's)")
     g.add_argument("--energy", type=POSITIVE, metavar="KEV", help="beam energy (keV)")
     g.add_argument("--convergence", type=POSITIVE, metavar="MRAD", help="convergence semi-angle α (mrad)")
@@ -755,6 +770,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.add_argument("--scan-shape", nargs=2, type=COUNT, metavar=("NY", "NX"),
                    help="Merlin: the scan shape when the acquisition header does not give it")
+    _add_calibration_options(p)
     p.set_defaults(func=cmd_live)
 
     p = sub.add_parser("evaluate", help="compare an image with a reference (PSNR, SSIM, r, FRC)")
