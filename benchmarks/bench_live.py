@@ -48,6 +48,17 @@ np.save(times_path, done)
 """
 
 
+def _known_calibration(cal):
+    """The EMPAD XML states the scan but not the detector's mrad/px nor α: the tiles repeat the
+    MoS2 sample's patterns, so its calibration is given, as ``stemml live --detector-pixel
+    --convergence`` would."""
+    from napari_4dstem_ml.samples import load_sample
+
+    known = load_sample("mos2").dataset.calibration
+    return cal.with_(detector_pixel=known.detector_pixel, detector_units=known.detector_units,
+                     convergence_mrad=known.convergence_mrad, energy_ev=known.energy_ev)
+
+
 def run_rate(src: Path, rate: float, models: dict, budget: float) -> dict:
     from napari_4dstem_ml.detectors import annular_mask
     from napari_4dstem_ml.live import EmpadFollower, LivePipeline, iter_live
@@ -66,7 +77,7 @@ def run_rate(src: Path, rate: float, models: dict, budget: float) -> dict:
         pipe = LivePipeline(source.scan_shape, source.detector_shape,
                             detectors={"adf": annular_mask((128, 128), (64.8, 62.6), 30, 60)},
                             models={n: (m.model, m.preprocessor) for n, m in loaded.items()},
-                            calibration=source.calibration)
+                            calibration=_known_calibration(source.calibration))
         pipe.warm_up()
         final = {}
         t_first = None
