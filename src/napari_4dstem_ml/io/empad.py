@@ -266,20 +266,27 @@ def read(path: str | Path, scan_shape=None, **_ignored) -> Dataset4D:
     if info is not None:
         meta["xml_file"] = str(info.path)
         meta.update(info.extra)
-        changes: dict = {}
-        if info.high_voltage_v and info.high_voltage_v > 0:
-            changes["energy_ev"] = float(info.high_voltage_v)
-        if info.camera_length_m and info.camera_length_m > 0:
-            changes["camera_length_m"] = float(info.camera_length_m)
-        if info.fov_m is not None:
-            fx, fy = info.fov_m
-            changes["scan_step"] = (fy / ny * 1e10, fx / nx * 1e10)
-            changes["scan_units"] = "A"
         if info.scan_rotation_deg is not None:
             meta["scan_rotation_deg"] = info.scan_rotation_deg
-        cal = cal.with_(**changes)
+        cal = calibration_from_xml(info, (ny, nx))
     return Dataset4D(data, calibration=cal, source=raw, reader=NAME, metadata=meta)
 
 
-__all__ = ["EXTENSIONS", "NAME", "EmpadXml", "find_xml", "parse_xml", "read",
-           "scan_shape_from_name", "sniff_raw", "sniff_xml"]
+def calibration_from_xml(info: EmpadXml, scan_shape: tuple[int, int]) -> Calibration:
+    """The calibration an EMPAD XML states for a ``(ny, nx)`` scan: beam energy, camera length
+    and the scan step (field of view / positions, in Å); the XML gives no detector mrad/px."""
+    ny, nx = scan_shape
+    changes: dict = {}
+    if info.high_voltage_v and info.high_voltage_v > 0:
+        changes["energy_ev"] = float(info.high_voltage_v)
+    if info.camera_length_m and info.camera_length_m > 0:
+        changes["camera_length_m"] = float(info.camera_length_m)
+    if info.fov_m is not None:
+        fx, fy = info.fov_m
+        changes["scan_step"] = (fy / ny * 1e10, fx / nx * 1e10)
+        changes["scan_units"] = "A"
+    return Calibration().with_(**changes)
+
+
+__all__ = ["EXTENSIONS", "NAME", "EmpadXml", "calibration_from_xml", "find_xml", "parse_xml",
+           "read", "scan_shape_from_name", "sniff_raw", "sniff_xml"]

@@ -119,20 +119,9 @@ class EmpadFollower:
 
 def _calibration_from_xml(xml: Path, scan_shape: tuple[int, int]) -> Calibration:
     """The calibration the EMPAD reader derives from ``xml`` (without needing the raw file)."""
-    from ..io.empad import parse_xml
+    from ..io.empad import calibration_from_xml, parse_xml
 
-    info = parse_xml(xml)
-    ny, nx = scan_shape
-    changes: dict = {}
-    if info.high_voltage_v and info.high_voltage_v > 0:
-        changes["energy_ev"] = float(info.high_voltage_v)
-    if info.camera_length_m and info.camera_length_m > 0:
-        changes["camera_length_m"] = float(info.camera_length_m)
-    if info.fov_m is not None:
-        fx, fy = info.fov_m
-        changes["scan_step"] = (fy / ny * 1e10, fx / nx * 1e10)
-        changes["scan_units"] = "A"
-    return Calibration().with_(**changes)
+    return calibration_from_xml(parse_xml(xml), scan_shape)
 
 
 def open_source(text: str | Path, *, timeout_s: float = 10.0,
