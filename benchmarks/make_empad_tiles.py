@@ -19,24 +19,12 @@ from pathlib import Path
 
 import numpy as np
 
+from napari_4dstem_ml.live.replay import empad_xml
+
 HERE = Path(__file__).resolve().parent
 DATA_DIR = HERE / "_data"
 FRAME_BYTES = 128 * 130 * 4
 
-XML = """<?xml version="1.0" encoding="UTF-8"?>
-<root>
-  <software_version>tiled from the napari-4dstem-ml MoS2 sample</software_version>
-  <raw_file filename="{raw}"/>
-  <scan_parameters mode="acquire">
-    <scan_resolution_x>{nx}</scan_resolution_x>
-    <scan_resolution_y>{ny}</scan_resolution_y>
-  </scan_parameters>
-  <iom_measurements>
-    <high_voltage>80000</high_voltage>
-    <full_scan_field_of_view><x>{fx:.6e}</x><y>{fy:.6e}</y></full_scan_field_of_view>
-  </iom_measurements>
-</root>
-"""
 
 
 def sample_patterns() -> tuple[np.ndarray, float]:
@@ -60,8 +48,7 @@ def write_tiles(path: Path, ny: int, nx: int, patterns: np.ndarray, step_A: floa
     path.parent.mkdir(parents=True, exist_ok=True)
     size = ny * nx * FRAME_BYTES
     xml = path.with_suffix(".xml")
-    xml.write_text(XML.format(raw=path.name, nx=nx, ny=ny, fx=nx * step_A * 1e-10,
-                              fy=ny * step_A * 1e-10))
+    xml.write_text(empad_xml(path.name, (ny, nx), 80e3, (step_A, step_A)))
     if path.exists() and path.stat().st_size == size:
         log(f"{path.name}: exists ({size / 1e9:.1f} GB)")
         return path

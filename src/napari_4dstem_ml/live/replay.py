@@ -27,17 +27,18 @@ XML = """<?xml version="1.0" encoding="UTF-8"?>
 """
 
 
-def _iom(ds: Dataset4D) -> str:
-    c = ds.calibration
+def empad_xml(raw_name: str, scan_shape: tuple[int, int], energy_ev: float | None = None,
+              scan_step_A: tuple[float, float] | None = None) -> str:
+    """The EMPAD acquisition XML for ``raw_name``: scan shape, and the beam energy and field of
+    view (scan step × positions) when known."""
+    ny, nx = scan_shape
     lines = []
-    if c.energy_ev:
-        lines.append(f"    <high_voltage>{c.energy_ev:.6g}</high_voltage>\n")
-    step = c.scan_step_A
-    if step:
-        ny, nx = ds.scan_shape
-        lines.append(f"    <full_scan_field_of_view><x>{nx * step[1] * 1e-10:.6e}</x>"
-                     f"<y>{ny * step[0] * 1e-10:.6e}</y></full_scan_field_of_view>\n")
-    return "".join(lines)
+    if energy_ev:
+        lines.append(f"    <high_voltage>{energy_ev:.6g}</high_voltage>\n")
+    if scan_step_A:
+        lines.append(f"    <full_scan_field_of_view><x>{nx * scan_step_A[1] * 1e-10:.6e}</x>"
+                     f"<y>{ny * scan_step_A[0] * 1e-10:.6e}</y></full_scan_field_of_view>\n")
+    return XML.format(raw=raw_name, nx=nx, ny=ny, iom="".join(lines))
 
 
 def replay(source: Dataset4D, dst: str | Path, rate_hz: float, *, overwrite: bool = False,
@@ -62,7 +63,8 @@ def replay(source: Dataset4D, dst: str | Path, rate_hz: float, *, overwrite: boo
     for p in (dst, xml):
         if p.exists() and not overwrite:
             raise FileExistsError(f"{p} already exists; choose another name or pass --overwrite")
-    xml.write_text(XML.format(raw=dst.name, nx=nx, ny=ny, iom=_iom(source)))
+    xml.write_text(empad_xml(dst.name, (ny, nx), source.calibration.energy_ev,
+                             source.calibration.scan_step_A))
     total = ny * nx if stop_after is None else min(ny * nx, int(stop_after))
     frame = np.zeros((nx, FRAME_ROWS_RAW, FRAME_COLS), "<f4")
     t0 = time.perf_counter()

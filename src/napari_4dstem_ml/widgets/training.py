@@ -135,7 +135,6 @@ def train_job(
     """
     from ..preprocess import Preprocessor
     from ..training.loop import train
-    from ..workflow import TrainingJob
 
     label = np.asarray(label, np.float32)
     coverage = np.isfinite(label)
