@@ -1,0 +1,7 @@
+"""``python -m napari_4dstem_ml.cli``."""
+
+import sys
+
+from . import main
+
+sys.exit(main())

@@ -1,0 +1,60 @@
+"""What a command's failure becomes: one message naming the file or option, and an exit status
+(2 for the user's input, 1 for an internal error, 3 when a live acquisition stopped early)."""
+
+from __future__ import annotations
+
+import argparse
+import struct
+import zipfile
+import zlib
+from pathlib import Path
+
+EXIT_USAGE = 2
+EXIT_INTERNAL = 1
+EXIT_STALLED = 3  # stemml live: the acquisition stopped before the scan was complete
+#: load() keywords as command-line options (for messages that say how to resolve an error)
+OPTION_FLAGS = {"dataset": "--dataset", "key": "--dataset", "scan_shape": "--scan-shape",
+                "allow_external": "--allow-external"}
+
+
+class UserError(Exception):
+    """An error caused by the user's input: reported as a message, exit status 2."""
+
+
+def primary_input(args: argparse.Namespace) -> str:
+    return next((str(getattr(args, a)) for a in ("data", "file", "image", "model")
+                 if getattr(args, a, None)), "input")
+
+
+
+#: failures of file-parsing libraries (h5py, zipfile, torch, ...) on broken input files
+DATA_ERRORS = (OSError, EOFError, struct.error, zipfile.BadZipFile, zlib.error,
+                UnicodeDecodeError)
+
+
+def describe_error(exc: BaseException, args: argparse.Namespace) -> tuple[int, str]:
+    """(exit status, one-line message) for an exception leaving a command."""
+    if isinstance(exc, (UserError, ValueError)):
+        text = str(exc)
+        flag = OPTION_FLAGS.get(getattr(exc, "option", None) or "")
+        if flag and flag not in text:  # say which option resolves it
+            text += f" (on the command line: {flag})"
+        return EXIT_USAGE, text
+    from ..parallel import ParallelError
+    from .inputs import input_files
+
+    if isinstance(exc, ParallelError):
+        return EXIT_INTERNAL, str(exc)
+    files = [*input_files(args), getattr(args, "output", None) or ""]
+    if isinstance(exc, OSError) and exc.filename:
+        return EXIT_USAGE, f"{exc.filename}: {exc.strerror or exc}"
+    if isinstance(exc, (*DATA_ERRORS, MemoryError)):
+        text = " ".join(str(exc).split()) or type(exc).__name__
+        if isinstance(exc, MemoryError):
+            text = f"not enough memory ({text})"
+        if not any(f and Path(f).name in text for f in files):
+            text = f"{primary_input(args)}: could not read the data ({text})"
+        return EXIT_USAGE, text
+    return EXIT_INTERNAL, (f"internal error while processing {primary_input(args)}: "
+                           f"{type(exc).__name__}: {exc} (please report it; STEMML_DEBUG=1 "
+                           "shows the traceback)")
