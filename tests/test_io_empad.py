@@ -39,7 +39,7 @@ def write_raw(path, ny=NY, nx=NX, truncate_by=0):
     return path
 
 
-def xml_v12(raw_name, acquire=(NY, NX), search=(16, 16), fov=(1.2e-8, 0.96e-8), search_first=True):
+def xml_v12(raw_name, acquire=(NY, NX), search=(16, 16), fov=(1.2e-8, 1.2e-8), search_first=True):
     """v1.2-style XML (structure of EMPAD software 1.2.2 files)."""
     sy, sx = search
     ay, ax = acquire
@@ -106,11 +106,15 @@ def test_v12_xml_acquire_block_found_in_folder(tmp_path, io_empad_raw):
     c = ds.calibration
     assert c.energy_ev == 300000.0
     assert c.camera_length_m == pytest.approx(0.369)
-    # fov 1.2e-8 m over 40 columns = 3.0 Å; 0.96e-8 m over 24 rows = 4.0 Å
-    assert c.scan_step == pytest.approx((4.0, 3.0))
+    # EMPAD 1.2.x stores the field of view of the larger scan dimension (40 columns) times
+    # scale_factor: 1.2e-8 m / 0.72 / 40 = 4.1667 Å, square pixels (as RosettaSciIO reads it)
+    step = 1.2e-8 / 0.72 / 40 * 1e10
+    assert c.scan_step == pytest.approx((step, step))
     assert c.scan_units == "A"
+    assert "scale_factor" in c.sources["scan_step"] and "full_scan_field_of_view" in c.sources["scan_step"]
     assert c.detector_pixel is None
-    assert ds.metadata["scan_rotation_deg"] == 12.5
+    assert c.scan_rotation_deg == 12.5
+    assert "scan_rotation" in c.sources["scan_rotation_deg"]
 
 
 def test_acquire_block_first_and_loading_via_xml(tmp_path, io_empad_raw):

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,13 +30,26 @@ def electron_wavelength_A(energy_ev: float) -> float:
     return _HC_EV_A / math.sqrt(e * (2.0 * _M0C2_EV + e))
 
 
+#: the calibrations a data set can state, in the order they are shown
+CALIBRATION_FIELDS = ("scan_step", "detector_pixel", "energy_ev", "convergence_mrad",
+                      "camera_length_m", "scan_rotation_deg")
+#: ``Calibration.sources`` value of a calibration typed by the user (CLI option, GUI field)
+USER = "user"
+
+
 @dataclass(frozen=True)
 class Calibration:
     """Calibrations of a 4D data set. Any field may be ``None`` when the file does not say.
 
     ``scan_step`` is (dy, dx) in ``scan_units`` per scan position; ``detector_pixel`` is
     (dky, dkx) in ``detector_units`` per detector pixel (mrad or Å⁻¹, the latter meaning
-    spatial frequency 1/d, i.e. angle = λ·k).
+    spatial frequency 1/d, i.e. angle = λ·k); ``scan_rotation_deg`` is the scan's rotation
+    relative to the detector (degrees), as the file states it.
+
+    ``sources`` says where each calibration came from, by field name (one of
+    :data:`CALIBRATION_FIELDS`): the header field that stated it (e.g. ``"EMPAD XML
+    iom_measurements/high_voltage"``), ``"user"`` (typed on the command line or in the GUI),
+    or how it was derived. Provenance does not take part in equality.
     """
 
     scan_step: tuple[float, float] | None = None
@@ -45,6 +59,8 @@ class Calibration:
     energy_ev: float | None = None
     convergence_mrad: float | None = None
     camera_length_m: float | None = None
+    scan_rotation_deg: float | None = None
+    sources: Mapping[str, str] = field(default_factory=dict, compare=False, hash=False)
 
     def __post_init__(self) -> None:
         if self.scan_units not in SCAN_UNITS:
@@ -60,6 +76,25 @@ class Calibration:
                 if len(v) != 2 or not all(x > 0 and math.isfinite(x) for x in v):
                     raise ValueError(f"{name} must be two positive numbers, got {v!r}")
                 object.__setattr__(self, name, v)
+        for name in ("energy_ev", "convergence_mrad", "camera_length_m"):
+            v = getattr(self, name)
+            if v is not None:
+                v = float(v)
+                if not (v > 0 and math.isfinite(v)):
+                    raise ValueError(f"{name} must be a positive number, got {v!r}")
+                object.__setattr__(self, name, v)
+        if self.scan_rotation_deg is not None:
+            v = float(self.scan_rotation_deg)
+            if not math.isfinite(v):
+                raise ValueError(f"scan_rotation_deg must be a finite number, got {v!r}")
+            object.__setattr__(self, "scan_rotation_deg", v)
+        known = {k: str(v) for k, v in dict(self.sources or {}).items()
+                 if k in CALIBRATION_FIELDS and getattr(self, k) is not None}
+        object.__setattr__(self, "sources", known)
+
+    def source_of(self, name: str) -> str | None:
+        """Where calibration ``name`` came from, or ``None`` (unknown, or not set)."""
+        return self.sources.get(name)
 
     # -- derived quantities -------------------------------------------------
     @property
@@ -99,17 +134,27 @@ class Calibration:
             )
         return px
 
-    def with_(self, **changes: Any) -> Calibration:
-        """Copy with some fields changed."""
+    def with_(self, source: str | None = None, **changes: Any) -> Calibration:
+        """Copy with some fields changed. ``source`` is recorded as the provenance of every
+        changed calibration; without it, a changed calibration's old provenance is dropped."""
+        sources = dict(self.sources)
+        for name in changes:
+            if name in CALIBRATION_FIELDS:
+                sources.pop(name, None)
+                if source is not None:
+                    sources[name] = source
+        changes.setdefault("sources", sources)
         return replace(self, **changes)
 
     # -- serialisation ------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        d["sources"] = dict(self.sources)
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Calibration:
-        known = {f for f in cls.__dataclass_fields__}
+        known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
 
     def to_json(self) -> str:
@@ -120,27 +165,56 @@ class Calibration:
         return cls.from_dict(json.loads(s))
 
     def describe(self) -> str:
-        """One human-readable line per calibration."""
-        lines = []
-        s = self.scan_step
-        lines.append(
-            f"scan step: {s[0]:.4g} x {s[1]:.4g} {pretty_unit(self.scan_units)}" if s else "scan step: unknown"
-        )
-        d = self.detector_pixel
-        lines.append(
-            f"detector pixel: {d[0]:.4g} x {d[1]:.4g} {pretty_unit(self.detector_units)}"
-            if d
-            else "detector pixel: unknown"
-        )
-        lines.append(f"beam energy: {self.energy_ev / 1e3:.4g} keV" if self.energy_ev else "beam energy: unknown")
-        lines.append(
-            f"convergence semi-angle: {self.convergence_mrad:.4g} mrad"
-            if self.convergence_mrad
-            else "convergence semi-angle: unknown"
-        )
+        """One human-readable line per calibration, with where it came from."""
+
+        def line(name: str, label: str, text: str | None) -> str:
+            if text is None:
+                return f"{label}: unknown"
+            src = self.sources.get(name)
+            return f"{label}: {text}" + (f"  [{src}]" if src else "")
+
+        s, d = self.scan_step, self.detector_pixel
+        lines = [
+            line("scan_step", "scan step",
+                 f"{s[0]:.4g} x {s[1]:.4g} {pretty_unit(self.scan_units)}" if s else None),
+            line("detector_pixel", "detector pixel",
+                 f"{d[0]:.4g} x {d[1]:.4g} {pretty_unit(self.detector_units)}" if d else None),
+            line("energy_ev", "beam energy",
+                 f"{self.energy_ev / 1e3:.4g} keV" if self.energy_ev else None),
+            line("convergence_mrad", "convergence semi-angle",
+                 f"{self.convergence_mrad:.4g} mrad" if self.convergence_mrad else None),
+        ]
+        if self.detector_units == "A^-1" and d and self.detector_pixel_mrad:
+            m = self.detector_pixel_mrad
+            lines[1] += f" (= {m[0]:.4g} x {m[1]:.4g} mrad at this energy)"
         if self.camera_length_m:
-            lines.append(f"camera length: {self.camera_length_m:.4g} m")
+            lines.append(line("camera_length_m", "camera length", f"{self.camera_length_m:.4g} m"))
+        if self.scan_rotation_deg is not None:
+            lines.append(line("scan_rotation_deg", "scan rotation", f"{self.scan_rotation_deg:.4g}°"))
         return "\n".join(lines)
+
+    def info(self) -> dict[str, Any]:
+        """The calibrations in fixed units for machines (``stemml info --json``): scan step
+        [y, x] in Å, energy in keV, detector pixel [y, x] in mrad, convergence in mrad, camera
+        length in m, scan rotation in degrees (``None`` where unknown), and ``sources``."""
+        step = self.scan_step_A
+        px = self.detector_pixel_mrad
+        out: dict[str, Any] = {
+            "scan_step_angstrom": list(step) if step else None,
+            "energy_kev": None if self.energy_ev is None else self.energy_ev / 1e3,
+            "detector_pixel_mrad": list(px) if px else None,
+            "detector_pixel_inv_angstrom": (list(self.detector_pixel)
+                                            if self.detector_pixel and self.detector_units == "A^-1"
+                                            else None),
+            "convergence_mrad": self.convergence_mrad,
+            "camera_length_m": self.camera_length_m,
+            "scan_rotation_deg": self.scan_rotation_deg,
+        }
+        names = {"scan_step": "scan_step_angstrom", "energy_ev": "energy_kev",
+                 "detector_pixel": "detector_pixel_mrad", "convergence_mrad": "convergence_mrad",
+                 "camera_length_m": "camera_length_m", "scan_rotation_deg": "scan_rotation_deg"}
+        out["sources"] = {names[k]: v for k, v in self.sources.items()}
+        return out
 
 
 def pretty_unit(token: str) -> str:
@@ -206,8 +280,36 @@ class Dataset4D:
         return tuple(dict.fromkeys(str(f) for f in files if f))
 
     @property
+    def notes(self) -> list[str]:
+        """What the reader noticed and the user should know (header oddities, guesses)."""
+        m = self.metadata
+        return [str(n) for n in (*m.get("header_notes", ()), *m.get("notes", ()))]
+
+    @property
     def is_lazy(self) -> bool:
         return isinstance(self.data, np.memmap) or type(self.data).__module__.startswith("dask")
+
+    @property
+    def scan_shape_known(self) -> bool:
+        """False for a stack of frames opened without a scan shape (viewed as one scan row of
+        ``metadata["n_frames"]`` positions until :meth:`with_scan_shape` is given one)."""
+        return not self.metadata.get("scan_shape_unknown", False)
+
+    def with_scan_shape(self, scan_shape: tuple[int, int], source: str = USER) -> Dataset4D:
+        """The same frames viewed as a ``(ny, nx)`` scan (frame ``i = iy * nx + ix``), lazily,
+        without re-reading; ``ValueError`` naming the frame count when ``ny * nx`` does not fit."""
+        from .io.shapes import describe_factorisations
+
+        ny, nx = (int(v) for v in scan_shape)
+        n = self.shape[0] * self.shape[1]
+        if ny < 1 or nx < 1 or ny * nx != n:
+            where = f"{self.source}: " if self.source else ""
+            raise ValueError(f"{where}scan shape {ny} x {nx} = {ny * nx} positions does not fit "
+                             f"the {n} frames ({describe_factorisations(n)})")
+        data = self.data.reshape((ny, nx, *self.detector_shape))
+        meta = {**self.metadata, "scan_shape_from": source}
+        meta.pop("scan_shape_unknown", None)
+        return replace(self, data=data, metadata=meta)
 
     def pattern(self, iy: int, ix: int) -> np.ndarray:
         """One diffraction pattern ``(ky, kx)`` as a NumPy array."""
@@ -238,6 +340,25 @@ class Dataset4D:
         du = c.detector_units if c.detector_pixel else "pixels"
         return (su, su, du, du)
 
+    def info(self) -> dict[str, Any]:
+        """What ``stemml info --json`` prints and the napari layer's metadata holds: reader,
+        file, shapes, dtype and the calibrations with their sources (see
+        :meth:`Calibration.info`)."""
+        ny, nx, ky, kx = self.shape
+        out: dict[str, Any] = {
+            "file": None if self.source is None else str(self.source),
+            "reader": self.reader,
+            "dataset": self.metadata.get("dataset"),
+            "scan_shape": [ny, nx],
+            "detector_shape": [ky, kx],
+            "dtype": str(self.dtype),
+        }
+        out.update(self.calibration.info())
+        if self.metadata.get("scan_shape_from"):
+            out["sources"]["scan_shape"] = str(self.metadata["scan_shape_from"])
+        out["notes"] = self.notes
+        return out
+
     def summary(self) -> str:
         """Shape, dtype, reader, source and calibrations, for ``stemml info``."""
         ny, nx, ky, kx = self.shape
@@ -249,4 +370,7 @@ class Dataset4D:
             f"size: {self.nbytes / 1e9:.3g} GB ({'lazy' if self.is_lazy else 'in memory'})",
             self.calibration.describe(),
         ]
+        if self.metadata.get("scan_shape_from"):
+            lines.insert(3, f"scan shape from: {self.metadata['scan_shape_from']}")
+        lines += [f"note: {n}" for n in self.notes]
         return "\n".join(lines)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..dataset import USER
 from .errors import UserError
 
 
@@ -56,7 +57,7 @@ def calibration_with(calibration, args: argparse.Namespace):
     if not changes:
         return calibration
     try:
-        return calibration.with_(**changes)
+        return calibration.with_(source=USER, **changes)
     except ValueError as exc:
         raise UserError(f"calibration options: {exc}") from exc
 

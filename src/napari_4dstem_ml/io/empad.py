@@ -13,17 +13,26 @@ file); the file name pattern ``scan_x{NX}_y{NY}.raw``. XML fields read:
   (v1.2+) with ``mode="search"|"acquire"`` holding ``scan_resolution_x|y`` (the block whose
   size matches the file is used, the acquire block first); ``type``/``count`` or
   ``scan_parameters/series_count`` for a frame series (needs ``scan_shape``);
-- ``iom_measurements/high_voltage`` (V, gives the beam energy in eV),
-  ``iom_measurements/nominal_camera_length`` (m), ``iom_measurements/full_scan_field_of_view/x|y``
-  (m; scan step in Å = field of view / number of positions x 1e10; older files:
-  ``iom_measurements/optics/get_full_scan_field_of_view`` as ``"(x, y)"``),
-  ``iom_measurements/scan_rotation`` (degrees, kept in metadata).
+- calibrations under ``iom_measurements``, in the two header generations seen in the field
+  (acquisition software 1.2.x uses nested tags, 0.5x flat dotted tags named after the
+  microscope-interface calls): beam energy ``high_voltage`` | ``source.get_voltage`` (V);
+  camera length ``nominal_camera_length`` | ``optics.get_cameralength`` (m); scan rotation
+  ``scan_rotation`` | ``column.get_scanrotation`` (degrees); the full scan field of view,
+  ``full_scan_field_of_view/x|y`` (+ ``scale_factor``) | ``optics.get_full_scan_field_of_view``
+  ``[x, y]`` (m); the detector's angle per pixel ``calibrated_diffraction_angle`` (rad, 0.5x).
 
-The XML gives no detector angle per pixel: ``detector_pixel`` stays unknown.
+Scan step: with a ``scale_factor`` (1.2.x) the stored field of view is the scan generator's
+field times ``scale_factor`` and belongs to the *larger* scan dimension, so pixels are square:
+step = fov / scale_factor / max(ny, nx) (RosettaSciIO reads it the same way). Without one
+(0.5x), each axis is its own field of view over its own number of positions. Every
+calibration carries its source (``Calibration.sources``). The 0.5x ``calibrated_pixelsize``
+is kept in ``metadata["header_notes"]``: RosettaSciIO reads it as nm⁻¹, which disagrees with
+``calibrated_diffraction_angle`` by about 19 % on real headers; the angle is used.
 """
 
 from __future__ import annotations
 
+import math
 import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
@@ -47,7 +56,8 @@ _MAX_XML_BYTES = 4 * 2**20
 
 @dataclass(frozen=True)
 class EmpadXml:
-    """What an EMPAD XML says (lengths in m, voltage in V); scan shapes are ``(ny, nx)``."""
+    """What an EMPAD XML says (lengths in m, voltage in V, angles in rad); scan shapes are
+    ``(ny, nx)``. ``tags`` names, per value, the XML tag it was read from."""
 
     path: Path
     raw_filename: str | None
@@ -56,7 +66,10 @@ class EmpadXml:
     high_voltage_v: float | None = None
     camera_length_m: float | None = None
     fov_m: tuple[float, float] | None = None  # (x, y)
+    fov_scale_factor: float | None = None
     scan_rotation_deg: float | None = None
+    detector_rad_per_px: float | None = None
+    tags: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
 
 
@@ -67,14 +80,32 @@ def _text(el: ET.Element | None) -> str | None:
 def _float(el: ET.Element | None) -> float | None:
     t = _text(el)
     try:
-        return None if t is None else float(t)
+        v = None if t is None else float(t)
     except ValueError:
         return None
+    return v if v is not None and math.isfinite(v) else None
 
 
 def _int(el: ET.Element | None) -> int | None:
     v = _float(el)
     return None if v is None or v < 1 or v != int(v) else int(v)
+
+
+def _numbers(text: str | None) -> list[float]:
+    return [float(x) for x in re.findall(r"[-+]?\d*\.?\d+(?:[eE][-+]?\d+)?", text or "")]
+
+
+def _tag(root: ET.Element, *names: str) -> tuple[ET.Element | None, str | None]:
+    """The first element under ``root`` whose tag is one of ``names`` or ends with
+    ``.name`` (0.5x headers use flat dotted tags such as ``source.get_voltage``), with the
+    tag's path below ``root`` for provenance."""
+    for name in names:
+        for parent in root.iter():
+            for el in parent:
+                if el.tag == name or el.tag.endswith("." + name):
+                    path = el.tag if parent is root else f"{parent.tag}/{el.tag}"
+                    return el, path
+    return None, None
 
 
 def parse_xml(path: str | Path) -> EmpadXml:
@@ -116,27 +147,43 @@ def parse_xml(path: str | Path) -> EmpadXml:
     if typ == "series":
         series = series or _int(root.find("count"))
 
+    values: dict = {}
+    tags: dict = {}
+    extra: dict = {}
     iom = root.find(".//iom_measurements")
-    hv = cl = rot = None
-    fov = None
     if iom is not None:
-        hv = _float(iom.find(".//high_voltage"))
-        cl = _float(iom.find(".//nominal_camera_length"))
-        rot = _float(iom.find(".//scan_rotation"))
-        f = iom.find(".//full_scan_field_of_view")
-        fx, fy = (_float(f.find("x")), _float(f.find("y"))) if f is not None else (None, None)
-        if fx is None or fy is None:
-            old = _text(iom.find(".//get_full_scan_field_of_view"))
-            nums = re.findall(r"[-+]?\d*\.?\d+(?:[eE][-+]?\d+)?", old or "")
-            if len(nums) >= 2:
-                fx, fy = float(nums[0]), float(nums[1])
-        if fx and fy and fx > 0 and fy > 0:
-            fov = (fx, fy)
-    extra = {}
+        for key, names in (("high_voltage_v", ("high_voltage", "get_voltage")),
+                           ("camera_length_m", ("nominal_camera_length", "get_cameralength")),
+                           ("scan_rotation_deg", ("scan_rotation", "get_scanrotation")),
+                           ("detector_rad_per_px", ("calibrated_diffraction_angle",))):
+            el, where = _tag(iom, *names)
+            v = _float(el)
+            if v is not None:
+                values[key], tags[key] = v, f"iom_measurements/{where}"
+        fov_el, where = _tag(iom, "full_scan_field_of_view")
+        if fov_el is not None and len(fov_el):  # 1.2.x: nested x, y, scale_factor
+            fx, fy = _float(fov_el.find("x")), _float(fov_el.find("y"))
+            sf = _float(fov_el.find("scale_factor"))
+            if fx and fy and fx > 0 and fy > 0:
+                values["fov_m"], tags["fov_m"] = (fx, fy), f"iom_measurements/{where}/x|y"
+                if sf and sf > 0:
+                    values["fov_scale_factor"] = sf
+        else:  # 0.5x: optics.get_full_scan_field_of_view = "[x, y]"
+            el, where = _tag(iom, "get_full_scan_field_of_view")
+            nums = _numbers(_text(el))
+            if len(nums) >= 2 and nums[0] > 0 and nums[1] > 0:
+                values["fov_m"], tags["fov_m"] = (nums[0], nums[1]), f"iom_measurements/{where}"
+        el, where = _tag(iom, "calibrated_pixelsize")
+        v = _float(el)
+        if v is not None:
+            extra["header_notes"] = [
+                f"iom_measurements/{where} = {v:g} is not used: RosettaSciIO reads it as "
+                f"{v * 1e9:.5g} nm^-1 per pixel, which need not agree with "
+                "calibrated_diffraction_angle (the detector angle per pixel used here)"]
     for tag in ("software_version", "exposure_time"):
-        t = _text(root.find(tag))
-        if t:
-            extra[tag] = t
+        txt = _text(root.find(tag))
+        if txt:
+            extra[tag] = txt
     sizes = {}
     for b in blocks:
         s = _float(b.find("scan_size"))
@@ -144,7 +191,7 @@ def parse_xml(path: str | Path) -> EmpadXml:
             sizes[(b.get("mode") or "scan_parameters").strip().lower()] = s
     if sizes:
         extra["scan_size"] = sizes
-    return EmpadXml(path, raw_name, tuple(shapes), series, hv, cl, fov, rot, extra)
+    return EmpadXml(path, raw_name, tuple(shapes), series, tags=tags, extra=extra, **values)
 
 
 def find_xml(raw_path: str | Path) -> Path | None:
@@ -266,26 +313,47 @@ def read(path: str | Path, scan_shape=None, **_ignored) -> Dataset4D:
     if info is not None:
         meta["xml_file"] = str(info.path)
         meta.update(info.extra)
-        if info.scan_rotation_deg is not None:
-            meta["scan_rotation_deg"] = info.scan_rotation_deg
         cal = calibration_from_xml(info, (ny, nx))
     return Dataset4D(data, calibration=cal, source=raw, reader=NAME, metadata=meta)
 
 
 def calibration_from_xml(info: EmpadXml, scan_shape: tuple[int, int]) -> Calibration:
-    """The calibration an EMPAD XML states for a ``(ny, nx)`` scan: beam energy, camera length
-    and the scan step (field of view / positions, in Å); the XML gives no detector mrad/px."""
+    """The calibration an EMPAD XML states for a ``(ny, nx)`` scan, each with its XML tag in
+    ``sources``: beam energy, camera length, scan rotation, the scan step (Å; see the module
+    docstring for the two header generations) and, where the header has it, the detector's
+    angle per pixel (mrad)."""
     ny, nx = scan_shape
+    name = f"EMPAD XML {info.path.name}"
     changes: dict = {}
+    sources: dict = {}
+
+    def put(field_name: str, value, key: str, how: str = "") -> None:
+        changes[field_name] = value
+        sources[field_name] = f"{name}: {info.tags[key]}{how}"
+
     if info.high_voltage_v and info.high_voltage_v > 0:
-        changes["energy_ev"] = float(info.high_voltage_v)
+        put("energy_ev", float(info.high_voltage_v), "high_voltage_v", " (V)")
     if info.camera_length_m and info.camera_length_m > 0:
-        changes["camera_length_m"] = float(info.camera_length_m)
+        put("camera_length_m", float(info.camera_length_m), "camera_length_m", " (m)")
+    if info.scan_rotation_deg is not None:
+        put("scan_rotation_deg", float(info.scan_rotation_deg), "scan_rotation_deg", " (degrees)")
+    if info.detector_rad_per_px and info.detector_rad_per_px > 0:
+        mrad = float(info.detector_rad_per_px) * 1e3
+        put("detector_pixel", (mrad, mrad), "detector_rad_per_px", " (rad per pixel)")
+        changes["detector_units"] = "mrad"
     if info.fov_m is not None:
         fx, fy = info.fov_m
-        changes["scan_step"] = (fy / ny * 1e10, fx / nx * 1e10)
+        if info.fov_scale_factor:
+            n = max(ny, nx)
+            step = fx / info.fov_scale_factor / n * 1e10
+            put("scan_step", (step, step), "fov_m",
+                f" / scale_factor {info.fov_scale_factor:g} / {n} positions (the field of view "
+                "belongs to the larger scan dimension)")
+        else:
+            put("scan_step", (fy / ny * 1e10, fx / nx * 1e10), "fov_m",
+                f" / ({ny}, {nx}) positions")
         changes["scan_units"] = "A"
-    return Calibration().with_(**changes)
+    return Calibration(**changes, sources=sources)
 
 
 __all__ = ["EXTENSIONS", "NAME", "EmpadXml", "calibration_from_xml", "find_xml", "parse_xml",

@@ -17,7 +17,9 @@ one signal of a multi-signal file by title or index. ``rsciio`` is imported only
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -115,27 +117,62 @@ def _to_4d(data: Any, n_nav: int, scan_shape: tuple[int, int] | None, path: Path
         f"patterns), got shape {tuple(data.shape)} with {n_nav} navigation axes", path)
 
 
-def _calibration(sig: dict, axes: list[dict]) -> Calibration:
+def _calibration(sig: dict, axes: list[dict], plugin: str) -> Calibration:
+    """Calibrations from RosettaSciIO's axes and metadata, with the header fields of the
+    formats that state more than RosettaSciIO maps (blockfile: ``Beam_energy`` in V,
+    ``Camera_length`` in 0.1 mm)."""
     changes: dict = {}
+    sources: dict = {}
+    where = f"RosettaSciIO ({plugin})"
     nav, det = axes[:2], axes[2:]
     if len(nav) == 2:
         s = [length_to_A(a.get("scale", 1.0), a.get("units") or "") for a in nav]
         if all(x and x > 0 for x in s):
             changes.update(scan_step=(s[0], s[1]), scan_units="A")
+            sources["scan_step"] = ("blockfile header SY/SX (nm)" if plugin == "blockfile"
+                                    else f"{where} navigation axes")
     d = [detector_step(a.get("scale", 1.0), a.get("units") or "") for a in det]
     if len(d) == 2 and all(d) and d[0][1] == d[1][1] and d[0][0] > 0 and d[1][0] > 0:
         changes.update(detector_pixel=(d[0][0], d[1][0]), detector_units=d[0][1])
+        sources["detector_pixel"] = f"{where} signal axes"
     tem = _get(sig.get("metadata"), "Acquisition_instrument", "TEM") or {}
-    e = positive(tem.get("beam_energy"))
-    if e:
-        changes["energy_ev"] = e * 1e3
-    c = positive(tem.get("convergence_angle"))
-    if c:
-        changes["convergence_mrad"] = c
-    cl = positive(tem.get("camera_length"))
-    if cl:
-        changes["camera_length_m"] = cl * 1e-3
-    return Calibration(**changes)
+    for key, name, factor in (("beam_energy", "energy_ev", 1e3),
+                              ("convergence_angle", "convergence_mrad", 1.0),
+                              ("camera_length", "camera_length_m", 1e-3)):
+        v = positive(tem.get(key))
+        if v:
+            changes[name] = v * factor
+            sources[name] = f"{where} metadata Acquisition_instrument.TEM.{key}"
+    header = _get(sig.get("original_metadata"), "blockfile_header") or {}
+    e = positive(header.get("Beam_energy"))
+    if e and "energy_ev" not in changes:
+        changes["energy_ev"] = e
+        sources["energy_ev"] = "blockfile header Beam_energy (V)"
+    cl = positive(header.get("Camera_length"))
+    if cl and "camera_length_m" not in changes:
+        changes["camera_length_m"] = cl * 1e-4
+        sources["camera_length_m"] = "blockfile header Camera_length (0.1 mm)"
+    return Calibration(**changes, sources=sources)
+
+
+@contextlib.contextmanager
+def captured_log():
+    """Collect RosettaSciIO's log messages (its handler prints them to stdout, with terminal
+    colour codes) into a list instead, for ``metadata["notes"]``."""
+    log = logging.getLogger("rsciio")
+    notes: list[str] = []
+
+    class _Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if record.levelno >= logging.WARNING:
+                notes.append(f"RosettaSciIO: {record.getMessage()}")
+
+    saved = log.handlers[:], log.propagate
+    log.handlers, log.propagate = [_Collect()], False
+    try:
+        yield notes
+    finally:
+        log.handlers, log.propagate = saved
 
 
 def read(path: str | Path, plugin: str | None = None, scan_shape=None,
@@ -149,17 +186,17 @@ def read(path: str | Path, plugin: str | None = None, scan_shape=None,
     mod = _plugin(plugin)
     if plugin == "blockfile":
         _check_blockfile(path)
-    kwargs: dict = {"lazy": True}
-    if plugin == "quantumdetector" and scan_shape is not None:
-        kwargs["navigation_shape"] = (scan_shape[1], scan_shape[0])  # rsciio wants (x, y)
+    # the scan shape is applied here, after the frames are counted (RosettaSciIO would cut or
+    # pad a stack to a navigation shape that does not fit, without a word)
     try:
-        sigs = mod.file_reader(str(path), **kwargs)
+        with captured_log() as notes:
+            sigs = mod.file_reader(str(path), lazy=True)
     except ReaderError:
         raise
     except Exception as exc:  # any failure inside the plugin
         raise ReaderError(f"{path}: RosettaSciIO ({plugin}) could not read it: {exc}", path) from exc
 
-    usable = [(i, s) for i, s in enumerate(sigs) if getattr(s.get("data"), "ndim", 0) in (3, 4)]
+    usable = [(i, s) for i, s in enumerate(sigs) if getattr(s.get("data"), "ndim", 0) in (2, 3, 4)]
     names = [_title(s, i) for i, s in usable]
     if not usable:
         shapes = [tuple(getattr(s.get("data"), "shape", ())) for s in sigs]
@@ -194,11 +231,26 @@ def read(path: str | Path, plugin: str | None = None, scan_shape=None,
     if order != list(range(data.ndim)):
         data = data.transpose(order)
         axes = [axes[i] for i in order]
+    shape_from = "the file's axes"
+    if data.ndim == 2:  # a single pattern: a 1 x 1 scan
+        data, n_nav, axes = data[None, None], 2, [{}, {}, *axes]
+        shape_from = "a single frame"
+    elif n_nav == 1:
+        shape_from = "scan_shape option"
+    elif (plugin == "quantumdetector" and scan_shape is not None
+          and tuple(scan_shape) != tuple(data.shape[:2])):
+        # a Merlin scan shape comes from the .hdr or frame time stamps: the user may correct it
+        n = data.shape[0] * data.shape[1]
+        require_scan_shape(n, scan_shape, path, "diffraction patterns")
+        data, shape_from = data.reshape((*scan_shape, *data.shape[2:])), "scan_shape option"
+    elif plugin == "quantumdetector":
+        shape_from = "Merlin .hdr" if path.with_suffix(".hdr").is_file() else "RosettaSciIO"
     data = _to_4d(data, n_nav, scan_shape, path)
     if data.ndim == 4 and n_nav == 1:
         axes = [{}, {}, *axes[1:]]
-    cal = _calibration(sig, axes)
+    cal = _calibration(sig, axes, plugin)
     meta = {"plugin": plugin, "title": _title(sig, idx), "signal_index": idx,
+            "scan_shape_from": shape_from, "notes": notes,
             "original_axes": [{k: (as_text(v) if isinstance(v, bytes) else v)
                                for k, v in a.items() if k in ("name", "scale", "units", "offset")}
                               for a in axes]}

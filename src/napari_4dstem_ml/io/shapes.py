@@ -4,6 +4,7 @@ chunks of whole scan rows."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -32,13 +33,35 @@ def normalize_scan_shape(scan_shape: Any, path: str | Path | None = None) -> tup
     return vals[0], vals[1]
 
 
+def factorisations(n_frames: int, limit: int = 8) -> list[tuple[int, int]]:
+    """Scan shapes ``(ny, nx)`` with ``ny * nx == n_frames``, the most square first (at most
+    ``limit``; ``1 x N`` and ``N x 1`` are always among them)."""
+    n = int(n_frames)
+    if n < 1:
+        return []
+    pairs = [(a, n // a) for a in range(1, math.isqrt(n) + 1) if n % a == 0]
+    pairs = sorted(pairs, key=lambda p: p[1] - p[0])  # most square first
+    out: list[tuple[int, int]] = []
+    for a, b in pairs:
+        out.extend([(a, b)] if a == b else [(a, b), (b, a)])
+    edge = [(1, n), (n, 1)] if n > 1 else [(1, 1)]
+    head = [p for p in out if p not in edge][: max(0, limit - len(edge))]
+    return head + edge
+
+
+def describe_factorisations(n_frames: int) -> str:
+    """``"shapes that fit: 3 x 3, 1 x 9, 9 x 1"`` for a message."""
+    shapes = factorisations(n_frames)
+    return "scan shapes that fit: " + ", ".join(f"{a} x {b}" for a, b in shapes)
+
+
 def require_scan_shape(n_frames: int, scan_shape: tuple[int, int] | None, path: Path,
                        what: str = "frames") -> tuple[int, int]:
     """Check ``scan_shape`` against ``n_frames``; ``ScanShapeRequired`` when it is missing."""
     if scan_shape is None:
         raise ScanShapeRequired(
-            f"{path}: holds a stack of {n_frames} {what} and does not say the scan shape; "
-            "pass scan_shape=(ny, nx)",
+            f"{path}: holds a stack of {n_frames} {what} and does not say the scan shape "
+            f"({describe_factorisations(n_frames)}); pass scan_shape=(ny, nx)",
             path,
             n_frames,
         )
@@ -46,7 +69,7 @@ def require_scan_shape(n_frames: int, scan_shape: tuple[int, int] | None, path: 
     if ny * nx != n_frames:
         raise ReaderError(
             f"{path}: scan_shape {ny} x {nx} = {ny * nx} positions does not match the "
-            f"{n_frames} {what} in the file",
+            f"{n_frames} {what} in the file ({describe_factorisations(n_frames)})",
             path,
             option="scan_shape",
         )
