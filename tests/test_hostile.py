@@ -284,7 +284,8 @@ def _external(d, p, a):
 
 
 def _virtual(d, p, a):
-    src = d / "source_other.h5"
+    (d / "elsewhere").mkdir(exist_ok=True)  # another folder: links within the file's own are followed
+    src = d / "elsewhere" / "source_other.h5"
     _h5(src, a)
     layout = h5py.VirtualLayout(shape=a.shape, dtype="<f4")
     layout[...] = h5py.VirtualSource(str(src), "data", shape=a.shape)
@@ -293,9 +294,10 @@ def _virtual(d, p, a):
 
 
 def _ext_link(d, p, a):
-    _h5(d / "target_other.h5", a)
+    (d / "elsewhere").mkdir(exist_ok=True)  # another folder: links within the file's own are followed
+    _h5(d / "elsewhere" / "target_other.h5", a)
     with h5py.File(p, "w") as f:
-        f["linked"] = h5py.ExternalLink(str(d / "target_other.h5"), "/data")
+        f["linked"] = h5py.ExternalLink(str(d / "elsewhere" / "target_other.h5"), "/data")
 
 
 _h5_case("not_hdf5", lambda d, p, a: p.write_text("not an HDF5 file\n" * 100))
@@ -793,10 +795,11 @@ def _(d, base):
 @case("label-external_link_dataset", names=("lab.h5", "target_other.h5"))
 def _(d, base):
     _copy(base, d, "data.h5")
-    with h5py.File(d / "target_other.h5", "w") as f:
+    (d / "elsewhere").mkdir()
+    with h5py.File(d / "elsewhere" / "target_other.h5", "w") as f:
         f["image"] = np.load(base / "label.npy")
     with h5py.File(d / "lab.h5", "w") as f:
-        f["image"] = h5py.ExternalLink(str(d / "target_other.h5"), "/image")
+        f["image"] = h5py.ExternalLink(str(d / "elsewhere" / "target_other.h5"), "/image")
     return _train(d, "data.h5", "lab.h5", "--label-dataset", "image")
 
 
