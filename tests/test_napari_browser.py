@@ -56,7 +56,9 @@ def test_browser_click_moves_pattern(make_napari_viewer, qtbot):
         modifiers = ()
         position = (3 * 0.4 + 0.1, 4 * 0.5 - 0.2)  # world (Å) -> scan pixel (3, 4)
 
-    widget._on_mouse(viewer, Event())
+    drag = widget._on_mouse(viewer, Event())  # napari's drag callback: a generator
+    next(drag)
+    drag.close()
     assert s.position == (3, 4)
     np.testing.assert_array_equal(s.diffraction.layers[PATTERN_LAYER].data, ds.data[3, 4])
     np.testing.assert_allclose(viewer.layers[MARKER_LAYER].data, [[3, 4]])

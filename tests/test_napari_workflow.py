@@ -71,15 +71,13 @@ def test_region_drawn_as_rectangle_is_trained_on(make_napari_viewer, qtbot):
     widget.kind_box.setCurrentText("linear")
     widget.start_box.setCurrentText("scratch")  # a tiny model of its own
     widget.cluster.setValue(3)
-    layer = widget.show_regions()
-    regions = list(layer.features["region"])
+    layers = widget.show_regions()
+    assert [layer.name for layer in layers.values()] == ["training region: train",
+                                                         "validation region: train"]
     # the user drags the training rectangle to rows 3..11, columns 2..13 and the
     # validation one to rows 12..17 (boxes drawn with a little slack inside pixel edges)
-    data = [np.asarray(d) for d in layer.data]
-    data[regions.index("train")] = corners_of((3, 12, 2, 14)) + np.array([0.3, 0.2])
-    data[regions.index("validation")] = corners_of((12, 18, 0, 16))
-    layer.data = data
-    layer.features = {"region": regions}
+    layers["train"].data = [corners_of((3, 12, 2, 14)) + np.array([0.3, 0.2])]
+    layers["validation"].data = [corners_of((12, 18, 0, 16))]
     worker = widget.start()
     assert worker is not None
     qtbot.waitUntil(lambda: widget.worker is None, timeout=60000)
@@ -109,7 +107,7 @@ def test_loss_curve_gets_one_point_per_epoch_and_progress_is_determinate(
         lambda ev: steps.append(ev) if type(ev).__name__ == "StepEvent" else None
     )
     qtbot.waitUntil(lambda: widget.worker is None, timeout=120000)
-    assert widget.curves.epochs == [0, 1, 2]
+    assert widget.curves.epochs == [1, 2, 3]  # counted from 1, as the progress bar does
     np.testing.assert_allclose(widget.curves.train, [e.train_loss for e in widget.history])
     np.testing.assert_allclose(widget.curves.val, [e.val_loss for e in widget.history])
     # a total is known from the first step on: the bar is determinate
@@ -271,8 +269,10 @@ def test_checkpoint_opened_on_viewer_can_be_applied(make_napari_viewer, qtbot, t
     )
     assert "model.pt" in widget.session.models
     assert [layer.name for layer in viewer.layers] == ["scan position"]  # a model is no layer
+    # the same file opened again is the same model: listed once
     assert viewer.open(str(path), plugin="napari-4dstem-ml") == []
-    assert "model.pt [2]" in widget.session.models
+    assert list(widget.session.models) == ["model.pt"]
+    assert widget.model_list.count() == 1
     widget.select_model("model.pt")
     assert widget.model_list.currentItem().text() == "model.pt"
     assert "linear model, cluster K = 3" in widget.model_info.toPlainText()

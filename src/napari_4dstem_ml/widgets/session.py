@@ -19,7 +19,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import weakref
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -29,7 +29,7 @@ from psygnal import Signal
 from qtpy.QtCore import QEvent, QObject, QTimer
 
 from .. import display
-from ..dataset import Calibration, Dataset4D, napari_unit
+from ..dataset import USER, Calibration, Dataset4D, napari_unit
 from .settings import Settings
 
 if TYPE_CHECKING:
@@ -48,6 +48,9 @@ def nav_layer_name(name: str) -> str:
 #: :data:`napari_4dstem_ml.comparison.ROLES`); ``layer.metadata["dataset"]`` names the data set
 ROLE_KEY = "role"
 DATASET_KEY = "dataset"
+#: ``layer.metadata`` key: the layer's visibility while its data set was last current (the
+#: layers of the other data sets are hidden, so that two scans never overlap on the canvas)
+GROUP_VISIBLE_KEY = "visible_in_group"
 
 
 def layer_role(layer) -> str | None:
@@ -113,6 +116,8 @@ class Session:
     datasets_changed = Signal()
     position_changed = Signal(int, int)
     models_changed = Signal()
+    #: a data set's calibration was edited (its name); layers are already rescaled
+    calibration_changed = Signal(str)
 
     def __init__(self, viewer: napari.Viewer) -> None:
         viewer = unwrap(viewer)
@@ -127,6 +132,8 @@ class Session:
         self.models: dict[str, SessionModel] = {}
         self._runs: dict[str, int] = {}
         self.registrations: dict[tuple[str, str], RegisteredLabel] = {}
+        #: each data set's calibration as its file stated it (for "Revert to file")
+        self.file_calibrations: dict[str, Calibration] = {}
         self.settings = Settings()
         viewer.layers.events.inserted.connect(self._on_inserted)
         for layer in list(viewer.layers):
@@ -162,23 +169,114 @@ class Session:
             k += 1
             name = f"{base} [{k}]"
         self.datasets[name] = ds
+        self.file_calibrations[name] = ds.calibration
         self.datasets_changed.emit()
         if make_current or self.current is None:
             self.set_current(name)
         return name
 
     def set_current(self, name: str) -> None:
+        """Make data set ``name`` current: its pattern, its group of layers shown (the other
+        data sets' layers hidden), the view fitted to its scan."""
         if name not in self.datasets:
             raise ValueError(f"no 4D data set named {name!r}; have {list(self.datasets)}")
-        self.current = name
+        previous, self.current = self.current, name
         ds = self.datasets[name]
         ny, nx = ds.scan_shape
         self.position = (ny // 2, nx // 2)
         self._update_pattern(reset_limits=True)
         self._update_marker()
         self._rescale_dataset_layers(name)
+        if previous != name:
+            self._show_group(name)
+            self.fit_view(name)
         self.dataset_changed.emit(name)
         self.position_changed.emit(*self.position)
+
+    def _show_group(self, name: str) -> None:
+        """Data set ``name``'s layers as they were when it was last current; the other data
+        sets' layers hidden (their visibility kept in ``metadata[GROUP_VISIBLE_KEY]``)."""
+        viewer = self.viewer
+        if viewer is None:
+            return
+        for layer in viewer.layers:
+            owner = layer_dataset(layer)
+            if owner is None or owner not in self.datasets:
+                continue
+            if owner == name:
+                if GROUP_VISIBLE_KEY in layer.metadata:
+                    layer.visible = bool(layer.metadata.pop(GROUP_VISIBLE_KEY))
+            elif GROUP_VISIBLE_KEY not in layer.metadata:
+                layer.metadata[GROUP_VISIBLE_KEY] = bool(layer.visible)
+                layer.visible = False
+
+    def group_layers(self, name: str, scan_grid_only: bool = True) -> list:
+        """The main viewer's layers of data set ``name`` (by default those on its scan grid)."""
+        viewer = self.viewer
+        if viewer is None:
+            return []
+        return [layer for layer in viewer.layers if layer_dataset(layer) == name
+                and not (scan_grid_only and layer.metadata.get("own_grid"))]
+
+    def fit_view(self, name: str | None = None) -> None:
+        """Fit the main view to data set ``name``'s scan field (default: the current one)."""
+        viewer = self.viewer
+        name = name or self.current
+        if viewer is None or name not in self.datasets:
+            return
+        layers = [layer for layer in self.group_layers(name) if layer.ndim == 2
+                  and layer.__class__.__name__ == "Image"]
+        if not layers and MARKER_LAYER in viewer.layers:
+            return  # nothing of its own drawn yet: fitted when its navigation image arrives
+        if layers:
+            viewer.reset_view(layers=layers)
+
+    # -- calibration and scan shape (the session's data set is the one truth) ---------------
+    def set_calibration(self, name: str, source: str = USER, **changes) -> Calibration:
+        """Edit data set ``name``'s calibration (fields of :class:`Calibration`; provenance
+        ``source``, "user" by default); its layers are rescaled and ``calibration_changed``
+        is emitted. Returns the new calibration (``ValueError`` for an invalid value)."""
+        cal = self.datasets[name].calibration.with_(source=source, **changes)
+        self._apply_calibration(name, cal)
+        return cal
+
+    def revert_calibration(self, name: str) -> Calibration:
+        """Data set ``name``'s calibration as its file stated it (edits dropped)."""
+        cal = self.file_calibrations[name]
+        self._apply_calibration(name, cal)
+        return cal
+
+    def _apply_calibration(self, name: str, cal: Calibration) -> None:
+        self.datasets[name] = replace(self.datasets[name], calibration=cal)
+        self._limits = {k: v for k, v in self._limits.items() if k[0] != name}
+        self._rescale_dataset_layers(name)
+        if name == self.current:
+            self._update_marker()
+        self.calibration_changed.emit(name)
+
+    def set_scan_shape(self, name: str, scan_shape: tuple[int, int]) -> Dataset4D:
+        """View data set ``name``'s frames as a ``(ny, nx)`` scan (lazily, without
+        re-reading); its scan-plane layers of the old shape are reshaped in place (frame
+        ``i = iy * nx + ix``), its regions and cached label registrations dropped.
+        ``ValueError`` (naming the frame count and the shapes that fit) when it does not fit."""
+        ds = self.datasets[name]
+        old = ds.scan_shape
+        new_ds = ds.with_scan_shape(tuple(scan_shape))
+        self.datasets[name] = new_ds
+        viewer = self.viewer
+        for layer in list(viewer.layers) if viewer is not None else []:
+            if layer_dataset(layer) != name or layer.metadata.get("own_grid"):
+                continue
+            if layer.__class__.__name__ == "Image" and tuple(layer.data.shape) == old:
+                layer.data = np.asarray(layer.data).reshape(new_ds.scan_shape)
+            elif layer.__class__.__name__ == "Shapes":  # regions drawn on the old grid
+                viewer.layers.remove(layer)
+        self.registrations = {k: v for k, v in self.registrations.items() if k[1] != name}
+        self.datasets_changed.emit()
+        self.set_current(name)
+        if viewer is not None:
+            self.fit_view(name)
+        return new_ds
 
     def _rescale_dataset_layers(self, name: str) -> None:
         """Layers derived from data set ``name`` get its scan / detector calibration."""
@@ -358,6 +456,9 @@ class Session:
         if name in viewer.layers:
             viewer.layers.remove(name)
         kw = {**scan_kw, "colormap": "gray", **kwargs}
+        if dataset != self.current:  # another data set's group: shown when it is current
+            meta[GROUP_VISIBLE_KEY] = bool(kw.get("visible", True))
+            kw["visible"] = False
         layer = viewer.add_image(
             data,
             name=name,
@@ -438,12 +539,16 @@ def guarded(func):
 
 
 def compact_widget(widget) -> None:
-    """Keep a dock widget narrow: combo boxes do not grow with long layer names."""
-    from qtpy.QtWidgets import QComboBox
+    """Keep a dock widget narrow (it must fit beside napari's canvas on a 1366 px screen):
+    combo boxes do not grow with long layer names, spin boxes ask for little width; both
+    still widen with the dock."""
+    from qtpy.QtWidgets import QAbstractSpinBox, QComboBox
 
     for box in widget.findChildren(QComboBox):
         box.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
-        box.setMinimumContentsLength(12)
+        box.setMinimumContentsLength(6)
+    for box in widget.findChildren(QAbstractSpinBox):
+        box.setMinimumWidth(72)
     widget.setMaximumWidth(640)
 
 

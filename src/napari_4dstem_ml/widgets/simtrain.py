@@ -19,7 +19,6 @@ import napari
 from qtpy.QtWidgets import (
     QComboBox,
     QDoubleSpinBox,
-    QFileDialog,
     QFormLayout,
     QHBoxLayout,
     QLabel,
@@ -27,10 +26,11 @@ from qtpy.QtWidgets import (
     QProgressBar,
     QPushButton,
     QSpinBox,
-    QVBoxLayout,
     QWidget,
 )
 
+from .dialogs import open_file
+from .layout import scrolling_layout, settle
 from .session import compact_widget, session_for
 
 
@@ -55,6 +55,8 @@ def _pair(lo: float, hi: float, a: float, b: float, decimals: int = 2, step: flo
 class SimTrainWidget(QWidget):
     """Simulate the user's structure over ranges and train a model against its exact
     projected potential (see the module docstring)."""
+
+    TAB_TITLE = "Simulate"
 
     def __init__(self, napari_viewer: napari.Viewer, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -134,7 +136,7 @@ class SimTrainWidget(QWidget):
         self.progress.setTextVisible(True)
         self.status = QLabel("")
         self.status.setWordWrap(True)
-        lay = QVBoxLayout(self)
+        lay = scrolling_layout(self)
         lay.addLayout(form)
         lay.addWidget(from_data)
         lay.addLayout(buttons)
@@ -142,11 +144,12 @@ class SimTrainWidget(QWidget):
         lay.addWidget(self.status)
         lay.addStretch(1)
         compact_widget(self)
+        settle(self)
 
     # -- gathering ---------------------------------------------------------------------------
     def _browse(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "Structure file", "",
-                                              "Structures (*.cif *.xyz *.vasp *.pdb *.traj);;All (*)")
+        path = open_file(self, self.session, "Structure file",
+                         "Structures (*.cif *.xyz *.vasp *.pdb *.traj);;All (*)")
         if path:
             self.structure.setEditText(path)
 

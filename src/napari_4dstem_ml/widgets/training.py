@@ -35,7 +35,6 @@ from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import (
     QComboBox,
     QDoubleSpinBox,
-    QFileDialog,
     QFormLayout,
     QHBoxLayout,
     QLabel,
@@ -45,14 +44,16 @@ from qtpy.QtWidgets import (
     QProgressBar,
     QPushButton,
     QSpinBox,
-    QVBoxLayout,
     QWidget,
 )
 
 from ..workflow import TRAINING_DEFAULTS, TrainingJob
+from .dialogs import open_file, save_file
+from .layout import scrolling_layout, settle
 from .models import describe, load_model_file
+from .naming import applied_name, registered_name
 from .plots import LossCurves, WeightsPlot
-from .regions import REGIONS_LAYER, ensure_regions_layer, split_for
+from .regions import ensure_region_layers, region_layers, split_for
 from .session import (
     DATASET_KEY,
     ROLE_KEY,
@@ -88,12 +89,6 @@ FILTERS_PREFIX = "filters: "
 NOT_LABELS = ("ground_truth", "adf", "icom", "linear", "cnn", "uncertainty")
 
 
-def registered_name(dataset: str) -> str:
-    return f"label on scan grid: {dataset}"
-
-
-def applied_name(model: str, dataset: str) -> str:
-    return f"{model} → {dataset}"
 
 
 def warm_up_torch() -> None:
@@ -226,6 +221,8 @@ class TrainingWidget(QWidget):
     """Dock widget: data set, label, regions, model and hyper-parameters; Start/Stop;
     progress and loss curves; the session's models with Load/Save/Apply."""
 
+    TAB_TITLE = "Train"
+
     def __init__(self, napari_viewer: napari.Viewer, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         threading.Thread(target=warm_up_torch, name="torch warm-up", daemon=True).start()
@@ -248,8 +245,9 @@ class TrainingWidget(QWidget):
         self.label_file_button = QPushButton("Label file…")
         self.regions_button = QPushButton("Show regions")
         self.regions_button.setToolTip(
-            "show the 'training regions' rectangles on the scan plane: move or resize them "
-            "(select mode) to choose where to train and validate"
+            "show the 'training region' and 'validation region' layers of the data set: move "
+            "or resize their rectangles (select mode), or draw a new one in a region's own "
+            "layer, to choose where to train and validate"
         )
         self.regions_label = QLabel("")
         self.regions_label.setWordWrap(True)
@@ -312,10 +310,8 @@ class TrainingWidget(QWidget):
         label_row.addWidget(self.label_box, stretch=1)
         label_row.addWidget(self.label_file_button)
         form.addRow("label", label_row)
-        regions_row = QHBoxLayout()
-        regions_row.addWidget(self.regions_label, stretch=1)
-        regions_row.addWidget(self.regions_button)
-        form.addRow("regions", regions_row)
+        form.addRow("regions", self.regions_button)
+        form.addRow(self.regions_label)
         form.addRow("model", self.kind_box)
         form.addRow("start from", self.start_box)
         form.addRow("ensemble members", self.ensemble)
@@ -333,7 +329,7 @@ class TrainingWidget(QWidget):
         apply_row.addWidget(QLabel("apply to"))
         apply_row.addWidget(self.apply_box, stretch=1)
         apply_row.addWidget(self.apply_button)
-        layout = QVBoxLayout(self)
+        layout = scrolling_layout(self)
         layout.addLayout(form)
         layout.addLayout(buttons)
         layout.addWidget(self.progress)
@@ -381,6 +377,7 @@ class TrainingWidget(QWidget):
         napari_viewer.layers.events.removed.connect(self._refresh)
         on_viewer_close(napari_viewer, self.teardown)
         compact_widget(self)
+        settle(self)
         self._refresh()
         self._refresh_models()
 
@@ -478,7 +475,7 @@ class TrainingWidget(QWidget):
             found = [lay for lay in layers if test(lay)]
             if found:
                 # the label on its own grid before one already put on the scan grid
-                found.sort(key=lambda lay: lay.name.startswith("label on scan grid"))
+                found.sort(key=lambda lay: " on scan grid: " in lay.name)
                 return found[0].name
         return None
 
@@ -519,32 +516,41 @@ class TrainingWidget(QWidget):
             split = split_for(self.session, name)
             ds = self.session.datasets[name]
             tr, va = split.region_masks(ds.scan_shape)
-            drawn = REGIONS_LAYER in self.viewer.layers
+            drawn = bool(region_layers(self.session, name))
             self.regions_label.setText(
-                f"{'drawn' if drawn else 'default'}: train {int(tr.sum())}, validate "
+                f"{'drawn' if drawn else 'default halves'}: train {int(tr.sum())}, validate "
                 f"{int(va.sum())} positions"
             )
         except Exception as err:  # noqa: BLE001 - shown to the user
             self.regions_label.setText(f"regions: {err}")
 
-    def show_regions(self):
-        """Show (create) the regions layer for the chosen data set, ready to edit."""
+    def show_regions(self) -> dict | None:
+        """Show (create) the chosen data set's "training region" and "validation region"
+        layers, the training one active in select mode (ready to move or resize); returns
+        ``{"train": layer, "validation": layer}``."""
         name = self.dataset_box.currentText()
         if name not in self.session.datasets:
             show_error("choose a 4D data set first")
             return None
-        layer = ensure_regions_layer(self.session, name)
-        layer.visible = True
-        self.viewer.layers.selection.active = layer
-        layer.mode = "select"
-        if id(layer) not in self._watched_regions:
-            self._watched_regions.add(id(layer))
-            layer.events.data.connect(lambda *_: self._show_regions_text())
+        if name != self.session.current:
+            self.session.set_current(name)
+        layers = ensure_region_layers(self.session, name, on_change=self._on_region_replaced)
+        for layer in layers.values():
+            layer.visible = True
+            layer.mode = "select"
+            if id(layer) not in self._watched_regions:
+                self._watched_regions.add(id(layer))
+                layer.events.data.connect(lambda *_: self._show_regions_text())
+        self.viewer.layers.selection.active = layers["train"]
         self._show_regions_text()
-        return layer
+        return layers
+
+    def _on_region_replaced(self, region: str, text: str) -> None:
+        self._show_regions_text()
+        self.readout.setText(f"{text}; {self.regions_label.text()}")
 
     def _on_label_file(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "Label image")
+        path = open_file(self, self.session, "Label image")
         if path:
             self.load_label_file(path)
 
@@ -617,6 +623,8 @@ class TrainingWidget(QWidget):
             self.readout.setText(str(err))
             return None
         self._label_key = (key, name)
+        self._label_method = self.viewer.layers[self.label_box.currentText()].metadata.get(
+            "label_method")
         registered = self.session.registrations.get(self._label_key)
         if registered is not None:
             self.registration_report = registered.report + " (cached)"
@@ -735,10 +743,11 @@ class TrainingWidget(QWidget):
             self.readout.setText(reg.report)
             show_info(reg.report)
             self.session.show_scan_image(
-                registered_name(self._training_name),
+                registered_name(self._training_name, self._label_method),
                 reg.image,
                 dataset=self._training_name,
                 role="label",
+                metadata={"label_method": self._label_method} if self._label_method else None,
                 visible=False,
             )
             return
@@ -752,10 +761,10 @@ class TrainingWidget(QWidget):
             return
         if isinstance(ev, loop.EpochEvent):
             self.history.append(ev)
-            self.curves.add_epoch(ev.epoch, ev.train_loss, ev.val_loss)
+            self.curves.add_epoch(ev.epoch + 1, ev.train_loss, ev.val_loss)  # 1-based, as shown
             m = ", ".join(f"{k} {v:.3g}" for k, v in ev.metrics.items())
             self.readout.setText(
-                f"{self.run_name}\nepoch {ev.epoch}: train {ev.train_loss:.4g}, "
+                f"{self.run_name}\nepoch {ev.epoch + 1}: train {ev.train_loss:.4g}, "
                 f"val {ev.val_loss:.4g}" + (f" ({m})" if m else "") + (" *best*" if ev.is_best else "")
             )
         elif isinstance(ev, loop.PreviewEvent):
@@ -787,7 +796,7 @@ class TrainingWidget(QWidget):
         self.readout.setText(
             (self.registration_report + "\n" if self.registration_report else "")
             + f"{self.run_name} done ({r.stopped}): {r.steps} steps in {r.elapsed_s:.1f} s, "
-            f"best epoch {r.best_epoch}, val loss {r.best_val_loss:.4g}" + (f"; {m}" if m else "")
+            f"best epoch {r.best_epoch + 1}, val loss {r.best_val_loss:.4g}" + (f"; {m}" if m else "")
         )
         summary = dict(r.train_summary)
         summary.setdefault("source", self._training_name)
@@ -806,8 +815,9 @@ class TrainingWidget(QWidget):
         layers = self.viewer.layers
         if "scan position" in layers:
             layers.move(layers.index("scan position"), len(layers))
-        if REGIONS_LAYER in layers and layers.index(REGIONS_LAYER) < layers.index(layer):
-            layers.move(layers.index(REGIONS_LAYER), len(layers))
+        for region in region_layers(self.session, self._training_name).values():
+            if layers.index(region) < layers.index(layer):
+                layers.move(layers.index(region), len(layers))
 
     def _hide_other_learned_views(self) -> None:
         """A new run: other runs' learned masks / filters leave the diffraction view."""
@@ -907,7 +917,7 @@ class TrainingWidget(QWidget):
         self.model_info.setPlainText(describe(entry) if entry is not None else "")
 
     def _on_load(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "Load model", "", "Model (*.pt)")
+        path = open_file(self, self.session, "Load model", "Model (*.pt)")
         if path:
             self.load_model(path)
 
@@ -927,9 +937,9 @@ class TrainingWidget(QWidget):
         if entry is None:
             show_error("train or load a model first")
             return
-        path, _ = QFileDialog.getSaveFileName(
-            self, "Save model", f"{entry.kind}.pt", "Model (*.pt)"
-        )
+        stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in entry.name).strip("_")
+        path = save_file(self, self.session, "Save model", f"{stem or entry.kind}.pt",
+                         "Model (*.pt)")
         if path:
             self.save(path, entry.name, overwrite=True)  # the dialog asked before replacing
 
@@ -957,6 +967,10 @@ class TrainingWidget(QWidget):
         except Exception as err:  # noqa: BLE001 - shown to the user
             show_error(f"could not save the model to {path}: {err}")
             return None
+        from .models import mark_saved
+
+        mark_saved(entry, out)  # reopening this file selects this model, not a copy of it
+        self._fill_starts()
         show_info(f"model saved to {out}")
         return out
 
@@ -975,6 +989,8 @@ class TrainingWidget(QWidget):
             show_info("a reconstruction is running: wait for it to finish")
             return None
         ds = self.session.datasets[name]
+        if name != self.session.current:  # the result is shown with its data set's layers
+            self.session.set_current(name)
         layer_name = applied_name(entry.name, name)
         worker = create_worker(
             guarded(predict_job),
