@@ -132,6 +132,7 @@ class Session:
         self.models: dict[str, SessionModel] = {}
         self._runs: dict[str, int] = {}
         self.registrations: dict[tuple[str, str], RegisteredLabel] = {}
+        self._groups_hidden = False
         #: each data set's calibration as its file stated it (for "Revert to file")
         self.file_calibrations: dict[str, Calibration] = {}
         self.settings = Settings()
@@ -187,16 +188,17 @@ class Session:
         self._update_pattern(reset_limits=True)
         self._update_marker()
         self._rescale_dataset_layers(name)
-        if previous != name:
+        if previous != name or self._groups_hidden:
             self._show_group(name)
             self.fit_view(name)
         self.dataset_changed.emit(name)
         self.position_changed.emit(*self.position)
 
-    def _show_group(self, name: str) -> None:
+    def _show_group(self, name: str | None) -> None:
         """Data set ``name``'s layers as they were when it was last current; the other data
         sets' layers hidden (their visibility kept in ``metadata[GROUP_VISIBLE_KEY]``)."""
         viewer = self.viewer
+        self._groups_hidden = name is None
         if viewer is None:
             return
         for layer in viewer.layers:
@@ -209,6 +211,11 @@ class Session:
             elif GROUP_VISIBLE_KEY not in layer.metadata:
                 layer.metadata[GROUP_VISIBLE_KEY] = bool(layer.visible)
                 layer.visible = False
+
+    def hide_groups(self) -> None:
+        """Hide every data set's layers (e.g. a live acquisition is shown instead); the
+        current one's come back when a data set is made current again."""
+        self._show_group(None)
 
     def group_layers(self, name: str, scan_grid_only: bool = True) -> list:
         """The main viewer's layers of data set ``name`` (by default those on its scan grid)."""

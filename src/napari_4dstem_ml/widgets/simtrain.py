@@ -67,6 +67,7 @@ class SimTrainWidget(QWidget):
         self.result_path: Path | None = None
 
         form = QFormLayout()
+        form.setRowWrapPolicy(QFormLayout.RowWrapPolicy.WrapLongRows)  # narrow docks
         self.structure = QComboBox()
         self.structure.setEditable(True)
         from ..simulate.structures import MATERIALS  # names only: abTEM is not imported
@@ -118,7 +119,9 @@ class SimTrainWidget(QWidget):
         self.output = QLineEdit(str(Path.home() / "simulated_model.pt"))
         form.addRow("save model as", self.output)
 
-        from_data = QPushButton("Detector, α, energy and step from the current data set")
+        from_data = QPushButton("From the current data set")
+        from_data.setToolTip("detector, convergence α, energy and scan step of the current "
+                             "data set")
         from_data.clicked.connect(self.fill_from_dataset)
         self.estimate_btn = QPushButton("Estimate")
         self.estimate_btn.clicked.connect(self.estimate)

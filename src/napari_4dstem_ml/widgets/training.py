@@ -305,6 +305,7 @@ class TrainingWidget(QWidget):
         self.readout.setWordWrap(True)
 
         form = QFormLayout()
+        form.setRowWrapPolicy(QFormLayout.RowWrapPolicy.WrapLongRows)  # narrow docks
         form.addRow("4D data set", self.dataset_box)
         label_row = QHBoxLayout()
         label_row.addWidget(self.label_box, stretch=1)
