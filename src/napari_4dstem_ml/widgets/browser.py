@@ -54,6 +54,8 @@ if TYPE_CHECKING:
     import napari
 
 NAV_KINDS = ("virtual bright field", "total intensity")
+#: while dragging on the scan, the position (pattern, cross-hair) follows at most this often (ms)
+BROWSE_MS = 50
 
 
 def navigation_job(data, kind: str = "virtual bright field", calibration=None):
@@ -135,6 +137,12 @@ class BrowserWidget(QWidget):
         self._fit_timer.setSingleShot(True)
         self._fit_timer.setInterval(50)
         self._fit_timer.timeout.connect(self._refit_if_untouched)
+        # a drag on the scan: positions coalesced, at most one every BROWSE_MS
+        self._drag_to = None
+        self._drag_timer = QTimer(self)
+        self._drag_timer.setSingleShot(True)
+        self._drag_timer.setInterval(BROWSE_MS)
+        self._drag_timer.timeout.connect(self._apply_drag)
         self._resize_watch = _ResizeWatcher(self._fit_timer.start, self)
         self.qt_diffraction.canvas.native.installEventFilter(self._resize_watch)
         # the diffraction view's own layer list (visibility) and layer controls (opacity,
@@ -181,6 +189,8 @@ class BrowserWidget(QWidget):
         self.nav_box.setToolTip("navigation image shown on the scan canvas")
         self.position_label = QLabel("no 4D data set: open a file or a sample")
         self.position_label.setWordWrap(True)
+        # two lines reserved: a new position never changes the dock's layout
+        self.position_label.setMinimumHeight(2 * self.position_label.fontMetrics().height() + 2)
 
         form = QFormLayout()
         form.setContentsMargins(0, 0, 0, 0)
@@ -388,11 +398,21 @@ class BrowserWidget(QWidget):
             self.session.set_position_world(np.asarray(event.position, float)[-2:])
             yield
             while event.type == "mouse_move":
-                if self.session.dataset is not None:
-                    self.session.set_position_world(np.asarray(event.position, float)[-2:])
+                # the pointer moves faster than a pattern and the canvases can be drawn with
+                # software OpenGL: the latest position is applied at most every BROWSE_MS
+                self._drag_to = np.asarray(event.position, float)[-2:]
+                if not self._drag_timer.isActive():
+                    self._drag_timer.start()
                 yield
         finally:
             cam.mouse_pan = was
+            self._drag_timer.stop()
+            self._apply_drag()
+
+    def _apply_drag(self) -> None:
+        target, self._drag_to = self._drag_to, None
+        if target is not None and self.session.dataset is not None:
+            self.session.set_position_world(target)
 
     # -- work ------------------------------------------------------------------
     def compute_navigation(self):

@@ -81,6 +81,10 @@ def parse_field(name: str, text: str, unit: str | None = None) -> dict:
         if not values or len(values) > (2 if name in UNIT_FIELD else 1):
             what = "one number or two (y, x)" if name in UNIT_FIELD else "one number"
             raise ValueError(f"{label}: {what}, got {text!r}")
+        if name != "scan_rotation_deg" and not all(v > 0 and math.isfinite(v) for v in values):
+            raise ValueError(f"{label}: must be positive, got {text!r}")
+        if not all(math.isfinite(v) for v in values):
+            raise ValueError(f"{label}: a finite number, got {text!r}")
         if name in UNIT_FIELD:
             changes = {name: (values[0], values[-1])}
         elif name == "energy_ev":

@@ -410,15 +410,20 @@ class CompareWidget(QWidget):
         return out
 
     def save_figure(self, path, overwrite: bool = False):
-        from ..comparison import comparison_figure
+        """The comparison as a slide: the panels with their kinds and scores, a scale bar,
+        the scored region in a legend (:func:`napari_4dstem_ml.figure.comparison_slide`)."""
+        from ..figure import comparison_slide
 
         if self.table_result is None:
             show_error("compare first")
             return None
+        ds = self.session.datasets.get(self._dataset)
+        step = ds.calibration.scan_step_A if ds is not None else None
+        kinds = {m.name: self.kind_of(m.name, m.role) for m in self.images}
         try:
-            out = comparison_figure(
-                path, self.images, self.table_result, title=self._dataset, overwrite=overwrite
-            )
+            out = comparison_slide(
+                path, self.images, self.table_result, pixel_size=step[1] if step else None,
+                unit="Å", kinds=kinds, title=self._dataset, overwrite=overwrite)
         except Exception as err:  # noqa: BLE001 - shown to the user
             show_error(f"could not write {path}: {err}")
             return None

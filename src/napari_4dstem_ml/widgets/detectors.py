@@ -179,6 +179,17 @@ def detector_job(
         yield ("images", ["iCoM"], icom[None])
 
 
+def centre_job(data, step: int):
+    """Worker generator: ``(cy, cx, radius)`` px of the bright-field disk in the mean pattern
+    (every ``step``-th scan position), by the core's finder."""
+    from ..detectors import bf_disk_radius, find_bf_centre, mean_pattern
+
+    mean = mean_pattern(data, step=step)
+    cy, cx = find_bf_centre(mean)
+    return float(cy), float(cx), float(bf_disk_radius(mean, (cy, cx)))
+    yield  # a generator, like every worker job  # pragma: no cover
+
+
 class DetectorsWidget(QWidget):
     """Dock widget: detector presets, radii table, custom detectors, centre, live images.
 
@@ -489,19 +500,27 @@ class DetectorsWidget(QWidget):
         self._redraw_shapes()
         self.schedule()
 
-    def auto_centre(self) -> None:
-        """Centre from the core's BF-disk finder on the mean pattern; moves all detectors."""
-        from ..detectors import bf_disk_radius, find_bf_centre, mean_pattern
-
-        ds = self.session.dataset
+    def auto_centre(self):
+        """Centre from the core's BF-disk finder on the mean pattern (in a worker); moves all
+        detectors. Returns the worker."""
+        ds, name = self.session.dataset, self.session.current
         if ds is None:
-            return
-        try:
-            mean = mean_pattern(ds.data, step=max(1, min(ds.scan_shape) // 32))
-            cy, cx = find_bf_centre(mean)
-            r = bf_disk_radius(mean, (cy, cx))
-        except Exception as err:  # noqa: BLE001 - shown to the user
-            show_error(f"auto centre failed: {err}")
+            return None
+        worker = create_worker(
+            guarded(centre_job), ds.data, max(1, min(ds.scan_shape) // 32),
+            _start_thread=False,
+            _connect={"errored": error_reporter("auto centre", self.status.setText)},
+        )
+        worker.returned.connect(lambda found, name=name: self._on_centre(name, *found))
+        self.centre_button.setEnabled(False)
+        worker.finished.connect(lambda: self.centre_button.setEnabled(True))
+        self._centre_worker = worker
+        self.status.setText("finding the bright-field disk…")
+        worker.start()
+        return worker
+
+    def _on_centre(self, name: str, cy: float, cx: float, r: float) -> None:
+        if getattr(self, "_closed", False) or name != self.session.current:
             return
         self.cy.setValue(cy)
         self.cx.setValue(cx)
@@ -510,8 +529,8 @@ class DetectorsWidget(QWidget):
             f"BF disk at ({cy:.2f}, {cx:.2f}) px, radius {r:.2f} px"
             + (f" = {r * px:.2f} mrad" if px else "")
         )
-        for name, spec in self.specs.items():
-            self.specs[name] = replace(spec, centre=(cy, cx))
+        for key, spec in self.specs.items():
+            self.specs[key] = replace(spec, centre=(cy, cx))
         self._redraw_shapes()
         self.schedule()
 
@@ -712,6 +731,7 @@ class DetectorsWidget(QWidget):
 
     def _on_finished(self) -> None:
         self.worker = None
+        self.session.flush_deferred()
         if self._pending:
             self._pending = False
             self.recompute()
@@ -733,11 +753,10 @@ class DetectorsWidget(QWidget):
             meta = {"preview": what == "preview", "detector_name": name}
             if spec is not None:
                 meta.update(detector=spec.detector.to_dict(), centre_px=spec.centre)
-            self.session.show_scan_image(
-                image_layer_name(name, dataset),
-                np.asarray(img),
-                dataset=dataset,
-                role=DETECTOR_ROLES.get(name),
-                metadata=meta,
-            )
+            layer_name = image_layer_name(name, dataset)
+            # one layer per event-loop turn: a burst of new layers never stalls the GUI
+            self.session.defer(("scan", layer_name), lambda layer_name=layer_name, img=img,
+                               dataset=dataset, name=name, meta=meta: self.session.show_scan_image(
+                layer_name, np.asarray(img), dataset=dataset, role=DETECTOR_ROLES.get(name),
+                metadata=meta))
         self.status.setText(f"{len(names)} image(s) of {dataset} updated ({what})")

@@ -139,7 +139,7 @@ class LiveWidget(QWidget):
         self.session = session_for(napari_viewer)
         self.worker = None
         self.cancel: threading.Event | None = None
-        self._last_draw = 0.0
+        self._next_draw = 0.0
         self._pending = None
         self.header = Calibration()
         self.edits: dict = {}  # the calibrations typed here (over the header's)
@@ -347,25 +347,29 @@ class LiveWidget(QWidget):
         self._pending = ev
         now = time.monotonic()
         done = ev.rows_acquired >= ev.rows_total
-        if not done and now - self._last_draw < REFRESH_S:
+        if not done and now < self._next_draw:
             return
         self._draw(ev)
 
     def _draw(self, ev) -> None:
-        self._last_draw = time.monotonic()
+        t0 = time.monotonic()
         self._pending = None
         for name, image in ev.images.items():
             finite = np.isfinite(image)
             if not finite.any():
                 continue
             shown = np.where(finite, image, float(image[finite].mean()))
-            layer = self._show(live_name(name, self._source), shown)
-            layer.metadata["rows_done"] = ev.rows_done[name]
+            # one layer per event-loop turn, the latest rows only (Session.defer)
+            self.session.defer(("live", name), lambda name=name, shown=shown, rows=ev.rows_done[
+                name]: self._show(live_name(name, self._source), shown).metadata.update(
+                rows_done=rows))
         self.readout.setText(
             f"{ev.rows_acquired} of {ev.rows_total} rows acquired, "
             + ", ".join(f"{n} {r}" for n, r in ev.rows_done.items())
             + f"\n{ev.frames_per_s:.0f} frames/s; last block processed in "
               f"{ev.latency_s * 1e3:.0f} ms")
+        end = time.monotonic()
+        self._next_draw = end + max(REFRESH_S, 3 * (end - t0))
 
     def _show(self, name: str, data: np.ndarray):
         """Add or update (in place) a scan-plane image layer."""
@@ -389,6 +393,7 @@ class LiveWidget(QWidget):
     def _on_finished(self) -> None:
         if self._pending is not None and not getattr(self, "_closed", False):
             self._draw(self._pending)
+        self.session.flush_deferred()
         self.worker = None
         self.start_button.setEnabled(True)
         self.stop_button.setEnabled(False)

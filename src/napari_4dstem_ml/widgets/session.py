@@ -38,6 +38,10 @@ if TYPE_CHECKING:
 PATTERN_LAYER = "diffraction pattern"
 MEAN_LAYER = "mean diffraction pattern"
 MARKER_LAYER = "scan position"
+#: interval between two deferred layer updates (ms): the event loop runs in between
+DEFER_MS = 10
+#: scan rows of lazy data kept in memory for browsing (bytes)
+ROW_CACHE_BYTES = 64 * 2**20
 
 
 def nav_layer_name(name: str) -> str:
@@ -129,10 +133,18 @@ class Session:
         self.display_mode = "log"
         self.exponent = 0.25
         self._limits: dict[tuple[str, str, float], tuple[float, float]] = {}
+        self._rows: dict[tuple[int, int], np.ndarray] = {}  # scan rows read for browsing
         self.models: dict[str, SessionModel] = {}
         self._runs: dict[str, int] = {}
         self.registrations: dict[tuple[str, str], RegisteredLabel] = {}
         self._groups_hidden = False
+        # layer updates from workers, run one per event-loop turn (coalesced by key): a burst
+        # of new layers never holds the GUI thread for long
+        self._deferred: dict = {}
+        self._defer_timer = QTimer()
+        self._defer_timer.setSingleShot(True)
+        self._defer_timer.setInterval(DEFER_MS)
+        self._defer_timer.timeout.connect(self._run_deferred)
         #: each data set's calibration as its file stated it (for "Revert to file")
         self.file_calibrations: dict[str, Calibration] = {}
         self.settings = Settings()
@@ -374,8 +386,22 @@ class Session:
         return {"scale": ds.scale()[:2], "units": units, "axis_labels": ("y", "x")}
 
     def raw_pattern(self) -> np.ndarray:
-        """The current pattern ``(ky, kx)``, untransformed: ``data[iy, ix]``."""
-        return self.dataset.pattern(*self.position)
+        """The current pattern ``(ky, kx)``, untransformed: ``data[iy, ix]``. Lazy data are
+        read a whole scan row at a time and the rows kept (:data:`ROW_CACHE_BYTES`), so that
+        browsing along a row reads nothing more (one pattern of a Dask/HDF5 array costs as
+        much as its row)."""
+        ds, (iy, ix) = self.dataset, self.position
+        if isinstance(ds.data, np.ndarray):  # in memory, or a memory map: direct
+            return np.asarray(ds.data[iy, ix])
+        key = (id(ds.data), iy)
+        row = self._rows.pop(key, None)
+        if row is None:
+            row = np.asarray(ds.data[iy])
+            while self._rows and sum(r.nbytes for r in self._rows.values()) + row.nbytes > \
+                    ROW_CACHE_BYTES:
+                self._rows.pop(next(iter(self._rows)))
+        self._rows[key] = row  # most recent last
+        return row[ix]
 
     def _update_pattern(self, reset_limits: bool = False) -> None:
         ds = self.dataset
@@ -409,9 +435,15 @@ class Session:
         pt = np.array([self.position], dtype=float)
         if MARKER_LAYER in viewer.layers:
             layer = viewer.layers[MARKER_LAYER]
+            scale = self.scan_layer_kwargs()["scale"]
+            if not np.allclose(layer.scale[-2:], scale):  # costly (napari's dims): only if new
+                layer.scale = scale
             if not np.array_equal(np.round(layer.data), pt):
-                layer.data = pt
-            layer.scale = self.scan_layer_kwargs()["scale"]
+                self._moving_marker = True
+                try:
+                    layer.data = pt
+                finally:
+                    self._moving_marker = False
         else:
             layer = viewer.add_points(
                 pt,
@@ -427,10 +459,41 @@ class Session:
 
     def _on_marker_moved(self, event) -> None:
         layer = event.source
+        if getattr(self, "_moving_marker", False):  # our own update, not the user's drag
+            return
         if len(layer.data):
             iy, ix = np.round(np.asarray(layer.data[-1], float)[-2:]).astype(int)
             if (iy, ix) != self.position:
                 self.set_position(iy, ix)
+
+    # -- deferred layer updates ---------------------------------------------------
+    def defer(self, key, fn) -> None:
+        """Run ``fn()`` on a later event-loop turn, one deferred update per turn; a pending
+        update with the same ``key`` is replaced (only the latest image of a layer is drawn)."""
+        self._deferred[key] = fn
+        if not self._defer_timer.isActive():
+            self._defer_timer.start()
+
+    def _run_deferred(self) -> None:
+        import time
+
+        took = 0.0
+        if self._deferred:
+            key = next(iter(self._deferred))
+            t0 = time.perf_counter()
+            self._deferred.pop(key)()
+            took = time.perf_counter() - t0
+        if self._deferred:
+            # the event loop gets at least twice the time the last update took (software
+            # OpenGL on a busy machine draws slowly: updates are spaced out, not queued up)
+            self._defer_timer.start(int(min(500, max(DEFER_MS, 2000 * took))))
+
+    def flush_deferred(self) -> None:
+        """Run every pending deferred update now (a worker finished: its results shown)."""
+        self._defer_timer.stop()
+        while self._deferred:
+            key = next(iter(self._deferred))
+            self._deferred.pop(key)()
 
     # -- layer helpers ---------------------------------------------------------
     def show_scan_image(

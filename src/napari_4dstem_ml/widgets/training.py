@@ -687,6 +687,7 @@ class TrainingWidget(QWidget):
             self.worker.quit()
 
     def _on_finished(self) -> None:
+        self.session.flush_deferred()  # the run's last preview and learned views shown
         self.worker = None
         self._timer.stop()
         self.start_button.setEnabled(True)
@@ -706,13 +707,15 @@ class TrainingWidget(QWidget):
                 else "stopped"
             )
             return
-        self.progress.setValue(int(1000 * min(1.0, p.get("fraction", 0.0))))
         text = p.get("text", "")
         if p.get("eta") is not None:
             text += f" · {format_duration(p['eta'])} left"
         else:
             text += f" · {format_duration(time.perf_counter() - p['t0'])}"
+        # the text first (a deferred repaint), then the value (QProgressBar repaints at once):
+        # one repaint of the window, not two
         self.progress.setFormat(text)
+        self.progress.setValue(int(1000 * min(1.0, p.get("fraction", 0.0))))
 
     def _on_event(self, ev) -> None:
         """Worker events, on the GUI thread: store progress (shown by the timer); layers and
@@ -769,22 +772,27 @@ class TrainingWidget(QWidget):
                 f"val {ev.val_loss:.4g}" + (f" ({m})" if m else "") + (" *best*" if ev.is_best else "")
             )
         elif isinstance(ev, loop.PreviewEvent):
-            layer = self.session.show_scan_image(
-                self.run_name,
-                np.asarray(ev.image, np.float32),
-                dataset=self._training_name,
-                role="linear" if self._kind == "linear" else "cnn",
-                metadata={"step": ev.step, "model": self.run_name},
-            )
-            self._keep_on_top(layer)
-            self._show_learned(ev.masks)
+            # the layers change on later event-loop turns, one per turn, the latest preview
+            # only (a new layer costs napari and software OpenGL a lot)
+            run, dataset, kind = self.run_name, self._training_name, self._kind
+            image = np.asarray(ev.image, np.float32)
+
+            def preview():
+                layer = self.session.show_scan_image(
+                    run, image, dataset=dataset,
+                    role="linear" if kind == "linear" else "cnn",
+                    metadata={"step": ev.step, "model": run},
+                )
+                self._keep_on_top(layer)
+
+            self.session.defer(("scan", run), preview)
+            self.session.defer(("learned", run), lambda masks=ev.masks: self._show_learned(masks))
             unc = getattr(ev, "uncertainty", None)  # hook: an uncertainty map, when given
             if unc is not None:
-                self.session.show_scan_image(
-                    f"uncertainty: {self.run_name}", np.asarray(unc, np.float32),
-                    dataset=self._training_name, role="uncertainty", visible=False,
-                    colormap="magma",
-                )
+                self.session.defer(("scan", f"uncertainty: {run}"), lambda: (
+                    self.session.show_scan_image(
+                        f"uncertainty: {run}", np.asarray(unc, np.float32), dataset=dataset,
+                        role="uncertainty", visible=False, colormap="magma")))
         elif isinstance(ev, loop.DoneEvent):
             self._on_done(ev.result)
 
@@ -1010,6 +1018,10 @@ class TrainingWidget(QWidget):
                 show_warning(f"{entry.name} on {name}: {ev.text}")
                 meta.setdefault("domain_warnings", []).append(ev.text)
                 return
+            # drawn on a later event-loop turn, only the latest rows (coalesced)
+            self.session.defer(("scan", layer_name), lambda ev=ev: show_rows(ev))
+
+        def show_rows(ev):
             image = ev.image
             filled = (
                 np.nan_to_num(image, nan=float(np.nanmean(image)))
@@ -1028,12 +1040,13 @@ class TrainingWidget(QWidget):
                     dataset=name, role="uncertainty", colormap="magma", visible=False,
                     metadata={**meta, "rows_done": ev.rows_done},
                 )
-            self.progress.setValue(int(1000 * ev.rows_done / max(ev.rows_total, 1)))
             self.progress.setFormat(f"{layer_name}: {ev.rows_done}/{ev.rows_total} rows")
+            self.progress.setValue(int(1000 * ev.rows_done / max(ev.rows_total, 1)))
 
         def on_return(report, name=name):
             if getattr(self, "_closed", False):
                 return
+            self.session._deferred.pop(("scan", layer_name), None)  # the final image wins
             info = report.metadata()
             self.session.show_scan_image(
                 layer_name, report.image, dataset=name, role=entry.role,
@@ -1052,7 +1065,11 @@ class TrainingWidget(QWidget):
 
         worker.yielded.connect(on_event)
         worker.returned.connect(on_return)
-        worker.finished.connect(lambda: setattr(self, "apply_worker", None))
+        def on_finished():
+            self.session.flush_deferred()
+            self.apply_worker = None
+
+        worker.finished.connect(on_finished)
         self.apply_worker = worker
         worker.start()
         return worker
