@@ -194,6 +194,7 @@ def test_compare_builds_grid_and_table_equal_to_core(make_napari_viewer, qtbot, 
     viewer.add_image(np.zeros((5, 5)), name="unrelated")
     widget = CompareWidget(viewer)
     widget.dataset_box.setCurrentText("d")
+    order_before = [layer.name for layer in viewer.layers]
     assert widget.region_box.currentText() == "validation region"
     widget.compare()
     qtbot.waitUntil(lambda: widget.worker is None, timeout=30000)
@@ -240,9 +241,16 @@ def test_compare_builds_grid_and_table_equal_to_core(make_napari_viewer, qtbot, 
     assert float(rows[2][2]) == table.row("linear").pearson_r
     png = widget.save_figure(tmp_path / "figure.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    order_in_grid = [layer.name for layer in viewer.layers]
     widget.exit_grid()
     assert not viewer.canvas.grid.enabled
     assert viewer.layers["unrelated"].visible
+    # the layers' order as it was before Compare (the baseline made since sits above them;
+    # the cross-hair stays on top, as always)
+    after = [layer.name for layer in viewer.layers if layer.name != "scan position"]
+    before = [n for n in order_before if n != "scan position"]
+    assert [n for n in after if n in before] == before
+    assert order_in_grid[:len(before)] != before
 
 
 def test_checkpoint_opened_on_viewer_can_be_applied(make_napari_viewer, qtbot, tmp_path):
@@ -548,3 +556,27 @@ def test_settings_round_trip(make_napari_viewer, monkeypatch, tmp_path):
     w2.kind_box.setCurrentText("conv4d")
     assert w2.epochs.value() == 7
     assert not math.isnan(w2.lr.value())
+
+
+def test_a_new_rectangle_replaces_only_its_own_region(make_napari_viewer, qtbot):
+    """A rectangle drawn in the validation region's layer replaces the old validation region
+    (and the dock says so); one drawn in any other layer never becomes a region."""
+    from napari_4dstem_ml.widgets.regions import corners_of, split_for
+
+    syn = _synthetic((16, 16))
+    viewer = make_napari_viewer()
+    widget = _training_widget(viewer, syn)
+    layers = widget.show_regions()
+    default = split_for(widget.session, "train")
+    assert (default.train, default.val) == ((0, 8, 0, 16), (8, 16, 0, 16))
+    other = viewer.add_shapes(name="my drawing")
+    other.add_rectangles([corners_of((0, 4, 0, 4))])
+    qtbot.wait(50)
+    split = split_for(widget.session, "train")
+    assert (split.train, split.val) == (default.train, default.val)
+    layers["validation"].add_rectangles([corners_of((10, 16, 4, 12))])
+    qtbot.waitUntil(lambda: len(layers["validation"].data) == 1, timeout=5000)
+    split = split_for(widget.session, "train")
+    assert split.val == (10, 16, 4, 12) and split.train == (0, 8, 0, 16)
+    assert "validation region" in widget.readout.text()
+    assert "validate 48 positions" in widget.regions_label.text()

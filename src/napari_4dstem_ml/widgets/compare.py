@@ -270,13 +270,17 @@ class CompareWidget(QWidget):
         self._dataset = name
         worker.yielded.connect(self._on_registered)
         worker.returned.connect(self._on_table)
-        worker.finished.connect(lambda: setattr(self, "worker", None))
+        worker.finished.connect(self._on_finished)
         self.worker = worker
         self.status.setText(
             "registering the label, then comparing…" if to_register else "comparing…"
         )
         worker.start()
         return worker
+
+    def _on_finished(self) -> None:
+        self.session.flush_deferred()  # the grid and the baselines shown
+        self.worker = None
 
     def _on_registered(self, item) -> None:
         if getattr(self, "_closed", False):
@@ -331,26 +335,38 @@ class CompareWidget(QWidget):
     # -- grid ---------------------------------------------------------------------------
     def show_grid(self, layers: list) -> None:
         """Only ``layers`` visible, in role order (first = top left), in napari's grid, each
-        panel labelled with its layer name."""
+        panel labelled with its layer name. Done in steps on successive event-loop turns
+        (:meth:`Session.defer`): each redraws the window once, so none holds the GUI long."""
         viewer = self.viewer
+        self.session.flush_deferred()  # visibility changes still pending: applied first
         if self._saved_visibility is None:
             self._saved_visibility = {layer.name: layer.visible for layer in viewer.layers}
             self._saved_order = [layer.name for layer in viewer.layers]
-        for layer in viewer.layers:
-            layer.visible = False
-        # napari's grid fills cells in layer-list order: the compared layers first, in role order
-        for layer in reversed(layers):
-            viewer.layers.move(viewer.layers.index(layer), 0)
-        for layer in layers:
-            layer.visible = True
-            layer.name_overlay.visible = True
         self.compared_layers = list(layers)
-        grid = viewer.canvas.grid if hasattr(viewer, "canvas") else viewer.grid
-        grid.stride = 1
-        grid.spacing = 0.04
-        grid.enabled = True
-        self.fit_grid()
-        self.grid_button.setEnabled(True)
+
+        def hide_others():
+            for layer in viewer.layers:
+                if layer not in layers:
+                    layer.visible = False
+
+        def order():
+            # napari's grid fills cells in layer-list order: the compared layers first
+            for layer in reversed(layers):
+                viewer.layers.move(viewer.layers.index(layer), 0)
+
+        def show():
+            for layer in layers:
+                layer.visible = True
+                layer.name_overlay.visible = True
+            grid = viewer.canvas.grid if hasattr(viewer, "canvas") else viewer.grid
+            grid.stride = 1
+            grid.spacing = 0.04
+            grid.enabled = True
+            self.fit_grid()
+            self.grid_button.setEnabled(True)
+
+        for i, step in enumerate((hide_others, order, show)):
+            self.session.defer(("compare grid", i), step)
 
     def fit_grid(self) -> None:
         """Fit the compared images (not every layer's extent: a label on its own, larger

@@ -208,21 +208,28 @@ class Session:
 
     def _show_group(self, name: str | None) -> None:
         """Data set ``name``'s layers as they were when it was last current; the other data
-        sets' layers hidden (their visibility kept in ``metadata[GROUP_VISIBLE_KEY]``)."""
+        sets' layers hidden (their visibility kept in ``metadata[GROUP_VISIBLE_KEY]``). Each
+        change of visibility redraws napari's scene: they are applied one per event-loop turn
+        (:meth:`defer`), hidden ones first."""
         viewer = self.viewer
         self._groups_hidden = name is None
         if viewer is None:
             return
+        hide, show = [], []
         for layer in viewer.layers:
             owner = layer_dataset(layer)
             if owner is None or owner not in self.datasets:
                 continue
             if owner == name:
                 if GROUP_VISIBLE_KEY in layer.metadata:
-                    layer.visible = bool(layer.metadata.pop(GROUP_VISIBLE_KEY))
+                    (show if layer.metadata.pop(GROUP_VISIBLE_KEY) else hide).append(layer)
             elif GROUP_VISIBLE_KEY not in layer.metadata:
-                layer.metadata[GROUP_VISIBLE_KEY] = bool(layer.visible)
-                layer.visible = False
+                pending = self._deferred.get(("visible", id(layer)))
+                was = pending.visible if pending is not None else bool(layer.visible)
+                layer.metadata[GROUP_VISIBLE_KEY] = was
+                hide.append(layer)
+        for layer in hide + show:
+            self.defer(("visible", id(layer)), _Visibility(viewer, layer, layer in show))
 
     def hide_groups(self) -> None:
         """Hide every data set's layers (e.g. a live acquisition is shown instead); the
@@ -561,6 +568,17 @@ class Session:
             **kwargs,
         }
         return self.diffraction.add_image(data, name=name, **kw)
+
+
+class _Visibility:
+    """A deferred visibility change of one layer (skipped if the layer has gone)."""
+
+    def __init__(self, viewer, layer, visible: bool) -> None:
+        self.viewer, self.layer, self.visible = viewer, layer, visible
+
+    def __call__(self) -> None:
+        if self.layer in self.viewer.layers and self.layer.visible != self.visible:
+            self.layer.visible = self.visible
 
 
 def is_4d_layer(layer) -> bool:
