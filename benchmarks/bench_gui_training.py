@@ -14,6 +14,8 @@ Phases, in order:
 * ``train-linear``: the linear model fine-tuned (least squares) with its preview and learned mask;
 * ``train-cnn``: the 4D CNN ensemble fine-tuned for ``--epochs`` epochs, progress bar, loss
   curves, per-epoch reconstruction and first-layer filters;
+* ``open``: the PrScO3 sample opened (File ▸ Open Sample): its layers, navigation image, mean
+  pattern and the detectors' images for it;
 * ``apply``: the trained CNN applied to the PrScO3 sample, rows streaming into its layer;
 * ``compare``: Compare on MoS2 (baselines, metrics table, grid);
 * ``simulate``: the Train-from-simulation dock simulating one small MoS2 data set with abTEM
@@ -45,8 +47,8 @@ from pathlib import Path
 
 os.environ.setdefault("NAPARI_4DSTEM_ML_SETTINGS", "off")
 
-PHASES = ("browse", "detectors", "train-linear", "train-cnn", "apply", "compare", "simulate",
-          "live")
+PHASES = ("browse", "detectors", "train-linear", "train-cnn", "open", "apply", "compare",
+          "simulate", "live")
 TICK_MS = 20
 LIMIT_MS = 100.0
 
@@ -288,9 +290,18 @@ def main(argv=None) -> int:
     cnn = tr.run_name
 
     # -- apply to PrScO3 -----------------------------------------------------------------------
-    def apply_start():
+    def open_start():
         viewer.open_sample("napari-4dstem-ml", "prsco3")
-        wait(lambda: s.current != mos2 and MEAN_LAYER in s.diffraction.layers)
+        return None
+
+    phase("open", open_start, lambda _: s.current != mos2 and MEAN_LAYER in s.diffraction.layers
+          and s.diffraction.layers[MEAN_LAYER].metadata.get("dataset") == s.current
+          and det.worker is None and not det._timer.isActive())
+
+    def apply_start():
+        if s.current == mos2:
+            viewer.open_sample("napari-4dstem-ml", "prsco3")
+            wait(lambda: s.current != mos2 and MEAN_LAYER in s.diffraction.layers)
         return tr.apply(s.current, cnn if cnn in s.models else None)
 
     if "apply" in phases and cnn not in s.models:
@@ -323,12 +334,12 @@ def main(argv=None) -> int:
     sim = widget(SimTrainWidget)
 
     def simulate_start():
-        sim.structure.setCurrentText("MoS2")
-        sim.scan.setValue(12)
-        sim.items.setValue(1)
-        sim.det.setValue(64)
-        sim.model.setCurrentText("linear")
-        sim.output.setText(str(tmp / "simulated.pt"))
+        sim.structure.value = "MoS2"
+        sim.scan.value = 12
+        sim.items.value = 1
+        sim.det.value = 64
+        sim.model.value = "linear"
+        sim.output.value = str(tmp / "simulated.pt")
         sim.run()
         return sim
 

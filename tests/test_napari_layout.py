@@ -124,6 +124,10 @@ def probe(width: int, height: int) -> dict:
     }
     browser = next(d for d in plugin_docks(win) if getattr(d.widget(), "ON_TOP", False))
     browser.widget().layer_panel.expand(animate=False)  # the diffraction layers shown too
+    for dock in plugin_docks(win):  # and the folded training settings
+        panel = getattr(dock.widget(), "settings_panel", None)
+        if panel is not None:
+            panel.expand(animate=False)
     for dock in plugin_docks(win):
         dock.raise_()
         settle()

@@ -152,12 +152,12 @@ def main():
     tr.apply(prsco3, tr.selected_model().name)
     wait(qapp, lambda: tr.apply_worker is None)
     recon = f"{tr.selected_model().name} → {prsco3}"
-    for layer in s.group_layers(prsco3):
+    for layer in viewer.layers:
         layer.visible = layer.name in (recon, f"uncertainty: {recon}")
-    viewer.grid.enabled = True
+    viewer.canvas.grid.enabled = True
     s.fit_view(prsco3)
     shot("models")
-    viewer.grid.enabled = False
+    viewer.canvas.grid.enabled = False
 
     # 6. live: a MoS2 acquisition replayed into a file, followed with the CNN
     from napari_4dstem_ml.live import replay

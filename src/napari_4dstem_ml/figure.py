@@ -66,12 +66,13 @@ def comparison_slide(
     n = len(images)
     cols = n if n <= 4 else math.ceil(n / 2)
     rows = math.ceil(n / cols)
-    fig = Figure(figsize=(2.6 * cols, 3.05 * rows + (0.7 if title else 0.3) + 0.35))
+    legend_in = 0.35 if table is not None else 0.0
+    fig = Figure(figsize=(2.6 * cols, 3.1 * rows + (0.55 if title else 0.15) + 0.5 + legend_in))
     FigureCanvasAgg(fig)
     top = 1 - (0.55 if title else 0.15) / fig.get_figheight()
-    bottom = 0.45 / fig.get_figheight()
+    bottom = (0.5 + legend_in) / fig.get_figheight()  # room for the last row's lines
     grid = fig.add_gridspec(rows, cols, left=0.01, right=0.99, top=top, bottom=bottom,
-                            wspace=0.04, hspace=0.42)
+                            wspace=0.04, hspace=0.45)
     for i, m in enumerate(images):
         ax = fig.add_subplot(grid[i // cols, i % cols])
         img = np.asarray(m.image, np.float32)
@@ -114,7 +115,8 @@ def comparison_slide(
         handles = [Line2D([], [], color="#f0b400", linestyle="--",
                           label=f"scores computed here (rows {y0}–{y1 - 1}, columns "
                                 f"{x0}–{x1 - 1}), against {reference}")]
-        fig.legend(handles=handles, loc="lower center", frameon=False, fontsize=8)
+        fig.legend(handles=handles, loc="lower center", frameon=False, fontsize=8,
+                   bbox_to_anchor=(0.5, 0.0))
     with output_file(path, overwrite=overwrite) as tmp, writing(path):
         fig.savefig(tmp, format="png", dpi=dpi)
     return path

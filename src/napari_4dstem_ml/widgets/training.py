@@ -36,6 +36,7 @@ from qtpy.QtWidgets import (
     QComboBox,
     QDoubleSpinBox,
     QFormLayout,
+    QGridLayout,
     QHBoxLayout,
     QLabel,
     QLineEdit,
@@ -46,6 +47,7 @@ from qtpy.QtWidgets import (
     QSpinBox,
     QWidget,
 )
+from superqt import QCollapsible
 
 from ..workflow import TRAINING_DEFAULTS, TrainingJob
 from .dialogs import open_file, save_file
@@ -313,13 +315,24 @@ class TrainingWidget(QWidget):
         form.addRow("label", label_row)
         form.addRow("regions", self.regions_button)
         form.addRow(self.regions_label)
-        form.addRow("model", self.kind_box)
-        form.addRow("start from", self.start_box)
-        form.addRow("ensemble members", self.ensemble)
-        form.addRow("cluster size K", self.cluster)
-        form.addRow("epochs", self.epochs)
-        form.addRow("learning rate", self.lr)
-        form.addRow("batch size", self.batch)
+        model_row = QHBoxLayout()
+        model_row.addWidget(self.kind_box, stretch=2)
+        model_row.addWidget(QLabel("from"))
+        model_row.addWidget(self.start_box, stretch=3)
+        form.addRow("model", model_row)
+        # the hyper-parameters fold away (their values in the title): Start, the progress
+        # and the loss curves stay in sight on a laptop screen
+        self.settings_panel = QCollapsible("training settings")
+        hyper = QWidget()
+        grid = QGridLayout(hyper)
+        grid.setContentsMargins(0, 0, 0, 0)
+        for i, (text, box) in enumerate((("epochs", self.epochs), ("learning rate", self.lr),
+                                         ("batch size", self.batch), ("cluster K", self.cluster),
+                                         ("ensemble", self.ensemble))):
+            grid.addWidget(QLabel(text), i // 2, 2 * (i % 2))
+            grid.addWidget(box, i // 2, 2 * (i % 2) + 1)
+        self.settings_panel.addWidget(hyper)
+        form.addRow(self.settings_panel)
         buttons = QHBoxLayout()
         buttons.addWidget(self.start_button)
         buttons.addWidget(self.stop_button)
@@ -334,6 +347,7 @@ class TrainingWidget(QWidget):
         layout.addLayout(form)
         layout.addLayout(buttons)
         layout.addWidget(self.progress)
+        layout.addWidget(self.readout)
         plots = QHBoxLayout()
         plots.addWidget(self.curves, stretch=2)
         plots.addWidget(self.weights_plot, stretch=1)
@@ -344,7 +358,6 @@ class TrainingWidget(QWidget):
         layout.addLayout(model_buttons)
         layout.addLayout(apply_row)
         layout.addWidget(self.scheduler)
-        layout.addWidget(self.readout)
 
         self._timer = QTimer(self)
         self._timer.setInterval(PROGRESS_MS)
@@ -360,6 +373,8 @@ class TrainingWidget(QWidget):
         settings.bind("training", "cluster_size", self.cluster)
         for key, box in (("epochs", self.epochs), ("lr", self.lr), ("batch_size", self.batch)):
             box.valueChanged.connect(lambda v, key=key: self._store_hyper(key, v))
+        for box in (self.epochs, self.lr, self.batch, self.cluster, self.ensemble):
+            box.valueChanged.connect(self._show_settings_title)
         self.start_button.clicked.connect(self.start)
         self.stop_button.clicked.connect(self.stop)
         self.save_button.clicked.connect(self._on_save)
@@ -379,6 +394,7 @@ class TrainingWidget(QWidget):
         on_viewer_close(napari_viewer, self.teardown)
         compact_widget(self)
         settle(self)
+        self._show_settings_title()
         self._refresh()
         self._refresh_models()
 
@@ -445,6 +461,13 @@ class TrainingWidget(QWidget):
             self.ensemble.setValue(3 if kind == "conv4d" else 1)
         finally:
             self._restoring = False
+
+    def _show_settings_title(self, *_) -> None:
+        """The folded hyper-parameters, in one line."""
+        members = f" · {self.ensemble.value()} members" if self.ensemble.value() > 1 else ""
+        self.settings_panel.setText(
+            f"{self.epochs.value()} epochs · lr {self.lr.value():g} · batch {self.batch.value()} "
+            f"· K {self.cluster.value()}{members}")
 
     def _store_hyper(self, key: str, value) -> None:
         if not self._restoring:
