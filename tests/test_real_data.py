@@ -237,3 +237,20 @@ def test_napari_reader_opens_a_stack_without_scan_shape_as_one_row(real):
     np.testing.assert_array_equal(np.asarray(two.data[1, 2]), np.asarray(ds.data[0, 7]))
     with pytest.raises(ValueError, match="10 frames"):
         ds.with_scan_shape((3, 3))
+
+
+def test_bright_field_disk_of_the_fpd_scan_is_its_own_size(real):
+    """The Merlin scan's disk is about 2 px across the half maximum (its mean pattern peaks
+    at ~200 counts and falls below half within 2-3 px); the old estimate, thrown by a disk
+    holding 0.02 % of the detector, said 8.3 px."""
+    from napari_4dstem_ml.detectors.centre import measure_bf_disk
+
+    ds = load(real / "merlintools/FPD_HDF5.hdf5")
+    mean = np.asarray(ds.data, dtype=np.float64).mean((0, 1))
+    disk = measure_bf_disk(mean)
+    peak = np.unravel_index(np.argmax(mean), mean.shape)
+    assert np.hypot(disk.centre[0] - peak[0], disk.centre[1] - peak[1]) < 1.5
+    yy, xx = np.mgrid[: mean.shape[0], : mean.shape[1]]
+    half = mean[np.hypot(yy - disk.centre[0], xx - disk.centre[1]) < disk.radius_px]
+    assert 1.7 < disk.radius_px < 2.6
+    assert half.min() > 0.25 * mean.max()  # the circle holds the disk, not the background

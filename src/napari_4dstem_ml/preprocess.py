@@ -255,12 +255,13 @@ class MissingCalibrationError(PreprocessError):
     :class:`~napari_4dstem_ml.dataset.Calibration` field; the message names the command-line
     option and the napari field that supply it."""
 
-    def __init__(self, field: str, what: str) -> None:
+    def __init__(self, field: str, what: str, suggestion: str = "") -> None:
         self.field = field
         option, label = CALIBRATION_INPUTS[field]
         super().__init__(
             f"{what} needs the {label}, which the data set does not state: give it with "
-            f"{option} on the command line, or in napari in the browser's calibration fields"
+            f"{option} on the command line, or in napari in the calibration panel"
+            + (f" ({suggestion})" if suggestion else "")
         )
 
 
@@ -289,8 +290,27 @@ def detector_pixel_in(dataset: Dataset4D, units: str, what: str) -> tuple[float,
         return float(px[0]), float(px[1])
     alpha = cal.convergence_mrad
     if alpha is None or not float(alpha) > 0:
-        raise MissingCalibrationError("convergence_mrad", what)
+        raise MissingCalibrationError("convergence_mrad", what, _convergence_hint(dataset))
     return float(px[0]) / float(alpha), float(px[1]) / float(alpha)
+
+
+def _convergence_hint(dataset: Dataset4D) -> str:
+    """What the bright-field disk of about 1,000 patterns measures, as α to offer the user
+    (empty when it cannot be measured)."""
+    from .detectors.centre import measure_bf_disk
+    from .detectors.engine import mean_pattern
+
+    try:
+        ny, nx = dataset.scan_shape
+        step = max(1, int(np.sqrt(ny * nx / 1000)))
+        disk = measure_bf_disk(mean_pattern(dataset.data, step=step), dataset.calibration)
+    except Exception:  # noqa: BLE001 - a hint only; the error stands without it
+        return ""
+    if disk.convergence_mrad is None:
+        return ""
+    return (f"the bright-field disk measures {disk.radius_px:.1f} px = "
+            f"{disk.convergence_mrad:.3g} mrad: if that is α, pass --convergence "
+            f"{disk.convergence_mrad:.3g}")
 
 
 @dataclass(frozen=True)
