@@ -98,7 +98,8 @@ def layer_data(ds, name: str) -> tuple:
         "rgb": False,
         "multiscale": False,
         "colormap": "gray",
-        "metadata": {"dataset4d": ds},
+        # what ``stemml info --json`` prints: shapes, calibrations and where each came from
+        "metadata": {"dataset4d": ds, "stemml_info": ds.info()},
     }
     return (ds.data, kwargs, "image")
 
