@@ -150,3 +150,47 @@ class CNN4d(nn.Module):
             tile = tile.to(device=device, dtype=self.dense.weight.dtype)
             rows.append(self._head(self._features(tile[None, None]))[0])
         return torch.cat(rows, 0)
+
+
+class RowStream:
+    """The network over a padded field fed one scan row at a time (live reconstruction): each
+    row goes through the first convolution once, and an output row comes out as soon as the
+    rows its clusters span are in. Rows ``(Sx, ky, kx)`` are those of the padded tile that
+    :meth:`CNN4d.predict_field` takes, in order; ``push`` returns output row ``(Sx - K + 1,)``
+    or ``None`` (equal to ``predict_field``'s rows, to float32 rounding; eval mode)."""
+
+    def __init__(self, model: CNN4d) -> None:
+        from collections import deque
+
+        cfg = model.config
+        self.model = model
+        ks = cfg.kernel_scan
+        s = model.cluster_size - 2 * (ks - 1)
+        self.inputs: deque = deque(maxlen=ks)
+        self.mid: deque = deque(maxlen=ks)
+        self.features: deque = deque(maxlen=s)
+
+    def push(self, row: torch.Tensor | np.ndarray) -> torch.Tensor | None:
+        m, cfg = self.model, self.model.config
+        device = m.dense.weight.device
+        x = torch.as_tensor(np.asarray(row) if not isinstance(row, torch.Tensor) else row)
+        x = x.to(device=device, dtype=m.dense.weight.dtype)[None, None, None]
+        self.inputs.append(_pool_detector(x, cfg.input_pool, "avg"))
+        if len(self.inputs) < self.inputs.maxlen:
+            return None
+        a = m.act1(_pool_detector(m.conv1(torch.cat(list(self.inputs), 2)), cfg.pool_det,
+                                  cfg.pool_mode))
+        self.mid.append(a)
+        if len(self.mid) < self.mid.maxlen:
+            return None
+        f = m.act2(_pool_detector(m.conv2(torch.cat(list(self.mid), 2)), cfg.pool_det,
+                                  cfg.pool_mode))
+        self.features.append(m.dropout(f))
+        if len(self.features) < self.features.maxlen:
+            return None
+        return m._head(torch.cat(list(self.features), 2))[0, 0]
+
+
+def row_stream(model) -> RowStream | None:
+    """A :class:`RowStream` of a :class:`CNN4d`, else ``None`` (other models have none)."""
+    return RowStream(model) if isinstance(model, CNN4d) else None
