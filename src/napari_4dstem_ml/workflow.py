@@ -206,7 +206,30 @@ class TrainingJob:
         if initial is not None and initial.model_config.kind not in (self.model, "ensemble"):
             raise ValueError(f"--init {self.init}: it is a {initial.model_config.kind} model, "
                              f"not {self.model}")
+        if initial is not None and self.ensemble is not None:
+            initial = self._members_of(initial, int(self.ensemble))
         return initial, self.configs(dataset, initial)
+
+    def _members_of(self, initial: Any, n: int) -> Any:
+        """The initial model with its first ``n`` ensemble members (``n = 1``: one network),
+        so that ``--ensemble N`` holds when fine-tuning as from scratch."""
+        from dataclasses import replace as dc_replace
+
+        from .models import EnsembleConfig
+        from .models.ensemble import Ensemble
+
+        cfg = initial.model_config
+        have = cfg.size if isinstance(cfg, EnsembleConfig) else 1
+        if n == have:
+            return initial
+        if n > have:
+            raise ValueError(f"--ensemble {n}: the model to fine-tune ({self.init}) has {have} "
+                             f"member(s); give at most {have}, or --init scratch for {n}")
+        members = list(initial.model.members)[:n]
+        if n == 1:
+            return dc_replace(initial, model=members[0], model_config=cfg.member)
+        return dc_replace(initial, model=Ensemble(members),
+                          model_config=EnsembleConfig(member=cfg.member, size=n))
 
     def augment_config(self):
         from .training.augment import AugmentConfig
