@@ -10,17 +10,24 @@ from napari_4dstem_ml.models.cnn4d import RowStream, row_stream  # noqa: E402
 
 
 @pytest.mark.parametrize("cluster,kernel", [(5, 3), (7, 3), (3, 2)])
-def test_row_stream_equals_predict_field(cluster, kernel):
+@pytest.mark.parametrize("blocks", [(1,) * 15, (2, 1, 4, 3, 1, 4), (15,)])
+def test_row_stream_equals_predict_field(cluster, kernel, blocks):
+    """Rows pushed one by one or in blocks of any size: the same image as the whole field,
+    each output row as soon as the rows of its clusters are in."""
     torch.manual_seed(cluster)
     model = build_model(CNN4dConfig(cluster_size=cluster, kernel_scan=kernel), (32, 32)).eval()
     k = model.cluster_size
-    field = torch.randn(9 + k - 1, 7 + k - 1, 32, 32)
+    field = torch.randn(15, 7 + k - 1, 32, 32)
     with torch.inference_mode():
         ref = model.predict_field(field)
         stream = RowStream(model)
-        outs = [stream.push(row) for row in field]
-    assert all(o is None for o in outs[: k - 1])
-    got = torch.stack(outs[k - 1:])
+        outs, fed = [], 0
+        for n in blocks:
+            out = stream.push(field[fed:fed + n])
+            fed += n
+            assert out.shape[0] == max(0, fed - (k - 1)) - sum(o.shape[0] for o in outs)
+            outs.append(out)
+    got = torch.cat(outs)
     assert got.shape == ref.shape
     np.testing.assert_allclose(got.numpy(), ref.numpy(), rtol=1e-5, atol=1e-6)
 

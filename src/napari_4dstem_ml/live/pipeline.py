@@ -237,7 +237,9 @@ class _LiveModel:
         return stop
 
     def _stream_ready(self, image: np.ndarray, acquired: int) -> int:
-        """Push every padded row whose data row is in through the row streams."""
+        """Push the padded rows whose data rows are in through the row streams, as one block
+        (on one torch thread: small blocks are fastest without a thread team to synchronise,
+        and the other core stays with reading and preprocessing)."""
         import torch
 
         from ..training.clusters import reflect_index
@@ -245,24 +247,32 @@ class _LiveModel:
         ny, nx = self.scan_shape
         h = self.k // 2
         rx = reflect_index(np.arange(-h, nx + h), nx)
-        total = ny + 2 * h
-        with torch.inference_mode():
-            while self.fed < total:
-                y = int(reflect_index(np.array([self.fed - h]), ny)[0])
-                if y >= acquired:
-                    break
-                row = torch.from_numpy(np.ascontiguousarray(self.rows[y][rx]))
-                outs = [s.push(row) for s in self.streams]
-                self.fed += 1
-                if outs[0] is None:
-                    continue
-                each = torch.stack(outs).cpu().numpy()
-                image[self.done] = self.pre.model_to_label(each.mean(0))
-                self.done += 1
-                # rows 0..2h and the last h + 1 stay: reflection at the scan edges reads them
-                keep_from = min(self.fed - 2 * h - 1, ny - 1 - h)
-                for old in [r for r in self.rows if 2 * h < r < keep_from]:
-                    del self.rows[old]
+        start = self.fed
+        ready = []
+        while self.fed < ny + 2 * h:
+            y = int(reflect_index(np.array([self.fed - h]), ny)[0])
+            if y >= acquired:
+                break
+            ready.append(self.rows[y][rx])
+            self.fed += 1
+        if not ready:
+            return self.done
+        block = torch.from_numpy(np.ascontiguousarray(np.stack(ready)))
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            with torch.inference_mode():
+                each = torch.stack([s.push(block) for s in self.streams]).cpu().numpy()
+        finally:
+            torch.set_num_threads(threads)
+        n = each.shape[1]
+        if n:
+            image[self.done:self.done + n] = self.pre.model_to_label(each.mean(0))
+            self.done += n
+        # rows 0..2h and the last h + 1 stay: reflection at the scan edges reads them
+        keep_from = min(start - 2 * h - 1, ny - 1 - h)
+        for old in [r for r in self.rows if 2 * h < r < keep_from]:
+            del self.rows[old]
         return self.done
 
 
