@@ -183,7 +183,8 @@ class _LiveModel:
         self.done = 0
         self.fed = 0  # padded rows pushed through the row streams
         self.streams = None
-        self.out_rows: list[np.ndarray] = []
+        self.readout = None  # a linear model as virtual images: (members, readouts, masks, clip)
+        self.vimg: np.ndarray | None = None
 
     def warm_up(self, blank: np.ndarray) -> None:
         import torch
@@ -198,16 +199,29 @@ class _LiveModel:
 
         from ..models.cnn4d import row_stream
         from ..predict import prepare
+        from ..predict.linear import linear_on_raw_detector
 
         loaded = SimpleNamespace(model=self.model, preprocessor=self.preprocessor, info=self.info)
         prep = prepare(loaded, ds, sample)
         self.pre, self.issues = prep.preprocessor, prep.issues
         self.model.eval()
         members = list(getattr(self.model, "members", [self.model]))
+        if linear_on_raw_detector(self.model, self.pre, ds):  # as offline: virtual images
+            readouts = [self.pre.raw_readout(m.detector_mask()) for m in members]
+            masks = np.stack([r[0] for r in readouts])
+            self.readout = (members, readouts, masks, ds.dtype.kind != "u")
+            self.vimg = np.zeros((len(members), *self.scan_shape), np.float64)
+            return
         streams = [row_stream(m) for m in members]
         self.streams = streams if all(s is not None for s in streams) else None
 
     def add_rows(self, y0: int, block: np.ndarray) -> None:
+        if self.readout is not None:
+            from ..detectors.engine import virtual_images
+
+            _, _, masks, clip = self.readout
+            self.vimg[:, y0:y0 + len(block)] = virtual_images(block, masks, clip_negative=clip)
+            return
         for i in range(len(block)):
             self.rows[y0 + i] = self.pre.transform(block[i])
 
@@ -215,6 +229,8 @@ class _LiveModel:
         """Predict every output row whose clusters are complete; returns the rows done."""
         if self.streams is not None:
             return self._stream_ready(image, acquired)
+        if self.readout is not None:
+            return self._readout_ready(image, acquired)
         import torch
 
         from ..training.clusters import reflect_index
@@ -234,6 +250,31 @@ class _LiveModel:
         self.done = stop
         for y in [y for y in self.rows if 2 * h < y < stop - h]:
             del self.rows[y]  # rows 0..2h stay: reflection at the top edge reads them
+        return stop
+
+    def _readout_ready(self, image: np.ndarray, acquired: int) -> int:
+        """The linear model's rows from its virtual images: the K x K correlation of the rows
+        whose clusters are complete (reflected at the scan edges, as offline)."""
+        from scipy.ndimage import correlate
+
+        from ..training.clusters import reflect_index
+
+        ny, nx = self.scan_shape
+        h = self.k // 2
+        start = self.done
+        stop = ny if acquired == ny else max(start, acquired - h)
+        if stop <= start:
+            return self.done
+        ry = reflect_index(np.arange(start - h, stop + h), ny)
+        rx = reflect_index(np.arange(-h, nx + h), nx)
+        members, readouts, _, _ = self.readout
+        outs = []
+        for m, (_, offset), v in zip(members, readouts, self.vimg):
+            tile = v[ry][:, rx] + offset
+            o = correlate(tile, m.cluster_weights().astype(np.float64), mode="constant")
+            outs.append(o[h:h + stop - start, h:h + nx] + float(m.bias.detach()))
+        image[start:stop] = self.pre.model_to_label(np.mean(outs, 0))
+        self.done = stop
         return stop
 
     def _stream_ready(self, image: np.ndarray, acquired: int) -> int:
