@@ -229,20 +229,15 @@ class _LiveModel:
         """Predict every output row whose clusters are complete; returns the rows done."""
         if self.streams is not None:
             return self._stream_ready(image, acquired)
+        ready = self._ready_rows(acquired)
+        if ready is None:
+            return self.done
         if self.readout is not None:
-            return self._readout_ready(image, acquired)
+            return self._readout_rows(image, *ready)
         import torch
 
-        from ..training.clusters import reflect_index
-
-        ny, nx = self.scan_shape
+        start, stop, ry, rx = ready
         h = self.k // 2
-        start = self.done
-        stop = ny if acquired == ny else max(start, acquired - h)
-        if stop <= start:
-            return self.done
-        ry = reflect_index(np.arange(start - h, stop + h), ny)
-        rx = reflect_index(np.arange(-h, nx + h), nx)
         tile = np.stack([self.rows[int(y)] for y in ry])[:, rx]
         with torch.inference_mode():
             out = self.model.predict_field(torch.from_numpy(tile))
@@ -252,11 +247,10 @@ class _LiveModel:
             del self.rows[y]  # rows 0..2h stay: reflection at the top edge reads them
         return stop
 
-    def _readout_ready(self, image: np.ndarray, acquired: int) -> int:
-        """The linear model's rows from its virtual images: the K x K correlation of the rows
-        whose clusters are complete (reflected at the scan edges, as offline)."""
-        from scipy.ndimage import correlate
-
+    def _ready_rows(self, acquired: int):
+        """``(start, stop, ry, rx)``: the output rows whose clusters are complete once
+        ``acquired`` rows are in, and the (reflected) data rows and columns their clusters
+        span; ``None`` when there are none."""
         from ..training.clusters import reflect_index
 
         ny, nx = self.scan_shape
@@ -264,9 +258,17 @@ class _LiveModel:
         start = self.done
         stop = ny if acquired == ny else max(start, acquired - h)
         if stop <= start:
-            return self.done
-        ry = reflect_index(np.arange(start - h, stop + h), ny)
-        rx = reflect_index(np.arange(-h, nx + h), nx)
+            return None
+        return (start, stop, reflect_index(np.arange(start - h, stop + h), ny),
+                reflect_index(np.arange(-h, nx + h), nx))
+
+    def _readout_rows(self, image: np.ndarray, start: int, stop: int, ry, rx) -> int:
+        """The linear model's rows ``start:stop`` from its virtual images: the K x K
+        correlation (reflected at the scan edges, as offline)."""
+        from scipy.ndimage import correlate
+
+        h = self.k // 2
+        nx = self.scan_shape[1]
         members, readouts, _, _ = self.readout
         outs = []
         for m, (_, offset), v in zip(members, readouts, self.vimg):
