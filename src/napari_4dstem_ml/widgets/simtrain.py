@@ -42,8 +42,10 @@ def _pair(name: str, label: str, lo: float, hi: float, a: float, b: float, decim
     second = FloatSpinBox(name=f"{name}_max", value=b, label="to", **kw)
     for w in (first, second):
         w.native.setDecimals(decimals)
-    return Container(name=name, label=label, layout="horizontal", labels=False,
+    pair = Container(name=name, label=label, layout="horizontal", labels=False,
                      widgets=[first, second])
+    pair.margins = (0, 0, 0, 0)  # aligned with the single fields, no wider than needed
+    return pair
 
 
 class SimTrainWidget(QWidget):
@@ -71,33 +73,35 @@ class SimTrainWidget(QWidget):
                                        tooltip="a structure file (CIF, XYZ, VASP, PDB, ASE)")
         self.zone = LineEdit(name="zone", label="zone axis",
                              tooltip="[001] (default) when empty, e.g. 1 1 0")
-        self.thickness = _pair("thickness", "thickness (nm, crystals)", 0.5, 200.0, 5.0, 20.0, 1)
+        self.thickness = _pair("thickness", "thickness (nm)", 0.5, 200.0, 5.0, 20.0, 1)
         self.defocus = _pair("defocus", "defocus (nm)", -100.0, 100.0, 0.0, 0.0, 1)
         self.dose = _pair("dose", "dose (e⁻/pattern)", 100.0, 1e7, 1e4, 1e5, 0, 1e4)
-        self.tilt = FloatSpinBox(name="tilt", label="largest tilt (mrad)", min=0.0, max=50.0,
+        self.tilt = FloatSpinBox(name="tilt", label="tilt ≤ (mrad)", min=0.0, max=50.0,
                                  step=0.5, value=0.0)
         self.energy = LineEdit(name="energy", label="energies (keV)", value="80",
                                tooltip="one or more beam energies, e.g. 80 200 300")
-        self.alpha = _pair("alpha", "convergence α (mrad)", 1.0, 60.0, 21.4, 21.4, 1, 0.5)
-        self.px = FloatSpinBox(name="detector_pixel", label="detector pixel (mrad)", min=0.05,
+        self.alpha = _pair("alpha", "α (mrad)", 1.0, 60.0, 21.4, 21.4, 1, 0.5)
+        self.px = FloatSpinBox(name="detector_pixel", label="mrad / pixel", min=0.05,
                                max=10.0, step=0.05, value=0.84)
         self.px.native.setDecimals(3)
-        self.det = SpinBox(name="detector_size", label="detector pixels", min=16, max=1024,
+        self.det = SpinBox(name="detector_size", label="detector (px)", min=16, max=1024,
                            value=128)
         self.step = _pair("scan_step", "scan step (Å)", 0.02, 2.0, 0.25, 0.25, 3, 0.05)
-        self.scan = SpinBox(name="scan", label="scan positions per side", min=8, max=256,
+        self.scan = SpinBox(name="scan", label="scan size (px)", min=8, max=256,
                             value=48)
         self.items = SpinBox(name="items", label="simulations", min=1, max=200, value=6)
         self.model = ComboBox(name="model", choices=["conv4d", "linear"], value="conv4d")
         self.init = ComboBox(name="init", label="start from", choices=list(START_CHOICES))
-        self.output = FileEdit(name="output", label="save model as", mode="w",
+        self.output = FileEdit(name="output", label="save as", mode="w",
                                value=str(Path.home() / "simulated_model.pt"),
                                filter="Model (*.pt)")
         self.form = Container(widgets=[
             self.structure, self.structure_file, self.zone, self.thickness, self.defocus,
             self.dose, self.tilt, self.energy, self.alpha, self.px, self.det, self.step,
             self.scan, self.items, self.model, self.init, self.output])
-        self.form.native.layout().setContentsMargins(0, 0, 0, 0)
+        self.form.margins = (0, 0, 0, 0)
+        for w in (self.structure_file, self.output):  # a narrow browse button
+            w.choose_btn.text = "…"
         self.structure.changed.connect(self._on_structure)
         self.reset_settings = persist(self.session.settings, "simulate", self.form)
         self._on_structure()

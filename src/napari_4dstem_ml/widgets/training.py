@@ -44,6 +44,7 @@ from qtpy.QtWidgets import (
     QPlainTextEdit,
     QProgressBar,
     QPushButton,
+    QSizePolicy,
     QSpinBox,
     QWidget,
 )
@@ -326,12 +327,21 @@ class TrainingWidget(QWidget):
         hyper = QWidget()
         grid = QGridLayout(hyper)
         grid.setContentsMargins(0, 0, 0, 0)
-        for i, (text, box) in enumerate((("epochs", self.epochs), ("learning rate", self.lr),
-                                         ("batch size", self.batch), ("cluster K", self.cluster),
-                                         ("ensemble", self.ensemble))):
-            grid.addWidget(QLabel(text), i // 2, 2 * (i % 2))
+        for i, (text, box, tip) in enumerate((
+                ("epochs", self.epochs, "training epochs"),
+                ("lr", self.lr, "learning rate"),
+                ("batch", self.batch, "batch size (clusters per step)"),
+                ("K", self.cluster, "cluster size K × K scan positions"),
+                ("members", self.ensemble, "ensemble members"))):
+            label = QLabel(text)
+            label.setToolTip(tip)
+            box.setToolTip(tip)
+            grid.addWidget(label, i // 2, 2 * (i % 2))
             grid.addWidget(box, i // 2, 2 * (i % 2) + 1)
         self.settings_panel.addWidget(hyper)
+        # the title (the values) is clipped, never widens the dock
+        self.settings_panel.toggleButton().setSizePolicy(QSizePolicy.Policy.Ignored,
+                                                         QSizePolicy.Policy.Fixed)
         form.addRow(self.settings_panel)
         buttons = QHBoxLayout()
         buttons.addWidget(self.start_button)
@@ -464,10 +474,12 @@ class TrainingWidget(QWidget):
 
     def _show_settings_title(self, *_) -> None:
         """The folded hyper-parameters, in one line."""
-        members = f" · {self.ensemble.value()} members" if self.ensemble.value() > 1 else ""
+        members = f", ×{self.ensemble.value()}" if self.ensemble.value() > 1 else ""
         self.settings_panel.setText(
-            f"{self.epochs.value()} epochs · lr {self.lr.value():g} · batch {self.batch.value()} "
-            f"· K {self.cluster.value()}{members}")
+            f"{self.epochs.value()} epochs, lr {self.lr.value():g}, batch {self.batch.value()}, "
+            f"K {self.cluster.value()}{members}")
+        self.settings_panel.setToolTip("training settings: epochs, learning rate, batch size, "
+                                       "cluster size K, ensemble members")
 
     def _store_hyper(self, key: str, value) -> None:
         if not self._restoring:
