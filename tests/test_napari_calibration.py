@@ -200,3 +200,35 @@ def test_live_dock_names_the_missing_calibration(make_napari_viewer, qtbot, tmp_
     cal = live.effective_calibration()
     assert cal.source_of("detector_pixel") == "user" and cal.energy_ev == pytest.approx(80e3)
     assert missing_calibration(pre, cal, (128, 128)) is None
+
+
+def test_alpha_is_offered_from_the_bright_field_disk(make_napari_viewer, qtbot):
+    """α offered from the mean pattern's bright-field disk (radius × mrad/px), set only when
+    the user takes it, with its source saying how it was measured."""
+    from napari_4dstem_ml.detectors.centre import measure_bf_disk
+    from napari_4dstem_ml.widgets.browser import BrowserWidget
+    from napari_4dstem_ml.widgets.calibration import CalibrationWidget
+    from napari_4dstem_ml.widgets.session import MEAN_LAYER
+
+    viewer = make_napari_viewer()
+    browser = BrowserWidget(viewer)
+    panel = CalibrationWidget(viewer)
+    yy, xx = np.mgrid[:48, :48]
+    disk = (np.hypot(yy - 23.0, xx - 24.5) < 9.0).astype(np.float32) * 50 + 1
+    data = np.random.default_rng(0).poisson(np.broadcast_to(disk, (6, 6, 48, 48))).astype(
+        np.float32)
+    cal = Calibration(scan_step=(0.3, 0.3), detector_pixel=(0.8, 0.8))
+    s = panel.session
+    s.add_dataset("d", Dataset4D(data, cal))
+    qtbot.waitUntil(lambda: MEAN_LAYER in s.diffraction.layers
+                    and s.diffraction.layers[MEAN_LAYER].metadata.get("dataset") == "d"
+                    and browser.worker is None, timeout=20000)
+    alpha = panel.measure_alpha()
+    expected = measure_bf_disk(data.mean(axis=(0, 1)), cal).convergence_mrad
+    assert alpha == pytest.approx(expected, rel=1e-4)
+    assert alpha == pytest.approx(9.0 * 0.8, rel=0.05)  # the disk drawn: 9 px of 0.8 mrad
+    assert s.datasets["d"].calibration.convergence_mrad is None  # offered, not set
+    panel.use_button.click()
+    cal = s.datasets["d"].calibration
+    assert cal.convergence_mrad == pytest.approx(alpha)
+    assert cal.source_of("convergence_mrad").startswith("measured: bright-field disk radius")

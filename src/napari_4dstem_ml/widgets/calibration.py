@@ -213,15 +213,29 @@ class CalibrationWidget(QWidget):
         self.revert_button.setToolTip("the calibrations as the file states them (your edits "
                                       "are dropped)")
         self.revert_button.clicked.connect(self.revert)
+        self.measure_button = QPushButton("Measure α")
+        self.measure_button.setToolTip(
+            "measure the bright-field disk in the mean pattern: its radius × the detector's "
+            "mrad per pixel is the convergence semi-angle α (offered, not set)")
+        self.measure_button.clicked.connect(self.measure_alpha)
+        self.use_button = QPushButton("Use it")
+        self.use_button.setEnabled(False)
+        self.use_button.clicked.connect(self.use_measured)
+        self.measured = QLabel("")
+        self.measured.setWordWrap(True)
+        self._offer: tuple[str, float, str] | None = None
         self.status = QLabel("")
         self.status.setWordWrap(True)
         layout = scrolling_layout(self)
         layout.addWidget(self.title)
         layout.addWidget(self.form)
         row = QHBoxLayout()
+        row.addWidget(self.measure_button)
+        row.addWidget(self.use_button)
         row.addStretch(1)
         row.addWidget(self.revert_button)
         layout.addLayout(row)
+        layout.addWidget(self.measured)
         layout.addWidget(self.status)
         layout.addStretch(1)
         s = self.session
@@ -257,6 +271,46 @@ class CalibrationWidget(QWidget):
     def _on_calibration(self, name: str) -> None:
         if name == self.session.current:
             self._on_dataset(name)
+
+    def measure_alpha(self) -> float | None:
+        """Offer α from the bright-field disk of the current data set's mean pattern (the
+        browser's; core :func:`~napari_4dstem_ml.detectors.centre.measure_bf_disk`): shown
+        with *Use it*, never set unasked. Returns the α offered (mrad) or ``None``."""
+        from ..detectors.centre import measure_bf_disk
+        from .session import MEAN_LAYER
+
+        name, ds = self.session.current, self.session.dataset
+        self._offer = None
+        self.use_button.setEnabled(False)
+        layers = self.session.diffraction.layers
+        mean = (layers[MEAN_LAYER].metadata.get("raw") if MEAN_LAYER in layers
+                and layers[MEAN_LAYER].metadata.get("dataset") == name else None)
+        if ds is None or mean is None:
+            self.measured.setText("the mean pattern is not ready yet (the browser computes it "
+                                  "when a data set opens): try again in a moment")
+            return None
+        disk = measure_bf_disk(mean, ds.calibration)
+        px = ds.calibration.detector_pixel_mrad
+        if disk.convergence_mrad is None or px is None:
+            self.measured.setText(f"bright-field disk radius {disk.radius_px:.2f} px; α needs "
+                                  "the detector pixel in mrad (type it above)")
+            return None
+        how = (f"measured: bright-field disk radius {disk.radius_px:.2f} px × "
+               f"{px[0]:.4g} mrad/px")
+        self._offer = (name, float(disk.convergence_mrad), how)
+        self.measured.setText(f"bright-field disk radius {disk.radius_px:.2f} px → "
+                              f"α = {disk.convergence_mrad:.3g} mrad")
+        self.use_button.setEnabled(True)
+        return float(disk.convergence_mrad)
+
+    def use_measured(self) -> None:
+        """The offered α becomes the data set's convergence angle (its source says how)."""
+        if self._offer is None or self._offer[0] not in self.session.datasets:
+            return
+        name, alpha, how = self._offer
+        self.session.set_calibration(name, source=how, convergence_mrad=alpha)
+        self._offer = None
+        self.use_button.setEnabled(False)
 
     def _on_edited(self, changes: dict) -> None:
         name = self.session.current
