@@ -580,3 +580,33 @@ def test_a_new_rectangle_replaces_only_its_own_region(make_napari_viewer, qtbot)
     assert split.val == (10, 16, 4, 12) and split.train == (0, 8, 0, 16)
     assert "validation region" in widget.readout.text()
     assert "validate 48 positions" in widget.regions_label.text()
+
+
+def test_compare_says_what_the_reference_is(make_napari_viewer, qtbot):
+    """A label that is a low-passed simulated potential (PrScO3's) is called that in the
+    table and the status line, not 'ptychography'; the sample's layer name says it too."""
+    from napari_4dstem_ml.widgets.compare import CompareWidget
+    from napari_4dstem_ml.widgets.naming import label_kind, label_title
+    from napari_4dstem_ml.widgets.session import session_for
+
+    prsco3 = ("exact object phase sigma * projected potential of the static lattice, Gaussian "
+              "low-pass with 10% transfer at 0.4 A, on its own 0.1 A grid")
+    assert label_kind(prsco3) == "low-passed potential"
+    assert label_kind("py4DSTEM 0.14.18 ptychography: single-slice") == "ptychography"
+    assert label_title(None) == "label"
+    syn = _synthetic((32, 32))
+    viewer = make_napari_viewer()
+    s = session_for(viewer)
+    s.add_dataset("d", syn.dataset)
+    rng = np.random.default_rng(0)
+    s.show_scan_image("ADF", np.asarray(syn.label + rng.normal(0, 0.3, syn.label.shape),
+                                        np.float32), dataset="d", role="adf")
+    s.show_scan_image("the label", np.asarray(syn.label, np.float32), dataset="d",
+                      role="label", metadata={"label_method": prsco3})
+    widget = CompareWidget(viewer)
+    widget.dataset_box.setCurrentText("d")
+    widget.compare()
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=30000)
+    assert widget.table_result.reference == "the label"
+    assert "(label (low-passed potential))" in widget.status.text()
+    assert "ptychography" not in widget.status.text()
