@@ -241,6 +241,14 @@ def test_compare_builds_grid_and_table_equal_to_core(make_napari_viewer, qtbot, 
     assert float(rows[2][2]) == table.row("linear").pearson_r
     png = widget.save_figure(tmp_path / "figure.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    before = png.read_bytes()
+    assert widget.save_figure(tmp_path / "figure.png") is None  # never over a file unasked
+    assert png.read_bytes() == before
+    from napari_4dstem_ml.figure import scale_bar_length
+
+    width = 48 * syn.dataset.scale()[1]  # the scale bar: a round length near a quarter
+    assert scale_bar_length(width) in (0.5, 1, 2, 5, 10, 20)
+    assert 0.1 * width < scale_bar_length(width) <= 0.25 * width
     order_in_grid = [layer.name for layer in viewer.layers]
     widget.exit_grid()
     assert not viewer.canvas.grid.enabled
