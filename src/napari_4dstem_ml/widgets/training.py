@@ -476,7 +476,8 @@ class TrainingWidget(QWidget):
         """The folded hyper-parameters, in one line."""
         members = f", ×{self.ensemble.value()}" if self.ensemble.value() > 1 else ""
         self.settings_panel.setText(
-            f"{self.epochs.value()} epochs, lr {self.lr.value():g}, batch {self.batch.value()}, "
+            f"{self.epochs.value()} epoch{'s' if self.epochs.value() != 1 else ''}, "
+            f"lr {self.lr.value():g}, batch {self.batch.value()}, "
             f"K {self.cluster.value()}{members}")
         self.settings_panel.setToolTip("training settings: epochs, learning rate, batch size, "
                                        "cluster size K, ensemble members")
