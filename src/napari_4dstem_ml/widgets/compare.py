@@ -351,8 +351,7 @@ class CompareWidget(QWidget):
 
         def order():
             # napari's grid fills cells in layer-list order: the compared layers first
-            for layer in reversed(layers):
-                viewer.layers.move(viewer.layers.index(layer), 0)
+            viewer.layers.move_multiple([viewer.layers.index(layer) for layer in layers], 0)
 
         def show():
             for layer in layers:

@@ -49,6 +49,7 @@ from .session import (
     guarded,
     on_viewer_close,
     session_for,
+    set_scale,
 )
 
 if TYPE_CHECKING:
@@ -310,7 +311,7 @@ class DetectorsWidget(QWidget):
         self._dataset = name
         layer = self.shapes_layer()
         if layer is not None:
-            layer.scale = self.session.detector_layer_kwargs(name)["scale"]
+            set_scale(layer, self.session.detector_layer_kwargs(name)["scale"])
         if self.specs:
             self._redraw_shapes()
             self.schedule()
@@ -349,7 +350,7 @@ class DetectorsWidget(QWidget):
         self._show_alpha(self.session.dataset.calibration, name)
         layer = self.shapes_layer()
         if layer is not None:
-            layer.scale = self.session.detector_layer_kwargs(name)["scale"]
+            set_scale(layer, self.session.detector_layer_kwargs(name)["scale"])
         self._fill_table()
 
     def _recalibrated(self, old, new, centre) -> dict[str, DetectorSpec]:

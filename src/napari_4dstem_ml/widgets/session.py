@@ -315,8 +315,8 @@ class Session:
                     layer.scale = scan
         det = tuple(ds.scale()[2:])
         for layer in self.diffraction.layers:
-            if layer.name == MEAN_LAYER or layer.name == PATTERN_LAYER:
-                layer.scale = det
+            if layer.name in (MEAN_LAYER, PATTERN_LAYER):
+                set_scale(layer, det)
 
     # -- models ------------------------------------------------------------------
     def add_model(self, entry: SessionModel) -> str:
@@ -420,7 +420,7 @@ class Session:
             layer = layers[PATTERN_LAYER]
             layer.data = shown
             if reset_limits:
-                layer.scale = self.detector_layer_kwargs()["scale"]
+                set_scale(layer, self.detector_layer_kwargs()["scale"])
                 layer.contrast_limits = self.pattern_limits()
         else:
             if PATTERN_LAYER in layers:
@@ -579,6 +579,14 @@ class _Visibility:
     def __call__(self) -> None:
         if self.layer in self.viewer.layers and self.layer.visible != self.visible:
             self.layer.visible = self.visible
+
+
+def set_scale(layer, scale) -> None:
+    """``layer.scale = scale`` unless it is that already (napari recomputes its dims and
+    redraws on every assignment: costly with many layers)."""
+    scale = tuple(float(v) for v in scale)
+    if not np.allclose(tuple(layer.scale)[-len(scale):], scale):
+        layer.scale = scale
 
 
 def is_4d_layer(layer) -> bool:
