@@ -114,6 +114,22 @@ def fit_window(viewer, screen=None) -> None:
     window.setGeometry(geo)
     window.showMaximized()  # with a window manager; under a bare X server the geometry stays
     app.processEvents()
+    split_docks(window)
+    size = window.size()
+
+    def again():  # a window manager maximises asynchronously: split again once it has
+        try:
+            if window.isVisible() and window.size() != size:
+                split_docks(window)
+        except RuntimeError:  # the window has gone meanwhile
+            pass
+
+    QTimer.singleShot(400, again)
+
+
+def split_docks(window: QMainWindow) -> None:
+    """Widths of the dock columns and the browser's height for the window's present size."""
+    app = QApplication.instance()
     width = window.width()
     left = int(min(max(LEFT_FRACTION * width, LEFT_PX[0]), LEFT_PX[1]))
     docks = [d for d in plugin_docks(window) if not d.isFloating()]
@@ -136,7 +152,6 @@ def fit_window(viewer, screen=None) -> None:
             window.resizeDocks([top[0], below[0]], [h_top, height - h_top],
                                Qt.Orientation.Vertical)
     app.processEvents()
-
 
 
 def tab_group(window: QMainWindow, docks: list[QDockWidget]) -> None:
