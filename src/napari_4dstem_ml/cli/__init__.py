@@ -18,13 +18,13 @@ import os
 import sys
 from collections.abc import Sequence
 
-from . import images, info, live, models, simulate
+from . import images, info, live, models, ptycho, simulate
 from .args import Parser, exit_code
 from .errors import EXIT_INTERNAL, EXIT_STALLED, EXIT_USAGE, UserError, describe_error
 from .inputs import check_device
 
 #: the verb modules, in the order ``stemml --help`` lists them
-VERBS = (info, images, models, live, simulate)
+VERBS = (info, images, models, live, simulate, ptycho)
 
 
 def build_parser() -> Parser:
