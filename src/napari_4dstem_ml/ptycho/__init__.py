@@ -15,9 +15,9 @@ Nothing here imports the back end's library until a reconstruction starts.
 
 from .backends import BACKENDS, BackendUnavailableError, ObjectGeometry, PtychoData, get_backend
 from .config import MODES, PtychoConfig
-from .job import PtychoEvent, PtychoLabel, prepare_data, reconstruct_label
+from .job import PtychoEvent, PtychoLabel, prepare_data, reconstruct_label, training_label
 from .quality import LabelQuality
 
 __all__ = ["BACKENDS", "MODES", "BackendUnavailableError", "LabelQuality", "ObjectGeometry",
            "PtychoConfig", "PtychoData", "PtychoEvent", "PtychoLabel", "get_backend",
-           "prepare_data", "reconstruct_label"]
+           "prepare_data", "reconstruct_label", "training_label"]

@@ -35,7 +35,6 @@ from .quality import (
     half_data_frc,
     label_resolution_A,
     on_scan_grid,
-    scanned_box,
     transfer_limit_A,
     trust_warnings,
     truth_score,
@@ -139,11 +138,14 @@ def prepare_data(dataset: Dataset4D, config: PtychoConfig) -> PtychoData:
                       float(cal.convergence_mrad))
 
 
-def _fingerprint(data: PtychoData) -> str:
+def _fingerprint(data: PtychoData, bin_factor: int) -> str:
+    """Identifies the data and calibrations whatever the binning (the settings are compared
+    on their own): scan shape, raw detector size and pixel, energy, α, counts per pattern."""
     h = hashlib.sha256()
-    h.update(json.dumps([list(data.patterns.shape), data.scan_step_A, data.detector_pixel_mrad,
+    raw = [*data.scan_shape, *(n * bin_factor for n in data.patterns.shape[2:])]
+    h.update(json.dumps([raw, data.scan_step_A, round(data.detector_pixel_mrad / bin_factor, 9),
                          data.energy_ev, data.convergence_mrad]).encode())
-    h.update(np.ascontiguousarray(data.patterns[::7, ::5]).tobytes())
+    h.update(np.round(data.patterns.sum((2, 3), dtype=np.float64), 3).tobytes())
     return h.hexdigest()[:32]
 
 
@@ -244,7 +246,7 @@ def reconstruct_label(
                       f"{dataset.scan_shape[1]} patterns into memory")
     data = prepare_data(dataset, config)
     backend = get_backend(config.backend)
-    fp = _fingerprint(data)
+    fp = _fingerprint(data, config.bin_factor)
     state = None
     if state_path is not None and resume:
         state = _load_state(state_path, config, fp, backend.name)
@@ -354,8 +356,7 @@ def _quality(data: PtychoData, config: PtychoConfig, phase: np.ndarray, geom: Ob
     truth = None
     if ground_truth is not None:
         truth = truth_score(on_scan, ground_truth, data.scan_step_A, res)
-    box = scanned_box(geom, data.scan_shape, phase.shape)
-    lo, hi = np.percentile(phase[box], [0.5, 99.5])
+    lo, hi = np.percentile(on_scan, [0.5, 99.5])
     mean_pattern = data.patterns.mean(axis=(0, 1))
     dff = dark_field_fraction(mean_pattern, data.detector_pixel_mrad, data.convergence_mrad)
     dof = depth_of_field_A(data.energy_ev, data.convergence_mrad)
@@ -380,3 +381,65 @@ def _method(backend, config: PtychoConfig, data: PtychoData, geom: ObjectGeometr
             f"the scan grid; scan rotation {rot}; detector binned {config.bin_factor}x"
             f"{config.bin_factor} ({data.detector_pixel_mrad:.3g} mrad) and {pad} (object pixel "
             f"{geom.pixel_size_A:.4f} Å); phase = angle(object)")
+
+
+# ------------------------------------------------------------------------------ as a label
+#: the free registration may differ from the known geometry by this much before a warning
+REGISTRATION_TOLERANCE = {"shift_steps": 1.0, "rotation_deg": 2.0, "scale": 0.05}
+
+
+def training_label(label: PtychoLabel, dataset: Dataset4D
+                   ) -> Generator[Any, None, tuple[np.ndarray, np.ndarray, dict[str, Any]]]:
+    """Offer a reconstructed label for training on the data set it was made from: no
+    registration is needed (the back end's probe positions place it on the scan), but the
+    registration's check still runs: the label is registered freely against a virtual image
+    and the fit compared with the known geometry. Yields :class:`~..workflow.Message` lines;
+    returns ``(image on the scan grid, coverage mask, summary)`` as
+    :func:`napari_4dstem_ml.workflow.registered_label` does, for ``run_job(registered=...)``.
+    """
+    from ..registration import register_label
+    from ..workflow import Message, reference_image
+
+    if label.on_scan.shape != dataset.scan_shape:
+        raise ValueError(f"the label was made on a {label.on_scan.shape} scan, the data set is "
+                         f"{dataset.scan_shape}: register it as a label file instead")
+    step = dataset.calibration.scan_step_A
+    if step is None:
+        from ..preprocess import MissingCalibrationError
+
+        raise MissingCalibrationError("scan_step", "checking the label's registration")
+    ref, what = reference_image(dataset)
+    yield Message(f"checking the label's geometry against a {what} image ...")
+    g = label.geometry
+    m = np.asarray(g.scan_to_pixel)
+    ny, nx = dataset.scan_shape
+    h, w = label.phase.shape
+    # known: the scan position of the label's centre, relative to the scan's centre
+    centre_scan = np.linalg.solve(m[:, :2], np.array([(h - 1) / 2, (w - 1) / 2]) - m[:, 2])
+    known_shift = (float(centre_scan[0] - (ny - 1) / 2), float(centre_scan[1] - (nx - 1) / 2))
+    known_scale = g.pixel_size_A / float(step[0])
+    known_rot = float(np.degrees(np.arctan2(m[1, 0], m[0, 0]))) if m[0, 0] else 0.0
+    reg = register_label(label.phase, g.pixel_size_A, ref, step)
+    p = reg.params
+    d_shift = float(np.hypot(p.shift_yx[0] - known_shift[0], p.shift_yx[1] - known_shift[1]))
+    d_rot = min(abs(((p.rotation_deg - sign * known_rot + 180) % 360) - 180) for sign in (1, -1))
+    summary = {"registered": False, "geometry": "the back end's probe positions",
+               "reference": what, "check": {
+                   "fitted": p.to_dict(), "known_shift_yx": list(known_shift),
+                   "known_scale": known_scale, "shift_difference_steps": d_shift,
+                   "rotation_difference_deg": d_rot, "score": reg.score}}
+    yield Message(f"label placed by its own geometry; a free registration agrees within "
+                  f"{d_shift:.2f} scan steps and {d_rot:.2f}° (r = {reg.score:+.3f} against the "
+                  f"{what} image)")
+    tol = REGISTRATION_TOLERANCE
+    if d_shift > tol["shift_steps"] or d_rot > tol["rotation_deg"]:
+        yield Message(f"warning: a free registration puts the label {d_shift:.1f} scan steps and "
+                      f"{d_rot:.1f}° away from where the reconstruction says it is; check the "
+                      "scan rotation and the calibrations (a crystal may also match itself one "
+                      "lattice vector away)")
+    if abs(reg.score) < 0.3:
+        yield Message("warning: the label correlates poorly with the virtual image; check it")
+    for wmsg in label.quality.warnings:
+        yield Message(f"warning: {wmsg}")
+    coverage = np.ones(dataset.scan_shape, bool)
+    return label.on_scan, coverage, summary
