@@ -28,6 +28,7 @@ from napari_4dstem_ml.ptycho import (
 )
 from napari_4dstem_ml.ptycho.backends import geometry_from_positions
 from napari_4dstem_ml.ptycho.quality import (
+    crop_to_scan,
     depth_of_field_A,
     on_scan_grid,
     transfer_limit_A,
@@ -78,6 +79,11 @@ def test_on_scan_grid_samples_the_object_at_the_probe_positions():
     got = on_scan_grid(f(yy, xx), g, (40, 45))
     sy, sx = np.mgrid[0:40, 0:45].astype(float)
     np.testing.assert_allclose(got, f(20.5 + 1.3 * sy, 18 + 1.3 * sx), atol=2e-3)
+    # cut to the scanned field (+ 1 Å): the same positions sample the same values
+    cut, g2 = crop_to_scan(f(yy, xx), g, (40, 45))
+    assert cut.shape == (int(39 * 1.3 + 20) + 1, int(44 * 1.3 + 20) + 1)
+    assert g2.origin_A == pytest.approx((-2.05 + 11 * 0.1, -1.8 + 8 * 0.1))
+    np.testing.assert_allclose(on_scan_grid(cut, g2, (40, 45)), got, atol=1e-6)
 
 
 def test_physical_limits_and_trust_warnings():

@@ -30,6 +30,7 @@ from .backends import ObjectGeometry, PtychoData, get_backend
 from .config import PtychoConfig
 from .quality import (
     LabelQuality,
+    crop_to_scan,
     dark_field_fraction,
     depth_of_field_A,
     half_data_frc,
@@ -315,6 +316,7 @@ def reconstruct_label(
     phase, geom = results["full"]
     on_scan = on_scan_grid(phase, geom, data.scan_shape)
     quality = _quality(data, config, phase, geom, on_scan, results, ground_truth)
+    phase, geom = crop_to_scan(phase, geom, data.scan_shape)
     losses = [float(v) for v in state["parts"]["full"].get("session", {}).get("losses", [])]
     seconds = seconds_before + time.perf_counter() - t0
     method = _method(backend, config, data, geom)

@@ -219,3 +219,19 @@ def trust_warnings(*, mode: str, slices: int, slice_thickness_A: float | None,
         out.append(f"the two half-data reconstructions agree poorly (r {frc_result.r:.2f}): "
                    "the label is not reproducible; try more iterations or check the calibration")
     return tuple(out)
+
+
+def crop_to_scan(phase: np.ndarray, geometry: ObjectGeometry, scan_shape: tuple[int, int],
+                 margin_A: float = EDGE_MARGIN_A) -> tuple[np.ndarray, ObjectGeometry]:
+    """The object cut to the scanned field plus ``margin_A`` on every side (the back end's
+    padding beyond it is unconstrained noise), with its geometry moved accordingly."""
+    box = scanned_box(geometry, scan_shape, phase.shape, margin_A=-margin_A)
+    y0, x0 = box[0].start, box[1].start
+    m = [list(r) for r in geometry.scan_to_pixel]
+    m[0][2] -= y0
+    m[1][2] -= x0
+    origin = (geometry.origin_A[0] + y0 * geometry.pixel_size_A,
+              geometry.origin_A[1] + x0 * geometry.pixel_size_A)
+    rows = (tuple(m[0]), tuple(m[1]))
+    return (np.ascontiguousarray(phase[box]),
+            ObjectGeometry(geometry.pixel_size_A, rows, origin))  # type: ignore[arg-type]
