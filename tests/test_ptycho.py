@@ -223,11 +223,19 @@ def test_cancel_then_resume_continues_where_it_stopped(crop, tmp_path):
 def test_cli_ptycho(crop, tmp_path, capsys):
     path, _, _ = crop
     out = tmp_path / "label.h5"
+    # multislice here (single-slice is the test above): 2 slices of 3 Å
     args = [str(path), "-o", str(out), "--iterations", "2", "--bin", "4", "--pad", "64",
-            "--batch", "64", "--no-frc", "--ground-truth", str(path)]
+            "--batch", "64", "--no-frc", "--ground-truth", str(path), "--mode", "multislice",
+            "--slices", "2", "--slice-thickness", "3"]
     assert main(["ptycho", *args]) == 0
     text = capsys.readouterr().out
-    assert "r against the ground truth" in text and out.exists()
+    assert "r against the ground truth" in text and "multislice, 2 slices of 3 Å" in text
+    with h5py.File(out) as f:
+        cfg = PtychoConfig.from_json(f["label/image"].attrs["config"])
+        assert (cfg.mode, cfg.slices, cfg.slice_thickness_A) == ("multislice", 2, 3.0)
+        truth_r = json.loads(f["label/image"].attrs["quality"])["truth"]["r_at_resolution"]
+    assert truth_r > 0.5
+    assert not out.with_name("label.h5.resume.pt").exists()
     # an existing output is refused (exit 2), untouched
     before = out.read_bytes()
     assert main(["ptycho", *args]) == 2

@@ -86,9 +86,12 @@ class PtychoLabel:
 
     def report(self) -> str:
         where = f"wrote {self.path}: " if self.path else ""
+        c = self.config
+        mode = (c.mode if c.mode == "single-slice"
+                else f"multislice, {c.slices} slices of {c.slice_thickness_A:g} Å")
         return (f"{where}label {self.phase.shape[0]} x {self.phase.shape[1]} at "
                 f"{self.geometry.pixel_size_A:.4f} Å ({self.backend} {self.backend_version}, "
-                f"{self.config.iterations} iterations, {self.seconds:.0f} s); "
+                f"{mode}, {c.iterations} iterations, {self.seconds:.0f} s); "
                 f"{self.quality.summary()}")
 
 
