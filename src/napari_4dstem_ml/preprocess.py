@@ -55,6 +55,7 @@ __all__ = [
     "detector_pixel_in",
     "resampling_matrix",
     "sample_patterns",
+    "sample_rows",
 ]
 
 COMPRESSIONS = ("none", "power", "log")
@@ -226,25 +227,34 @@ def bf_centre(mean_pattern: np.ndarray) -> tuple[float, float]:
     return float(yy.mean()), float(xx.mean())
 
 
+def sample_rows(scan_shape: tuple[int, int], max_patterns: int = 1024) -> tuple[list[int], int]:
+    """Where :func:`sample_patterns` reads: whole scan rows spread evenly over the scan (the
+    way detectors and converters store the data, so each row read is read once, not a strided
+    pattern per storage chunk), and the column step that keeps about ``max_patterns``."""
+    ny, nx = scan_shape
+    n_rows = min(ny, max(1, math.ceil(max_patterns / max(nx, 1))))
+    rows = sorted({min(ny - 1, int((i + 0.5) * ny / n_rows)) for i in range(n_rows)})
+    col_step = max(1, int(round(nx * len(rows) / max(1, max_patterns))))
+    return rows, col_step
+
+
 def sample_patterns(dataset: Dataset4D, max_patterns: int = 1024) -> np.ndarray:
-    """Up to about ``max_patterns`` patterns on a regular sub-grid of the scan, float32,
-    negatives clipped, ``(n, ky, kx)``; patterns holding NaN/inf values are left out (a
-    ``PreprocessError`` when none is left). Reads one strided scan row at a time (lazy-safe)."""
-    ny, nx = dataset.scan_shape
-    total = ny * nx
-    stride = max(1, int(math.ceil(math.sqrt(total / max(1, max_patterns)))))
-    sy = sx = stride
-    rows = range(sy // 2, ny, sy) if ny > sy // 2 else range(ny)
-    out = []
-    for y in rows:
-        block = np.asarray(dataset.data[y, sx // 2 :: sx], dtype=np.float32)
-        block = block[np.isfinite(block).all(axis=(1, 2))]
-        out.append(np.clip(block, 0, None))
-    out = np.concatenate(out, 0)
+    """About ``max_patterns`` patterns, float32, negatives clipped, ``(n, ky, kx)``, from whole
+    scan rows spread evenly over the scan (:func:`sample_rows`), read in one go (for a Dask
+    array, one compute); patterns holding NaN/inf values are left out (a ``PreprocessError``
+    when none is left)."""
+    rows, col_step = sample_rows(dataset.scan_shape, max_patterns)
+    data = dataset.data
+    if type(data).__module__.startswith("dask"):
+        block = np.asarray(data[rows][:, ::col_step], dtype=np.float32)
+    else:
+        block = np.stack([np.asarray(data[y, ::col_step], dtype=np.float32) for y in rows])
+    block = block.reshape(-1, *block.shape[-2:])
+    out = block[np.isfinite(block).all(axis=(1, 2))]
     if len(out) == 0:
         raise PreprocessError(f"{dataset.source or 'the data set'}: every sampled diffraction "
                               "pattern holds NaN/inf values")
-    return out
+    return np.clip(out, 0, None, out=out)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -472,10 +482,13 @@ class Preprocessor:
             "alpha_mrad": None if cal.convergence_mrad is None else float(cal.convergence_mrad),
         }
 
-    def adapt(self, dataset: Dataset4D) -> Preprocessor:
+    def adapt(self, dataset: Dataset4D, sample: Any = None) -> Preprocessor:
         """This preprocessor with the data-set values refitted on ``dataset`` (model values kept).
 
-        Returns ``self`` when ``dataset`` is the one it was fitted on. A data set without a
+        ``sample``: the job's patterns of ``dataset`` already read (a
+        :class:`~napari_4dstem_ml.predict.sample.PatternSample` or ``(n, ky, kx)`` array; else
+        :func:`sample_patterns` reads them). Returns ``self`` when ``dataset`` is the one it was
+        fitted on. A data set without a
         detector calibration is accepted only when its detector has the shape of the fitted one
         (then the same pixel size is assumed); otherwise the missing calibration is named.
         A model on a calibrated scan grid needs the data set's scan step.
@@ -490,7 +503,7 @@ class Preprocessor:
         if units == "mrad" and cal.detector_pixel_mrad is None and tuple(
             dataset.detector_shape
         ) == tuple(self.detector_shape):
-            geo = self._geometry(dataset, self.config, "pixels")
+            geo = self._geometry(dataset, self.config, "pixels", _patterns(sample))
             geo["detector_pixel"] = self.detector_pixel  # same geometry as the training data
         elif units == "pixels" and tuple(dataset.detector_shape) != tuple(self.detector_shape):
             raise PreprocessError(
@@ -499,7 +512,7 @@ class Preprocessor:
                 "detector pixel sizes in mrad"
             )
         else:
-            geo = self._geometry(dataset, self.config, units)
+            geo = self._geometry(dataset, self.config, units, _patterns(sample))
         return replace(self, **geo)
 
     def with_label_stats(self, mean: float, std: float) -> Preprocessor:
@@ -825,6 +838,11 @@ class Preprocessor:
     @classmethod
     def from_json(cls, s: str) -> Preprocessor:
         return cls.from_dict(json.loads(s))
+
+
+def _patterns(sample: Any) -> np.ndarray | None:
+    """The ``(n, ky, kx)`` patterns of a sample object (or array), or ``None``."""
+    return None if sample is None else np.asarray(getattr(sample, "patterns", sample))
 
 
 def _support(m: np.ndarray) -> slice:

@@ -75,8 +75,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from ..export import IMAGE_SUFFIXES, prepare_output, write_image
     from ..parallel import iter_predict, open_client
     from ..parallel.sink import image_sink, prepare_sink
+    from ..predict.events import PredictEvent
     from ..training.checkpoint import load_checkpoint
-    from ..training.inference import PredictEvent
     from ..workflow import Message, reconstruct
 
     compute = compute_choice(args)
