@@ -13,8 +13,12 @@ abTEM, so its exact projected potential is known):
 * the label's Pearson r against the ground-truth potential, low-passed to the label's
   resolution and raw, and the bundled py4DSTEM label's r scored the same way.
 
+``--thin FILE`` also reconstructs another simulated thin sample with its ground truth (e.g. the
+transfer suite's WS2 item, ``benchmarks/make_transfer_suite.py``, never used to choose the
+settings) and scores it the same way (``--skip-mos2``: only that).
+
 Printed: seconds, ratios (ptychography / inference) and r; written to
-``benchmarks/_out/ptycho_label/results.json``.
+``benchmarks/_out/ptycho_label/results.json`` (``thin.json`` for ``--thin``).
 
     nice -n 10 python benchmarks/bench_ptycho_label.py [--iterations 8] [--device auto]
 """
@@ -50,17 +54,24 @@ def main() -> None:
     ap.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
     ap.add_argument("--linear", type=Path, help="a trained linear checkpoint (default: base model)")
     ap.add_argument("--cnn", type=Path, help="a trained CNN checkpoint (default: base model)")
+    ap.add_argument("--thin", type=Path, help="another simulated thin sample (HDF5 with "
+                    "/ground_truth/potential) to score the label on")
+    ap.add_argument("--skip-mos2", action="store_true", help="only the --thin sample")
     a = ap.parse_args()
+    if a.thin:
+        thin(a.thin, a.iterations, a.device)
+    if a.skip_mos2:
+        return
 
     import torch
 
     from napari_4dstem_ml.base_model import load_base_model
+    from napari_4dstem_ml.predict import predict
     from napari_4dstem_ml.ptycho import PtychoConfig, PtychoLabel, reconstruct_label
     from napari_4dstem_ml.ptycho.quality import truth_score
     from napari_4dstem_ml.registration import label_coordinates
     from napari_4dstem_ml.samples import load_sample
     from napari_4dstem_ml.training.checkpoint import load_checkpoint
-    from napari_4dstem_ml.training.inference import predict
 
     s = load_sample("mos2")
     ds = s.dataset
@@ -126,6 +137,31 @@ def main() -> None:
            "py4dstem_label": {"r_at_resolution": ref.r_at_resolution, "r_raw": ref.r_raw}}
     (OUT / "results.json").write_text(json.dumps(res, indent=1, default=float))
     print(f"wrote {OUT / 'results.json'}")
+
+
+def thin(path: Path, iterations: int, device: str) -> None:
+    """The default label of another simulated thin sample, scored against its ground truth."""
+    import h5py
+
+    from napari_4dstem_ml.io import load
+    from napari_4dstem_ml.ptycho import PtychoConfig, PtychoLabel, reconstruct_label
+
+    ds = load(path)
+    with h5py.File(path, "r") as f:
+        truth = f["ground_truth/potential"][()]
+    cfg = PtychoConfig(iterations=iterations, device=device)
+    t0 = time.perf_counter()
+    label = None
+    for ev in reconstruct_label(ds, cfg, ground_truth=truth):
+        if isinstance(ev, PtychoLabel):
+            label = ev
+    t = time.perf_counter() - t0
+    q = label.quality
+    print(f"{path.name} {ds.shape}: {t:.0f} s with the FRC halves; {q.summary()}")
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "thin.json").write_text(json.dumps(
+        {"file": path.name, "shape": list(ds.shape), "seconds_with_frc": t, "config": cfg.to_dict(),
+         "quality": q.to_dict()}, indent=1, default=float))
 
 
 if __name__ == "__main__":
