@@ -23,8 +23,9 @@ from napari_4dstem_ml.ptycho import (
     PtychoConfig,
     PtychoEvent,
     PtychoLabel,
+    TrainingLabel,
+    label_job,
     reconstruct_label,
-    training_label,
 )
 from napari_4dstem_ml.ptycho.backends import geometry_from_positions
 from napari_4dstem_ml.ptycho.quality import (
@@ -139,7 +140,18 @@ def _run(gen):
 def test_reconstructs_a_label_that_matches_the_truth(crop, tmp_path):
     path, ds, truth = crop
     out = tmp_path / "label.h5"
-    events, label = _run(reconstruct_label(ds, SMALL, out, ground_truth=truth))
+    # the GUI's job: reconstruct_label's events, training_label's messages, a TrainingLabel
+    events, label, msgs, ready = [], None, [], None
+    for ev in label_job(ds, SMALL, out, ground_truth=truth):
+        if isinstance(ev, PtychoLabel):
+            label = ev
+        elif isinstance(ev, TrainingLabel):
+            ready = ev
+        elif isinstance(ev, PtychoEvent):
+            events.append(ev)
+        else:
+            msgs.append(ev.text)
+    assert ready is not None and ready.label is label
     # progress: every part's iterations in order, the work done rising to the total, an ETA
     its = [(e.stage, e.iteration) for e in events if e.stage in ("full", "half A", "half B")
            and e.iteration]
@@ -172,13 +184,7 @@ def test_reconstructs_a_label_that_matches_the_truth(crop, tmp_path):
         np.testing.assert_allclose(f["label/on_scan_grid"][()], label.on_scan)
     # offered for training on the same scan, placed by its own geometry; the registration's
     # check runs (on this 3.8 Å field a free fit is ambiguous: it must then say so)
-    gen = training_label(label, ds)
-    msgs = []
-    try:
-        while True:
-            msgs.append(next(gen).text)
-    except StopIteration as stop:
-        image, coverage, summary = stop.value
+    image, coverage, summary = ready.image, ready.coverage, ready.summary
     np.testing.assert_array_equal(image, label.on_scan)
     assert coverage.all() and summary["registered"] is False
     off = summary["check"]["shift_difference_steps"] > 1.0

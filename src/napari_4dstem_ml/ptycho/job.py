@@ -448,3 +448,29 @@ def training_label(label: PtychoLabel, dataset: Dataset4D
         yield Message(f"warning: {wmsg}")
     coverage = np.ones(dataset.scan_shape, bool)
     return label.on_scan, coverage, summary
+
+
+@dataclass
+class TrainingLabel:
+    """A reconstructed label ready for training on its data set: the :class:`PtychoLabel`,
+    and ``image``/``coverage``/``summary`` as ``run_job(registered=...)`` takes them."""
+
+    label: PtychoLabel
+    image: np.ndarray = field(repr=False)
+    coverage: np.ndarray = field(repr=False)
+    summary: dict[str, Any]
+
+
+def label_job(dataset: Dataset4D, config: PtychoConfig | None = None,
+              output: str | Path | None = None, **options: Any
+              ) -> Generator[Any, None, TrainingLabel | None]:
+    """The GUI's "Reconstruct label" job in one generator: :func:`reconstruct_label` (its
+    events; ``options`` as there), then :func:`training_label` (its messages), then a
+    :class:`TrainingLabel` (also returned); ``None`` when cancelled."""
+    label = yield from reconstruct_label(dataset, config, output, **options)
+    if label is None:
+        return None
+    image, coverage, summary = yield from training_label(label, dataset)
+    result = TrainingLabel(label, image, coverage, summary)
+    yield result
+    return result
