@@ -4,9 +4,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import struct
 import zipfile
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 
 EXIT_USAGE = 2
@@ -58,3 +60,16 @@ def describe_error(exc: BaseException, args: argparse.Namespace) -> tuple[int, s
     return EXIT_INTERNAL, (f"internal error while processing {primary_input(args)}: "
                            f"{type(exc).__name__}: {exc} (please report it; STEMML_DEBUG=1 "
                            "shows the traceback)")
+
+
+@contextlib.contextmanager
+def numeric_warnings_off() -> Iterator[None]:
+    """NumPy's floating-point RuntimeWarnings (with their source lines) off inside a
+    command: NaN/inf data are reported once, in the command's own words."""
+    import warnings
+
+    import numpy as np
+
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.filterwarnings("ignore", category=RuntimeWarning)
+        yield
