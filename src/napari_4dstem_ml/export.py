@@ -473,6 +473,12 @@ class OutputPlan:
         for o in self.outputs:
             prepare_output(o.shown, overwrite=True, inputs=new)
 
+    def copy(self) -> OutputPlan:
+        """A plan with the same inputs and outputs, to plan more outputs beside them."""
+        other = OutputPlan(inputs=self.inputs, overwrite=self.overwrite)
+        other.outputs = list(self.outputs)
+        return other
+
     def check(self) -> None:
         """Validate every planned output again (just before writing)."""
         for o in self.outputs:
