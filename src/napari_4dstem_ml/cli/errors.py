@@ -24,7 +24,7 @@ class UserError(Exception):
 
 
 def primary_input(args: argparse.Namespace) -> str:
-    return next((str(getattr(args, a)) for a in ("data", "file", "image", "model")
+    return next((str(getattr(args, a)) for a in ("data", "source", "file", "image", "model")
                  if getattr(args, a, None)), "input")
 
 
@@ -47,6 +47,11 @@ def describe_error(exc: BaseException, args: argparse.Namespace) -> tuple[int, s
 
     if isinstance(exc, ParallelError):
         return EXIT_INTERNAL, str(exc)
+    cluster = getattr(args, "scheduler", None) or (
+        "the local Dask cluster" if getattr(args, "workers", None) else None)
+    if cluster and type(exc).__module__.split(".")[0] in ("distributed", "tornado", "msgpack"):
+        text = " ".join(str(exc).split())[:200] or type(exc).__name__
+        return EXIT_USAGE, f"{cluster}: the Dask cluster failed ({type(exc).__name__}: {text})"
     files = [*input_files(args), getattr(args, "output", None) or ""]
     if isinstance(exc, OSError) and exc.filename:
         return EXIT_USAGE, f"{exc.filename}: {exc.strerror or exc}"
