@@ -70,3 +70,50 @@ def test_bf_disk_takes_the_radius_from_the_calibration_when_it_can():
     assert bf_disk(pattern, cal)[1] == pytest.approx(14.0)
     # without a convergence angle the pattern decides
     assert bf_disk(pattern, Calibration(detector_pixel=(0.5, 0.5)))[1] == r
+
+
+def _blurred_disk(shape, centre, radius, psf_sigma, level=200.0, dark_field=3.0, seed=0):
+    """A disk of ``radius`` px about ``centre`` (8 x 8 supersampled, so its area is exact),
+    blurred by a Gaussian point spread, on a dark-field background decaying outwards, with
+    Poisson noise, one hot and one dead pixel: what a mean pattern of real data looks like."""
+    from scipy import ndimage
+
+    s = 8
+    yy, xx = np.mgrid[: shape[0] * s, : shape[1] * s]
+    r = np.hypot((yy + 0.5) / s - 0.5 - centre[0], (xx + 0.5) / s - 0.5 - centre[1])
+    disk = (r < radius).reshape(shape[0], s, shape[1], s).mean((1, 3))
+    img = ndimage.gaussian_filter(disk * level, psf_sigma) if psf_sigma else disk * level
+    ry, rx = np.mgrid[: shape[0], : shape[1]]
+    rr = np.hypot(ry - centre[0], rx - centre[1])
+    img = img + dark_field * np.exp(-np.clip(rr - radius, 0, None) / (2 * radius + 5))
+    rng = np.random.default_rng(seed)
+    img = rng.poisson(img * 50) / 50.0
+    img[3, 5] = 50 * level  # a hot pixel
+    img[int(centre[0]), int(centre[1]) + 1] = 0.0  # a dead one inside the disk
+    return img
+
+
+@pytest.mark.parametrize("radius,psf,shape", [(2.0, 0.5, (256, 256)), (6.5, 0.7, (128, 128)),
+                                              (15.3, 1.0, (128, 128)), (30.7, 1.5, (128, 128)),
+                                              (48.2, 1.0, (192, 192))])
+def test_bf_disk_radius_and_centre_on_blurred_noisy_disks(radius, psf, shape):
+    """Radius within 2 % (or 0.1 px) and centre within 0.05 px of the disk drawn, for disks
+    from 2 px (a Merlin at a small camera length) to half the detector, whatever their size
+    relative to the detector, with a hot pixel far brighter than the disk."""
+    from napari_4dstem_ml.detectors.centre import measure_bf_disk
+
+    centre = (shape[0] / 2 - 2.3, shape[1] / 2 + 1.6)
+    pattern = _blurred_disk(shape, centre, radius, psf)
+    disk = measure_bf_disk(pattern)
+    assert disk.radius_px == pytest.approx(radius, abs=max(0.1, 0.02 * radius))
+    assert disk.centre == pytest.approx(centre, abs=0.05)
+
+
+def test_convergence_offered_from_the_disk_and_the_detector_pixel():
+    from napari_4dstem_ml.dataset import Calibration
+    from napari_4dstem_ml.detectors.centre import measure_bf_disk
+
+    pattern = _blurred_disk((128, 128), (63.2, 64.9), 25.0, 0.8)
+    assert measure_bf_disk(pattern).convergence_mrad is None
+    disk = measure_bf_disk(pattern, Calibration(detector_pixel=(0.84, 0.84)))
+    assert disk.convergence_mrad == pytest.approx(25.0 * 0.84, rel=0.02)

@@ -278,3 +278,21 @@ def test_memmap_pages_released_only_for_big_files(tmp_path, data, masks, monkeyp
     assert released and all(released)
     assert _rel(got, _reference(data, masks)) < 1e-5
     assert _rel(virtual_images(mm, masks), _reference(data, masks)) < 1e-5  # re-faulted pages
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int16])
+def test_clip_negative_readout_equals_numpy_on_clipped_data(dtype):
+    """``clip_negative``: the readout of patterns clipped at 0 (as the models' preprocessing
+    does) in the same pass; NaN stays NaN, as ``np.clip``; unclipped data give another image."""
+    rng = np.random.default_rng(7)
+    data = rng.normal(2.0, 4.0, (9, 11, 24, 20)).astype(dtype)
+    if np.dtype(dtype).kind == "f":
+        data[4, 5, 3, 3] = np.nan
+    masks = rng.random((3, 24, 20)).astype(np.float32)
+    ref = np.einsum("yxij,mij->myx", np.clip(data.astype(np.float64), 0, None), masks)
+    got = virtual_images(data, masks, clip_negative=True)
+    finite = np.isfinite(ref)
+    assert np.array_equal(np.isfinite(got), finite)
+    np.testing.assert_allclose(got[finite], ref[finite], rtol=2e-6, atol=1e-4)
+    plain = virtual_images(data, masks)
+    assert np.nanmax(np.abs(plain - got)) > 1.0

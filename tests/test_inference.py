@@ -72,11 +72,14 @@ def test_lazy_data_and_progress_events():
     assert model.training is False
 
 
-@pytest.mark.parametrize("output_pixel_mrad", [None, 2.6])
-def test_linear_model_on_raw_detector_equals_the_preprocessed_path(output_pixel_mrad):
-    """For counts (unsigned integers), the linear model runs as one virtual image with its
-    mask mapped onto the raw detector, then the K×K convolution: equal to predicting from
-    the preprocessed clusters (resampling, angle crop, normalisation, standardisation)."""
+@pytest.mark.parametrize("output_pixel_mrad,kind", [(None, "counts"), (2.6, "counts"),
+                                                    (2.6, "background-subtracted")])
+def test_linear_model_on_raw_detector_equals_the_preprocessed_path(output_pixel_mrad, kind):
+    """The linear model runs as one virtual image with its mask mapped onto the raw detector,
+    then the K×K convolution: equal to predicting from the preprocessed clusters (resampling,
+    angle crop, normalisation, standardisation) — for counts (unsigned integers) and for float
+    data with negative values (an EMPAD's background-subtracted frames), whose clip to 0 the
+    virtual-image pass does on the fly."""
     import torch
 
     from napari_4dstem_ml.dataset import Dataset4D
@@ -92,7 +95,12 @@ def test_linear_model_on_raw_detector_equals_the_preprocessed_path(output_pixel_
 
     syn = make_synthetic((20, 23), (32, 32), seed=2)
     counts = np.rint(np.asarray(syn.dataset.data)).astype(np.uint16)
-    ds = Dataset4D(counts, syn.dataset.calibration)
+    if kind == "counts":
+        ds = Dataset4D(counts, syn.dataset.calibration)
+    else:  # float32 with a noisy background around 0: a third of the pixels negative
+        noise = np.random.default_rng(5).normal(0, 1.5, counts.shape).astype(np.float32)
+        ds = Dataset4D(counts.astype(np.float32) + noise, syn.dataset.calibration)
+        assert (ds.data < 0).mean() > 0.1
     cfg = PreprocessConfig(max_angle=26.0, output_shape=(24, 24),
                            output_pixel=output_pixel_mrad)
     pre = Preprocessor.fit(ds, cfg).with_label_stats(0.3, 2.0)
@@ -110,6 +118,3 @@ def test_linear_model_on_raw_detector_equals_the_preprocessed_path(output_pixel_
             slow = stop.value
             break
     np.testing.assert_allclose(fast, slow, rtol=1e-4, atol=1e-4 * np.abs(slow).max())
-    # float data may hold negatives (clipped by preprocessing): the general path is used
-    assert not linear_on_raw_detector(model, pre, Dataset4D(counts.astype(np.float32),
-                                                            syn.dataset.calibration))

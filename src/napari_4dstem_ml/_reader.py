@@ -42,6 +42,8 @@ def read_4dstem(path) -> list[tuple]:
     path = Path(path)
     try:
         datasets = [(path.name, io.load(path))]
+    except io.ScanShapeRequired as err:  # a stack of frames: one scan row until a shape is chosen
+        datasets = [(path.name, _unknown_scan_shape(path, err.n_frames))]
     except Exception as err:
         candidates = getattr(err, "candidates", None)
         if not candidates:
@@ -61,6 +63,27 @@ def read_4dstem(path) -> list[tuple]:
         raise io.ReaderError(f"{path}: cannot read the data ({err})", path) from err
 
 
+def _unknown_scan_shape(path: Path, n_frames: int):
+    """A stack of ``n_frames`` frames whose scan shape the file does not say, opened as a
+    ``1 x n_frames`` scan (``scan_shape_known`` False) for the browser's scan-shape field to
+    reshape without re-reading; a notification proposes the shapes that fit."""
+    from dataclasses import replace
+
+    from .io.shapes import describe_factorisations
+
+    ds = io.load(path, scan_shape=(1, n_frames))
+    meta = {**ds.metadata, "scan_shape_unknown": True, "n_frames": n_frames,
+            "scan_shape_from": "unknown: shown as one row until a scan shape is chosen"}
+    try:
+        from napari.utils.notifications import show_info
+
+        show_info(f"{path.name}: {n_frames} frames and no scan shape in the file; shown as one "
+                  f"row. Choose the scan shape in the 4D-STEM browser ({describe_factorisations(n_frames)}).")
+    except Exception:  # noqa: BLE001 - a notification is a courtesy; the layer opens anyway
+        pass
+    return replace(ds, metadata=meta)
+
+
 def layer_data(ds, name: str) -> tuple:
     """The napari layer data tuple of a :class:`Dataset4D` (lazy data, calibrated axes)."""
     from .dataset import napari_unit
@@ -75,7 +98,8 @@ def layer_data(ds, name: str) -> tuple:
         "rgb": False,
         "multiscale": False,
         "colormap": "gray",
-        "metadata": {"dataset4d": ds},
+        # what ``stemml info --json`` prints: shapes, calibrations and where each came from
+        "metadata": {"dataset4d": ds, "stemml_info": ds.info()},
     }
     return (ds.data, kwargs, "image")
 

@@ -37,6 +37,12 @@ CALIBRATION_FIELDS = ("scan_step", "detector_pixel", "energy_ev", "convergence_m
 USER = "user"
 
 
+def energy_from_wavelength_ev(wavelength_A: float) -> float:
+    """Accelerating voltage (eV) of electrons of relativistic wavelength ``wavelength_A`` (Å)."""
+    pc = _HC_EV_A / float(wavelength_A)
+    return math.sqrt(_M0C2_EV**2 + pc**2) - _M0C2_EV
+
+
 @dataclass(frozen=True)
 class Calibration:
     """Calibrations of a 4D data set. Any field may be ``None`` when the file does not say.

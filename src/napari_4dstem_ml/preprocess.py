@@ -55,6 +55,7 @@ __all__ = [
     "detector_pixel_in",
     "resampling_matrix",
     "sample_patterns",
+    "sample_rows",
 ]
 
 COMPRESSIONS = ("none", "power", "log")
@@ -226,25 +227,34 @@ def bf_centre(mean_pattern: np.ndarray) -> tuple[float, float]:
     return float(yy.mean()), float(xx.mean())
 
 
+def sample_rows(scan_shape: tuple[int, int], max_patterns: int = 1024) -> tuple[list[int], int]:
+    """Where :func:`sample_patterns` reads: whole scan rows spread evenly over the scan (the
+    way detectors and converters store the data, so each row read is read once, not a strided
+    pattern per storage chunk), and the column step that keeps about ``max_patterns``."""
+    ny, nx = scan_shape
+    n_rows = min(ny, max(1, math.ceil(max_patterns / max(nx, 1))))
+    rows = sorted({min(ny - 1, int((i + 0.5) * ny / n_rows)) for i in range(n_rows)})
+    col_step = max(1, int(round(nx * len(rows) / max(1, max_patterns))))
+    return rows, col_step
+
+
 def sample_patterns(dataset: Dataset4D, max_patterns: int = 1024) -> np.ndarray:
-    """Up to about ``max_patterns`` patterns on a regular sub-grid of the scan, float32,
-    negatives clipped, ``(n, ky, kx)``; patterns holding NaN/inf values are left out (a
-    ``PreprocessError`` when none is left). Reads one strided scan row at a time (lazy-safe)."""
-    ny, nx = dataset.scan_shape
-    total = ny * nx
-    stride = max(1, int(math.ceil(math.sqrt(total / max(1, max_patterns)))))
-    sy = sx = stride
-    rows = range(sy // 2, ny, sy) if ny > sy // 2 else range(ny)
-    out = []
-    for y in rows:
-        block = np.asarray(dataset.data[y, sx // 2 :: sx], dtype=np.float32)
-        block = block[np.isfinite(block).all(axis=(1, 2))]
-        out.append(np.clip(block, 0, None))
-    out = np.concatenate(out, 0)
+    """About ``max_patterns`` patterns, float32, negatives clipped, ``(n, ky, kx)``, from whole
+    scan rows spread evenly over the scan (:func:`sample_rows`), read in one go (for a Dask
+    array, one compute); patterns holding NaN/inf values are left out (a ``PreprocessError``
+    when none is left)."""
+    rows, col_step = sample_rows(dataset.scan_shape, max_patterns)
+    data = dataset.data
+    if type(data).__module__.startswith("dask"):
+        block = np.asarray(data[rows][:, ::col_step], dtype=np.float32)
+    else:
+        block = np.stack([np.asarray(data[y, ::col_step], dtype=np.float32) for y in rows])
+    block = block.reshape(-1, *block.shape[-2:])
+    out = block[np.isfinite(block).all(axis=(1, 2))]
     if len(out) == 0:
         raise PreprocessError(f"{dataset.source or 'the data set'}: every sampled diffraction "
                               "pattern holds NaN/inf values")
-    return out
+    return np.clip(out, 0, None, out=out)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -255,12 +265,13 @@ class MissingCalibrationError(PreprocessError):
     :class:`~napari_4dstem_ml.dataset.Calibration` field; the message names the command-line
     option and the napari field that supply it."""
 
-    def __init__(self, field: str, what: str) -> None:
+    def __init__(self, field: str, what: str, suggestion: str = "") -> None:
         self.field = field
         option, label = CALIBRATION_INPUTS[field]
         super().__init__(
             f"{what} needs the {label}, which the data set does not state: give it with "
-            f"{option} on the command line, or in napari in the browser's calibration fields"
+            f"{option} on the command line, or in napari in the calibration panel"
+            + (f" ({suggestion})" if suggestion else "")
         )
 
 
@@ -289,8 +300,27 @@ def detector_pixel_in(dataset: Dataset4D, units: str, what: str) -> tuple[float,
         return float(px[0]), float(px[1])
     alpha = cal.convergence_mrad
     if alpha is None or not float(alpha) > 0:
-        raise MissingCalibrationError("convergence_mrad", what)
+        raise MissingCalibrationError("convergence_mrad", what, _convergence_hint(dataset))
     return float(px[0]) / float(alpha), float(px[1]) / float(alpha)
+
+
+def _convergence_hint(dataset: Dataset4D) -> str:
+    """What the bright-field disk of about 1,000 patterns measures, as α to offer the user
+    (empty when it cannot be measured)."""
+    from .detectors.centre import measure_bf_disk
+    from .detectors.engine import mean_pattern
+
+    try:
+        ny, nx = dataset.scan_shape
+        step = max(1, int(np.sqrt(ny * nx / 1000)))
+        disk = measure_bf_disk(mean_pattern(dataset.data, step=step), dataset.calibration)
+    except Exception:  # noqa: BLE001 - a hint only; the error stands without it
+        return ""
+    if disk.convergence_mrad is None:
+        return ""
+    return (f"the bright-field disk measures {disk.radius_px:.1f} px = "
+            f"{disk.convergence_mrad:.3g} mrad: if that is α, pass --convergence "
+            f"{disk.convergence_mrad:.3g}")
 
 
 @dataclass(frozen=True)

@@ -279,8 +279,9 @@ def _h5_candidates(f: Any) -> list[str]:
 def _load_hdf5(path: Path, dataset: str | None, matlab: bool, allow_external: bool = False) -> Label:
     import h5py
 
-    from .io.hdf5 import check_links, require_local
+    from .io.hdf5 import check_links, ensure_filters, require_local
 
+    ensure_filters()
     try:
         f = h5py.File(path, "r")
     except OSError as e:

@@ -94,12 +94,15 @@ def virtual_images(
     shift_step: float = 1.0,
     rows_per_chunk: int | None = None,
     step: int = 1,
+    clip_negative: bool = False,
 ) -> np.ndarray:
     """Virtual images of ``data`` ``(Ny, Nx, ky, kx)`` for ``masks`` ``(n, ky, kx)`` or ``(ky, kx)``.
 
     Returns float32 ``(n, Ny, Nx)`` (``(Ny, Nx)`` for a 2D mask). ``step`` > 1 computes only every
     ``step``-th scan row and column (a quick preview: shape ``ceil(N / step)``). See the module
     docstring for ``centres`` / ``reference_centre`` / ``shift_step`` (descan) and the streaming.
+    ``clip_negative``: negative pixel values count as 0 (NaN stays NaN), in the same pass: the
+    readout of a model whose preprocessing clips them (float data only; integers as they are).
     """
     events = iter_virtual_images(
         data,
@@ -109,6 +112,7 @@ def virtual_images(
         shift_step=shift_step,
         rows_per_chunk=rows_per_chunk,
         step=step,
+        clip_negative=clip_negative,
     )
     image = next(events).image
     for _ in events:
@@ -130,6 +134,7 @@ def iter_virtual_images(
     shift_step: float = 1.0,
     rows_per_chunk: int | None = None,
     step: int = 1,
+    clip_negative: bool = False,
 ) -> Iterator[VirtualImageProgress]:
     """Generator form of :func:`virtual_images`: yields a :class:`VirtualImageProgress` per band.
 
@@ -144,8 +149,13 @@ def iter_virtual_images(
     ny, nx = int(src.shape[0]), int(src.shape[1])
     out = np.zeros((len(m3), ny, nx), np.float32)
     image = out[0] if single else out
-    if centres is None:
-        plan: _Plan = _choose_plan(m3, np.dtype(data.dtype))
+    dtype = np.dtype(data.dtype)
+    if clip_negative and dtype.kind in "fi":
+        if centres is not None:
+            raise EngineError("clip_negative does not follow per-position centres")
+        plan: _Plan = _FusedPlan(m3, clip_negative=True)
+    elif centres is None:
+        plan = _choose_plan(m3, dtype)
     else:
         cmap = _centre_maps(centres, shape[:2])
         if step > 1:
@@ -359,9 +369,10 @@ class _FusedPlan(_Plan):
 
     Each pattern is read from memory once; the cast never leaves the registers."""
 
-    def __init__(self, m3: np.ndarray) -> None:
+    def __init__(self, m3: np.ndarray, clip_negative: bool = False) -> None:
         n, ky, kx = m3.shape
         self.n = n
+        self.clip_negative = clip_negative
         lo, length, woff, ws, off = [], [], [], [], 0
         for m in m3:
             rows = np.flatnonzero(np.any(m != 0, axis=1))
@@ -391,7 +402,9 @@ class _FusedPlan(_Plan):
         if flat is None:
             return
         p2, res = flat
-        _kernels().masked_dots(p2, self.lo, self.length, self.woff, self.weights, res)
+        k = _kernels()
+        dots = k.masked_dots_clipped if self.clip_negative else k.masked_dots
+        dots(p2, self.lo, self.length, self.woff, self.weights, res)
         out[...] = res.reshape(out.shape)
 
 

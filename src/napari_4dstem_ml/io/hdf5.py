@@ -12,27 +12,23 @@ only 3D/4D dataset; else the only 4D ``data`` inside an EMD array group (``emd_g
 as 4D lazily (frame ``i = iy * nx + ix``). HyperSpy files (root attribute
 ``file_format="HyperSpy"``) are handed to RosettaSciIO.
 
-Calibrations, later sources overriding earlier ones:
-
-1. EMD dim vectors ``dim0..dim3`` (or ``dim1..dim4``) beside ``data``: step = ``v[1] - v[0]``,
-   unit from the ``units`` attribute (scan: ``A``, ``nm``, ...; detector: ``mrad``, ``A^-1``,
-   ``1/nm``, ...; ``pixels`` means uncalibrated).
-2. py4DSTEM calibration metadata: a group ``metadatabundle/calibration`` (py4DSTEM >= 0.14,
-   emdfile) or ``_metadata/calibration`` (0.13) in the array group or any group above it, with
-   ``R_pixel_size``, ``R_pixel_units``, ``Q_pixel_size``, ``Q_pixel_units``,
-   ``convergence_semiangle_mrad`` (datasets or attributes).
-3. Attributes on the file, then groups down to the dataset, then the dataset itself (nearest
-   wins): ``scan_step_A`` (Å; scalar or ``(dy, dx)``), ``detector_pixel_mrad`` (mrad) or
-   ``detector_pixel_inv_A`` (Å⁻¹; scalar or ``(dky, dkx)``), ``energy_ev`` (eV),
-   ``convergence_mrad`` (mrad), ``camera_length_m`` (m), ``scan_shape`` (``(ny, nx)``, for 3D).
+Calibrations: everything the file states, with the field each came from (EMD dim vectors,
+Prismatic parameters, py4DSTEM metadata, TIA tags, NeXus, this project's attributes
+``scan_step_A``, ``detector_pixel_mrad``/``detector_pixel_inv_A``, ``energy_ev``,
+``convergence_mrad``, ``camera_length_m`` and ``scan_shape`` for 3D stacks): see
+:mod:`.hdf5_calibration`. Dectris NeXus master files are assembled from their data files
+(:mod:`.nexus`).
 
 py4DSTEM's axis order ``(Rx, Ry, Qx, Qy)`` is array order, which is ours: no transpose.
 
-Data in other files: a dataset reached through an external link, stored in external raw
-files (``external=``) or assembled from other files (a virtual dataset) would make reading
-this file read those files too. That is refused with an
-:class:`~napari_4dstem_ml.io.errors.ExternalDataError` naming them, unless
-``allow_external=True``; allowed, they are listed in ``metadata["input_files"]``.
+Data in other files: an external link, external raw storage or a virtual dataset makes reading
+this file read other files too. Links and virtual-dataset sources that resolve inside this
+file's own folder are followed (that is how detectors write a master file beside its data
+files); anything else is refused with an :class:`~napari_4dstem_ml.io.errors.ExternalDataError`
+naming the files, unless ``allow_external=True``. A virtual dataset whose source file is missing
+is refused either way (HDF5 would read its part as fill values). The files read are listed in
+``metadata["input_files"]``. Compressed data (bitshuffle-LZ4, LZ4, Blosc, Zstd, ... as detectors
+write them) are read through ``hdf5plugin``, imported before the first read.
 """
 
 from __future__ import annotations
@@ -40,40 +36,41 @@ from __future__ import annotations
 import math
 import posixpath
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from ..dataset import Calibration, Dataset4D
+from . import nexus
 from .errors import AmbiguousDatasetError, ExternalDataError, ReaderError
+from .hdf5_calibration import calibration_of, is_emd_array
 from .shapes import normalize_scan_shape, require_scan_shape, rows_per_chunk
-from .units import as_text, detector_step, length_to_A, pair, positive
+from .units import as_text
 
 NAME = "hdf5"
 EXTENSIONS = (".h5", ".hdf5", ".emd")
 ATTRIBUTE_NAMES = ("scan_step_A", "detector_pixel_mrad", "detector_pixel_inv_A", "energy_ev",
                    "convergence_mrad", "camera_length_m", "scan_shape")
-_EMD_ARRAY = ("array", 1)
+_FILTERS_LOADED = False
+
+
+def ensure_filters() -> None:
+    """Register the compression filters detectors write with (bitshuffle-LZ4, LZ4, Blosc,
+    Zstd, ...) with HDF5, once, before any HDF5 read of this package."""
+    global _FILTERS_LOADED
+    if not _FILTERS_LOADED:
+        import hdf5plugin  # noqa: F401 - registers the filters on import
+
+        _FILTERS_LOADED = True
 
 
 def _open(path: Path):
     import h5py
 
+    ensure_filters()
     try:
         return h5py.File(path, "r")
     except OSError as exc:
         raise ReaderError(f"{path}: not a readable HDF5 file ({exc})", path) from exc
-
-
-def _is_emd_array(group) -> bool:
-    t = group.attrs.get("emd_group_type")
-    if t is None:
-        return False
-    t = as_text(t) if isinstance(t, (bytes, str, np.bytes_)) else t
-    try:
-        return t in _EMD_ARRAY or int(t) == 1
-    except (TypeError, ValueError):
-        return False
 
 
 def _candidates(f) -> list[str]:
@@ -109,11 +106,13 @@ def check_links(f, key: str, path: Path, allow_external: bool, depth: int = 0) -
         if not isinstance(grp, h5py.Group):
             return
         link = grp.get(part, getlink=True)
-        if isinstance(link, h5py.ExternalLink) and not allow_external:
+        if (isinstance(link, h5py.ExternalLink) and not allow_external
+                and not nexus.in_folder(path, nexus.link_target(path, link.filename))):
             raise ExternalDataError(
                 f"{path}: {posixpath.join(here, part)} is an external link to "
-                f"{link.filename}:{link.path}; refused by default, as it can point at any file "
-                "on this machine; allow it with allow_external=True", path, [link.filename])
+                f"{link.filename}:{link.path} outside the file's folder; refused by default, as "
+                "it can point at any file on this machine; allow it with allow_external=True",
+                path, [link.filename])
         if isinstance(link, h5py.SoftLink):
             rest = "/".join(parts[parts.index(part) + 1:])
             target = link.path if link.path.startswith("/") else posixpath.join(here, link.path)
@@ -143,7 +142,7 @@ def _pick(f, path: Path, dataset: str | None, allow_external: bool = False):
     if len(cands) == 1:
         return f[cands[0]]
     emd = [c for c in cands if posixpath.basename(c) == "data" and f[c].ndim == 4
-           and _is_emd_array(f[c].parent)]
+           and is_emd_array(f[c].parent)]
     if len(emd) > 1:
         cubes = [c for c in emd if as_text(f[c].parent.attrs.get("python_class", "")) == "DataCube"]
         emd = cubes if len(cubes) == 1 else emd
@@ -168,141 +167,63 @@ def other_files(dset, path: str | Path) -> list[tuple[str, str]]:
         name = entry[0].decode() if isinstance(entry[0], bytes) else str(entry[0])
         out.append((name, "external storage"))
     if dset.is_virtual:
+        base = Path(dset.file.filename).parent
         for vs in dset.virtual_sources():
-            if vs.file_name != "." and os.path.realpath(vs.file_name) != here:
-                out.append((vs.file_name, "virtual dataset source"))
+            if vs.file_name != "." and os.path.realpath(base / vs.file_name) != here:
+                out.append((str(nexus.link_target(Path(dset.file.filename), vs.file_name)),
+                            "virtual dataset source"))
     return list(dict.fromkeys(out))
 
 
 def require_local(dset, path: str | Path, allow_external: bool = False) -> list[str]:
-    """The other files ``dset`` reads (see :func:`other_files`); an ``ExternalDataError``
-    naming them unless ``allow_external``."""
+    """The other files ``dset`` reads (see :func:`other_files`). Those outside ``path``'s
+    folder are an ``ExternalDataError`` unless ``allow_external``; external raw storage is
+    always treated as outside; a missing virtual-dataset source is a ``ReaderError``."""
+    path = Path(path)
     others = other_files(dset, path)
-    if others and not allow_external:
-        what = "; ".join(f"{how} -> {name}" for name, how in others[:5])
+    missing = [n for n, how in others if how == "virtual dataset source" and not Path(n).is_file()]
+    if missing:
+        raise ReaderError(
+            f"{path}: dataset {dset.name} is assembled from other files and "
+            f"{len(missing)} of them do not exist ({'; '.join(missing[:3])}); HDF5 would read "
+            "those parts as zeros", path)
+    outside = [(n, how) for n, how in others
+               if how == "external storage" or not nexus.in_folder(path, Path(n))]
+    if outside and not allow_external:
+        what = "; ".join(f"{how} -> {name}" for name, how in outside[:5])
         raise ExternalDataError(
-            f"{path}: dataset {dset.name} is read from other files ({what}); refused by "
-            "default, as such a file can point at any file on this machine; allow it with "
-            "allow_external=True", path, [n for n, _ in others])
+            f"{path}: dataset {dset.name} is read from files outside its folder ({what}); "
+            "refused by default, as such a file can point at any file on this machine; allow it "
+            "with allow_external=True", path, [n for n, _ in outside])
     return [n for n, _ in others]
 
 
-def _read_value(group, key: str) -> Any:
-    import h5py
-
-    if key in group.attrs:
-        return group.attrs[key]
-    obj = group.get(key)
-    if isinstance(obj, h5py.Dataset) and obj.size <= 16:
-        v = obj[()]
-        if isinstance(v, (bytes, np.bytes_, str)):
-            v = as_text(v)
-            return None if v == "_None" else v
-        return v
-    return None
-
-
-def _emd_dims(group, rank: int) -> dict:
-    """Scan step and detector pixel from EMD dim vectors (4D arrays only)."""
-    out: dict = {}
-    if rank != 4:
-        return out
-    base = 0 if "dim0" in group else 1 if "dim1" in group else None
-    if base is None:
-        return out
-    steps: list[tuple[float, Any] | None] = []
-    for i in range(4):
-        d = group.get(f"dim{i + base}")
-        if d is None or getattr(d, "ndim", 0) != 1 or d.shape[0] < 2:
-            steps.append(None)
-            continue
-        v = d[:2].astype(float)
-        steps.append((abs(float(v[1] - v[0])), d.attrs.get("units", "")))
-    if steps[0] and steps[1]:
-        s = [length_to_A(*st) for st in steps[:2]]
-        if all(x and x > 0 for x in s):
-            out["scan_step"], out["scan_units"] = (s[0], s[1]), "A"
-    if steps[2] and steps[3]:
-        d = [detector_step(*st) for st in steps[2:]]
-        if all(d) and d[0][1] == d[1][1] and d[0][0] > 0 and d[1][0] > 0:
-            out["detector_pixel"], out["detector_units"] = (d[0][0], d[1][0]), d[0][1]
-    return out
-
-
-def _ancestors(obj) -> list:
-    """The object's groups from the file root down to its parent."""
-    chain = []
-    g = obj.parent
-    while True:
-        chain.append(g)
-        if g.name == "/":
-            break
-        g = g.parent
-    return chain[::-1]
-
-
-def _py4dstem_calibration(groups: list) -> dict:
-    out: dict = {}
-    for g in groups:  # root first, nearest last (wins)
-        for bundle in ("metadatabundle", "_metadata"):
-            cal = g.get(f"{bundle}/calibration")
-            if cal is None:
-                continue
-            r, ru = _read_value(cal, "R_pixel_size"), _read_value(cal, "R_pixel_units")
-            q, qu = _read_value(cal, "Q_pixel_size"), _read_value(cal, "Q_pixel_units")
-            rp = pair(r) if r is not None else None
-            if rp and ru is not None:
-                s = [length_to_A(v, ru) for v in rp]
-                if all(s):
-                    out["scan_step"], out["scan_units"] = (s[0], s[1]), "A"
-            qp = pair(q) if q is not None else None
-            if qp and qu is not None:
-                d = [detector_step(v, qu) for v in qp]
-                if all(d):
-                    out["detector_pixel"], out["detector_units"] = (d[0][0], d[1][0]), d[0][1]
-            c = positive(_read_value(cal, "convergence_semiangle_mrad"))
-            if c:
-                out["convergence_mrad"] = c
-    return out
-
-
-def _attribute_calibration(objs: list) -> tuple[dict, tuple[int, int] | None]:
-    out: dict = {}
-    scan_shape = None
-    for o in objs:  # root first, dataset last (wins)
-        a = o.attrs
-        if "scan_step_A" in a and pair(a["scan_step_A"]):
-            out["scan_step"], out["scan_units"] = pair(a["scan_step_A"]), "A"
-        if "detector_pixel_mrad" in a and pair(a["detector_pixel_mrad"]):
-            out["detector_pixel"], out["detector_units"] = pair(a["detector_pixel_mrad"]), "mrad"
-        if "detector_pixel_inv_A" in a and pair(a["detector_pixel_inv_A"]):
-            out["detector_pixel"], out["detector_units"] = pair(a["detector_pixel_inv_A"]), "A^-1"
-        for key, name in (("energy_ev", "energy_ev"), ("convergence_mrad", "convergence_mrad"),
-                          ("camera_length_m", "camera_length_m")):
-            if key in a and positive(a[key]):
-                out[name] = positive(a[key])
-        if "scan_shape" in a:
-            try:
-                scan_shape = normalize_scan_shape(a["scan_shape"])
-            except ReaderError:
-                pass
-    return out, scan_shape
-
-
 class _H5Source:
-    """A 4D view ``(ny, nx, ky, kx)`` of an h5py dataset (4D, or a 3D stack of frames) for
-    ``dask.array.from_array``; it holds the open file so that it stays open."""
+    """A 4D view ``(ny, nx, ky, kx)`` of h5py datasets for ``dask.array.from_array``: one 4D
+    dataset, or 3D stacks of frames (one, or several in a row, as the data files of a NeXus
+    master) taken as one stack, frame ``i = iy * nx + ix``. It holds the open files so that
+    they stay open."""
 
-    def __init__(self, file, dset, shape4: tuple[int, int, int, int]) -> None:
-        self.file = file
-        self.dset = dset
+    def __init__(self, files: list, dsets: list, shape4: tuple[int, int, int, int]) -> None:
+        self.files = files
+        self.dsets = dsets
         self.shape = tuple(int(n) for n in shape4)
-        self.dtype = dset.dtype
+        self.dtype = dsets[0].dtype
         self.ndim = 4
+        self.starts = np.cumsum([0] + [d.shape[0] for d in dsets]) if dsets[0].ndim == 3 else None
+
+    def _frames(self, lo: int, hi: int, k2, k3) -> np.ndarray:
+        """Frames ``lo:hi`` of the stack, across the datasets they lie in."""
+        parts = []
+        for d, s0, s1 in zip(self.dsets, self.starts[:-1], self.starts[1:]):
+            a, b = max(lo, s0), min(hi, s1)
+            if a < b:
+                parts.append(d[a - s0:b - s0, k2, k3])
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
     def __getitem__(self, key):
-        if self.dset.ndim == 4:
-            return self.dset[key]
+        if self.starts is None:
+            return self.dsets[0][key]
         key = key if isinstance(key, tuple) else (key,)
         if any(k is Ellipsis for k in key):
             i = key.index(Ellipsis)
@@ -333,7 +254,7 @@ class _H5Source:
             out = np.empty((nrow, ncol, *det), self.dtype)
         else:
             lo, hi = y0, y0 + (nrow - 1) * ys + 1  # rows actually spanned
-            frames = self.dset[lo * nx:hi * nx, key[2], key[3]]
+            frames = self._frames(lo * nx, hi * nx, key[2], key[3])
             block = frames.reshape(hi - lo, nx, *frames.shape[1:])
             out = block[::ys, x0:x1:xs]
         return out.squeeze(axis=tuple(squeeze)) if squeeze else out
@@ -348,48 +269,72 @@ def read(path: str | Path, dataset: str | None = None, scan_shape=None,
     path = Path(path)
     scan_shape = normalize_scan_shape(scan_shape, path)
     f = _open(path)
+    files = [f]
     try:
         if as_text(f.attrs.get("file_format", "")) == "HyperSpy":
             f.close()
             from . import rsciio as rs
 
             return rs.read(path, plugin="hspy", scan_shape=scan_shape, dataset=dataset)
-        dset = _pick(f, path, dataset, allow_external)
-        others = require_local(dset, path, allow_external)
-        if not others and dset.size and dset.id.get_storage_size() == 0:
-            raise ReaderError(f"{path}: dataset {dset.name} declares shape {tuple(dset.shape)} "
-                              "but holds no stored data (nothing was ever written to it)", path)
-        groups = _ancestors(dset)
-        changes: dict = {}
-        if _is_emd_array(dset.parent) and posixpath.basename(dset.name) == "data":
-            changes.update(_emd_dims(dset.parent, dset.ndim))
-        changes.update(_py4dstem_calibration(groups))
-        attrs, attr_shape = _attribute_calibration([*groups, dset])
-        changes.update(attrs)
-        if dset.ndim == 3:
-            n = dset.shape[0]
-            ny, nx = require_scan_shape(n, scan_shape or attr_shape, path, "diffraction patterns")
-            shape4 = (ny, nx, *dset.shape[1:])
-            chunk_frames = dset.chunks[0] if dset.chunks else 1
+        links = nexus.data_links(f) if dataset is None else []
+        notes: list[str] = []
+        if links:  # a NeXus master: the frames of its data files, in link order
+            data_files, dsets = nexus.open_data_files(path, links, allow_external)
+            files += data_files
+            others = [fh.filename for fh in data_files]
+            found, attr_shape = calibration_of(f, dsets[0])
+            name_of = "/entry/data"
+        else:
+            dset = _pick(f, path, dataset, allow_external)
+            others = require_local(dset, path, allow_external)
+            if not others and dset.size and dset.id.get_storage_size() == 0:
+                raise ReaderError(f"{path}: dataset {dset.name} declares shape "
+                                  f"{tuple(dset.shape)} but holds no stored data (nothing was "
+                                  "ever written to it)", path)
+            dsets = [dset]
+            found, attr_shape = calibration_of(f, dset)
+            name_of = dset.name
+        shape_from = "the dataset's shape"
+        if dsets[0].ndim == 3:
+            n = sum(d.shape[0] for d in dsets)
+            companion, companion_shape, notes = nexus.stem_metadata(path)
+            found.update(companion)
+            if companion.changes or companion_shape:
+                others.append(str(nexus.companion(path)))
+            if scan_shape is not None:
+                shape_from = "scan_shape option"
+            elif attr_shape is not None:
+                shape_from = "scan_shape attribute"
+            elif companion_shape is not None:
+                shape_from = f"{nexus.companion(path).name}: STEM Metadata NumPixelsY, NumPixelsX"
+            ny, nx = require_scan_shape(n, scan_shape or attr_shape or companion_shape, path,
+                                        "diffraction patterns")
+            shape4 = (ny, nx, *dsets[0].shape[1:])
+            chunk_frames = dsets[0].chunks[0] if dsets[0].chunks else 1
             mult = chunk_frames // math.gcd(chunk_frames, nx)
         else:
-            shape4 = tuple(dset.shape)
+            shape4 = tuple(dsets[0].shape)
             if scan_shape is not None and tuple(scan_shape) != shape4[:2]:
                 raise ReaderError(
-                    f"{path}: dataset {dset.name} has scan shape {shape4[0]} x {shape4[1]}, "
+                    f"{path}: dataset {name_of} has scan shape {shape4[0]} x {shape4[1]}, "
                     f"not the requested {scan_shape[0]} x {scan_shape[1]}", path)
-            mult = dset.chunks[0] if dset.chunks else 1
+            mult = dsets[0].chunks[0] if dsets[0].chunks else 1
         ny, nx, ky, kx = shape4
-        rows = rows_per_chunk(nx, ky, kx, dset.dtype.itemsize, mult, ny)
-        src = _H5Source(f, dset, shape4)
+        dtype = dsets[0].dtype
+        rows = rows_per_chunk(nx, ky, kx, dtype.itemsize, mult, ny)
+        src = _H5Source(files, dsets, shape4)
         st = path.stat()
-        name = "h5-" + tokenize(str(path.resolve()), st.st_mtime_ns, st.st_size, dset.name, shape4)
+        name = "h5-" + tokenize(str(path.resolve()), st.st_mtime_ns, st.st_size, name_of, shape4)
         data = da.from_array(src, chunks=(rows, nx, ky, kx), name=name, lock=True,
-                             asarray=True, meta=np.empty((0, 0, 0, 0), dset.dtype))
-        cal = Calibration(**changes)
+                             asarray=True, meta=np.empty((0, 0, 0, 0), dtype))
+        cal = Calibration(**found.changes, sources=found.sources)
     except BaseException:
-        f.close()
+        for fh in files:
+            fh.close()
         raise
-    meta = {"dataset": dset.name, "original_shape": tuple(int(n) for n in dset.shape),
-            "input_files": others}
+    meta = {"dataset": name_of if links else dsets[0].name,
+            "original_shape": tuple(int(n) for n in (sum(d.shape[0] for d in dsets),
+                                                     *dsets[0].shape[1:])) if links
+            else tuple(int(n) for n in dsets[0].shape),
+            "input_files": others, "scan_shape_from": shape_from, "notes": notes}
     return Dataset4D(data, calibration=cal, source=path, reader=NAME, metadata=meta)

@@ -107,6 +107,9 @@ def _open_cached(spec: DataSpec) -> Any:
     if spec.kind == "hdf5":
         import h5py
 
+        from ..io.hdf5 import ensure_filters
+
+        ensure_filters()
         f = h5py.File(path, "r")
         return f[spec.name]
     raise ValueError(f"unknown data kind {spec.kind!r}")

@@ -320,13 +320,13 @@ def iter_predict(
 
 def linear_on_raw_detector(model, pre: Preprocessor, dataset: Dataset4D) -> bool:
     """Whether the linear model can run as a virtual detector on the raw data: no intensity
-    compression, unsigned-integer counts (no negatives, so clipping changes nothing) and the
-    data on the model's scan step."""
+    compression and the data on the model's scan step (the preprocessing's clip of negative
+    values is fused into the virtual-image pass for float and signed data)."""
     first = model.members[0] if _is_ensemble(model) else model
     return (
         hasattr(first, "cluster_weights")
         and pre.is_affine()
-        and np.issubdtype(dataset.dtype, np.unsignedinteger)
+        and dataset.dtype.kind in "uif"
         and pre.scan_grid(dataset.scan_shape) is None
     )
 
@@ -336,9 +336,10 @@ def iter_predict_linear(
 ) -> Generator[PredictEvent, None, Reconstruction]:
     """The linear model by its factorisation, straight from the raw data: one streaming
     virtual image with the learned mask mapped onto the raw detector
-    (:meth:`Preprocessor.raw_readout`), then the K×K convolution with the cluster weights
-    (reflected edges). Equal to :func:`iter_predict_source` for data without negatives. An
-    ensemble of linear models reads all its members' masks in the same single pass."""
+    (:meth:`Preprocessor.raw_readout`; negative values clipped in the same pass, as the
+    preprocessing does), then the K×K convolution with the cluster weights (reflected edges).
+    Equal to :func:`iter_predict_source`. An ensemble of linear models reads all its members'
+    masks in the same single pass."""
     from scipy.ndimage import correlate
 
     from ..detectors.engine import iter_virtual_images
@@ -353,7 +354,9 @@ def iter_predict_linear(
     image = np.full(dataset.scan_shape, np.nan, np.float32)
     unc = np.full(dataset.scan_shape, np.nan, np.float32) if len(members) > 1 else None
     vimg = None
-    for ev in iter_virtual_images(dataset.data, masks if len(members) > 1 else masks[0]):
+    clip = dataset.dtype.kind != "u"  # negative values count as 0, as the preprocessing clips
+    for ev in iter_virtual_images(dataset.data, masks if len(members) > 1 else masks[0],
+                                  clip_negative=clip):
         vimg = ev.image
         if 0 < ev.rows_done < ev.rows_total:
             yield PredictEvent(ev.rows_done, ny, image, time.perf_counter() - t0, unc)
