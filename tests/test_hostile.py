@@ -1600,3 +1600,61 @@ def test_napari_open_broken_file_gives_clear_error(name, make_napari_viewer, tmp
     np.save(good, np.ones((2, 2, 4, 4), np.float16))  # converted at open
     layers = viewer.open(str(good), plugin="napari-4dstem-ml")
     assert layers[0].data.dtype == np.float32
+
+
+# ---------------------------------------------------------------------------------------------
+# the napari settings file: wrong types, huge and NaN values never stop a widget
+# ---------------------------------------------------------------------------------------------
+HOSTILE_SETTINGS = (
+    '{"training": {"model": 3, "cluster_size": 1e308, "conv4d.base.epochs": "many", '
+    '"conv4d.base.lr": NaN, "conv4d.base.batch_size": 99999999999999999999999, '
+    '"linear.epochs": 12.5, "linear.lr": [1, 2]}, "browser": {"exponent": Infinity, '
+    '"display": {"nested": true}}, "compare": [1, 2, 3], "detectors": {"com": null}}'
+)
+
+
+def test_settings_loader_validates_types_and_ranges(tmp_path):
+    from napari_4dstem_ml.widgets.settings import Settings
+
+    p = tmp_path / "settings.json"
+    p.write_text(HOSTILE_SETTINGS)
+    with pytest.warns(UserWarning, match="napari-4dstem-ml: setting training.model"):
+        s = Settings(p)
+    assert s.values == {"training": {}, "browser": {}, "detectors": {}}
+    assert len(s.notes) == 11 and all("used" in n or "ignored" in n for n in s.notes)
+    assert s.get("training", "conv4d.base.epochs", 16) == 16
+    # a valid file: values of another kind than the widget's default fall back to it
+    p.write_text('{"training": {"linear.epochs": 7.0, "linear.lr": 5, "model": "linear"}}')
+    s = Settings(p)
+    assert not s.notes
+    assert s.get("training", "linear.epochs", 3) == 7 and s.get("training", "linear.lr", 0.1) == 5.0
+    assert s.get("training", "model", 1.5) == 1.5 and "expected a value like 1.5" in s.notes[-1]
+    for text in ("not json", "[1, 2]", '{"a": ' * 100000 + "1" + "}" * 100000):
+        p.write_text(text)
+        with pytest.warns(UserWarning):
+            assert Settings(p).values == {}
+    assert p.read_text().startswith('{"a"')  # never rewritten by reading
+
+
+@pytest.mark.gui
+def test_training_dock_opens_with_a_hostile_settings_file(make_napari_viewer, monkeypatch,
+                                                          tmp_path):
+    from napari_4dstem_ml.widgets import settings
+    from napari_4dstem_ml.widgets.browser import BrowserWidget
+    from napari_4dstem_ml.widgets.training import DEFAULTS, TrainingWidget
+
+    p = tmp_path / "settings.json"
+    p.write_text(HOSTILE_SETTINGS)
+    monkeypatch.setenv(settings.ENV_VAR, str(p))
+    viewer = make_napari_viewer()
+    with pytest.warns(UserWarning):
+        widget = TrainingWidget(viewer)
+    BrowserWidget(viewer)
+    widget.kind_box.setCurrentText("conv4d")
+    epochs, lr, batch = DEFAULTS[widget._start_key()]
+    assert (widget.epochs.value(), widget.batch.value()) == (epochs, batch)
+    assert widget.lr.value() == pytest.approx(lr)
+    widget.epochs.setValue(9)  # the next change writes a valid file
+    stored = json.loads(p.read_text())
+    assert stored["training"][f"{widget._start_key()}.epochs"] == 9
+    assert "many" not in p.read_text() and "NaN" not in p.read_text()
