@@ -1016,6 +1016,26 @@ def _(d, base):
     return _predict(d, "ens.pt", "data.h5", "--uncertainty", d / "ens.pt", "--overwrite")
 
 
+@case("predict-scan_smaller_than_the_clusters", names=("one.h5", "1 x 1 scan", "3 x 3 clusters"))
+def _(d, base):
+    _copy(base, d, "model.pt")
+    _h5(d / "one.h5", np.load(base / "data.npy")[:1, :1])
+    return _predict(d, "model.pt", "one.h5")
+
+
+@case("live-nan_patterns_in_the_first_row", names=("acq.raw", "NaN", "--centre"),
+      absent=("mean_pattern",))
+def _(d, base):
+    src = _empad_source(d, "acq")
+    frames = np.fromfile(src, "<f4").reshape(*EMPAD_SCAN, 130, 128)
+    frames[0, 1] = np.nan
+    frames.tofile(src)
+    argv = _live(d, src)
+    i = argv.index("--centre")
+    del argv[i: i + 2]
+    return argv
+
+
 @case("train-linear_from_a_cnn_init", names=("--init", "base_conv4d.pt", "conv4d", "linear"))
 def _(d, base):
     _copy(base, d, "data.h5", "label.npy")

@@ -156,20 +156,29 @@ def _run(args: argparse.Namespace, source, plan, outputs: dict[str, Path], names
             detectors["adf"] = annular_mask(det, (cy, cx), args.inner / per_px, args.outer / per_px)
         else:
             def auto(mean):
+                import numpy as np
+
                 try:
+                    if not np.isfinite(mean).all():
+                        raise ValueError("it holds NaN/inf patterns")
                     centre = find_bf_centre(mean)
                 except ValueError as exc:
+                    reason = str(exc).replace("mean_pattern", "their mean pattern")
                     raise UserError(f"{args.data}: cannot find the bright-field disk centre in "
-                                    f"the first scan row ({exc}); give it with --centre CY,CX "
-                                    "(detector pixels)") from exc
+                                    f"the first scan row ({reason}); give it with --centre "
+                                    "CY,CX (detector pixels)") from exc
                 return annular_mask(det, centre, args.inner / per_px, args.outer / per_px)
 
             detectors["adf"] = auto
-    pipe = LivePipeline(source.scan_shape, source.detector_shape, detectors=detectors,
-                        model=loaded.model if loaded else None,
-                        preprocessor=loaded.preprocessor if loaded else None,
-                        calibration=calibration)
-    pipe.warm_up()
+    try:
+        pipe = LivePipeline(source.scan_shape, source.detector_shape, detectors=detectors,
+                            model=loaded.model if loaded else None,
+                            preprocessor=loaded.preprocessor if loaded else None,
+                            calibration=calibration)
+        pipe.warm_up()
+    except ValueError as exc:  # e.g. a scan too small for the model's clusters
+        raise UserError(f"{args.data} ({source.scan_shape[0]} x {source.scan_shape[1]} scan): "
+                        f"{exc}" + (f" (model {args.model})" if args.model else "")) from exc
     ny, nx = source.scan_shape
     last = names[-1]
     with progress(ny, f"live {Path(args.data).name}") as bar, numeric_warnings_off():

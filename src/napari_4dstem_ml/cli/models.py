@@ -29,9 +29,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     plan = OutputPlan(inputs=[*input_files(args), _init_file(args)], overwrite=args.overwrite)
     plan.add(args.output, "-o", suffixes=(".pt",))
-    initial_model(args.init, args.model)  # the model to fine-tune fits --model: before any work
+    initial = initial_model(args.init, args.model)  # of the kind of --model: before any work
     ds = load_data(args.data, args)
     plan.add_inputs(*input_files(args, ds))
+    k = int(initial.model_config.cluster_size) if initial is not None else int(args.cluster)
+    _check_scan_fits(ds, k, args.data, "--init's model" if initial is not None else "--cluster")
     job = TrainingJob.from_cli(args)
     with numeric_warnings_off():
         prepared = job.prepare(ds)
@@ -69,6 +71,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     if result is not None:
         print(result.report())
     return 0
+
+
+def _check_scan_fits(ds, k: int, data: str, what: str) -> None:
+    """The scan holds a K x K cluster (with reflection at the edges); else an error naming
+    the data file and where K comes from."""
+    h = k // 2
+    if h and min(ds.scan_shape) <= h:
+        raise UserError(f"{data}: its {ds.scan_shape[0]} x {ds.scan_shape[1]} scan is too small "
+                        f"for {what}'s {k} x {k} clusters (at least {h + 1} x {h + 1} scan "
+                        "positions are needed)")
 
 
 def _init_file(args: argparse.Namespace) -> str | None:
@@ -126,6 +138,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     ds = load_data(args.data, args)
     inputs = input_files(args, ds)
     plan.add_inputs(*inputs)
+    _check_scan_fits(ds, int(loaded.model.cluster_size), args.data, f"the model {model_path}")
     step = ds.calibration.scan_step_A
     px = step[1] if step else None
     if not compute.in_process:
@@ -184,7 +197,8 @@ def _baseline_items(args: argparse.Namespace, ds, px, written: dict) -> list[tup
         with numeric_warnings_off():
             base = classical_baselines(ds)
     except (ValueError, ArithmeticError) as exc:
-        _warn(f"no classical baselines for {args.data} ({exc}); the prediction is written")
+        reason = str(exc).replace("mean_pattern", "the mean diffraction pattern")
+        _warn(f"no classical baselines for {args.data} ({reason}); the prediction is written")
         return []
     for note in base.notes:
         _warn(f"{note}; {_baseline_paths(args.output, ('ADF',))[0]} is not written")
