@@ -1036,6 +1036,14 @@ def _(d, base):
     return argv
 
 
+@case("out-train_onto_its_init_checkpoint", names=("model.pt", "input"))
+def _(d, base):
+    _copy(base, d, "data.h5", "label.npy", "model.pt")
+    argv = _train(d, out="model.pt")
+    argv[argv.index("scratch")] = d / "model.pt"
+    return [*argv, "--overwrite"]
+
+
 @case("train-linear_from_a_cnn_init", names=("--init", "base_conv4d.pt", "conv4d", "linear"))
 def _(d, base):
     _copy(base, d, "data.h5", "label.npy")
