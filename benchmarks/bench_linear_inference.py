@@ -40,8 +40,9 @@ def main() -> None:
     from napari_4dstem_ml.dataset import Calibration, Dataset4D
     from napari_4dstem_ml.detectors import annular_mask, virtual_images
     from napari_4dstem_ml.models import LinearConfig, build_model
+    from napari_4dstem_ml.predict import predict
+    from napari_4dstem_ml.predict.linear import linear_on_raw_detector
     from napari_4dstem_ml.preprocess import PreprocessConfig, Preprocessor
-    from napari_4dstem_ml.training.inference import linear_on_raw_detector, predict
 
     n, k = args.scan, args.det
     rng = np.random.default_rng(0)

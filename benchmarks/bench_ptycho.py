@@ -56,8 +56,8 @@ def main() -> None:
     from napari_4dstem_ml.detectors import annular_mask, virtual_images
     from napari_4dstem_ml.io import load
     from napari_4dstem_ml.parallel import find_centre
+    from napari_4dstem_ml.predict import predict
     from napari_4dstem_ml.training.checkpoint import load_checkpoint
-    from napari_4dstem_ml.training.inference import predict
 
     if not (a.linear.exists() and a.cnn.exists()):
         sys.path.insert(0, str(HERE))

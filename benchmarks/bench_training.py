@@ -127,9 +127,9 @@ def main(argv=None) -> int:
 
     import torch
 
+    from napari_4dstem_ml.predict import predict
     from napari_4dstem_ml.preprocess import Preprocessor
     from napari_4dstem_ml.training.clusters import RegionSplit
-    from napari_4dstem_ml.training.inference import predict
     from napari_4dstem_ml.training.loop import EpochEvent, run_training, validation_metrics
     from napari_4dstem_ml.workflow import TrainingJob
 

@@ -13,6 +13,7 @@ import napari_4dstem_ml  # noqa: E402
 from napari_4dstem_ml.dataset import Calibration, Dataset4D  # noqa: E402
 from napari_4dstem_ml.export import OutputError  # noqa: E402
 from napari_4dstem_ml.models import CNN4dConfig, LinearConfig, build_model  # noqa: E402
+from napari_4dstem_ml.predict import predict  # noqa: E402
 from napari_4dstem_ml.preprocess import PreprocessConfig, Preprocessor  # noqa: E402
 from napari_4dstem_ml.training import checkpoint as ckpt  # noqa: E402
 from napari_4dstem_ml.training.checkpoint import (  # noqa: E402
@@ -20,7 +21,6 @@ from napari_4dstem_ml.training.checkpoint import (  # noqa: E402
     load_checkpoint,
     save_checkpoint,
 )
-from napari_4dstem_ml.training.inference import predict  # noqa: E402
 
 
 @pytest.fixture(scope="module")

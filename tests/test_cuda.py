@@ -20,9 +20,9 @@ from test_conv4d import CASES, reference_conv4d  # noqa: E402
 
 from napari_4dstem_ml.models import CNN4dConfig, LinearConfig, build_model  # noqa: E402
 from napari_4dstem_ml.models.conv4d import Conv4d  # noqa: E402
+from napari_4dstem_ml.predict import predict  # noqa: E402
 from napari_4dstem_ml.preprocess import PreprocessConfig  # noqa: E402
 from napari_4dstem_ml.training.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
-from napari_4dstem_ml.training.inference import predict  # noqa: E402
 from napari_4dstem_ml.training.loop import TrainConfig, run_training  # noqa: E402
 from napari_4dstem_ml.training.synthetic import make_synthetic  # noqa: E402
 

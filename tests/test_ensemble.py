@@ -10,9 +10,9 @@ torch = pytest.importorskip("torch")
 from napari_4dstem_ml.dataset import Dataset4D  # noqa: E402
 from napari_4dstem_ml.models import CNN4dConfig, EnsembleConfig, LinearConfig, build_model  # noqa: E402
 from napari_4dstem_ml.models.config import config_from_dict  # noqa: E402
+from napari_4dstem_ml.predict import iter_reconstruct, predict  # noqa: E402
 from napari_4dstem_ml.preprocess import PreprocessConfig  # noqa: E402
 from napari_4dstem_ml.training.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
-from napari_4dstem_ml.training.inference import iter_reconstruct, predict  # noqa: E402
 from napari_4dstem_ml.training.loop import TrainConfig, run_training  # noqa: E402
 from napari_4dstem_ml.training.synthetic import make_synthetic  # noqa: E402
 

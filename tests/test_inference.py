@@ -9,8 +9,8 @@ torch = pytest.importorskip("torch")
 
 from napari_4dstem_ml.dataset import Calibration, Dataset4D  # noqa: E402
 from napari_4dstem_ml.models import CNN4dConfig, LinearConfig, build_model  # noqa: E402
+from napari_4dstem_ml.predict import PredictEvent, iter_predict, predict  # noqa: E402
 from napari_4dstem_ml.preprocess import PreprocessConfig, Preprocessor  # noqa: E402
-from napari_4dstem_ml.training.inference import PredictEvent, iter_predict, predict  # noqa: E402
 
 
 def _setup(model_config, shape=(13, 10, 16, 16), seed=1):
@@ -84,13 +84,11 @@ def test_linear_model_on_raw_detector_equals_the_preprocessed_path(output_pixel_
 
     from napari_4dstem_ml.dataset import Dataset4D
     from napari_4dstem_ml.models import LinearConfig, build_model
+    from napari_4dstem_ml.predict import predict
+    from napari_4dstem_ml.predict.fields import iter_predict_source
+    from napari_4dstem_ml.predict.linear import linear_on_raw_detector
     from napari_4dstem_ml.preprocess import PreprocessConfig, Preprocessor
     from napari_4dstem_ml.training.clusters import PatternSource
-    from napari_4dstem_ml.training.inference import (
-        iter_predict_source,
-        linear_on_raw_detector,
-        predict,
-    )
     from napari_4dstem_ml.training.synthetic import make_synthetic
 
     syn = make_synthetic((20, 23), (32, 32), seed=2)

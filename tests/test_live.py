@@ -16,9 +16,9 @@ from napari_4dstem_ml.detectors import annular_mask, virtual_images
 from napari_4dstem_ml.io import load
 from napari_4dstem_ml.live import AcquisitionStalled, EmpadFollower, LivePipeline, replay, run_live
 from napari_4dstem_ml.models import CNN4dConfig, build_model
+from napari_4dstem_ml.predict import predict
 from napari_4dstem_ml.preprocess import PreprocessConfig, Preprocessor
 from napari_4dstem_ml.training.checkpoint import save_checkpoint
-from napari_4dstem_ml.training.inference import predict
 
 
 def scan(ny=9, nx=12, seed=2) -> Dataset4D:

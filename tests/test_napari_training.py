@@ -10,8 +10,8 @@ pytestmark = pytest.mark.gui
 
 @pytest.mark.slow
 def test_train_save_apply(make_napari_viewer, qtbot, tmp_path):
+    from napari_4dstem_ml.predict import predict
     from napari_4dstem_ml.training.checkpoint import load_checkpoint
-    from napari_4dstem_ml.training.inference import predict
     from napari_4dstem_ml.training.synthetic import make_synthetic
     from napari_4dstem_ml.widgets.training import TrainingWidget, applied_name
 

@@ -249,8 +249,8 @@ def test_compare_builds_grid_and_table_equal_to_core(make_napari_viewer, qtbot, 
 
 def test_checkpoint_opened_on_viewer_can_be_applied(make_napari_viewer, qtbot, tmp_path):
     from napari_4dstem_ml.models import LinearConfig
+    from napari_4dstem_ml.predict import predict
     from napari_4dstem_ml.training.checkpoint import save_checkpoint
-    from napari_4dstem_ml.training.inference import predict
     from napari_4dstem_ml.training.loop import TrainConfig, run_training
     from napari_4dstem_ml.widgets.training import TrainingWidget, applied_name
 
@@ -424,7 +424,7 @@ def test_learned_mask_as_custom_detector(make_napari_viewer, qtbot):
     v = np.pad(expected + offset, 1, mode="reflect")
     out = correlate(v, res.model.cluster_weights().astype(np.float64), mode="constant")[1:-1, 1:-1]
     out = pre.model_to_label(out + float(res.model.bias.detach()))
-    from napari_4dstem_ml.training.inference import predict
+    from napari_4dstem_ml.predict import predict
 
     np.testing.assert_allclose(out, predict(res.model, res.preprocessor, syn.dataset),
                                rtol=1e-3, atol=1e-3 * float(np.ptp(out)))

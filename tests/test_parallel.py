@@ -31,10 +31,10 @@ from napari_4dstem_ml.parallel import (
     iter_virtual_image,
     open_client,
 )
+from napari_4dstem_ml.predict.fields import iter_predict_source
 from napari_4dstem_ml.preprocess import PreprocessConfig, Preprocessor
 from napari_4dstem_ml.training.checkpoint import save_checkpoint
 from napari_4dstem_ml.training.clusters import PatternSource, cluster_indices
-from napari_4dstem_ml.training.inference import iter_predict_source
 
 
 def run(gen):

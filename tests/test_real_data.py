@@ -19,11 +19,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import REAL_DATA as REAL  # noqa: E402
 
 from napari_4dstem_ml.detectors.engine import virtual_images
 from napari_4dstem_ml.io import ReaderError, ScanShapeRequired, load
 
-REAL = Path(__file__).resolve().parents[1].parent / "shared" / "real-data"
 pytestmark = pytest.mark.skipif(not (REAL / "expected.json").is_file(),
                                 reason=f"the real-data folder is not at {REAL}")
 EXPECTED = json.loads((REAL / "expected.json").read_text()) if (REAL / "expected.json").is_file() else {}

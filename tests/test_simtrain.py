@@ -25,8 +25,8 @@ def test_simulate_train_end_to_end_and_resume(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "2 simulations (2 to run, 0 already done)" in text and f"saved {out}" in text
     from napari_4dstem_ml.io import load
+    from napari_4dstem_ml.predict import predict
     from napari_4dstem_ml.training.checkpoint import load_checkpoint
-    from napari_4dstem_ml.training.inference import predict
 
     m = load_checkpoint(out)
     prov = m.info["provenance"]

@@ -10,9 +10,9 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from napari_4dstem_ml.models import CNN4dConfig, LinearConfig  # noqa: E402
+from napari_4dstem_ml.predict import predict  # noqa: E402
 from napari_4dstem_ml.preprocess import PreprocessConfig  # noqa: E402
 from napari_4dstem_ml.training.clusters import PatternSource, RegionSplit, cluster_indices  # noqa: E402
-from napari_4dstem_ml.training.inference import predict  # noqa: E402
 from napari_4dstem_ml.training.loop import (  # noqa: E402
     DoneEvent,
     EpochEvent,

@@ -43,3 +43,22 @@ def test_headless_workflow_beats_adf_on_mos2(tmp_path):
         except StopIteration as stop:
             assert stop.value != run
             break
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_ensemble_option_holds_when_fine_tuning_the_base_model(n, synthetic):
+    """``--ensemble N`` fine-tuning the 3-member base CNN keeps N of its members (1: one
+    network, which the checkpoint then holds); more members than it has is a clear error."""
+    from napari_4dstem_ml.models import EnsembleConfig
+    from napari_4dstem_ml.workflow import TrainingJob
+
+    job = TrainingJob(label="l.tif", output="o.pt", model="conv4d", ensemble=n)
+    initial, (model_cfg, _, _) = job.prepare(synthetic.dataset)
+    if n == 1:
+        assert not isinstance(model_cfg, EnsembleConfig)
+        assert not hasattr(initial.model, "members")
+    else:
+        assert model_cfg.size == n and len(initial.model.members) == n
+    with pytest.raises(ValueError, match="--ensemble 4: .* has 3 member"):
+        TrainingJob(label="l.tif", output="o.pt", model="conv4d", ensemble=4).prepare(
+            synthetic.dataset)

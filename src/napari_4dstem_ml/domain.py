@@ -53,13 +53,17 @@ class DataSignature:
     dark_field_fraction: float | None = None
 
     @classmethod
-    def from_dataset(cls, dataset: Dataset4D, *, max_patterns: int = 1024) -> DataSignature:
-        """Measure ``dataset`` on a subsample of its patterns (never a full pass)."""
+    def from_dataset(cls, dataset: Dataset4D, *, max_patterns: int = 1024,
+                     sample: Any = None) -> DataSignature:
+        """Measure ``dataset`` on a subsample of its patterns (never a full pass): ``sample``,
+        the job's patterns already read (a ``PatternSample`` or ``(n, ky, kx)`` array), else
+        about ``max_patterns`` read here."""
         from .detectors import bf_disk, max_radius_px
         from .preprocess import sample_patterns
 
         cal = dataset.calibration
-        sample = sample_patterns(dataset, max_patterns)
+        sample = (sample_patterns(dataset, max_patterns) if sample is None
+                  else np.asarray(getattr(sample, "patterns", sample)))
         mean = sample.mean(0)
         dose = float(sample.sum(axis=(1, 2), dtype=np.float64).mean())
         centre, r_bf = bf_disk(mean, cal)

@@ -482,10 +482,13 @@ class Preprocessor:
             "alpha_mrad": None if cal.convergence_mrad is None else float(cal.convergence_mrad),
         }
 
-    def adapt(self, dataset: Dataset4D) -> Preprocessor:
+    def adapt(self, dataset: Dataset4D, sample: Any = None) -> Preprocessor:
         """This preprocessor with the data-set values refitted on ``dataset`` (model values kept).
 
-        Returns ``self`` when ``dataset`` is the one it was fitted on. A data set without a
+        ``sample``: the job's patterns of ``dataset`` already read (a
+        :class:`~napari_4dstem_ml.predict.sample.PatternSample` or ``(n, ky, kx)`` array; else
+        :func:`sample_patterns` reads them). Returns ``self`` when ``dataset`` is the one it was
+        fitted on. A data set without a
         detector calibration is accepted only when its detector has the shape of the fitted one
         (then the same pixel size is assumed); otherwise the missing calibration is named.
         A model on a calibrated scan grid needs the data set's scan step.
@@ -500,7 +503,7 @@ class Preprocessor:
         if units == "mrad" and cal.detector_pixel_mrad is None and tuple(
             dataset.detector_shape
         ) == tuple(self.detector_shape):
-            geo = self._geometry(dataset, self.config, "pixels")
+            geo = self._geometry(dataset, self.config, "pixels", _patterns(sample))
             geo["detector_pixel"] = self.detector_pixel  # same geometry as the training data
         elif units == "pixels" and tuple(dataset.detector_shape) != tuple(self.detector_shape):
             raise PreprocessError(
@@ -509,7 +512,7 @@ class Preprocessor:
                 "detector pixel sizes in mrad"
             )
         else:
-            geo = self._geometry(dataset, self.config, units)
+            geo = self._geometry(dataset, self.config, units, _patterns(sample))
         return replace(self, **geo)
 
     def with_label_stats(self, mean: float, std: float) -> Preprocessor:
@@ -835,6 +838,11 @@ class Preprocessor:
     @classmethod
     def from_json(cls, s: str) -> Preprocessor:
         return cls.from_dict(json.loads(s))
+
+
+def _patterns(sample: Any) -> np.ndarray | None:
+    """The ``(n, ky, kx)`` patterns of a sample object (or array), or ``None``."""
+    return None if sample is None else np.asarray(getattr(sample, "patterns", sample))
 
 
 def _support(m: np.ndarray) -> slice:

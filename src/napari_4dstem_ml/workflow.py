@@ -16,13 +16,8 @@ from typing import Any
 import numpy as np
 
 from .dataset import Dataset4D
-
-
-@dataclass(frozen=True)
-class Message:
-    """A line of text for the user."""
-
-    text: str
+from .predict.events import Message
+from .predict.pipeline import ReconstructionReport, domain_issues  # noqa: F401 - re-exported
 
 
 def reference_image(dataset: Dataset4D) -> tuple[np.ndarray, str]:
@@ -211,7 +206,30 @@ class TrainingJob:
         if initial is not None and initial.model_config.kind not in (self.model, "ensemble"):
             raise ValueError(f"--init {self.init}: it is a {initial.model_config.kind} model, "
                              f"not {self.model}")
+        if initial is not None and self.ensemble is not None:
+            initial = self._members_of(initial, int(self.ensemble))
         return initial, self.configs(dataset, initial)
+
+    def _members_of(self, initial: Any, n: int) -> Any:
+        """The initial model with its first ``n`` ensemble members (``n = 1``: one network),
+        so that ``--ensemble N`` holds when fine-tuning as from scratch."""
+        from dataclasses import replace as dc_replace
+
+        from .models import EnsembleConfig
+        from .models.ensemble import Ensemble
+
+        cfg = initial.model_config
+        have = cfg.size if isinstance(cfg, EnsembleConfig) else 1
+        if n == have:
+            return initial
+        if n > have:
+            raise ValueError(f"--ensemble {n}: the model to fine-tune ({self.init}) has {have} "
+                             f"member(s); give at most {have}, or --init scratch for {n}")
+        members = list(initial.model.members)[:n]
+        if n == 1:
+            return dc_replace(initial, model=members[0], model_config=cfg.member)
+        return dc_replace(initial, model=Ensemble(members),
+                          model_config=EnsembleConfig(member=cfg.member, size=n))
 
     def augment_config(self):
         from .training.augment import AugmentConfig
@@ -329,68 +347,15 @@ def run_job(
 
 
 
-@dataclass
-class ReconstructionReport:
-    """A model applied to a data set: the ``image`` (label units), its ``uncertainty``
-    (ensemble spread, or ``None``), the domain check (``issues``: the input's quantities
-    outside the model's training domain; ``signature``: what was measured) and, when asked
-    for, the classical ``baselines`` (iCoM, ADF) of the same data."""
-
-    image: np.ndarray
-    uncertainty: np.ndarray | None
-    issues: list
-    signature: Any
-    baselines: Any = None
-
-    def metadata(self) -> dict[str, Any]:
-        """What an output file records about how it was made."""
-        return {
-            "domain_check": "outside the training domain" if self.issues else "inside the training domain",
-            "domain_issues": [i.to_dict() for i in self.issues],
-            "signature": self.signature.to_dict(),
-        }
-
-
-def domain_issues(loaded: Any, dataset: Dataset4D, signature: Any = None) -> tuple[list, Any]:
-    """Check ``dataset`` against the training domain stored in ``loaded``'s checkpoint;
-    returns (issues, the data set's signature)."""
-    from .domain import DataSignature, TrainingDomain
-
-    signature = signature or DataSignature.from_dataset(dataset)
-    summary = (loaded.info or {}).get("train_summary", {}) if hasattr(loaded, "info") else {}
-    domain = TrainingDomain.from_dict(summary.get("domain"))
-    pre = loaded.preprocessor
-    oy, ox = pre.output_shape
-    half = 0.5 * min(oy, ox) * pre.output_pixel
-    if pre.config.max_angle is not None:
-        half = min(half, float(pre.config.max_angle))
-    reach = None
-    if pre.grid_units == "alpha":
-        reach = half
-    elif pre.grid_units == "mrad" and signature.alpha_mrad:
-        reach = half / signature.alpha_mrad
-    return domain.check(signature, model_reach_alpha=reach), signature
-
-
 def reconstruct(
     loaded: Any, dataset: Dataset4D, *, baselines: bool = False, tile_rows: int | None = None
 ) -> Generator[Any, None, ReconstructionReport]:
-    """Apply a loaded model (:class:`~.training.checkpoint.LoadedModel`) to ``dataset``: the
-    domain check first (a :class:`Message` per issue), then the prediction (its
-    :class:`~.training.inference.PredictEvent` s), then, with ``baselines``, iCoM and ADF."""
-    from .training.inference import iter_reconstruct
+    """Apply a loaded model to ``dataset``: :class:`~.predict.Reconstructor` run in this
+    process (domain check, the model's pass, with ``baselines`` iCoM and ADF)."""
+    from .predict import Reconstructor
 
-    issues, sig = domain_issues(loaded, dataset)
-    for issue in issues:
-        yield Message(f"warning: outside the model's training domain: {issue.message()}")
-    rec = yield from iter_reconstruct(loaded.model, loaded.preprocessor, dataset, tile_rows=tile_rows)
-    report = ReconstructionReport(rec.image, rec.uncertainty, issues, sig)
-    if baselines:
-        from .baselines import classical_baselines
-
-        yield Message("classical baselines: iCoM and ADF of the same data ...")
-        report.baselines = classical_baselines(dataset)
-    return report
+    return (yield from Reconstructor(loaded, dataset, baselines=baselines,
+                                     tile_rows=tile_rows).run())
 
 
 def _new_run_dir(out_dir: str | Path) -> Path:

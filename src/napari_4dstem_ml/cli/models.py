@@ -118,8 +118,8 @@ def _warn(text: str) -> None:
 def cmd_predict(args: argparse.Namespace) -> int:
     from ..parallel import iter_predict, open_client
     from ..parallel.sink import image_sink, write_results
+    from ..predict.events import PredictEvent
     from ..training.checkpoint import load_checkpoint
-    from ..training.inference import PredictEvent
     from ..workflow import Message, reconstruct
 
     compute = compute_choice(args)

@@ -5,11 +5,13 @@ reconstruction, row by row, with the numerics of the offline paths.
 * virtual detectors: :func:`~napari_4dstem_ml.detectors.engine.virtual_images` on each block
   of rows (masks fixed at the first block: an ``auto`` centre is the bright-field disk of the
   first scan row's mean pattern);
-* model: each row is preprocessed once (the preprocessor's data-set values fitted on the first
-  block of rows, unless they are fixed in its configuration) and kept while a K×K cluster may
-  still need it; output row ``y`` is predicted as soon as row ``y + K//2`` is in (reflected at
-  the scan edges, ``np.pad(mode="reflect")``, so the finished image equals the offline
-  ``predict`` with the same preprocessor), all ready rows in one ``predict_field`` call.
+* model: the steps before the pass of the offline pipeline (:func:`~..predict.prepare`: the
+  domain check and the preprocessor's data-set values) on the first block of rows; each row is
+  preprocessed once and kept while a K×K cluster may still need it; output row ``y`` is
+  predicted as soon as row ``y + K//2`` is in (reflected at the scan edges,
+  ``np.pad(mode="reflect")``, so the finished image equals the offline ``predict`` with the
+  same preprocessor). A CNN takes the rows one by one through its row stream (each row through
+  the first convolution once); other models run ``predict_field`` on all ready rows.
 """
 
 from __future__ import annotations
@@ -71,8 +73,9 @@ class LivePipeline:
 
     def __init__(self, scan_shape: tuple[int, int], detector_shape: tuple[int, int], *,
                  detectors: dict[str, np.ndarray | MaskFactory] | None = None, model=None,
-                 preprocessor=None, models: dict[str, tuple[Any, Any]] | None = None,
-                 calibration: Calibration | None = None, navigation: bool = True) -> None:
+                 preprocessor=None, models: dict[str, tuple[Any, ...]] | None = None,
+                 calibration: Calibration | None = None, navigation: bool = True,
+                 info: dict | None = None) -> None:
         self.scan_shape = (int(scan_shape[0]), int(scan_shape[1]))
         self.detector_shape = tuple(int(n) for n in detector_shape)
         self.calibration = calibration or Calibration()
@@ -80,11 +83,12 @@ class LivePipeline:
         self.masks: dict[str, np.ndarray] = {}
         self.models: dict[str, _LiveModel] = {}
         if model is not None:
-            models = {"model": (model, preprocessor), **(models or {})}
-        for name, (m, pre) in (models or {}).items():
+            models = {"model": (model, preprocessor, info), **(models or {})}
+        for name, spec in (models or {}).items():
+            m, pre, m_info = (*spec, None)[:3]
             if pre is None:
                 raise ValueError(f"model {name!r} needs its preprocessor")
-            self.models[name] = _LiveModel(m, pre, self.scan_shape)
+            self.models[name] = _LiveModel(m, pre, self.scan_shape, m_info)
         ny, nx = self.scan_shape
         names = (["navigation"] if navigation else []) + list(self._detector_specs) + list(self.models)
         self.images = {n: np.full((ny, nx), np.nan, np.float32) for n in names}
@@ -128,9 +132,12 @@ class LivePipeline:
                     spec = spec(mean)
                 self.masks[name] = np.asarray(spec, np.float32)
         if self.models:
+            from ..predict.sample import PatternSample
+
             ds = Dataset4D(block, calibration=self.calibration, reader="live")
+            sample = PatternSample.from_block(block, f"the first {len(block)} scan row(s)")
             for lm in self.models.values():
-                lm.adapt(ds)
+                lm.adapt(ds, sample)
 
     # -- processing -------------------------------------------------------------------------
     def process(self, y0: int, y1: int, block: np.ndarray) -> None:
@@ -140,7 +147,7 @@ class LivePipeline:
         if y0 == 0:
             self._first_block(block)
         if "navigation" in self.images:
-            self.images["navigation"][y0:y1] = block.sum(axis=(2, 3), dtype=np.float64)
+            self.images["navigation"][y0:y1] = block.sum(axis=(2, 3), dtype=np.float32)
             self.rows_done["navigation"] = y1
         if self.masks:
             from ..detectors.engine import virtual_images
@@ -157,18 +164,27 @@ class LivePipeline:
 
 
 class _LiveModel:
-    """One model in a live pipeline: its preprocessor (adapted on the first block), the
-    preprocessed rows its clusters may still need, and the rows predicted so far."""
+    """One model in a live pipeline: the steps before the pass (:func:`~..predict.prepare`:
+    domain check, preprocessor adapted) on the first block of rows, then each row preprocessed
+    once and, for a CNN (or an ensemble of them), pushed through the network's
+    :class:`~..models.cnn4d.RowStream` (each row through the first convolution once: the
+    K - 1 halo rows of a block are never recomputed); other models run ``predict_field`` on
+    the rows whose clusters are complete."""
 
-    def __init__(self, model, preprocessor, scan_shape: tuple[int, int]) -> None:
+    def __init__(self, model, preprocessor, scan_shape: tuple[int, int], info=None) -> None:
         from ..training.clusters import check_cluster_size
 
-        self.model, self.preprocessor = model, preprocessor
+        self.model, self.preprocessor, self.info = model, preprocessor, info or {}
         self.scan_shape = scan_shape
         self.k = check_cluster_size(int(model.cluster_size), scan_shape)
         self.pre = None
+        self.issues: list = []
         self.rows: dict[int, np.ndarray] = {}
         self.done = 0
+        self.fed = 0  # padded rows pushed through the row streams
+        self.streams = None
+        self.readout = None  # a linear model as virtual images: (members, readouts, masks, clip)
+        self.vimg: np.ndarray | None = None
 
     def warm_up(self, blank: np.ndarray) -> None:
         import torch
@@ -179,28 +195,50 @@ class _LiveModel:
         with torch.inference_mode():
             self.model.eval().predict_field(torch.zeros((self.k, self.k, oy, ox)))
 
-    def adapt(self, ds: Dataset4D) -> None:
-        self.pre = self.preprocessor.adapt(ds)
+    def adapt(self, ds: Dataset4D, sample) -> None:
+        from types import SimpleNamespace
+
+        from ..models.cnn4d import row_stream
+        from ..predict import prepare
+        from ..predict.linear import linear_on_raw_detector
+
+        loaded = SimpleNamespace(model=self.model, preprocessor=self.preprocessor, info=self.info)
+        prep = prepare(loaded, ds, sample)
+        self.pre, self.issues = prep.preprocessor, prep.issues
         self.model.eval()
+        members = list(getattr(self.model, "members", [self.model]))
+        if linear_on_raw_detector(self.model, self.pre, ds):  # as offline: virtual images
+            readouts = [self.pre.raw_readout(m.detector_mask()) for m in members]
+            masks = np.stack([r[0] for r in readouts])
+            self.readout = (members, readouts, masks, ds.dtype.kind != "u")
+            self.vimg = np.zeros((len(members), *self.scan_shape), np.float64)
+            return
+        streams = [row_stream(m) for m in members]
+        self.streams = streams if all(s is not None for s in streams) else None
 
     def add_rows(self, y0: int, block: np.ndarray) -> None:
+        if self.readout is not None:
+            from ..detectors.engine import virtual_images
+
+            _, _, masks, clip = self.readout
+            self.vimg[:, y0:y0 + len(block)] = virtual_images(block, masks, clip_negative=clip)
+            return
         for i in range(len(block)):
             self.rows[y0 + i] = self.pre.transform(block[i])
 
     def predict_ready(self, image: np.ndarray, acquired: int) -> int:
         """Predict every output row whose clusters are complete; returns the rows done."""
+        if self.streams is not None:
+            return self._stream_ready(image, acquired)
+        ready = self._ready_rows(acquired)
+        if ready is None:
+            return self.done
+        if self.readout is not None:
+            return self._readout_rows(image, *ready)
         import torch
 
-        from ..training.clusters import reflect_index
-
-        ny, nx = self.scan_shape
+        start, stop, ry, rx = ready
         h = self.k // 2
-        start = self.done
-        stop = ny if acquired == ny else max(start, acquired - h)
-        if stop <= start:
-            return self.done
-        ry = reflect_index(np.arange(start - h, stop + h), ny)
-        rx = reflect_index(np.arange(-h, nx + h), nx)
         tile = np.stack([self.rows[int(y)] for y in ry])[:, rx]
         with torch.inference_mode():
             out = self.model.predict_field(torch.from_numpy(tile))
@@ -209,6 +247,77 @@ class _LiveModel:
         for y in [y for y in self.rows if 2 * h < y < stop - h]:
             del self.rows[y]  # rows 0..2h stay: reflection at the top edge reads them
         return stop
+
+    def _ready_rows(self, acquired: int):
+        """``(start, stop, ry, rx)``: the output rows whose clusters are complete once
+        ``acquired`` rows are in, and the (reflected) data rows and columns their clusters
+        span; ``None`` when there are none."""
+        from ..training.clusters import reflect_index
+
+        ny, nx = self.scan_shape
+        h = self.k // 2
+        start = self.done
+        stop = ny if acquired == ny else max(start, acquired - h)
+        if stop <= start:
+            return None
+        return (start, stop, reflect_index(np.arange(start - h, stop + h), ny),
+                reflect_index(np.arange(-h, nx + h), nx))
+
+    def _readout_rows(self, image: np.ndarray, start: int, stop: int, ry, rx) -> int:
+        """The linear model's rows ``start:stop`` from its virtual images: the K x K
+        correlation (reflected at the scan edges, as offline)."""
+        from scipy.ndimage import correlate
+
+        h = self.k // 2
+        nx = self.scan_shape[1]
+        members, readouts, _, _ = self.readout
+        outs = []
+        for m, (_, offset), v in zip(members, readouts, self.vimg):
+            tile = v[ry][:, rx] + offset
+            o = correlate(tile, m.cluster_weights().astype(np.float64), mode="constant")
+            outs.append(o[h:h + stop - start, h:h + nx] + float(m.bias.detach()))
+        image[start:stop] = self.pre.model_to_label(np.mean(outs, 0))
+        self.done = stop
+        return stop
+
+    def _stream_ready(self, image: np.ndarray, acquired: int) -> int:
+        """Push the padded rows whose data rows are in through the row streams, as one block
+        (on one torch thread: small blocks are fastest without a thread team to synchronise,
+        and the other core stays with reading and preprocessing)."""
+        import torch
+
+        from ..training.clusters import reflect_index
+
+        ny, nx = self.scan_shape
+        h = self.k // 2
+        rx = reflect_index(np.arange(-h, nx + h), nx)
+        start = self.fed
+        ready = []
+        while self.fed < ny + 2 * h:
+            y = int(reflect_index(np.array([self.fed - h]), ny)[0])
+            if y >= acquired:
+                break
+            ready.append(self.rows[y][rx])
+            self.fed += 1
+        if not ready:
+            return self.done
+        block = torch.from_numpy(np.ascontiguousarray(np.stack(ready)))
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            with torch.inference_mode():
+                each = torch.stack([s.push(block) for s in self.streams]).cpu().numpy()
+        finally:
+            torch.set_num_threads(threads)
+        n = each.shape[1]
+        if n:
+            image[self.done:self.done + n] = self.pre.model_to_label(each.mean(0))
+            self.done += n
+        # rows 0..2h and the last h + 1 stay: reflection at the scan edges reads them
+        keep_from = min(start - 2 * h - 1, ny - 1 - h)
+        for old in [r for r in self.rows if 2 * h < r < keep_from]:
+            del self.rows[old]
+        return self.done
 
 
 def iter_live(source: RowSource, pipeline: LivePipeline) -> Iterator[LiveEvent]:

@@ -150,3 +150,55 @@ class CNN4d(nn.Module):
             tile = tile.to(device=device, dtype=self.dense.weight.dtype)
             rows.append(self._head(self._features(tile[None, None]))[0])
         return torch.cat(rows, 0)
+
+
+class RowStream:
+    """The network over a padded field fed a few scan rows at a time (live reconstruction):
+    each row goes through every convolution once — the last rows' activations are kept as the
+    next block's halo — and output rows come out as soon as the rows their clusters span are in.
+    Rows ``(n, Sx, ky, kx)`` are those of the padded tile that :meth:`CNN4d.predict_field`
+    takes, in order; :meth:`push` returns the new output rows ``(m, Sx - K + 1)`` (``m`` may be
+    0), equal to ``predict_field``'s rows to float32 rounding (eval mode)."""
+
+    def __init__(self, model: CNN4d) -> None:
+        cfg = model.config
+        self.model = model
+        self.ks = cfg.kernel_scan
+        self.s = model.cluster_size - 2 * (self.ks - 1)
+        self.inputs = self.mid = self.features = None  # the halo rows of each stage
+
+    @staticmethod
+    def _stage(halo, new, keep: int, fn):
+        """``fn`` over the halo rows and the new rows (scan-valid along rows); returns the
+        output rows and the last ``keep`` rows of the input, the next block's halo."""
+        x = new if halo is None else torch.cat([halo, new], 2)
+        tail = x[:, :, max(0, x.shape[2] - keep):] if keep else None
+        if x.shape[2] <= keep:
+            return None, x
+        return fn(x), tail
+
+    def push(self, rows: torch.Tensor | np.ndarray) -> torch.Tensor:
+        m, cfg = self.model, self.model.config
+        x = torch.as_tensor(np.asarray(rows) if not isinstance(rows, torch.Tensor) else rows)
+        if x.dim() == 3:
+            x = x[None]
+        x = x.to(device=m.dense.weight.device, dtype=m.dense.weight.dtype)[None, None]
+        x = _pool_detector(x, cfg.input_pool, "avg")
+        ks = self.ks
+        a, self.inputs = self._stage(self.inputs, x, ks - 1, lambda v: m.act1(
+            _pool_detector(m.conv1(v), cfg.pool_det, cfg.pool_mode)))
+        if a is None:
+            return x.new_zeros((0, x.shape[3] - m.cluster_size + 1))
+        f, self.mid = self._stage(self.mid, a, ks - 1, lambda v: m.dropout(m.act2(
+            _pool_detector(m.conv2(v), cfg.pool_det, cfg.pool_mode))))
+        if f is None:
+            return x.new_zeros((0, x.shape[3] - m.cluster_size + 1))
+        out, self.features = self._stage(self.features, f, self.s - 1, lambda v: m._head(v)[0])
+        if out is None:
+            return x.new_zeros((0, x.shape[3] - m.cluster_size + 1))
+        return out
+
+
+def row_stream(model) -> RowStream | None:
+    """A :class:`RowStream` of a :class:`CNN4d`, else ``None`` (other models have none)."""
+    return RowStream(model) if isinstance(model, CNN4d) else None

@@ -1,9 +1,8 @@
-"""Training, inference and checkpoints for the cluster models.
+"""Training and checkpoints for the cluster models (applying them: :mod:`napari_4dstem_ml.predict`).
 
 - ``clusters``: K×K neighbourhoods of patterns, ``RegionSplit``, ``PatternSource``.
 - ``loop``: ``train(...)`` generator of events, ``TrainConfig``, ``TrainResult``, ``run_training``.
 - ``patches``: scan patches for fully convolutional training (``patch_plan``, ``patch_input``).
-- ``inference``: ``predict`` / ``iter_predict`` (tiled, bounded memory, label units).
 - ``checkpoint``: ``save_checkpoint`` (atomic, one file) / ``load_checkpoint``, ``CheckpointError``.
 - ``synthetic``: ``make_synthetic`` test data with a known answer.
 
@@ -28,9 +27,6 @@ _NAMES = {
     "DoneEvent": "loop",
     "train": "loop",
     "run_training": "loop",
-    "predict": "inference",
-    "iter_predict": "inference",
-    "PredictEvent": "inference",
     "save_checkpoint": "checkpoint",
     "load_checkpoint": "checkpoint",
     "LoadedModel": "checkpoint",

@@ -31,9 +31,9 @@ import numpy as np
 
 from ..dataset import Dataset4D
 from ..domain import DataSignature, TrainingDomain
+from ..predict.fields import iter_predict_source, resolve_device
 from ..preprocess import PreprocessConfig, Preprocessor
 from .clusters import PatternSource, RegionSplit, check_cluster_size, default_tile_rows
-from .inference import iter_predict_source, resolve_device
 from .patches import patch_input, patch_plan
 
 __all__ = [

@@ -1,0 +1,267 @@
+"""One reconstruction pipeline for every front end.
+
+    source (Dataset4D, calibrations as read and given)
+      → sample (PatternSample: read once)
+      → domain check (DataSignature of the sample against the checkpoint's training domain)
+      → preprocessing (the model's Preprocessor adapted to the data set on the same sample)
+      → model (the linear model as one virtual-image pass; a CNN or ensemble tile by tile;
+               in process or in bands of rows on Dask workers)
+      → image (+ uncertainty, + classical baselines), streamed as events
+
+:class:`Reconstructor` is built once per job and run as a generator: it yields
+:class:`~.events.PredictEvent` (rows done, the image filled in place, the new rows) and
+``Message`` lines, and returns a :class:`ReconstructionReport`. The CLI (``stemml predict``),
+the napari training dock, the headless demo, the benchmarks and the live mode (which takes the
+same :func:`prepare` on its first rows) only adapt it: none restates a step.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Generator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..dataset import Dataset4D
+from .events import Message, PredictEvent, PredictionError, Reconstruction
+from .sample import SAMPLE_PATTERNS, PatternSample
+
+__all__ = ["Prepared", "ReconstructionReport", "Reconstructor", "check_image", "domain_issues",
+           "iter_predict", "iter_reconstruct", "predict", "prepare"]
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """What the pipeline knows before the pass: the sample, the data set's signature, the
+    domain issues and the preprocessor adapted to the data set."""
+
+    sample: PatternSample
+    signature: Any
+    issues: list
+    preprocessor: Any
+
+
+@dataclass
+class ReconstructionReport:
+    """A model applied to a data set: the image (label units), its ``uncertainty`` (ensemble
+    spread, or ``None``), the domain check (``issues``: the input's quantities outside the
+    model's training domain; ``signature``: what was measured), the classical ``baselines``
+    (iCoM, ADF) when asked for, and ``where`` the model ran."""
+
+    image: np.ndarray
+    uncertainty: np.ndarray | None
+    issues: list
+    signature: Any
+    baselines: Any = None
+    where: str = "in process"
+
+    def metadata(self) -> dict[str, Any]:
+        """What an output file records about how it was made."""
+        return {
+            "domain_check": ("outside the training domain" if self.issues
+                             else "inside the training domain"),
+            "domain_issues": [i.to_dict() for i in self.issues],
+            "signature": self.signature.to_dict(),
+            "computed": self.where,
+        }
+
+
+def domain_issues(loaded: Any, dataset: Dataset4D, signature: Any = None,
+                  sample: Any = None) -> tuple[list, Any]:
+    """Check ``dataset`` (its ``sample`` when already read) against the training domain
+    stored in ``loaded``'s checkpoint; returns (issues, the data set's signature)."""
+    from ..domain import DataSignature, TrainingDomain
+
+    signature = signature or DataSignature.from_dataset(dataset, sample=sample)
+    summary = (loaded.info or {}).get("train_summary", {}) if hasattr(loaded, "info") else {}
+    domain = TrainingDomain.from_dict(summary.get("domain"))
+    pre = loaded.preprocessor
+    oy, ox = pre.output_shape
+    half = 0.5 * min(oy, ox) * pre.output_pixel
+    if pre.config.max_angle is not None:
+        half = min(half, float(pre.config.max_angle))
+    reach = None
+    if pre.grid_units == "alpha":
+        reach = half
+    elif pre.grid_units == "mrad" and signature.alpha_mrad:
+        reach = half / signature.alpha_mrad
+    return domain.check(signature, model_reach_alpha=reach), signature
+
+
+def prepare(loaded: Any, dataset: Dataset4D, sample: PatternSample | None = None) -> Prepared:
+    """The steps before the pass, on one sample (read here when not given): the domain check
+    and the preprocessor adapted to ``dataset``."""
+    sample = sample if sample is not None else PatternSample.take(dataset, SAMPLE_PATTERNS)
+    issues, signature = domain_issues(loaded, dataset, sample=sample)
+    pre = loaded.preprocessor.adapt(dataset, sample=sample)
+    return Prepared(sample, signature, issues, pre)
+
+
+class Reconstructor:
+    """A model applied to a data set, from the file to the image; see the module docstring.
+
+    ``loaded``: a :class:`~..training.checkpoint.LoadedModel` (model, preprocessor and the
+    checkpoint's description with its training domain). ``compute``/``client``: where the
+    model runs (:class:`~..parallel.Compute`; ``None``: in this process). ``baselines``: also
+    compute iCoM and the ADF annulus the detector holds. ``device``: move the model there
+    first (``"auto"``: CUDA when available).
+    """
+
+    def __init__(self, loaded: Any, dataset: Dataset4D, *, compute: Any = None, client: Any = None,
+                 baselines: bool = False, tile_rows: int | None = None,
+                 device: Any = None) -> None:
+        self.loaded, self.dataset = loaded, dataset
+        self.compute, self.client = compute, client
+        self.baselines, self.tile_rows, self.device = baselines, tile_rows, device
+        self._prepared: Prepared | None = None
+
+    @property
+    def distributed(self) -> bool:
+        return self.client is not None or (self.compute is not None and not self.compute.in_process)
+
+    @property
+    def where(self) -> str:
+        if self.client is not None:
+            return f"Dask cluster at {getattr(self.client.scheduler, 'address', '?')}"
+        return "in process" if self.compute is None else self.compute.describe()
+
+    def prepare(self) -> Prepared:
+        """The sample, the domain check and the adapted preprocessor (done once)."""
+        if self._prepared is None:
+            sample = None
+            if self.distributed and self.client is not None:
+                from ..parallel.jobs import sample_on_workers
+
+                sample = sample_on_workers(self.dataset, SAMPLE_PATTERNS, client=self.client)
+            self._prepared = prepare(self.loaded, self.dataset, sample)
+        return self._prepared
+
+    def run(self) -> Generator[Message | PredictEvent, None, ReconstructionReport]:
+        """Domain check (a :class:`Message` per issue), then the model's pass (its
+        :class:`~.events.PredictEvent` s), then, with ``baselines``, iCoM and ADF. An image
+        that is NaN/inf or zero everywhere is garbage: :class:`PredictionError`."""
+        prep = self.prepare()
+        for issue in prep.issues:
+            yield Message(f"warning: outside the model's training domain: {issue.message()}")
+        if self.distributed:
+            rec = yield from self._distributed(prep)
+        else:
+            rec = yield from _in_process(self.loaded.model, prep.preprocessor, self.dataset,
+                                         tile_rows=self.tile_rows, device=self.device)
+        check_image(rec.image, self.dataset)
+        report = ReconstructionReport(rec.image, rec.uncertainty, prep.issues, prep.signature,
+                                      where=self.where)
+        if self.baselines:
+            from ..baselines import classical_baselines
+
+            yield Message("classical baselines: iCoM and ADF of the same data ...")
+            report.baselines = classical_baselines(self.dataset)
+        return report
+
+    def _distributed(self, prep: Prepared):
+        from ..parallel import open_client
+        from ..parallel.jobs import iter_predict_prepared
+
+        if self.client is not None:
+            return (yield from iter_predict_prepared(self.loaded.model, prep.preprocessor,
+                                                     self.dataset, client=self.client,
+                                                     compute=self.compute))
+        with open_client(self.compute) as client:
+            self.client = client
+            try:
+                return (yield from iter_predict_prepared(self.loaded.model, prep.preprocessor,
+                                                         self.dataset, client=client,
+                                                         compute=self.compute))
+            finally:
+                self.client = None
+
+
+def check_image(image: np.ndarray, dataset: Dataset4D) -> None:
+    """A prediction that is NaN/inf or zero everywhere is garbage: :class:`PredictionError`
+    naming the data set."""
+    finite = np.isfinite(image)
+    if not finite.any() or not np.any(image[finite]):
+        what = "NaN/inf" if not finite.any() else "zero"
+        raise PredictionError(f"{dataset.source or 'the data set'}: the prediction is {what} "
+                              "everywhere (the data or the model hold no usable values)")
+
+
+def _in_process(model, pre, dataset: Dataset4D, *, tile_rows: int | None = None,
+                device: Any = None) -> Generator[PredictEvent, None, Reconstruction]:
+    """The model's pass in this process, with ``pre`` already adapted to ``dataset``: the
+    linear model as one virtual-image pass, anything else tile by tile (on the data's scan
+    grid, or on the model's when the preprocessing resamples the scan)."""
+    from ..training.clusters import PatternSource
+    from .fields import is_ensemble, iter_predict_source, resolve_device
+    from .linear import iter_predict_linear, linear_on_raw_detector
+
+    if device is not None:
+        model.to(resolve_device(device))
+    ens = is_ensemble(model)
+    if linear_on_raw_detector(model, pre, dataset):
+        return (yield from iter_predict_linear(model, pre, dataset))
+    source = PatternSource(dataset, pre, cache_budget_bytes=0)
+    unc = np.full(source.scan_shape, np.nan, np.float32) if ens else None
+    if source.grid is None:
+        image = yield from iter_predict_source(model, source, tile_rows=tile_rows, uncertainty=unc)
+        return Reconstruction(image, unc)
+    shown = np.full(dataset.scan_shape, np.nan, np.float32)
+    shown_unc = np.full(dataset.scan_shape, np.nan, np.float32) if ens else None
+    t0 = time.perf_counter()
+    gen = iter_predict_source(model, source, tile_rows=tile_rows, uncertainty=unc)
+    while True:
+        try:
+            ev = next(gen)
+        except StopIteration as stop:
+            on_model_grid = stop.value
+            break
+        rows = min(dataset.scan_shape[0], int(ev.rows_done * source.grid.factor[0]))
+        if ev.rows_done < ev.rows_total:
+            yield PredictEvent(rows, dataset.scan_shape[0], shown, time.perf_counter() - t0,
+                               shown_unc)
+    shown[:] = source.grid.to_data(on_model_grid)
+    if ens:
+        shown_unc[:] = np.clip(source.grid.to_data(unc), 0, None)
+    ny = dataset.scan_shape[0]
+    yield PredictEvent(ny, ny, shown, time.perf_counter() - t0, shown_unc)
+    return Reconstruction(shown, shown_unc)
+
+
+# ---------------------------------------------------------------------------------------------
+# the model's pass alone (no domain check): tests, training previews, scripts
+# ---------------------------------------------------------------------------------------------
+def iter_reconstruct(model, preprocessor, dataset: Dataset4D, *, tile_rows: int | None = None,
+                     device: Any = None) -> Generator[PredictEvent, None, Reconstruction]:
+    """``model`` over every position of ``dataset`` (``preprocessor`` adapted to it first:
+    its centre, detector pixel and dose refitted when it is another data set); yields a
+    :class:`~.events.PredictEvent` per band of rows and returns a :class:`Reconstruction`
+    (image in label units and, for an ensemble, its uncertainty). An image that is NaN/inf or
+    zero everywhere raises :class:`PredictionError`. ``device``: move the model there first."""
+    pre = preprocessor.adapt(dataset)
+    rec = yield from _in_process(model, pre, dataset, tile_rows=tile_rows, device=device)
+    check_image(rec.image, dataset)
+    return rec
+
+
+def iter_predict(model, preprocessor, dataset: Dataset4D, *, tile_rows: int | None = None,
+                 device: Any = None) -> Generator[PredictEvent, None, np.ndarray]:
+    """:func:`iter_reconstruct` returning the image ``(Ny, Nx)`` (label units) only."""
+    rec = yield from iter_reconstruct(model, preprocessor, dataset, tile_rows=tile_rows,
+                                      device=device)
+    return rec.image
+
+
+def predict(model, preprocessor, dataset: Dataset4D, *, tile_rows: int | None = None,
+            progress: Any = None, device: Any = None) -> np.ndarray:
+    """The image ``(Ny, Nx)`` float32 (label units) of ``dataset``; ``progress`` is called
+    with each :class:`~.events.PredictEvent`."""
+    gen = iter_predict(model, preprocessor, dataset, tile_rows=tile_rows, device=device)
+    while True:
+        try:
+            ev = next(gen)
+        except StopIteration as stop:
+            return stop.value
+        if progress is not None:
+            progress(ev)
