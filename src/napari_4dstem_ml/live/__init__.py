@@ -9,9 +9,16 @@ paths; :func:`run_live` drives them and writes the finished images.
 
 from .pipeline import LiveEvent, LivePipeline, LiveResult, iter_live, run_live
 from .replay import replay
-from .source import AcquisitionStalled, EmpadFollower, RowSource, open_source
+from .source import (
+    AcquisitionRestarted,
+    AcquisitionStalled,
+    EmpadFollower,
+    RowSource,
+    open_source,
+)
 
 __all__ = [
+    "AcquisitionRestarted",
     "AcquisitionStalled",
     "EmpadFollower",
     "LiveEvent",

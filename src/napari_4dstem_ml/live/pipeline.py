@@ -189,7 +189,8 @@ class _LiveModel:
     def warm_up(self, blank: np.ndarray) -> None:
         import torch
 
-        self.preprocessor.transform(blank)
+        if tuple(blank.shape[-2:]) == tuple(self.preprocessor.detector_shape):
+            self.preprocessor.transform(blank)  # else adapted on the first block, then used
         oy, ox = self.preprocessor.output_shape
         with torch.inference_mode():
             self.model.eval().predict_field(torch.zeros((self.k, self.k, oy, ox)))

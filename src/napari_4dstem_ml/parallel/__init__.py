@@ -10,12 +10,13 @@ so no pattern passes through the client; the masks and the model are broadcast o
 its tasks), :mod:`.sink` the incremental writers of the result images.
 """
 
-from .cluster import Compute, ParallelError, SchedulerUnreachable, open_client
+from .cluster import ClusterError, Compute, ParallelError, SchedulerUnreachable, open_client
 from .data import DataSpec
 from .jobs import BlockEvent, find_centre, iter_predict, iter_virtual_image, subsample_mean_pattern
 
 __all__ = [
     "BlockEvent",
+    "ClusterError",
     "Compute",
     "DataSpec",
     "ParallelError",

@@ -12,6 +12,7 @@ others). Closing the generator (or an error) cancels the tasks still queued.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 import uuid
@@ -22,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from ..dataset import Dataset4D
-from .cluster import Compute, ParallelError, open_client
+from .cluster import ClusterError, Compute, ParallelError, open_client
 from .data import DataSpec
 
 #: raw bytes a virtual-image task reads; scan rows a model task predicts (halo cost (K-1)/rows)
@@ -157,17 +158,25 @@ def _run(client, fn, spec: DataSpec, bands: list[tuple[int, int]], shared: Any, 
     from distributed.scheduler import KilledWorker
 
     t0 = time.perf_counter()
-    shared_f = client.scatter(shared, broadcast=True, hash=False)
-    job = uuid.uuid4().hex[:8]
-    futures = {
-        client.submit(fn, spec, y0, y1, shared_f, threads, key=f"stemml-{what}-{job}-{y0}",
-                      pure=False, retries=0): (y0, y1)
-        for y0, y1 in bands
-    }
-    ny = image.shape[-2]
-    done = 0
+    futures: dict = {}
+    shared_f = None
     try:
-        for fut in as_completed(futures, loop=client.loop):
+        with _cluster_errors(client, what):
+            shared_f = client.scatter(shared, broadcast=True, hash=False)
+            job = uuid.uuid4().hex[:8]
+            futures = {
+                client.submit(fn, spec, y0, y1, shared_f, threads, key=f"stemml-{what}-{job}-{y0}",
+                              pure=False, retries=0): (y0, y1)
+                for y0, y1 in bands
+            }
+        ny = image.shape[-2]
+        done = 0
+        completed = as_completed(futures, loop=client.loop)
+        while True:
+            with _cluster_errors(client, what):
+                fut = next(completed, None)
+            if fut is None:
+                break
             y0, y1 = futures[fut]
             try:
                 block = fut.result()
@@ -179,16 +188,49 @@ def _run(client, fn, spec: DataSpec, bands: list[tuple[int, int]], shared: Any, 
                 if fut.status == "cancelled":
                     raise ParallelError(f"{what}: the cluster cancelled the task for scan rows "
                                         f"{y0}-{y1}; no output written") from exc
+                if fut.status != "error" and _is_comm_error(exc):  # not the task's own error
+                    raise _cluster_error(client, what, exc) from exc
                 raise
             image[..., y0:y1, :] = block
             done += y1 - y0
             yield BlockEvent(y0, y1, done, ny, image, time.perf_counter() - t0)
     finally:
-        pending = [f for f in futures if not f.done()]
-        if pending:
-            client.cancel(pending)
-        client.cancel([shared_f])
+        with contextlib.suppress(Exception):
+            pending = [f for f in futures if not f.done()]
+            if pending:
+                client.cancel(pending)
+            if shared_f is not None:
+                client.cancel([shared_f])
     return image
+
+
+def _is_comm_error(exc: BaseException) -> bool:
+    """A failure of the connection to the cluster (not of a task)."""
+    return isinstance(exc, (OSError, TimeoutError)) and (
+        type(exc).__module__.startswith(("distributed", "tornado", "asyncio"))
+        or isinstance(exc, (ConnectionError, TimeoutError)))
+
+
+def _cluster_error(client, what: str, exc: BaseException) -> ClusterError:
+    try:
+        address = client.scheduler.address
+    except Exception:  # noqa: BLE001 - a client without a scheduler connection
+        address = "the Dask scheduler"
+    reason = " ".join(str(exc).split())[:160] or type(exc).__name__
+    return ClusterError(f"{what}: the connection to the Dask scheduler {address} failed "
+                        f"({reason}); no output written")
+
+
+@contextlib.contextmanager
+def _cluster_errors(client, what: str):
+    """Connection failures inside the block become a :class:`ClusterError` naming the
+    scheduler's address (never blamed on the data file)."""
+    try:
+        yield
+    except Exception as exc:
+        if _is_comm_error(exc):
+            raise _cluster_error(client, what, exc) from exc
+        raise
 
 
 def _local(compute: Compute | None, client) -> bool:
