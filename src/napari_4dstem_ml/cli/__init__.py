@@ -20,7 +20,14 @@ from collections.abc import Sequence
 
 from . import images, info, live, models, simulate
 from .args import Parser, exit_code
-from .errors import EXIT_INTERNAL, EXIT_STALLED, EXIT_USAGE, UserError, describe_error
+from .errors import (
+    EXIT_INTERNAL,
+    EXIT_STALLED,
+    EXIT_USAGE,
+    UserError,
+    describe_error,
+    numeric_warnings_off,
+)
 from .inputs import check_device
 
 #: the verb modules, in the order ``stemml --help`` lists them
@@ -46,7 +53,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exit_code(exc)
     try:
         check_device(args)
-        return int(args.func(args) or 0)
+        with numeric_warnings_off():  # NaN/inf data are reported once, in the command's words
+            return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print("stemml: interrupted", file=sys.stderr)
         return 130

@@ -174,7 +174,7 @@ def _run(args: argparse.Namespace, source, plan, outputs: dict[str, Path], names
         pipe = LivePipeline(source.scan_shape, source.detector_shape, detectors=detectors,
                             model=loaded.model if loaded else None,
                             preprocessor=loaded.preprocessor if loaded else None,
-                            calibration=calibration)
+                            calibration=calibration, info=loaded.info if loaded else None)
         pipe.warm_up()
     except ValueError as exc:  # e.g. a scan too small for the model's clusters
         raise UserError(f"{args.data} ({source.scan_shape[0]} x {source.scan_shape[1]} scan): "
@@ -182,7 +182,13 @@ def _run(args: argparse.Namespace, source, plan, outputs: dict[str, Path], names
     ny, nx = source.scan_shape
     last = names[-1]
     with progress(ny, f"live {Path(args.data).name}") as bar, numeric_warnings_off():
+        said = set()
+
         def show(ev):
+            for text in pipe.messages:  # the domain check on the first rows, said once
+                if text not in said:
+                    said.add(text)
+                    bar.write(f"stemml live: {text}", file=sys.stderr)
             bar.update(ev.rows_done[last] - bar.n)
             bar.set_postfix(acquired=ev.rows_acquired, rate=f"{ev.frames_per_s:.0f}/s",
                             latency=f"{ev.latency_s * 1e3:.0f}ms", refresh=False)

@@ -18,7 +18,7 @@ from .inputs import (
     input_files,
     load_data,
 )
-from .reporting import progress, report_image, run_to_sink
+from .reporting import progress, report_image
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -116,15 +116,11 @@ def _warn(text: str) -> None:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from ..parallel import iter_predict, open_client
-    from ..parallel.sink import image_sink, write_results
-    from ..predict.events import PredictEvent
+    from ..parallel.sink import write_results
+    from ..predict import Message, PredictEvent, Reconstructor
     from ..training.checkpoint import load_checkpoint
-    from ..workflow import Message, reconstruct
 
     compute = compute_choice(args)
-    if not compute.in_process and (args.uncertainty or args.baselines):
-        raise UserError("--uncertainty and --baselines run in process; drop --scheduler/--workers")
     plan = _predict_plan(args, input_files(args))
     model_path = Path(args.model)
     if not model_path.exists():
@@ -141,20 +137,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     _check_scan_fits(ds, int(loaded.model.cluster_size), args.data, f"the model {model_path}")
     step = ds.calibration.scan_step_A
     px = step[1] if step else None
-    if not compute.in_process:
-        with open_client(compute) as client, \
-                image_sink(args.output, ds.scan_shape, px, overwrite=args.overwrite,
-                           inputs=inputs) as sink, \
-                progress(ds.scan_shape[0], "predict") as bar, numeric_warnings_off():
-            image = run_to_sink(iter_predict(loaded.model, loaded.preprocessor, ds, client=client),
-                                 sink, bar)
-            report_image(image, ds.source, "prediction")
-        print(f"wrote {args.output} ({image.shape[0]} x {image.shape[1]}; {compute.describe()})")
-        return 0
-
     report = None
     with progress(ds.scan_shape[0], "predict") as bar, numeric_warnings_off():
-        gen = reconstruct(loaded, ds)
+        gen = Reconstructor(loaded, ds, compute=compute).run()
         while True:
             try:
                 event = next(gen)
@@ -171,7 +156,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.uncertainty:
         items.append((args.uncertainty, report.uncertainty, px,
                       {**meta, "quantity": "ensemble standard deviation (label units)"}))
-    written = {args.output: "prediction", args.uncertainty: "uncertainty: ensemble standard deviation"}
+    written = {args.output: f"prediction, computed {report.where}",
+               args.uncertainty: "uncertainty: ensemble standard deviation"}
     if args.baselines:
         items += _baseline_items(args, ds, px, written)
     write_results(items, overwrite=args.overwrite, inputs=inputs)
@@ -191,8 +177,8 @@ def _baseline_items(args: argparse.Namespace, ds, px, written: dict) -> list[tup
     from ..baselines import classical_baselines
     from ..export import OutputError, check_image
 
-    print("stemml predict: classical baselines: iCoM and ADF of the same data ...",
-          file=sys.stderr)
+    print("stemml predict: classical baselines: iCoM and ADF of the same data (in this "
+          "process) ...", file=sys.stderr)
     try:
         with numeric_warnings_off():
             base = classical_baselines(ds)

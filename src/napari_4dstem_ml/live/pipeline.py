@@ -96,6 +96,12 @@ class LivePipeline:
         self.acquired = 0
 
     @property
+    def messages(self) -> list[str]:
+        """What the domain check said of the data on the first rows, per model."""
+        return [f"warning: outside the training domain of {name}: {issue.message()}"
+                for name, lm in self.models.items() for issue in lm.issues]
+
+    @property
     def model(self):
         """The model of image ``"model"`` (``None`` without one)."""
         lm = self.models.get("model")

@@ -123,9 +123,12 @@ class Reconstructor:
 
     @property
     def where(self) -> str:
+        what = "in process" if self.compute is None else self.compute.describe()
         if self.client is not None:
-            return f"Dask cluster at {getattr(self.client.scheduler, 'address', '?')}"
-        return "in process" if self.compute is None else self.compute.describe()
+            address = getattr(self.client.scheduler, "address", "?")
+            return f"on the Dask cluster at {address}" + (
+                "" if self.compute is None else f" ({what})")
+        return what
 
     def prepare(self) -> Prepared:
         """The sample, the domain check and the adapted preprocessor (done once)."""
@@ -141,7 +144,20 @@ class Reconstructor:
     def run(self) -> Generator[Message | PredictEvent, None, ReconstructionReport]:
         """Domain check (a :class:`Message` per issue), then the model's pass (its
         :class:`~.events.PredictEvent` s), then, with ``baselines``, iCoM and ADF. An image
-        that is NaN/inf or zero everywhere is garbage: :class:`PredictionError`."""
+        that is NaN/inf or zero everywhere is garbage: :class:`PredictionError`. With a
+        cluster to start, it is started first: the workers read the sample too."""
+        if self.distributed and self.client is None:
+            from ..parallel import open_client
+
+            with open_client(self.compute) as client:
+                self.client = client
+                try:
+                    return (yield from self._run())
+                finally:
+                    self.client = None
+        return (yield from self._run())
+
+    def _run(self) -> Generator[Message | PredictEvent, None, ReconstructionReport]:
         prep = self.prepare()
         for issue in prep.issues:
             yield Message(f"warning: outside the model's training domain: {issue.message()}")
@@ -161,21 +177,11 @@ class Reconstructor:
         return report
 
     def _distributed(self, prep: Prepared):
-        from ..parallel import open_client
         from ..parallel.jobs import iter_predict_prepared
 
-        if self.client is not None:
-            return (yield from iter_predict_prepared(self.loaded.model, prep.preprocessor,
-                                                     self.dataset, client=self.client,
-                                                     compute=self.compute))
-        with open_client(self.compute) as client:
-            self.client = client
-            try:
-                return (yield from iter_predict_prepared(self.loaded.model, prep.preprocessor,
-                                                         self.dataset, client=client,
-                                                         compute=self.compute))
-            finally:
-                self.client = None
+        return (yield from iter_predict_prepared(self.loaded.model, prep.preprocessor,
+                                                 self.dataset, client=self.client,
+                                                 compute=self.compute))
 
 
 def check_image(image: np.ndarray, dataset: Dataset4D) -> None:
