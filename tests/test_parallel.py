@@ -27,7 +27,6 @@ from napari_4dstem_ml.parallel import (
     ParallelError,
     SchedulerUnreachable,
     find_centre,
-    iter_predict,
     iter_virtual_image,
     open_client,
 )
@@ -111,15 +110,25 @@ def test_two_workers_equal_in_process(files, client, tmp_path):
 
     h5 = load(d / "data.h5")  # gzip chunks: h5py on the workers
     model, pre = cnn_checkpoint(tmp_path / "cnn.pt", h5)
-    local = run(iter_predict(model, pre, h5))
-    dist = run(iter_predict(model, pre, h5, client=client, rows_per_task=4))
+    local = reconstruct(model, pre, h5)
+    dist = reconstruct(model, pre, h5, client=client, rows_per_task=4)
     assert np.isfinite(local).all()
     np.testing.assert_allclose(dist, local, rtol=1e-5, atol=1e-6)
 
     lin = build_model(LinearConfig(cluster_size=3, mask_init="random"), pre.output_shape).eval()
     pre_lin = Preprocessor.fit(h5, PreprocessConfig(bin_factor=4)).with_label_stats(0.0, 1.0)
-    np.testing.assert_allclose(run(iter_predict(lin, pre_lin, h5, client=client, rows_per_task=5)),
-                               run(iter_predict(lin, pre_lin, h5)), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(reconstruct(lin, pre_lin, h5, client=client, rows_per_task=5),
+                               reconstruct(lin, pre_lin, h5), rtol=1e-5, atol=1e-6)
+
+
+def reconstruct(model, pre, ds, **kwargs) -> np.ndarray:
+    """The pipeline's image of ``ds`` (in process, or with ``client=`` on the cluster)."""
+    from types import SimpleNamespace
+
+    from napari_4dstem_ml.predict import Reconstructor
+
+    loaded = SimpleNamespace(model=model, preprocessor=pre, info={})
+    return run(Reconstructor(loaded, ds, **kwargs).run()).image
 
 
 @pytest.mark.slow

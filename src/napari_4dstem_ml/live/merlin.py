@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from ..dataset import Calibration, Dataset4D
-from .source import AcquisitionStalled
+from .rows import AcquisitionStalled
 
 HEADER_BYTES = 384
 

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from ..dataset import Calibration, Dataset4D
-from .source import AcquisitionStalled, RowSource
+from .rows import AcquisitionStalled, RowSource
 
 MaskFactory = Callable[[np.ndarray], np.ndarray]
 

@@ -16,33 +16,11 @@ import stat
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 
 from ..dataset import Calibration
-
-
-class AcquisitionStalled(TimeoutError):
-    """No new data for longer than the timeout; ``rows_done`` complete rows had arrived."""
-
-    def __init__(self, message: str, rows_done: int) -> None:
-        super().__init__(message)
-        self.rows_done = rows_done
-
-
-class AcquisitionRestarted(AcquisitionStalled):
-    """The followed file shrank, was replaced, or its frames changed: a new acquisition into
-    the same name. The rows read before belong to the first one (``rows_done``)."""
-
-
-class RowSource(Protocol):
-    scan_shape: tuple[int, int]
-    detector_shape: tuple[int, int]
-    calibration: Calibration
-    name: str
-
-    def rows(self) -> Iterator[tuple[int, int, np.ndarray]]: ...
+from .rows import AcquisitionRestarted, AcquisitionStalled, RowSource
 
 
 class EmpadFollower:

@@ -104,17 +104,19 @@ class Reconstructor:
 
     ``loaded``: a :class:`~..training.checkpoint.LoadedModel` (model, preprocessor and the
     checkpoint's description with its training domain). ``compute``/``client``: where the
-    model runs (:class:`~..parallel.Compute`; ``None``: in this process). ``baselines``: also
+    model runs (:class:`~..parallel.Compute`; ``None``: in this process; ``rows_per_task``:
+    scan rows per task on a cluster). ``baselines``: also
     compute iCoM and the ADF annulus the detector holds. ``device``: move the model there
     first (``"auto"``: CUDA when available).
     """
 
     def __init__(self, loaded: Any, dataset: Dataset4D, *, compute: Any = None, client: Any = None,
                  baselines: bool = False, tile_rows: int | None = None,
-                 device: Any = None) -> None:
+                 device: Any = None, rows_per_task: int | None = None) -> None:
         self.loaded, self.dataset = loaded, dataset
         self.compute, self.client = compute, client
         self.baselines, self.tile_rows, self.device = baselines, tile_rows, device
+        self.rows_per_task = rows_per_task
         self._prepared: Prepared | None = None
 
     @property
@@ -135,7 +137,7 @@ class Reconstructor:
         if self._prepared is None:
             sample = None
             if self.distributed and self.client is not None:
-                from ..parallel.jobs import sample_on_workers
+                from .distributed import sample_on_workers
 
                 sample = sample_on_workers(self.dataset, SAMPLE_PATTERNS, client=self.client)
             self._prepared = prepare(self.loaded, self.dataset, sample)
@@ -177,11 +179,12 @@ class Reconstructor:
         return report
 
     def _distributed(self, prep: Prepared):
-        from ..parallel.jobs import iter_predict_prepared
+        from .distributed import iter_predict_prepared
 
         return (yield from iter_predict_prepared(self.loaded.model, prep.preprocessor,
                                                  self.dataset, client=self.client,
-                                                 compute=self.compute))
+                                                 compute=self.compute,
+                                                 rows_per_task=self.rows_per_task))
 
 
 def check_image(image: np.ndarray, dataset: Dataset4D) -> None:
