@@ -206,6 +206,7 @@ def test_compressed_archive_is_refused(tmp_path, data):
 
 
 def test_initial_model_of_another_kind_is_refused(tmp_path, data):
+    from napari_4dstem_ml.base_model import initial_model
     from napari_4dstem_ml.models import EnsembleConfig
 
     cnn = EnsembleConfig(member=CNN4dConfig(cluster_size=5, channels=(2, 2)), size=2)
@@ -213,9 +214,9 @@ def test_initial_model_of_another_kind_is_refused(tmp_path, data):
     path = save_checkpoint(tmp_path / "cnn.pt", model, cnn, pre)
     with pytest.raises(CheckpointError, match=r"--init .*cnn.pt: it holds an ensemble of 2 "
                                               r"conv4d models, not a linear model"):
-        ckpt.initial_model(path, "linear")
-    assert ckpt.initial_model(path, "conv4d").model_config == cnn
-    assert ckpt.initial_model("scratch", "linear") is None
-    assert ckpt.model_kind(ckpt.initial_model("base", "linear").model_config) == "linear"
+        initial_model(path, "linear")
+    assert initial_model(path, "conv4d").model_config == cnn
+    assert initial_model("scratch", "linear") is None
+    assert ckpt.model_kind(initial_model("base", "linear").model_config) == "linear"
     with pytest.raises(CheckpointError, match="--init nothing.pt: no such checkpoint"):
-        ckpt.initial_model("nothing.pt", "linear")
+        initial_model("nothing.pt", "linear")

@@ -121,8 +121,8 @@ class SimTrainJob:
         (``--work-dir``: a folder or a new one in an existing folder, neither an input nor
         the output) and the model to fine-tune (``--init``: of the kind of ``--model``).
         Returns the initial model (``None`` from scratch)."""
+        from .base_model import initial_model
         from .export import OutputError, OutputPlan, same_file
-        from .training.checkpoint import initial_model
 
         plan = OutputPlan(inputs=self.inputs(), overwrite=self.overwrite)
         out = plan.add(self.output, "-o", suffixes=(".pt",))

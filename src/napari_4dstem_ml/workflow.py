@@ -122,7 +122,7 @@ class TrainingJob:
     def initial_model(self):
         """The :class:`~.training.checkpoint.LoadedModel` to fine-tune, or ``None``; a model
         of another kind than ``model`` (also as an ensemble's members) is refused."""
-        from .training.checkpoint import initial_model
+        from .base_model import initial_model
 
         return initial_model(self.init, self.model)
 

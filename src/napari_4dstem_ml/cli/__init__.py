@@ -28,7 +28,7 @@ from .errors import (
     describe_error,
     numeric_warnings_off,
 )
-from .inputs import check_device
+from .inputs import check_device, input_files
 
 #: the verb modules, in the order ``stemml --help`` lists them
 VERBS = (info, images, models, live, simulate)
@@ -61,7 +61,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         if os.environ.get("STEMML_DEBUG"):
             raise
-        code, message = describe_error(exc, args)
+        code, message = describe_error(exc, args, input_files(args))
         print(f"stemml {args.command}: error: {message}", file=sys.stderr)
         return code
 

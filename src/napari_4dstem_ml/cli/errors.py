@@ -34,8 +34,10 @@ DATA_ERRORS = (OSError, EOFError, struct.error, zipfile.BadZipFile, zlib.error,
                 UnicodeDecodeError)
 
 
-def describe_error(exc: BaseException, args: argparse.Namespace) -> tuple[int, str]:
-    """(exit status, one-line message) for an exception leaving a command."""
+def describe_error(exc: BaseException, args: argparse.Namespace,
+                   inputs: tuple[str, ...] = ()) -> tuple[int, str]:
+    """(exit status, one-line message) for an exception leaving a command; ``inputs``: the
+    command's input files (a message that names none of them is given the data file's name)."""
     if isinstance(exc, (UserError, ValueError)):
         text = str(exc)
         flag = OPTION_FLAGS.get(getattr(exc, "option", None) or "")
@@ -43,7 +45,6 @@ def describe_error(exc: BaseException, args: argparse.Namespace) -> tuple[int, s
             text += f" (on the command line: {flag})"
         return EXIT_USAGE, text
     from ..parallel import ParallelError
-    from .inputs import input_files
 
     if isinstance(exc, ParallelError):
         return EXIT_INTERNAL, str(exc)
@@ -52,7 +53,7 @@ def describe_error(exc: BaseException, args: argparse.Namespace) -> tuple[int, s
     if cluster and type(exc).__module__.split(".")[0] in ("distributed", "tornado", "msgpack"):
         text = " ".join(str(exc).split())[:200] or type(exc).__name__
         return EXIT_USAGE, f"{cluster}: the Dask cluster failed ({type(exc).__name__}: {text})"
-    files = [*input_files(args), getattr(args, "output", None) or ""]
+    files = [*inputs, getattr(args, "output", None) or ""]
     if isinstance(exc, OSError) and exc.filename:
         return EXIT_USAGE, f"{exc.filename}: {exc.strerror or exc}"
     if isinstance(exc, (*DATA_ERRORS, MemoryError)):

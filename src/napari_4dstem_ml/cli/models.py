@@ -22,8 +22,8 @@ from .reporting import progress, report_image
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from ..base_model import initial_model
     from ..export import OutputPlan
-    from ..training.checkpoint import initial_model
     from ..training.loop import EpochEvent, NoticeEvent, PrepareEvent, StepEvent
     from ..workflow import JobResult, Message, TrainingJob, run_job
 

@@ -72,14 +72,14 @@ def iter_predict_prepared(
     from .events import Message, PredictEvent, Reconstruction
     from .fields import is_ensemble
     from .linear import linear_from_virtual_images, linear_on_raw_detector
-    from .pipeline import _in_process
+    from .local import model_pass
 
     ny, nx = dataset.scan_shape
     t0 = time.perf_counter()
     if pre.scan_grid(dataset.scan_shape) is not None:
         yield Message("the model's scan step differs from the data's: the scan is resampled, "
                       "in this process")
-        return (yield from _in_process(model, pre, dataset))
+        return (yield from model_pass(model, pre, dataset))
     check_cluster_size(int(model.cluster_size), (ny, nx))
     threads = compute.threads_per_worker if compute is not None else 1
     ens = is_ensemble(model)

@@ -17,7 +17,6 @@ same :func:`prepare` on its first rows) only adapt it: none restates a step.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Generator
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +25,7 @@ import numpy as np
 
 from ..dataset import Dataset4D
 from .events import Message, PredictEvent, PredictionError, Reconstruction
+from .local import model_pass
 from .sample import SAMPLE_PATTERNS, PatternSample
 
 __all__ = ["Prepared", "ReconstructionReport", "Reconstructor", "check_image", "domain_issues",
@@ -166,7 +166,7 @@ class Reconstructor:
         if self.distributed:
             rec = yield from self._distributed(prep)
         else:
-            rec = yield from _in_process(self.loaded.model, prep.preprocessor, self.dataset,
+            rec = yield from model_pass(self.loaded.model, prep.preprocessor, self.dataset,
                                          tile_rows=self.tile_rows, device=self.device)
         check_image(rec.image, self.dataset)
         report = ReconstructionReport(rec.image, rec.uncertainty, prep.issues, prep.signature,
@@ -197,47 +197,6 @@ def check_image(image: np.ndarray, dataset: Dataset4D) -> None:
                               "everywhere (the data or the model hold no usable values)")
 
 
-def _in_process(model, pre, dataset: Dataset4D, *, tile_rows: int | None = None,
-                device: Any = None) -> Generator[PredictEvent, None, Reconstruction]:
-    """The model's pass in this process, with ``pre`` already adapted to ``dataset``: the
-    linear model as one virtual-image pass, anything else tile by tile (on the data's scan
-    grid, or on the model's when the preprocessing resamples the scan)."""
-    from ..training.clusters import PatternSource
-    from .fields import is_ensemble, iter_predict_source, resolve_device
-    from .linear import iter_predict_linear, linear_on_raw_detector
-
-    if device is not None:
-        model.to(resolve_device(device))
-    ens = is_ensemble(model)
-    if linear_on_raw_detector(model, pre, dataset):
-        return (yield from iter_predict_linear(model, pre, dataset))
-    source = PatternSource(dataset, pre, cache_budget_bytes=0)
-    unc = np.full(source.scan_shape, np.nan, np.float32) if ens else None
-    if source.grid is None:
-        image = yield from iter_predict_source(model, source, tile_rows=tile_rows, uncertainty=unc)
-        return Reconstruction(image, unc)
-    shown = np.full(dataset.scan_shape, np.nan, np.float32)
-    shown_unc = np.full(dataset.scan_shape, np.nan, np.float32) if ens else None
-    t0 = time.perf_counter()
-    gen = iter_predict_source(model, source, tile_rows=tile_rows, uncertainty=unc)
-    while True:
-        try:
-            ev = next(gen)
-        except StopIteration as stop:
-            on_model_grid = stop.value
-            break
-        rows = min(dataset.scan_shape[0], int(ev.rows_done * source.grid.factor[0]))
-        if ev.rows_done < ev.rows_total:
-            yield PredictEvent(rows, dataset.scan_shape[0], shown, time.perf_counter() - t0,
-                               shown_unc)
-    shown[:] = source.grid.to_data(on_model_grid)
-    if ens:
-        shown_unc[:] = np.clip(source.grid.to_data(unc), 0, None)
-    ny = dataset.scan_shape[0]
-    yield PredictEvent(ny, ny, shown, time.perf_counter() - t0, shown_unc)
-    return Reconstruction(shown, shown_unc)
-
-
 # ---------------------------------------------------------------------------------------------
 # the model's pass alone (no domain check): tests, training previews, scripts
 # ---------------------------------------------------------------------------------------------
@@ -249,7 +208,7 @@ def iter_reconstruct(model, preprocessor, dataset: Dataset4D, *, tile_rows: int 
     (image in label units and, for an ensemble, its uncertainty). An image that is NaN/inf or
     zero everywhere raises :class:`PredictionError`. ``device``: move the model there first."""
     pre = preprocessor.adapt(dataset)
-    rec = yield from _in_process(model, pre, dataset, tile_rows=tile_rows, device=device)
+    rec = yield from model_pass(model, pre, dataset, tile_rows=tile_rows, device=device)
     check_image(rec.image, dataset)
     return rec
 

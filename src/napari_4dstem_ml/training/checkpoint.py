@@ -16,7 +16,7 @@ worked out without allocating the model; every member of an ensemble alike) *bef
 is built, so a small file cannot make the loader allocate a large model; the archive itself
 must hold its tensors uncompressed, as ``torch.save`` writes them (no zip bomb).
 
-:func:`initial_model` resolves a training run's ``--init`` ("base", "scratch" or a checkpoint)
+(a training run's ``--init`` is resolved by :func:`napari_4dstem_ml.base_model.initial_model`)
 and refuses a model of another kind than the one being trained (a CNN, or an ensemble of
 CNNs, given to ``--model linear``) before any work.
 """
@@ -35,7 +35,7 @@ from typing import Any
 from ..preprocess import Preprocessor
 
 __all__ = ["FORMAT", "LIMITS", "VERSION", "CheckpointError", "LoadedModel",
-           "expected_state_shapes", "initial_model", "load_checkpoint", "model_kind",
+           "expected_state_shapes", "load_checkpoint", "model_kind",
            "save_checkpoint"]
 
 FORMAT = "napari-4dstem-ml-checkpoint"
@@ -403,32 +403,6 @@ def _check_shapes_before_build(model_config: Any, grid: tuple[int, int], state: 
         detail = f"{name}: shape {got[name]}, expected {expected[name]}"
     raise CheckpointError(
         f"{path}: the stored weights do not fit the stored model description ({detail})")
-
-
-def initial_model(init: str | os.PathLike | None, kind: str) -> LoadedModel | None:
-    """The model a training run of ``kind`` ("linear" or "conv4d") starts from: ``None`` for
-    ``"scratch"``, the shipped base model for ``"base"``, else the checkpoint at ``init``.
-    A model of another kind (also as an ensemble's members) is refused naming ``--init``."""
-    if init is None or str(init) == "scratch":
-        return None
-    if str(init) == "base":
-        from ..base_model import base_model_path, load_base_model
-
-        loaded, what = load_base_model(kind), f"--init base ({base_model_path(kind)})"
-    else:
-        p = Path(init)
-        if not p.exists():
-            raise CheckpointError(f"--init {init}: no such checkpoint (expected 'base', "
-                                  "'scratch' or a checkpoint written by 'stemml train')")
-        loaded, what = load_checkpoint(p), f"--init {init}"
-    got = model_kind(loaded.model_config)
-    if got != kind:
-        size = getattr(loaded.model_config, "size", None)
-        held = f"an ensemble of {size} {got} models" if size else f"a {got} model"
-        raise CheckpointError(
-            f"{what}: it holds {held}, not a {kind} model; give a {kind} checkpoint, 'base' or "
-            f"'scratch', or train --model {got}")
-    return loaded
 
 
 def _load_failure_reason(e: BaseException) -> str:
