@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from ..dataset import Calibration, Dataset4D
-from .source import AcquisitionStalled, RowSource
+from .rows import AcquisitionStalled, RowSource
 
 MaskFactory = Callable[[np.ndarray], np.ndarray]
 
@@ -94,6 +94,12 @@ class LivePipeline:
         self.images = {n: np.full((ny, nx), np.nan, np.float32) for n in names}
         self.rows_done = dict.fromkeys(names, 0)
         self.acquired = 0
+
+    @property
+    def messages(self) -> list[str]:
+        """What the domain check said of the data on the first rows, per model."""
+        return [f"warning: outside the training domain of {name}: {issue.message()}"
+                for name, lm in self.models.items() for issue in lm.issues]
 
     @property
     def model(self):
@@ -189,7 +195,8 @@ class _LiveModel:
     def warm_up(self, blank: np.ndarray) -> None:
         import torch
 
-        self.preprocessor.transform(blank)
+        if tuple(blank.shape[-2:]) == tuple(self.preprocessor.detector_shape):
+            self.preprocessor.transform(blank)  # else adapted on the first block, then used
         oy, ox = self.preprocessor.output_shape
         with torch.inference_mode():
             self.model.eval().predict_field(torch.zeros((self.k, self.k, oy, ox)))
@@ -229,20 +236,15 @@ class _LiveModel:
         """Predict every output row whose clusters are complete; returns the rows done."""
         if self.streams is not None:
             return self._stream_ready(image, acquired)
+        ready = self._ready_rows(acquired)
+        if ready is None:
+            return self.done
         if self.readout is not None:
-            return self._readout_ready(image, acquired)
+            return self._readout_rows(image, *ready)
         import torch
 
-        from ..training.clusters import reflect_index
-
-        ny, nx = self.scan_shape
+        start, stop, ry, rx = ready
         h = self.k // 2
-        start = self.done
-        stop = ny if acquired == ny else max(start, acquired - h)
-        if stop <= start:
-            return self.done
-        ry = reflect_index(np.arange(start - h, stop + h), ny)
-        rx = reflect_index(np.arange(-h, nx + h), nx)
         tile = np.stack([self.rows[int(y)] for y in ry])[:, rx]
         with torch.inference_mode():
             out = self.model.predict_field(torch.from_numpy(tile))
@@ -252,11 +254,10 @@ class _LiveModel:
             del self.rows[y]  # rows 0..2h stay: reflection at the top edge reads them
         return stop
 
-    def _readout_ready(self, image: np.ndarray, acquired: int) -> int:
-        """The linear model's rows from its virtual images: the K x K correlation of the rows
-        whose clusters are complete (reflected at the scan edges, as offline)."""
-        from scipy.ndimage import correlate
-
+    def _ready_rows(self, acquired: int):
+        """``(start, stop, ry, rx)``: the output rows whose clusters are complete once
+        ``acquired`` rows are in, and the (reflected) data rows and columns their clusters
+        span; ``None`` when there are none."""
         from ..training.clusters import reflect_index
 
         ny, nx = self.scan_shape
@@ -264,9 +265,17 @@ class _LiveModel:
         start = self.done
         stop = ny if acquired == ny else max(start, acquired - h)
         if stop <= start:
-            return self.done
-        ry = reflect_index(np.arange(start - h, stop + h), ny)
-        rx = reflect_index(np.arange(-h, nx + h), nx)
+            return None
+        return (start, stop, reflect_index(np.arange(start - h, stop + h), ny),
+                reflect_index(np.arange(-h, nx + h), nx))
+
+    def _readout_rows(self, image: np.ndarray, start: int, stop: int, ry, rx) -> int:
+        """The linear model's rows ``start:stop`` from its virtual images: the K x K
+        correlation (reflected at the scan edges, as offline)."""
+        from scipy.ndimage import correlate
+
+        h = self.k // 2
+        nx = self.scan_shape[1]
         members, readouts, _, _ = self.readout
         outs = []
         for m, (_, offset), v in zip(members, readouts, self.vimg):
