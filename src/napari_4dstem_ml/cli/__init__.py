@@ -18,7 +18,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from . import images, info, live, models, simulate
+from . import images, info, live, models, ptycho, simulate
 from .args import Parser, exit_code
 from .errors import (
     EXIT_INTERNAL,
@@ -31,7 +31,7 @@ from .errors import (
 from .inputs import check_device, input_files
 
 #: the verb modules, in the order ``stemml --help`` lists them
-VERBS = (info, images, models, live, simulate)
+VERBS = (info, images, models, live, simulate, ptycho)
 
 
 def build_parser() -> Parser:
