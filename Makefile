@@ -22,9 +22,10 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[gui,test]'
 	touch $(STAMP)
 
-# the test suite also runs the simulation generator (abTEM, the optional [sim] extra)
+# the test suite also runs the simulation generator (abTEM, the optional [sim] extra) and a
+# small ptychographic reconstruction (quantem, the optional [ptycho] extra)
 $(SIM): $(STAMP)
-	$(PY) -m pip install -q -e '.[gui,test,sim]'
+	$(PY) -m pip install -q -e '.[gui,test,sim,ptycho]'
 	touch $(SIM)
 
 # The Qt/Xvfb system packages: installed when root with apt-get, else the command is printed

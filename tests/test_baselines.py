@@ -81,3 +81,48 @@ def test_baselines_refuse_nothing_silently_on_a_uniform_data_set():
     ds = Dataset4D(data, make_synthetic((4, 4), (16, 16)).dataset.calibration)
     icom = icom_image(ds.data, (7.5, 7.5))[0]
     assert np.isfinite(icom).all() and float(np.ptp(icom)) < 1e-6
+
+
+def test_no_dark_field_ring_on_the_detector_skips_adf_with_a_note():
+    """A detector that ends inside the bright-field disk (a small simulated detector, e.g.
+    Prismatic's 8 x 8 px to 0.8 α) holds no ADF annulus: iCoM is made, ADF is not, and the
+    note says why (never an all-zero image or an error that loses the other results)."""
+    from napari_4dstem_ml.baselines import NoDarkFieldError
+
+    with pytest.raises(NoDarkFieldError, match="reaches only 0.83 α"):
+        adf_annulus((8, 8), (3.5, 3.5), 4.8)
+    # reach 4.5 px, disk 4.2 px: the ring 4.41-4.5 px is under half a pixel wide
+    with pytest.raises(NoDarkFieldError):
+        adf_annulus((9, 9), (4.0, 4.0), 4.2)
+    syn = make_synthetic((12, 12), (8, 8), bf_radius_px=5.0, noise=False, seed=1)
+    base = classical_baselines(syn.dataset)
+    assert base.adf is None and set(base.images()) == {"iCoM"}
+    assert base.info["adf_skipped"] and "no ADF baseline" in base.notes[0]
+    assert np.isfinite(base.icom).all()
+
+
+@pytest.mark.slow
+def test_predict_baselines_on_a_prismatic_file_writes_the_model_image(tmp_path, capsys):
+    """Issue 16: the Prismatic simulation's 8 x 8 detector reaches 0.83 α; predict
+    --baselines writes the prediction and iCoM, and says why there is no ADF image."""
+    from pathlib import Path
+
+    from napari_4dstem_ml.cli import main
+
+    emd = Path(__file__).resolve().parents[2] / "shared/real-data/rsciio/emd/Si100_4D.emd"
+    if not emd.is_file():
+        emd = Path("/work/shared/real-data/rsciio/emd/Si100_4D.emd")
+    if not emd.is_file():
+        pytest.skip("the real-data folder is not here")
+    model = Path(__file__).resolve().parents[1] / "src/napari_4dstem_ml/base_model/base_conv4d.pt"
+    out = tmp_path / "p.tif"
+    rc = main(["predict", str(emd), "--dataset",
+               "/4DSTEM_simulation/data/datacubes/CBED_array_depth0001/datacube",
+               "--model", str(model), "-o", str(out), "--baselines"])
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.tif", "p_icom.tif"]
+    assert "no ADF baseline" in err and "p_adf.tif is not written" in err
+    import tifffile
+
+    assert np.isfinite(tifffile.imread(out)).all()

@@ -141,3 +141,82 @@ def test_bad_files_raise_clear_errors(tmp_path, data):
         load_checkpoint(_write(tmp_path / "shape.pt", {**obj, "state_dict": sd}))
     with pytest.raises(FileNotFoundError, match="missing.pt"):
         load_checkpoint(tmp_path / "missing.pt")
+
+
+@pytest.mark.parametrize("config, grid", [
+    (LinearConfig(cluster_size=5), (16, 20)),
+    (CNN4dConfig(cluster_size=5, channels=(2, 3)), (24, 24)),
+])
+def test_expected_shapes_equal_the_built_models(config, grid):
+    from napari_4dstem_ml.models import EnsembleConfig
+
+    for cfg in (config, EnsembleConfig(member=config, size=3)):
+        built = {n: tuple(t.shape) for n, t in build_model(cfg, grid).state_dict().items()}
+        assert ckpt.expected_state_shapes(cfg, grid) == built
+
+
+def _hostile_ensemble(tmp_path, data, member):
+    """A small file whose description is an ensemble of 32 members on a 512 x 512 grid (the
+    linear member's table alone 512 MB each); its stored weights are those of a tiny model."""
+    model, pre = _model(member, data)
+    good = save_checkpoint(tmp_path / "small.pt", model, member, pre)
+    obj = torch.load(good, weights_only=True)
+    cfg = json.loads(obj["config_json"])
+    cfg["model"] = {"kind": "ensemble", "size": 32, "member": dict(cfg["model"], n_radial_bins=512)
+                    if member.kind == "linear" else cfg["model"]}
+    cfg["preprocessor"]["output_shape"] = cfg["preprocessor"]["config"]["output_shape"] = [512, 512]
+    state = {f"members.{i}.{k}": v for i in range(32) for k, v in obj["state_dict"].items()}
+    return _write(tmp_path / "ensemble.pt", {**obj, "config_json": json.dumps(cfg),
+                                             "state_dict": state})
+
+
+@pytest.mark.parametrize("member", [LinearConfig(cluster_size=3),
+                                    CNN4dConfig(cluster_size=5, channels=(2, 2))])
+def test_ensemble_members_are_checked_before_any_allocation(tmp_path, data, member):
+    import time
+    import tracemalloc
+
+    path = _hostile_ensemble(tmp_path, data, member)
+    assert path.stat().st_size < 2e6
+    t0 = time.perf_counter()
+    tracemalloc.start()
+    try:
+        with pytest.raises(CheckpointError, match="ensemble.pt.*do not fit") as info:
+            load_checkpoint(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 50e6, f"{peak / 1e6:.0f} MB allocated before the refusal"
+    assert time.perf_counter() - t0 < 10 and "\n" not in str(info.value)
+
+
+def test_compressed_archive_is_refused(tmp_path, data):
+    import zipfile
+
+    config = LinearConfig(cluster_size=3)
+    model, pre = _model(config, data)
+    good = save_checkpoint(tmp_path / "good.pt", model, config, pre)
+    packed = tmp_path / "packed.pt"
+    with zipfile.ZipFile(good) as src, zipfile.ZipFile(packed, "w", zipfile.ZIP_DEFLATED) as z:
+        for i in src.infolist():
+            z.writestr(i.filename, src.read(i.filename))
+    assert torch.load(packed, weights_only=True)["format"] == ckpt.FORMAT  # torch would read it
+    with pytest.raises(CheckpointError, match="packed.pt.*compressed"):
+        load_checkpoint(packed)
+
+
+def test_initial_model_of_another_kind_is_refused(tmp_path, data):
+    from napari_4dstem_ml.base_model import initial_model
+    from napari_4dstem_ml.models import EnsembleConfig
+
+    cnn = EnsembleConfig(member=CNN4dConfig(cluster_size=5, channels=(2, 2)), size=2)
+    model, pre = _model(cnn, data)
+    path = save_checkpoint(tmp_path / "cnn.pt", model, cnn, pre)
+    with pytest.raises(CheckpointError, match=r"--init .*cnn.pt: it holds an ensemble of 2 "
+                                              r"conv4d models, not a linear model"):
+        initial_model(path, "linear")
+    assert initial_model(path, "conv4d").model_config == cnn
+    assert initial_model("scratch", "linear") is None
+    assert ckpt.model_kind(initial_model("base", "linear").model_config) == "linear"
+    with pytest.raises(CheckpointError, match="--init nothing.pt: no such checkpoint"):
+        initial_model("nothing.pt", "linear")

@@ -95,3 +95,19 @@ def test_train_predict_evaluate_end_to_end(files, capsys):
     capsys.readouterr()
     assert main(["evaluate", str(pred), "--reference", str(d / "label.npy")]) == 0
     assert "PSNR" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("what,expect", [("constant", "constant"), ("nan", "NaN/inf")])
+def test_evaluate_refuses_images_without_defined_metrics(tmp_path, capsys, what, expect):
+    """A flat image has no correlation, SSIM or contrast; NaN pixels make every metric NaN:
+    both are refused naming the file, instead of numbers that mean nothing."""
+    rng = np.random.default_rng(0)
+    ref = rng.random((20, 20)).astype(np.float32)
+    img = np.full_like(ref, 0.5) if what == "constant" else ref.copy()
+    if what == "nan":
+        img[10, 10] = np.nan
+    np.save(tmp_path / "img.npy", img)
+    np.save(tmp_path / "ref.npy", ref)
+    assert main(["evaluate", str(tmp_path / "img.npy"), "--reference", str(tmp_path / "ref.npy")]) == 2
+    err = capsys.readouterr().err
+    assert "img.npy" in err and expect in err

@@ -152,3 +152,80 @@ def test_stale_temporaries_of_dead_runs_are_removed(tmp_path):
     write_text(tmp_path / "s.json", "{}")
     assert not stale.exists() and not stale_dir.exists()
     assert alive.exists() and other_host.exists() and unrelated.exists()
+
+
+# -- the output planner (issue 21) -------------------------------------------------------------
+def test_plan_refuses_an_output_that_is_another_output(tmp_path):
+    from napari_4dstem_ml.export import OutputPlan
+
+    (tmp_path / "p.tif").write_bytes(b"old")
+    os.link(tmp_path / "p.tif", tmp_path / "hard.tif")
+    os.symlink(tmp_path / "p.tif", tmp_path / "soft.tif")
+    os.symlink(tmp_path / "new.tif", tmp_path / "dangling.tif")
+    (tmp_path / "sub").mkdir()
+    for other, first in (("p.tif", "p.tif"), ("hard.tif", "p.tif"), ("soft.tif", "p.tif"),
+                         ("sub/../p.tif", "p.tif"), ("dangling.tif", "new.tif")):
+        plan = OutputPlan(overwrite=True)
+        plan.add(tmp_path / first, "-o")
+        with pytest.raises(OutputError, match=rf"{other.split('/')[-1]} \(--uncertainty\) is the "
+                                              rf"same file as .*{first} \(-o\)"):
+            plan.add(tmp_path / other, "--uncertainty")
+    plan = OutputPlan(overwrite=True)
+    plan.add(tmp_path / "p.tif", "-o")
+    assert plan.add(tmp_path / "q.tif", "--uncertainty") == tmp_path / "q.tif"
+    assert _names(tmp_path) == ["dangling.tif", "hard.tif", "p.tif", "soft.tif", "sub"]
+
+
+def test_plan_checks_inputs_learned_later(tmp_path):
+    from napari_4dstem_ml.export import OutputPlan
+
+    (tmp_path / "scan.xml").write_text("<root/>")
+    plan = OutputPlan(overwrite=True)
+    plan.add(tmp_path / "scan.xml", "-o")
+    with pytest.raises(OutputError, match="scan.xml is the input"):
+        plan.add_inputs(tmp_path / "scan.xml")
+
+
+def test_fresh_names_never_replace_anything(tmp_path):
+    from napari_4dstem_ml.export import OutputPlan, fresh_name
+
+    assert fresh_name(tmp_path / "a.partial.tif") == tmp_path / "a.partial.tif"
+    (tmp_path / "a.partial.tif").write_bytes(b"1")
+    (tmp_path / "a.partial-2.tif").write_bytes(b"2")
+    assert fresh_name(tmp_path / "a.partial.tif") == tmp_path / "a.partial-3.tif"
+    plan = OutputPlan()
+    plan.add(tmp_path / "a.partial-3.tif", "-o")
+    assert plan.fresh(tmp_path / "a.partial.tif", "partial") == tmp_path / "a.partial-4.tif"
+
+
+def test_output_files_all_or_none(tmp_path):
+    """Three outputs: the third cannot be put in place (it appeared meanwhile): the two
+    created before it are removed again, the one that appeared is kept, nothing else left."""
+    from napari_4dstem_ml.export import output_files
+
+    paths = [tmp_path / n for n in ("a.npy", "b.npy", "c.npy")]
+    with pytest.raises(OutputExistsError, match="c.npy appeared"):
+        with output_files(paths) as tmps:
+            for t in tmps:
+                with open(t, "xb") as f:
+                    np.save(f, IMG)
+            paths[2].write_bytes(b"someone else's")
+    assert _names(tmp_path) == ["c.npy"] and paths[2].read_bytes() == b"someone else's"
+    with output_files(paths[:2]) as tmps:
+        for t in tmps:
+            with open(t, "xb") as f:
+                np.save(f, IMG)
+    assert _names(tmp_path) == ["a.npy", "b.npy", "c.npy"]
+    os.symlink(paths[0], tmp_path / "link.npy")
+    with pytest.raises(OutputError, match="link.npy.*is the same file as .*a.npy"):
+        with output_files([paths[0], tmp_path / "link.npy"], overwrite=True):
+            pass
+
+
+def test_write_images_checks_every_image_before_writing(tmp_path):
+    from napari_4dstem_ml.export import write_images
+
+    with pytest.raises(OutputError, match="b.tif: the image is all zero"):
+        write_images([(tmp_path / "a.tif", IMG, None, None),
+                      (tmp_path / "b.tif", np.zeros((5, 6)), None, None)])
+    assert _names(tmp_path) == []

@@ -59,6 +59,8 @@ def base(tmp_path_factory):
     np.save(d / "label.npy", s.label.astype(np.float32))
     rc = _cli(_train(d, out="model.pt"))
     assert rc == 0 and (d / "model.pt").is_file()
+    rc = _cli([*_train(d, out="ens.pt"), "--ensemble", "2"])  # gives an uncertainty map
+    assert rc == 0 and (d / "ens.pt").is_file()
     return d
 
 
@@ -930,6 +932,364 @@ def _(d, base):
 
 
 # ---------------------------------------------------------------------------------------------
+# issue 21: the surfaces added since: multi-file outputs, live, replay, Dask, simulate-train
+# ---------------------------------------------------------------------------------------------
+BASE_CNN = Path(__file__).resolve().parents[1] / "src/napari_4dstem_ml/base_model/base_conv4d.pt"
+EMPAD_SCAN = (3, 4)
+
+
+def _empad_source(d: Path, name: str = "src") -> Path:
+    """An EMPAD acquisition (``name.raw`` + ``name.xml``, 3 x 4 scan, 128 x 128 detector)."""
+    from napari_4dstem_ml.live.replay import empad_xml
+
+    rng = np.random.default_rng(3)
+    ny, nx = EMPAD_SCAN
+    yy, xx = np.mgrid[:128, :128]
+    disk = (np.hypot(yy - 63.5, xx - 64.0) < 20).astype(np.float32)
+    frames = np.zeros((ny, nx, 130, 128), "<f4")
+    frames[:, :, :128] = rng.poisson(20 * disk + 1.0, size=(ny, nx, 128, 128))
+    frames.tofile(d / f"{name}.raw")
+    (d / f"{name}.xml").write_text(empad_xml(f"{name}.raw", (ny, nx), 80e3, (0.3, 0.3)))
+    return d / f"{name}.raw"
+
+
+def _stalled_acquisition(d: Path, rows: int = 2) -> Path:
+    """``acq.raw`` + ``acq.xml``: a 3 x 4 scan of which ``rows`` rows were written."""
+    from napari_4dstem_ml.io import load
+    from napari_4dstem_ml.live import replay
+
+    src = _empad_source(d, "full")
+    replay(load(src), d / "acq.raw", 0, stop_after=rows * EMPAD_SCAN[1])
+    for p in (src, src.with_suffix(".xml")):
+        p.unlink()
+    return d / "acq.raw"
+
+
+def _live(d, src, *extra, out="out.tif"):
+    return ["live", src, "--inner", "25", "--outer", "60", "--pixels", "--centre", "63.5,64",
+            "-o", d / out, "--timeout", "0.5", *extra]
+
+
+def _ens(d, base):
+    _copy(base, d, "data.h5", "ens.pt")
+
+
+@case("out-predict_uncertainty_is_output_overwrite",
+      names=("p.tif", "--uncertainty", "-o", "same file"))
+def _(d, base):
+    _ens(d, base)
+    return _predict(d, "ens.pt", "data.h5", "--uncertainty", d / "p.tif", "--overwrite")
+
+
+@case("out-predict_uncertainty_symlink_to_output", names=("u.tif", "p.tif", "same file"))
+def _(d, base):
+    _ens(d, base)
+    os.symlink(d / "p.tif", d / "u.tif")  # dangling until p.tif is written
+    return _predict(d, "ens.pt", "data.h5", "--uncertainty", d / "u.tif", "--overwrite")
+
+
+@case("out-predict_uncertainty_hardlink_of_output", names=("u.tif", "p.tif", "same file"))
+def _(d, base):
+    _ens(d, base)
+    (d / "p.tif").write_bytes(b"an older prediction")
+    os.link(d / "p.tif", d / "u.tif")
+    return _predict(d, "ens.pt", "data.h5", "--uncertainty", d / "u.tif", "--overwrite")
+
+
+@case("out-predict_uncertainty_is_a_baseline", names=("p_adf.tif", "--uncertainty", "ADF"))
+def _(d, base):
+    _ens(d, base)
+    return _predict(d, "ens.pt", "data.h5", "--uncertainty", d / "p_adf.tif", "--baselines")
+
+
+@case("out-predict_all_outputs_written_as_one", status=0,
+      creates=("p.h5", "p_adf.h5", "p_icom.h5", "u.npy"), names=())
+def _(d, base):
+    _ens(d, base)
+    return _predict(d, "ens.pt", "data.h5", "--uncertainty", d / "u.npy", "--baselines",
+                    out="p.h5")
+
+
+@case("out-predict_uncertainty_is_the_model", names=("ens.pt",))
+def _(d, base):
+    _ens(d, base)
+    return _predict(d, "ens.pt", "data.h5", "--uncertainty", d / "ens.pt", "--overwrite")
+
+
+@case("predict-scan_smaller_than_the_clusters", names=("one.h5", "1 x 1 scan", "3 x 3 clusters"))
+def _(d, base):
+    _copy(base, d, "model.pt")
+    _h5(d / "one.h5", np.load(base / "data.npy")[:1, :1])
+    return _predict(d, "model.pt", "one.h5")
+
+
+@case("live-nan_patterns_in_the_first_row", names=("acq.raw", "NaN", "--centre"),
+      absent=("mean_pattern",))
+def _(d, base):
+    src = _empad_source(d, "acq")
+    frames = np.fromfile(src, "<f4").reshape(*EMPAD_SCAN, 130, 128)
+    frames[0, 1] = np.nan
+    frames.tofile(src)
+    argv = _live(d, src)
+    i = argv.index("--centre")
+    del argv[i: i + 2]
+    return argv
+
+
+@case("out-train_onto_its_init_checkpoint", names=("model.pt", "input"))
+def _(d, base):
+    _copy(base, d, "data.h5", "label.npy", "model.pt")
+    argv = _train(d, out="model.pt")
+    argv[argv.index("scratch")] = d / "model.pt"
+    return [*argv, "--overwrite"]
+
+
+@case("train-linear_from_a_cnn_init", names=("--init", "base_conv4d.pt", "conv4d", "linear"))
+def _(d, base):
+    _copy(base, d, "data.h5", "label.npy")
+    argv = _train(d)
+    argv[argv.index("scratch")] = BASE_CNN
+    return argv
+
+
+# -- live -------------------------------------------------------------------------------------
+@case("live-partial_exists_is_not_replaced", status=3, names=("out.partial-2.tif",),
+      creates=("out.partial-2.tif",),
+      check=lambda d, text: (
+          _assert((d / "out.partial.tif").read_bytes() == b"the only record of yesterday"),
+          _assert(np.isfinite(_tif(d / "out.partial-2.tif")[:2]).all()),
+          _assert(np.isnan(_tif(d / "out.partial-2.tif")[2:]).all())))
+def _(d, base):
+    src = _stalled_acquisition(d)
+    (d / "out.partial.tif").write_bytes(b"the only record of yesterday")
+    return _live(d, src, "--overwrite")
+
+
+@case("live-fifo_source", names=("pipe.raw", "not a regular file"))
+def _(d, base):
+    os.mkfifo(d / "pipe.raw")
+    return _live(d, d / "pipe.raw")
+
+
+@case("live-half_written_xml", names=("acq.xml", "0.5 s"))
+def _(d, base):
+    (d / "acq.xml").write_text('<?xml version="1.0"?>\n<root>\n  <raw_file filename="acq.raw"/>\n'
+                               '  <scan_parameters mode="acq')
+    return _live(d, d / "acq.raw")
+
+
+@case("live-merlin_nothing_listens", names=("merlin://127.0.0.1:", "nothing answered"))
+def _(d, base):
+    return _live(d, f"merlin://127.0.0.1:{_free_port()}")
+
+
+@case("live-merlin_not_a_merlin_server", names=("merlin://127.0.0.1:", "Merlin's data protocol"),
+      absent=("PyConnectionError", "\x1b["))
+def _(d, base):
+    port = _server(b"HTTP/1.1 200 OK\r\n\r\nhello")
+    return _live(d, f"merlin://127.0.0.1:{port}")
+
+
+@case("live-scan_step_sets_the_pixel_size", status=0, creates=("out.tif",), names=(),
+      check=lambda d, text: _assert(_tif_pixel(d / "out.tif") == pytest.approx(0.5)))
+def _(d, base):
+    src = _empad_source(d, "acq")
+    return _live(d, src, "--scan-step", "0.5")
+
+
+# -- replay -----------------------------------------------------------------------------------
+def _replay(src, dst, *extra):
+    return ["replay", src, dst, "--rate", "0", *extra]
+
+
+@case("replay-onto_hardlink_of_source", names=("copy.raw", "input"))
+def _(d, base):
+    src = _empad_source(d)
+    os.link(src, d / "copy.raw")
+    return _replay(src, d / "copy.raw", "--overwrite")
+
+
+@case("replay-xml_onto_source_xml_via_symlink", names=("dst.xml", "input"))
+def _(d, base):
+    src = _empad_source(d)
+    os.symlink(d / "src.xml", d / "dst.xml")
+    return _replay(src, d / "dst.raw", "--overwrite")
+
+
+@case("replay-destination_exists", names=("dst.raw", "--overwrite"),
+      absent=("could not read the data",))
+def _(d, base):
+    src = _empad_source(d)
+    (d / "dst.raw").write_bytes(b"an earlier acquisition")
+    return _replay(src, d / "dst.raw")
+
+
+@case("replay-overwrite_keeps_other_names_of_the_old_file", status=0,
+      changes=("dst.raw",), creates=("dst.xml",), names=(),
+      check=lambda d, text: (
+          _assert((d / "keep.raw").read_bytes() == b"an earlier acquisition"),
+          _assert((d / "dst.raw").stat().st_size == 12 * FRAME_BYTES)))
+def _(d, base):
+    src = _empad_source(d)
+    (d / "keep.raw").write_bytes(b"an earlier acquisition")
+    os.link(d / "keep.raw", d / "dst.raw")
+    return _replay(src, d / "dst.raw", "--overwrite")
+
+
+@case("replay-absurd_rate", names=("--rate",))
+def _(d, base):
+    return ["replay", _empad_source(d), d / "dst.raw", "--rate", "1e12"]
+
+
+@case("replay-corrupt_chunk_in_source", names=("src.h5", "scan row"))
+def _(d, base):
+    a = np.fromfile(_empad_source(d, "tmp"), "<f4").reshape(*EMPAD_SCAN, 130, 128)[:, :, :128]
+    for p in (d / "tmp.raw", d / "tmp.xml"):
+        p.unlink()
+    with h5py.File(d / "src.h5", "w") as f:
+        f.create_dataset("data", data=a, chunks=(1, 1, 128, 128), compression="gzip")
+    with h5py.File(d / "src.h5", "r") as f:
+        info = f["data"].id.get_chunk_info(6)
+    with open(d / "src.h5", "r+b") as fh:
+        fh.seek(info.byte_offset + 8)
+        fh.write(b"\xde\xad\xbe\xef" * 8)
+    return _replay(d / "src.h5", d / "dst.raw")
+
+
+# -- Dask -------------------------------------------------------------------------------------
+@case("dask-scheduler_accepts_and_never_answers", names=("tcp://127.0.0.1:", "no Dask scheduler"))
+def _(d, base):
+    _copy(base, d, "data.h5")
+    return _adf(d / "data.h5", d, "--scheduler", f"tcp://127.0.0.1:{_server(None)}")
+
+
+@case("dask-scheduler_speaks_another_protocol", names=("tcp://127.0.0.1:", "not a Dask scheduler"),
+      absent=("memory", "data.h5: could not read"))
+def _(d, base):
+    _copy(base, d, "data.h5")
+    port = _server(b"SSH-2.0-OpenSSH_9.6" + bytes(200))
+    return _adf(d / "data.h5", d, "--scheduler", f"tcp://127.0.0.1:{port}")
+
+
+@case("dask-tls_address_without_tls_settings", names=("tls://127.0.0.1:", "TLS"),
+      absent=("TypeError", "ssl_context"))
+def _(d, base):
+    _copy(base, d, "data.h5")
+    return _adf(d / "data.h5", d, "--scheduler", f"tls://127.0.0.1:{_server(None)}")
+
+
+@case("dask-absurd_worker_count", names=("--workers",))
+def _(d, base):
+    _copy(base, d, "data.h5")
+    return _adf(d / "data.h5", d, "--workers", "100000")
+
+
+# -- simulate-train: refused before any simulation ------------------------------------------
+def _simtrain(d, *extra):
+    return ["simulate-train", "graphene", "-o", d / "m.pt", "--items", "2", "--scan-shape", "10",
+            "10", *extra]
+
+
+for _opt, _values in (("--items", ("1000000",)), ("--thickness", ("-1",)),
+                      ("--scan-shape", ("1", "1")), ("--dose", ("0", "1e4")),
+                      ("--tilt", ("1e9",)), ("--energy", ("nan",)), ("--scan-step", ("inf",))):
+    def _setup(d, base, _opt=_opt, _values=_values):
+        argv = _simtrain(d, "--plan-only")
+        if _opt in argv:
+            i = argv.index(_opt)
+            del argv[i: i + 1 + (2 if _opt == "--scan-shape" else 1)]
+        return [*argv, _opt, *_values]
+
+    CASES[f"simtrain-bounds{_opt}"] = Case(_setup, names=(_opt,))
+
+
+@case("simtrain-linear_from_a_cnn_init_before_simulating", names=("--init", "conv4d", "linear"))
+def _(d, base):
+    return _simtrain(d, "--model", "linear", "--init", BASE_CNN)
+
+
+@case("simtrain-work_dir_is_a_file", names=("--work-dir", "sims"))
+def _(d, base):
+    (d / "sims").write_text("not a folder")
+    return _simtrain(d, "--work-dir", d / "sims")
+
+
+# -- HDF5: a virtual dataset whose source is missing (allowed external files) ----------------
+@case("data-h5-virtual_dataset_missing_source", names=("vds.h5", "part_1.h5"))
+def _(d, base):
+    a = np.load(base / "data.npy")
+    (d / "elsewhere").mkdir()
+    layout = h5py.VirtualLayout(shape=a.shape, dtype="<f4")
+    for i in range(2):
+        half = a[8 * i: 8 * (i + 1)]
+        _h5(d / "elsewhere" / f"part_{i}.h5", half)
+        layout[8 * i: 8 * (i + 1)] = h5py.VirtualSource("elsewhere/" + f"part_{i}.h5", "data",
+                                                        shape=half.shape)
+    with h5py.File(d / "vds.h5", "w") as f:
+        f.create_virtual_dataset("data", layout, fillvalue=0)
+    (d / "elsewhere" / "part_1.h5").unlink()
+    return _adf(d / "vds.h5", d, "--allow-external")
+
+
+def _assert(ok: bool) -> None:
+    assert ok
+
+
+def _tif(p):
+    import tifffile
+
+    return tifffile.imread(p)
+
+
+def _tif_pixel(p) -> float:
+    import tifffile
+
+    with tifffile.TiffFile(p) as tif:
+        x = tif.pages[0].tags["XResolution"].value
+    return x[1] / x[0]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _server(greeting: bytes | None) -> int:
+    """A local TCP server (daemon thread) that accepts connections and sends ``greeting``
+    (or nothing), then keeps them open without answering; returns its port."""
+    import socket
+    import threading
+
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(16)
+    held = []
+
+    def serve():
+        while True:
+            try:
+                c, _ = srv.accept()
+            except OSError:
+                return
+            held.append(c)
+            if greeting:
+                try:
+                    c.sendall(greeting)
+                except OSError:
+                    pass
+
+    threading.Thread(target=serve, daemon=True).start()
+    _SERVERS.append(srv)
+    return srv.getsockname()[1]
+
+
+_SERVERS: list = []
+
+
+# ---------------------------------------------------------------------------------------------
 # the in-process CLI runner
 # ---------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", sorted(CASES))
@@ -964,7 +1324,7 @@ def test_hostile_cli(name, base, tmp_path, capsys, monkeypatch):
             continue
         assert after.get(rel) == sig, f"input {rel} changed or vanished"
     new = sorted(set(after) - set(before))
-    expected = sorted(c.creates) if rc == 0 else []
+    expected = sorted(c.creates)  # for a status other than 0: the partial outputs it keeps
     assert new == expected, f"unexpected new files {new} (expected {expected})"
     leftovers = [p.name for p in d.rglob("*") if p.name.startswith(TEMP_PREFIX)]
     assert not leftovers, f"temporary files left: {leftovers}"
@@ -1268,3 +1628,61 @@ def test_napari_open_broken_file_gives_clear_error(name, make_napari_viewer, tmp
     np.save(good, np.ones((2, 2, 4, 4), np.float16))  # converted at open
     layers = viewer.open(str(good), plugin="napari-4dstem-ml")
     assert layers[0].data.dtype == np.float32
+
+
+# ---------------------------------------------------------------------------------------------
+# the napari settings file: wrong types, huge and NaN values never stop a widget
+# ---------------------------------------------------------------------------------------------
+HOSTILE_SETTINGS = (
+    '{"training": {"model": 3, "cluster_size": 1e308, "conv4d.base.epochs": "many", '
+    '"conv4d.base.lr": NaN, "conv4d.base.batch_size": 99999999999999999999999, '
+    '"linear.epochs": 12.5, "linear.lr": [1, 2]}, "browser": {"exponent": Infinity, '
+    '"display": {"nested": true}}, "compare": [1, 2, 3], "detectors": {"com": null}}'
+)
+
+
+def test_settings_loader_validates_types_and_ranges(tmp_path):
+    from napari_4dstem_ml.widgets.settings import Settings
+
+    p = tmp_path / "settings.json"
+    p.write_text(HOSTILE_SETTINGS)
+    with pytest.warns(UserWarning, match="napari-4dstem-ml: setting training.model"):
+        s = Settings(p)
+    assert s.values == {"training": {}, "browser": {}, "detectors": {}}
+    assert len(s.notes) == 11 and all("used" in n or "ignored" in n for n in s.notes)
+    assert s.get("training", "conv4d.base.epochs", 16) == 16
+    # a valid file: values of another kind than the widget's default fall back to it
+    p.write_text('{"training": {"linear.epochs": 7.0, "linear.lr": 5, "model": "linear"}}')
+    s = Settings(p)
+    assert not s.notes
+    assert s.get("training", "linear.epochs", 3) == 7 and s.get("training", "linear.lr", 0.1) == 5.0
+    assert s.get("training", "model", 1.5) == 1.5 and "expected a value like 1.5" in s.notes[-1]
+    for text in ("not json", "[1, 2]", '{"a": ' * 100000 + "1" + "}" * 100000):
+        p.write_text(text)
+        with pytest.warns(UserWarning):
+            assert Settings(p).values == {}
+    assert p.read_text().startswith('{"a"')  # never rewritten by reading
+
+
+@pytest.mark.gui
+def test_training_dock_opens_with_a_hostile_settings_file(make_napari_viewer, monkeypatch,
+                                                          tmp_path):
+    from napari_4dstem_ml.widgets import settings
+    from napari_4dstem_ml.widgets.browser import BrowserWidget
+    from napari_4dstem_ml.widgets.training import DEFAULTS, TrainingWidget
+
+    p = tmp_path / "settings.json"
+    p.write_text(HOSTILE_SETTINGS)
+    monkeypatch.setenv(settings.ENV_VAR, str(p))
+    viewer = make_napari_viewer()
+    with pytest.warns(UserWarning):
+        widget = TrainingWidget(viewer)
+    BrowserWidget(viewer)
+    widget.kind_box.setCurrentText("conv4d")
+    epochs, lr, batch = DEFAULTS[widget._start_key()]
+    assert (widget.epochs.value(), widget.batch.value()) == (epochs, batch)
+    assert widget.lr.value() == pytest.approx(lr)
+    widget.epochs.setValue(9)  # the next change writes a valid file
+    stored = json.loads(p.read_text())
+    assert stored["training"][f"{widget._start_key()}.epochs"] == 9
+    assert "many" not in p.read_text() and "NaN" not in p.read_text()

@@ -174,3 +174,122 @@ def test_live_takes_the_calibrations_the_acquisition_lacks(tmp_path, capsys):
     offline = Dataset4D(np.asarray(load(acq).data), cal.with_(scan_step=load(acq).calibration.scan_step))
     ref = predict(model, pre, offline)
     np.testing.assert_allclose(tifffile.imread(out), ref, rtol=1e-5, atol=1e-6)
+
+
+# -- hostile sources (issue 21) ----------------------------------------------------------------
+def _frames(ds) -> bytes:
+    ny, nx = ds.scan_shape
+    f = np.zeros((ny, nx, 130, 128), "<f4")
+    f[:, :, :128] = ds.data
+    return f.tobytes()
+
+
+@pytest.mark.parametrize("how", ["shrinks", "rewritten_in_place", "replaced"])
+def test_a_new_acquisition_into_the_same_file_ends_the_run(tmp_path, how):
+    """The file is followed while it only grows; a second acquisition written into the same
+    name (truncated and rewritten, rewritten in place, or a new file) is detected at the next
+    block, never spliced onto the rows of the first."""
+    from napari_4dstem_ml.live import AcquisitionRestarted
+
+    first, second = scan(4, 3, seed=1), scan(4, 3, seed=2)
+    second = Dataset4D(second.data * 10, second.calibration)
+    acq = tmp_path / "acq.raw"
+    replay(first, acq, 0, stop_after=2 * 3)  # two rows of the first acquisition
+    rows = EmpadFollower(acq, timeout_s=2).rows()
+    y0, y1, block = next(rows)
+    assert (y0, y1) == (0, 2)
+    np.testing.assert_array_equal(block, first.data[:2])
+    data = _frames(second)
+    row = 3 * (len(data) // 12)
+    if how == "shrinks":
+        acq.write_bytes(data[:row])  # one row of the new acquisition so far
+    elif how == "rewritten_in_place":  # same size and more, other frames
+        with open(acq, "r+b") as f:
+            f.write(data[: 3 * row])
+    else:
+        (tmp_path / "new.raw").write_bytes(data[: 3 * row])
+        (tmp_path / "new.raw").replace(acq)
+    with pytest.raises(AcquisitionRestarted, match="acq.raw.*after 2 of 4 scan rows") as info:
+        for _ in rows:
+            pass
+    assert info.value.rows_done == 2
+
+
+def test_cli_keeps_the_first_acquisition_as_a_partial_image(tmp_path, capsys, monkeypatch):
+    """stemml live: the file regrows with another acquisition after the first block: exit 3,
+    the partial image holds the first acquisition's rows only, no final output."""
+    from napari_4dstem_ml.live import source
+
+    first, second = scan(4, 3, seed=1), scan(4, 3, seed=2)
+    acq = tmp_path / "acq.raw"
+    replay(first, acq, 0, stop_after=2 * 3)
+    real = source.EmpadFollower.rows
+
+    def rows(self):
+        for i, item in enumerate(real(self)):
+            yield item
+            if i == 0:  # meanwhile a new acquisition starts in the same file
+                acq.write_bytes(_frames(Dataset4D(second.data * 10)))
+
+    monkeypatch.setattr(source.EmpadFollower, "rows", rows)
+    out = tmp_path / "out.tif"
+    rc = main(["live", str(acq), "--inner", "5", "--outer", "30", "--pixels", "--centre",
+               "63.5,64.5", "-o", str(out), "--timeout", "2"])
+    err = capsys.readouterr().err
+    assert rc == 3 and "acq.raw" in err and "out.partial.tif" in err
+    assert not out.exists()
+    part = tifffile.imread(tmp_path / "out.partial.tif")
+    ref = virtual_images(first.data[:2], annular_mask((128, 128), (63.5, 64.5), 5, 30))
+    np.testing.assert_allclose(part[:2], ref, rtol=1e-6)
+    assert np.isnan(part[2:]).all()
+
+
+def test_replay_never_sleeps_a_negative_time(tmp_path, monkeypatch):
+    """The clock moves between computing what is due and sleeping (a busy machine): the
+    sleep is never negative ("sleep length must be non-negative")."""
+    import importlib
+    from types import SimpleNamespace
+
+    replay_module = importlib.import_module("napari_4dstem_ml.live.replay")
+    ticks = iter([0.0, 0.0, 0.0, 10.0])  # start, frame 0 due, nothing due, then much later
+    sleeps = []
+    clock = SimpleNamespace(perf_counter=lambda: next(ticks, 1e6), sleep=sleeps.append)
+    monkeypatch.setattr(replay_module, "time", clock)
+    ds = scan(2, 3)
+    replay_module.replay(ds, tmp_path / "acq.raw", 100.0)
+    assert sleeps and min(sleeps) >= 0
+    np.testing.assert_array_equal(np.asarray(load(tmp_path / "acq.raw").data), ds.data)
+
+
+def test_merlin_receiver_leaves_no_shared_memory_folder(tmp_path, monkeypatch):
+    """A server on the port that is not Merlin: a clear error naming the address, within the
+    timeout, and the receiver's folder is gone."""
+    import socket
+    import tempfile
+
+    pytest.importorskip("libertem_qd_mpx")
+    from napari_4dstem_ml.live.merlin import MerlinError, MerlinSource
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(4)
+    port = srv.getsockname()[1]
+
+    def serve():
+        while True:
+            try:
+                c, _ = srv.accept()
+            except OSError:
+                return
+            c.sendall(b"HTTP/1.1 404 Not Found\r\n\r\n")
+
+    threading.Thread(target=serve, daemon=True).start()
+    t0 = time.monotonic()
+    try:
+        with pytest.raises(MerlinError, match=f"merlin://127.0.0.1:{port}.*Merlin's data protocol"):
+            MerlinSource("127.0.0.1", port, scan_shape=(2, 2), timeout_s=3)
+    finally:
+        srv.close()
+    assert time.monotonic() - t0 < 5
+    assert list(tmp_path.iterdir()) == []

@@ -12,7 +12,7 @@ torch = pytest.importorskip("torch")
 from napari_4dstem_ml.dataset import Dataset4D  # noqa: E402
 from napari_4dstem_ml.live import LivePipeline  # noqa: E402
 from napari_4dstem_ml.models import CNN4dConfig, LinearConfig, build_model  # noqa: E402
-from napari_4dstem_ml.predict.pipeline import _in_process  # noqa: E402
+from napari_4dstem_ml.predict.local import model_pass  # noqa: E402
 from napari_4dstem_ml.preprocess import PreprocessConfig, Preprocessor  # noqa: E402
 
 
@@ -49,7 +49,7 @@ def test_live_rows_in_blocks_equal_offline(synthetic, kind):
         y += len(block)
         assert pipe.rows_done["model"] <= y
     # offline, with the data-set values live fitted on its first block of rows
-    ref = _drain(_in_process(model, lm.pre, ds)).image
+    ref = _drain(model_pass(model, lm.pre, ds)).image
     assert (lm.streams is not None) == (kind == "cnn")
     assert (lm.readout is not None) == (kind == "linear")
     np.testing.assert_allclose(pipe.images["model"], ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())

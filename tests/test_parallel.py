@@ -27,7 +27,6 @@ from napari_4dstem_ml.parallel import (
     ParallelError,
     SchedulerUnreachable,
     find_centre,
-    iter_predict,
     iter_virtual_image,
     open_client,
 )
@@ -111,15 +110,25 @@ def test_two_workers_equal_in_process(files, client, tmp_path):
 
     h5 = load(d / "data.h5")  # gzip chunks: h5py on the workers
     model, pre = cnn_checkpoint(tmp_path / "cnn.pt", h5)
-    local = run(iter_predict(model, pre, h5))
-    dist = run(iter_predict(model, pre, h5, client=client, rows_per_task=4))
+    local = reconstruct(model, pre, h5)
+    dist = reconstruct(model, pre, h5, client=client, rows_per_task=4)
     assert np.isfinite(local).all()
     np.testing.assert_allclose(dist, local, rtol=1e-5, atol=1e-6)
 
     lin = build_model(LinearConfig(cluster_size=3, mask_init="random"), pre.output_shape).eval()
     pre_lin = Preprocessor.fit(h5, PreprocessConfig(bin_factor=4)).with_label_stats(0.0, 1.0)
-    np.testing.assert_allclose(run(iter_predict(lin, pre_lin, h5, client=client, rows_per_task=5)),
-                               run(iter_predict(lin, pre_lin, h5)), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(reconstruct(lin, pre_lin, h5, client=client, rows_per_task=5),
+                               reconstruct(lin, pre_lin, h5), rtol=1e-5, atol=1e-6)
+
+
+def reconstruct(model, pre, ds, **kwargs) -> np.ndarray:
+    """The pipeline's image of ``ds`` (in process, or with ``client=`` on the cluster)."""
+    from types import SimpleNamespace
+
+    from napari_4dstem_ml.predict import Reconstructor
+
+    loaded = SimpleNamespace(model=model, preprocessor=pre, info={})
+    return run(Reconstructor(loaded, ds, **kwargs).run()).image
 
 
 @pytest.mark.slow
@@ -232,3 +241,88 @@ def test_sink_writes_blocks_in_any_order_and_only_complete_images(tmp_path, suff
         with image_sink(partial, (7, 5)) as sink:
             sink.write(0, 5, image[:5])
     assert sorted(p.name for p in tmp_path.iterdir()) == [out.name]  # no partial, no temporary
+
+
+# -- hostile clusters (issue 21) ---------------------------------------------------------------
+def test_local_cluster_listens_on_loopback_only(client):
+    """The scheduler, the workers and the dashboard of a LocalCluster started here listen on
+    127.0.0.1 (the dashboard would otherwise answer HTTP from the machine's network address)."""
+    from urllib.parse import urlparse
+
+    assert urlparse(client.dashboard_link).hostname == "127.0.0.1"
+    info = client.scheduler_info()
+    assert urlparse(info["address"]).hostname == "127.0.0.1"
+    assert info["workers"] and all(urlparse(w).hostname == "127.0.0.1" for w in info["workers"])
+
+
+def test_worker_count_and_addresses_are_bounded():
+    from napari_4dstem_ml.parallel.cluster import max_workers
+
+    with pytest.raises(ValueError, match="--workers 100000: at most"):
+        Compute(workers=100000)
+    assert Compute(workers=max_workers()).workers == max_workers()
+    for bad in ("tcp://host:0", "tcp://host:70000", "tcp://host:port", "udp://host:1"):
+        with pytest.raises(SchedulerUnreachable, match="tcp://HOST:PORT"):
+            Compute(scheduler=bad)
+
+
+@pytest.mark.parametrize("greeting", [None, b"SSH-2.0-OpenSSH_9.6\r\n", b"\xff" * 16])
+def test_scheduler_that_is_no_dask_scheduler_fails_within_the_deadline(greeting):
+    """A server that accepts and never answers, or speaks another protocol (which Dask
+    would size its buffers by: 'Unable to allocate 2.82 EiB'): a clear error naming the
+    address within the connection deadline."""
+    import threading
+
+    from napari_4dstem_ml.parallel.cluster import CONNECT_TIMEOUT_S
+
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(4)
+    held = []
+
+    def serve():
+        while True:
+            try:
+                c, _ = srv.accept()
+            except OSError:
+                return
+            held.append(c)
+            if greeting:
+                c.sendall(greeting)
+
+    threading.Thread(target=serve, daemon=True).start()
+    address = f"tcp://127.0.0.1:{srv.getsockname()[1]}"
+    t0 = time.monotonic()
+    try:
+        with pytest.raises(SchedulerUnreachable, match=address) as info:
+            with open_client(Compute(scheduler=address)):
+                pass
+    finally:
+        srv.close()
+    assert time.monotonic() - t0 < CONNECT_TIMEOUT_S + 3
+    assert ("no Dask scheduler answered" if greeting is None else "not a Dask scheduler") \
+        in str(info.value)
+
+
+def test_tls_scheduler_without_tls_settings_is_a_clear_error():
+    with pytest.raises(SchedulerUnreachable, match="tls://127.0.0.1:1.*TLS settings"):
+        with open_client(Compute(scheduler="tls://127.0.0.1:1")):
+            pass
+
+
+def test_connection_failures_during_a_job_name_the_scheduler():
+    from distributed.comm.core import CommClosedError
+
+    from napari_4dstem_ml.parallel.cluster import ClusterError
+    from napari_4dstem_ml.parallel.jobs import _cluster_errors
+
+    class Client:
+        scheduler = type("S", (), {"address": "tcp://head:8786"})()
+
+    with pytest.raises(ClusterError, match="predict: the connection to the Dask scheduler "
+                                           "tcp://head:8786 failed"):
+        with _cluster_errors(Client(), "predict"):
+            raise CommClosedError("in <TCP (closed)>: Stream is closed")
+    with pytest.raises(KeyError):  # anything else passes through unchanged
+        with _cluster_errors(Client(), "predict"):
+            raise KeyError("x")

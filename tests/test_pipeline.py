@@ -86,6 +86,18 @@ def test_every_model_kind_runs_on_the_workers(synthetic, tmp_path, kind, members
     np.testing.assert_allclose(report.image, ref.image, rtol=1e-5, atol=1e-6)
     if members > 1:
         np.testing.assert_allclose(report.uncertainty, ref.uncertainty, rtol=1e-5, atol=1e-6)
-    assert report.where.startswith("Dask cluster at ")
+    assert report.where.startswith("on the Dask cluster at ")
     done = [e for e in events if not isinstance(e, Message)]
     assert done and done[-1].rows_done == ds.scan_shape[0]
+
+
+def test_a_missing_detector_calibration_is_named_not_borrowed(synthetic):
+    """A data set without its detector's mrad per pixel is never given the training data's:
+    the missing calibration is named (with the option that supplies it)."""
+    from napari_4dstem_ml.preprocess import MissingCalibrationError
+
+    loaded = _loaded(synthetic.dataset, "cnn", 1)
+    data = np.asarray(synthetic.dataset.data)[:, :, ::-1].copy()  # another data set, same detector
+    bare = Dataset4D(data, synthetic.dataset.calibration.with_(detector_pixel=None))
+    with pytest.raises(MissingCalibrationError, match="--detector-pixel"):
+        loaded.preprocessor.adapt(bare)

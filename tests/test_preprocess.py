@@ -115,10 +115,10 @@ def test_missing_calibration_is_named():
         pre.adapt(bare_other)
     with pytest.raises(ValueError, match="detector pixel size"):
         Preprocessor.fit(bare_other, PreprocessConfig(output_pixel=1.5))
-    # the same detector without calibration: the training geometry is assumed
+    # the same detector without calibration: named too, never the training data's value
     bare_same = Dataset4D(ds_cal.data.copy() + 1)
-    adapted = pre.adapt(bare_same)
-    assert adapted.detector_pixel == pre.detector_pixel
+    with pytest.raises(ValueError, match="detector pixel size"):
+        pre.adapt(bare_same)
     # energy missing for an Å⁻¹ calibration
     inv = Dataset4D(np.ones((2, 2, 24, 24), np.float32), Calibration(detector_pixel=(0.01, 0.01), detector_units="A^-1"))
     with pytest.raises(ValueError, match="beam energy"):

@@ -67,3 +67,32 @@ def test_simulate_train_cancels_between_items(tmp_path):
     assert result is None
     assert not (tmp_path / "c.pt").exists()
     assert len(list((tmp_path / "c.simulations").glob("*.h5"))) == 1
+
+
+def test_plan_only_answers_fast_and_leaves_nothing(tmp_path, capsys):
+    """The plan comes before any folder is made; the largest series allowed is planned in
+    seconds, a larger one refused naming --items."""
+    import time
+
+    t0 = time.monotonic()
+    assert main(["simulate-train", *TINY, "-o", str(tmp_path / "m.pt"), "--plan-only"]) == 0
+    assert "2 simulations (2 to run" in capsys.readouterr().out
+    assert list(tmp_path.iterdir()) == []
+    assert main(["simulate-train", "graphene", "--items", "1000000", "--plan-only", "-o",
+                 str(tmp_path / "m.pt")]) == 2
+    assert "--items" in capsys.readouterr().err
+    assert time.monotonic() - t0 < 30 and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("field, value, option", [
+    ("thickness_nm", (0.0, 5.0), "--thickness"), ("dose", (1e4, float("nan")), "--dose"),
+    ("tilt_mrad", 1e9, "--tilt"), ("energy_kev", (80.0, -1.0), "--energy"),
+    ("scan_shape", (1, 1), "--scan-shape"), ("scan_shape", (10.5, 10), "--scan-shape"),
+    ("items", 0, "--items"), ("convergence_mrad", (30.0, 20.0), "--convergence"),
+    ("detector_size", 10**6, "--detector-size"), ("epochs", 0, "--epochs"),
+])
+def test_job_bounds_name_the_option(tmp_path, field, value, option):
+    from napari_4dstem_ml.simtrain import SimTrainJob
+
+    with pytest.raises(ValueError, match=option):
+        SimTrainJob("graphene", str(tmp_path / "m.pt"), **{field: value})

@@ -12,8 +12,19 @@ temporary name beside the target, and put in place only when complete.
   or replaces it (``os.replace``) with ``overwrite``. On any error the temporary is removed and
   the target is untouched. Temporaries left by a run of ours that was killed (its process is
   gone) are removed the next time something is written to that folder.
-- :func:`write_image` / :func:`write_text` write a 2D image (TIFF with the pixel size in Å,
-  ``.npy``, 8-bit PNG preview) or a text file (``summary.json``) through :func:`output_file`.
+- :class:`OutputPlan` is the planner of a command's outputs: every path it will write (image,
+  uncertainty, baselines, partial images, sidecars, checkpoints) is added *before any work*,
+  checked by :func:`prepare_output` and against every other planned output (the same path, a
+  symlink to it, or a hard link of it: ``realpath`` and ``st_dev``/``st_ino``), so that no
+  output can replace another one or an input. :meth:`OutputPlan.fresh` gives a name that is
+  free (``NAME.partial.tif``, ``NAME.partial-2.tif``, ...) for outputs that must never replace
+  anything, such as the partial image of an interrupted acquisition.
+- :func:`output_files` writes several outputs as one: each to its temporary, and only when
+  all are written are they put in place (one created by this call is removed again if a later
+  one cannot be put in place).
+- :func:`write_image` / :func:`write_images` / :func:`write_text` write 2D images (TIFF with
+  the pixel size in Å, ``.npy``, 8-bit PNG preview) or a text file (``summary.json``) through
+  :func:`output_files`.
 
 Errors are :class:`OutputError` (a ``ValueError``) naming the output path and what is wrong.
 """
@@ -29,13 +40,15 @@ import shutil
 import socket
 import stat
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["IMAGE_SUFFIXES", "TEMP_PREFIX", "OutputError", "OutputExistsError", "output_file",
-           "prepare_output", "write_image", "write_text", "writing"]
+__all__ = ["IMAGE_SUFFIXES", "TEMP_PREFIX", "OutputError", "OutputExistsError", "OutputPlan",
+           "fresh_name", "output_file", "output_files", "prepare_output", "same_file",
+           "write_image", "write_images", "write_text", "writing"]
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".npy", ".png")
 #: hidden name prefix of our temporary outputs: ``.stemml-partial.<pid>.<token>.<host>.<name>``
@@ -302,39 +315,185 @@ def output_file(path: str | os.PathLike, *, overwrite: bool = False,
     target is untouched; errors of the output location (full or read-only file system, ...)
     become :class:`OutputError` naming ``path``.
     """
-    shown = str(path)
-    target = prepare_output(path, overwrite=overwrite, inputs=inputs)
-    inputs = tuple(inputs)
-    clean_stale_temporaries(target.parent)
-    tmp = _temp_path(target)
-    try:
+    with output_files([path], overwrite=overwrite, inputs=inputs) as (tmp,):
         yield tmp
-    except BaseException as exc:
-        _remove(tmp)
-        if _is_write_error(exc, tmp):
-            raise _write_failure(shown, target, exc) from exc  # type: ignore[arg-type]
-        raise
+
+
+@contextlib.contextmanager
+def output_files(paths: Sequence[str | os.PathLike], *, overwrite: bool = False,
+                 inputs: Iterable[str | os.PathLike | None] = ()) -> Iterator[list[Path]]:
+    """Write several outputs as one: ``with output_files([a, b]) as (ta, tb): ...``.
+
+    Every path is validated (:func:`prepare_output`, and no two of them the same file: see
+    :class:`OutputPlan`); the block writes each temporary; on a clean exit all are fsynced
+    and only then put in place, in order, as :func:`output_file` does for one. When one
+    cannot be put in place (it appeared meanwhile, the disk failed), the targets this call
+    had already *created* are removed again, so the command leaves all of its outputs or
+    none of the new ones (a replaced file cannot be restored: with ``overwrite`` each
+    target is checked again just before it is replaced). On any exception in the block every
+    temporary is removed and no target is touched.
+    """
+    inputs = tuple(inputs)
+    plan = OutputPlan(inputs=inputs, overwrite=overwrite)
+    shown = [str(p) for p in paths]
+    targets = [plan.add(p, "output") for p in paths]
+    for t in {t.parent for t in targets}:
+        clean_stale_temporaries(t)
+    tmps = [_temp_path(t) for t in targets]
     try:
-        if not os.path.lexists(tmp):
-            raise OutputError(f"output {shown}: the writer produced no file", target)
-        _fsync_tree(tmp)
-        if overwrite:  # the target may have changed since the check (never over an input)
-            prepare_output(path, overwrite=True, inputs=inputs)
-        _put_in_place(tmp, target, overwrite, shown)
-    except FileExistsError as exc:
-        _remove(tmp)
-        raise OutputExistsError(
-            f"output {shown} appeared while this command was running (another run?); it was "
-            "not replaced and nothing was written (pass --overwrite to replace it)", target
-        ) from exc
-    except OSError as exc:
-        _remove(tmp)
-        raise _write_failure(shown, target, exc) from exc
-    except BaseException:
-        _remove(tmp)
+        yield tmps
+    except BaseException as exc:
+        for tmp in tmps:
+            _remove(tmp)
+        for sh, target, tmp in zip(shown, targets, tmps):
+            if _is_write_error(exc, tmp):
+                raise _write_failure(sh, target, exc) from exc  # type: ignore[arg-type]
         raise
-    with contextlib.suppress(OSError):
-        _fsync_path(target.parent, directory=True)
+    placed: list[tuple[Path, tuple[int, int]]] = []  # targets created here: (path, (dev, ino))
+    current = (shown[0], targets[0])  # the output being finished (named in errors)
+    try:
+        for sh, target, tmp in zip(shown, targets, tmps):
+            current = (sh, target)
+            if not os.path.lexists(tmp):
+                raise OutputError(f"output {sh}: the writer produced no file", target)
+            _fsync_tree(tmp)
+        for sh, path, target, tmp in zip(shown, paths, targets, tmps):
+            current = (sh, target)
+            existed = os.path.lexists(target)
+            if overwrite:  # the target may have changed since the check (never over an input)
+                prepare_output(path, overwrite=True, inputs=inputs)
+            _put_in_place(tmp, target, overwrite, sh)
+            if not existed:
+                st = os.lstat(target)
+                placed.append((target, (st.st_dev, st.st_ino)))
+    except BaseException as exc:
+        for tmp in tmps:
+            _remove(tmp)
+        for target, ident in placed:  # only what this call created, if it is still ours
+            with contextlib.suppress(OSError):
+                st = os.lstat(target)
+                if (st.st_dev, st.st_ino) == ident:
+                    _remove(target)
+        sh, target = current
+        if isinstance(exc, OutputError):
+            raise
+        if isinstance(exc, FileExistsError):
+            raise OutputExistsError(
+                f"output {sh} appeared while this command was running (another run?); it was "
+                "not replaced and nothing was written (pass --overwrite to replace it)", target
+            ) from exc
+        if isinstance(exc, OSError):
+            raise _write_failure(sh, target, exc) from exc
+        raise
+    for folder in {t.parent for t in targets}:
+        with contextlib.suppress(OSError):
+            _fsync_path(folder, directory=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# the planner: every output of a command, checked against the others before any work
+# ---------------------------------------------------------------------------------------------
+def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """Whether ``a`` and ``b`` name the same file: the same resolved path (symlinks followed,
+    also for paths that do not exist yet) or, both existing, the same ``st_dev``/``st_ino``
+    (hard links)."""
+    a, b = os.path.expanduser(os.fspath(a)), os.path.expanduser(os.fspath(b))
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        sa, sb = os.stat(a), os.stat(b)
+    except (OSError, ValueError):
+        return False
+    return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
+
+
+@dataclass(frozen=True)
+class PlannedOutput:
+    """One planned output: the path as given (``shown``), where it resolves (``target``)
+    and what it is (``what``: e.g. "-o", "--uncertainty", "the iCoM baseline")."""
+
+    shown: str
+    target: Path
+    what: str
+
+
+class OutputPlan:
+    """All the paths one command will write, checked before any work starts.
+
+    ``plan.add(path, what)`` validates ``path`` (:func:`prepare_output`: folder, suffix, never
+    an input, no existing file without ``overwrite``) and refuses it when it is the same file
+    as an output planned before (same path, a symlink or a hard link to it): ``"output
+    u.tif (--uncertainty) is the same file as p.tif (-o)"``. :meth:`fresh` picks a free name
+    for outputs that never replace anything. :meth:`add_inputs` checks the planned outputs
+    against inputs learned later (the files a data set reads, once it is opened)."""
+
+    def __init__(self, *, inputs: Iterable[str | os.PathLike | None] = (),
+                 overwrite: bool = False) -> None:
+        self.inputs: list[str] = [os.fspath(i) for i in inputs if i]
+        self.overwrite = bool(overwrite)
+        self.outputs: list[PlannedOutput] = []
+
+    def __iter__(self) -> Iterator[PlannedOutput]:
+        return iter(self.outputs)
+
+    def _clash(self, target: Path) -> PlannedOutput | None:
+        return next((o for o in self.outputs if same_file(target, o.target)), None)
+
+    def add(self, path: str | os.PathLike, what: str, *, suffixes: Iterable[str] | None = None,
+            overwrite: bool | None = None) -> Path:
+        """Plan ``path`` (``what`` names it in messages); returns the resolved target."""
+        ow = self.overwrite if overwrite is None else bool(overwrite)
+        target = prepare_output(path, overwrite=ow, inputs=self.inputs, suffixes=suffixes)
+        other = self._clash(target)
+        if other is not None:
+            raise OutputError(
+                f"output {path} ({what}) is the same file as {other.shown} ({other.what}); "
+                "every output needs its own name (nothing was written)", target)
+        self.outputs.append(PlannedOutput(str(path), target, what))
+        return target
+
+    def fresh(self, path: str | os.PathLike, what: str, *, suffixes: Iterable[str] | None = None
+              ) -> Path:
+        """Plan the first free name of ``path``, ``NAME-2.EXT``, ``NAME-3.EXT``, ...: one that
+        does not exist and is no other planned output (never replaces anything)."""
+        for candidate in _candidates(Path(os.path.expanduser(os.fspath(path)))):
+            target = Path(os.path.realpath(candidate.parent)) / candidate.name
+            if os.path.lexists(target) or self._clash(target) is not None:
+                continue
+            return self.add(candidate, what, suffixes=suffixes, overwrite=False)
+        raise OutputError(f"output {path} ({what}): no free name left beside it", Path(path))
+
+    def add_inputs(self, *inputs: str | os.PathLike | None) -> None:
+        """More inputs (e.g. the files a data set reads): every planned output is checked
+        against them again."""
+        new = [os.fspath(i) for i in inputs if i and os.fspath(i) not in self.inputs]
+        if not new:
+            return
+        self.inputs.extend(new)
+        for o in self.outputs:
+            prepare_output(o.shown, overwrite=True, inputs=new)
+
+    def copy(self) -> OutputPlan:
+        """A plan with the same inputs and outputs, to plan more outputs beside them."""
+        other = OutputPlan(inputs=self.inputs, overwrite=self.overwrite)
+        other.outputs = list(self.outputs)
+        return other
+
+    def check(self) -> None:
+        """Validate every planned output again (just before writing)."""
+        for o in self.outputs:
+            prepare_output(o.shown, overwrite=self.overwrite, inputs=self.inputs)
+
+
+def _candidates(p: Path) -> Iterator[Path]:
+    yield p
+    for n in range(2, 10000):
+        yield p.with_name(f"{p.stem}-{n}{p.suffix}")
+
+
+def fresh_name(path: str | os.PathLike) -> Path:
+    """The first of ``path``, ``NAME-2.EXT``, ``NAME-3.EXT``, ... that does not exist."""
+    return OutputPlan().fresh(path, "output")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -357,6 +516,46 @@ def check_image(image: np.ndarray, what: str) -> np.ndarray:
     return a
 
 
+def encode_image(tmp: str | os.PathLike, image: np.ndarray, suffix: str,
+                 pixel_size_A: float | None = None, metadata: dict | None = None) -> None:
+    """Write the 2D float32 ``image`` to ``tmp`` (a path that does not exist yet) in the
+    format of ``suffix``: TIFF (pixel size in Å in the ImageJ metadata), ``.npy`` or an
+    8-bit PNG preview (0.5-99.5 percentile scaled); ``metadata`` (JSON-serialisable) in the
+    TIFF's ImageJ ``Info`` and the PNG's text chunk ``napari-4dstem-ml``."""
+    import json
+
+    info = json.dumps(metadata, default=str) if metadata else None
+    suffix = suffix.lower()
+    if suffix in (".tif", ".tiff"):
+        import tifffile
+
+        kw: dict = {"metadata": {}}
+        if pixel_size_A and np.isfinite(pixel_size_A) and pixel_size_A > 0:
+            kw = {"resolution": (1.0 / pixel_size_A, 1.0 / pixel_size_A),
+                  "metadata": {"unit": "angstrom"}}
+        if info:
+            kw["metadata"]["Info"] = info
+        tifffile.imwrite(tmp, image, imagej=True, **kw)
+    elif suffix == ".npy":
+        with open(tmp, "xb") as fh:
+            np.save(fh, image)
+    elif suffix == ".png":
+        from PIL import Image
+
+        lo, hi = np.nanpercentile(image, [0.5, 99.5])
+        scaled = np.nan_to_num(np.clip((image - lo) / max(hi - lo, 1e-12), 0, 1))
+        png = None
+        if info:
+            from PIL.PngImagePlugin import PngInfo
+
+            png = PngInfo()
+            png.add_text("napari-4dstem-ml", info)
+        Image.fromarray((scaled * 255).astype(np.uint8)).save(tmp, format="PNG", pnginfo=png)
+    else:
+        raise OutputError(f"output {tmp}: unsupported image type {suffix!r}; use one of "
+                          f"{', '.join(IMAGE_SUFFIXES)}")
+
+
 def write_image(path: str | os.PathLike, image: np.ndarray, pixel_size_A: float | None = None,
                 *, overwrite: bool = False, inputs: Iterable[str | os.PathLike | None] = (),
                 metadata: dict | None = None) -> Path:
@@ -366,39 +565,28 @@ def write_image(path: str | os.PathLike, image: np.ndarray, pixel_size_A: float 
 
     ``metadata`` (JSON-serialisable) is recorded in the TIFF's ImageJ ``Info`` and the PNG's
     text chunk ``napari-4dstem-ml`` (``.npy`` has no place for it)."""
-    import json
+    return write_images([(path, image, pixel_size_A, metadata)], overwrite=overwrite,
+                        inputs=inputs)[0]
 
-    target = prepare_output(path, overwrite=overwrite, inputs=inputs, suffixes=IMAGE_SUFFIXES)
-    image = check_image(image, f"output {path}")
-    suffix = target.suffix.lower()
-    info = json.dumps(metadata, default=str) if metadata else None
-    with output_file(path, overwrite=overwrite, inputs=inputs) as tmp, writing(path):
-        if suffix in (".tif", ".tiff"):
-            import tifffile
 
-            kw: dict = {"metadata": {}}
-            if pixel_size_A and np.isfinite(pixel_size_A) and pixel_size_A > 0:
-                kw = {"resolution": (1.0 / pixel_size_A, 1.0 / pixel_size_A),
-                      "metadata": {"unit": "angstrom"}}
-            if info:
-                kw["metadata"]["Info"] = info
-            tifffile.imwrite(tmp, image, imagej=True, **kw)
-        elif suffix == ".npy":
-            with open(tmp, "xb") as fh:
-                np.save(fh, image)
-        else:
-            from PIL import Image
-
-            lo, hi = np.nanpercentile(image, [0.5, 99.5])
-            scaled = np.nan_to_num(np.clip((image - lo) / max(hi - lo, 1e-12), 0, 1))
-            png = None
-            if info:
-                from PIL.PngImagePlugin import PngInfo
-
-                png = PngInfo()
-                png.add_text("napari-4dstem-ml", info)
-            Image.fromarray((scaled * 255).astype(np.uint8)).save(tmp, format="PNG", pnginfo=png)
-    return target
+def write_images(items: Sequence[tuple], *, overwrite: bool = False,
+                 inputs: Iterable[str | os.PathLike | None] = ()) -> list[Path]:
+    """Write several 2D images as one (:func:`output_files`): ``items`` are ``(path, image,
+    pixel_size_A, metadata)``. Every path and every image is checked before anything is
+    written (an all-NaN or all-zero image is refused); all appear, or none. Returns the
+    written paths."""
+    inputs = tuple(inputs)
+    plan = OutputPlan(inputs=inputs, overwrite=overwrite)
+    targets = [plan.add(it[0], "output", suffixes=IMAGE_SUFFIXES) for it in items]
+    images = [check_image(it[1], f"output {it[0]}") for it in items]
+    paths = [it[0] for it in items]
+    with output_files(paths, overwrite=overwrite, inputs=inputs) as tmps:
+        for it, target, image, tmp in zip(items, targets, images, tmps):
+            pixel = it[2] if len(it) > 2 else None
+            meta = it[3] if len(it) > 3 else None
+            with writing(it[0]):
+                encode_image(tmp, image, target.suffix, pixel, meta)
+    return targets
 
 
 def write_text(path: str | os.PathLike, text: str, *, overwrite: bool = False,

@@ -488,10 +488,9 @@ class Preprocessor:
         ``sample``: the job's patterns of ``dataset`` already read (a
         :class:`~napari_4dstem_ml.predict.sample.PatternSample` or ``(n, ky, kx)`` array; else
         :func:`sample_patterns` reads them). Returns ``self`` when ``dataset`` is the one it was
-        fitted on. A data set without a
-        detector calibration is accepted only when its detector has the shape of the fitted one
-        (then the same pixel size is assumed); otherwise the missing calibration is named.
-        A model on a calibrated scan grid needs the data set's scan step.
+        fitted on. A model on a calibrated grid needs the data set's detector pixel (and, on a
+        grid in units of α, its convergence angle) and scan step: a missing one is a
+        :class:`MissingCalibrationError` naming it, never the training data's value.
         """
         if dataset_key(dataset) == self.dataset_key:
             return self
@@ -500,12 +499,7 @@ class Preprocessor:
         if self.scan_step_A is not None and cal.scan_step_A is None:
             raise MissingCalibrationError(
                 "scan_step", f"the model's {self.scan_step_A[0]:.3g} Å scan clusters")
-        if units == "mrad" and cal.detector_pixel_mrad is None and tuple(
-            dataset.detector_shape
-        ) == tuple(self.detector_shape):
-            geo = self._geometry(dataset, self.config, "pixels", _patterns(sample))
-            geo["detector_pixel"] = self.detector_pixel  # same geometry as the training data
-        elif units == "pixels" and tuple(dataset.detector_shape) != tuple(self.detector_shape):
+        if units == "pixels" and tuple(dataset.detector_shape) != tuple(self.detector_shape):
             raise PreprocessError(
                 f"the model was trained on an uncalibrated {self.detector_shape} detector; "
                 f"this data set's detector is {dataset.detector_shape}: resampling needs both "

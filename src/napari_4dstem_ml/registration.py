@@ -279,7 +279,8 @@ def _h5_candidates(f: Any) -> list[str]:
 def _load_hdf5(path: Path, dataset: str | None, matlab: bool, allow_external: bool = False) -> Label:
     import h5py
 
-    from .io.hdf5 import check_links, ensure_filters, require_local
+    from .io.filters import ensure_filters
+    from .io.hdf5 import check_links, require_local
 
     ensure_filters()
     try:

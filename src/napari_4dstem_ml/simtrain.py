@@ -17,7 +17,10 @@ files.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
+import os
 import time
 from collections.abc import Generator
 from dataclasses import asdict, dataclass, replace
@@ -28,7 +31,25 @@ import numpy as np
 
 from .workflow import JobResult, Message
 
-__all__ = ["SimTrainJob", "SimTrainPlan", "simulate_train"]
+__all__ = ["BOUNDS", "SimTrainJob", "SimTrainPlan", "simulate_train"]
+
+#: what a job accepts (checked before anything runs): field -> (lowest, highest, CLI option);
+#: the lowest value is allowed, except for the thickness, which must be > 0
+BOUNDS: dict[str, tuple[float, float, str]] = {
+    "thickness_nm": (0.0, 1000.0, "--thickness"),
+    "defocus_nm": (-1000.0, 1000.0, "--defocus"),
+    "dose": (1.0, 1e10, "--dose"),
+    "tilt_mrad": (0.0, 100.0, "--tilt"),
+    "energy_kev": (1.0, 1000.0, "--energy"),
+    "convergence_mrad": (0.1, 200.0, "--convergence"),
+    "detector_pixel_mrad": (0.001, 100.0, "--detector-pixel"),
+    "detector_size": (8, 1024, "--detector-size"),
+    "scan_step_A": (0.005, 20.0, "--scan-step"),
+    "scan_shape": (8, 512, "--scan-shape"),
+    "items": (1, 1000, "--items"),
+    "epochs": (1, 100000, "--epochs"),
+    "seed": (0, 2**32 - 1, "--seed"),
+}
 
 
 @dataclass(frozen=True)
@@ -58,15 +79,66 @@ class SimTrainJob:
     overwrite: bool = False
 
     def __post_init__(self) -> None:
-        if self.items < 1:
-            raise ValueError(f"--items must be >= 1, got {self.items}")
+        for name, (lo, hi, option) in BOUNDS.items():
+            value = getattr(self, name)
+            if value is None:
+                continue
+            values = value if isinstance(value, (tuple, list)) else (value,)
+            integer = isinstance(lo, int) and isinstance(hi, int)
+            for v in values:
+                ok = (isinstance(v, (int, float)) and not isinstance(v, bool)
+                      and math.isfinite(v) and lo <= v <= hi
+                      and (not integer or float(v).is_integer())
+                      and not (name == "thickness_nm" and v <= 0))
+                if not ok:
+                    low = f"> {lo:g}" if name == "thickness_nm" else f">= {lo:g}"
+                    kind = "integers" if integer else "numbers"
+                    raise ValueError(f"{option}: expected {kind} {low} and <= {hi:g}, got "
+                                     f"{' '.join(str(x) for x in values)}")
+            if isinstance(value, (tuple, list)) and len(value) == 2 and value[0] > value[1] \
+                    and name != "scan_shape":
+                raise ValueError(f"{option}: expected MIN MAX with MIN <= MAX, got "
+                                 f"{value[0]:g} {value[1]:g}")
+        if not self.energy_kev:
+            raise ValueError("--energy: at least one beam energy in keV")
+        if len(self.scan_shape) != 2:
+            raise ValueError(f"--scan-shape: expected NY NX, got {self.scan_shape}")
         if self.model not in ("linear", "conv4d"):
-            raise ValueError(f"model must be 'linear' or 'conv4d', got {self.model!r}")
-        if not self.detector_pixel_mrad > 0 or self.detector_size < 8:
-            raise ValueError("the detector needs a pixel > 0 mrad and at least 8 × 8 pixels")
+            raise ValueError(f"--model: expected 'linear' or 'conv4d', got {self.model!r}")
 
     def work(self) -> Path:
         return Path(self.work_dir) if self.work_dir else Path(self.output).with_suffix(".simulations")
+
+    def inputs(self) -> list[str]:
+        """Files the job reads (a structure file, a checkpoint to fine-tune): never written."""
+        files = [self.structure if Path(self.structure).is_file() else None,
+                 None if self.init in ("base", "scratch") else self.init]
+        return [str(f) for f in files if f]
+
+    def check_before_work(self):
+        """Everything that can be refused before a simulation runs: the output (``-o``: a new
+        ``.pt`` file, or ``--overwrite``; never an input), the simulation folder
+        (``--work-dir``: a folder or a new one in an existing folder, neither an input nor
+        the output) and the model to fine-tune (``--init``: of the kind of ``--model``).
+        Returns the initial model (``None`` from scratch)."""
+        from .base_model import initial_model
+        from .export import OutputError, OutputPlan, same_file
+
+        plan = OutputPlan(inputs=self.inputs(), overwrite=self.overwrite)
+        out = plan.add(self.output, "-o", suffixes=(".pt",))
+        work = self.work()
+        what = "--work-dir" if self.work_dir else "the simulation folder (--work-dir)"
+        if same_file(work, out) or any(same_file(work, i) for i in self.inputs()):
+            raise OutputError(f"{what} {work}: it is the output or an input; choose another "
+                              "folder", work)
+        if work.exists() and not work.is_dir():
+            raise OutputError(f"{what} {work} exists and is not a folder", work)
+        parent = work if work.is_dir() else work.parent
+        if not parent.is_dir():
+            raise OutputError(f"{what} {work}: the folder {parent} does not exist", work)
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise OutputError(f"{what} {work}: {parent} is not writable", work)
+        return out, initial_model(self.init, self.model)
 
     def series(self):
         """(structure spec, ranges, base simulation config) of the series."""
@@ -129,27 +201,44 @@ def _items(paths: list[Path], handles: list) -> list:
 def simulate_train(job: SimTrainJob, cancel: Any = None) -> Generator[Any, None, JobResult | None]:
     """Simulate ``job``'s series and train on it (see the module docstring). Returns the
     :class:`~.workflow.JobResult`, or ``None`` when cancelled."""
-    from .export import check_output
-    from .simulate.series import SeriesDoneEvent, SeriesPlanEvent, simulate_series
+    from .simulate.scene import make_plan
+    from .simulate.series import SeriesDoneEvent, SeriesPlanEvent, expand_series, simulate_series
     from .training.checkpoint import save_checkpoint
     from .training.loop import DoneEvent, train_items
     from .workflow import TrainingJob
 
-    out = check_output(Path(job.output), job.overwrite, suffixes=(".pt",))
+    out, _initial = job.check_before_work()
     spec, ranges, base = job.series()
     work = job.work()
+    # the plan first, before any folder is made (so --plan-only leaves nothing behind)
+    from .simulate.engine import existing_config
+
+    configs = expand_series(spec, ranges, job.items, base=base, seed=job.seed)
+    finished = []
+    for c in configs:
+        old = existing_config(work / f"{c.name}.h5")
+        finished.append(old is not None and old.to_json() == c.to_json())
+    est = sum(make_plan(c).estimate_s for c, f in zip(configs, finished) if not f)
+    yield SimTrainPlan(tuple(c.name for c in configs), tuple(c.to_dict() for c in configs),
+                       tuple(finished), float(est))
+    made = not work.exists()
     paths: list[Path] = []
-    for ev in simulate_series(spec, ranges, job.items, work, base=base, seed=job.seed, cancel=cancel):
-        if isinstance(ev, SeriesPlanEvent):
-            yield SimTrainPlan(tuple(c.name for c in ev.configs), tuple(c.to_dict() for c in ev.configs),
-                               tuple(ev.finished), float(ev.total_estimate_s))
-            continue
-        if isinstance(ev, SeriesDoneEvent):
-            if ev.cancelled:
-                yield Message(f"cancelled: finished simulations stay in {work}; run again to resume")
-                return None
-            paths = [Path(p) for p in ev.paths]
-        yield ev
+    try:
+        for ev in simulate_series(spec, ranges, job.items, work, base=base, seed=job.seed,
+                                  cancel=cancel):
+            if isinstance(ev, SeriesPlanEvent):
+                continue
+            if isinstance(ev, SeriesDoneEvent):
+                if ev.cancelled:
+                    yield Message(f"cancelled: finished simulations stay in {work}; run again "
+                                  "to resume")
+                    return None
+                paths = [Path(p) for p in ev.paths]
+            yield ev
+    finally:
+        if made:  # a folder made here and left empty (an early error, a cancel) goes again
+            with contextlib.suppress(OSError):
+                work.rmdir()
     # training: the same defaults as 'stemml train' (fine-tune the base model unless scratch)
     tj = TrainingJob(label="(simulated: exact projected potential)", output=str(out), model=job.model,
                      init=job.init, epochs=job.epochs, seed=job.seed, overwrite=job.overwrite)
@@ -180,7 +269,7 @@ def simulate_train(job: SimTrainJob, cancel: Any = None) -> Generator[Any, None,
     }
     save_checkpoint(out, result.model, result.model_config, result.preprocessor,
                     train_summary=result.train_summary, metrics=result.metrics, provenance=provenance,
-                    overwrite=job.overwrite)
+                    overwrite=job.overwrite, inputs=tuple(job.inputs()))
     metrics = {k: float(v) for k, v in result.metrics.items() if isinstance(v, (int, float))}
     res = JobResult(out, {"registered": False, "label": "simulation ground truth"}, metrics,
                     result.stopped, len(result.history), time.time() - t0)

@@ -120,16 +120,11 @@ class TrainingJob:
         )
 
     def initial_model(self):
-        """The :class:`~.training.checkpoint.LoadedModel` to fine-tune, or ``None``."""
-        if self.init == "scratch":
-            return None
-        if self.init == "base":
-            from .base_model import load_base_model
+        """The :class:`~.training.checkpoint.LoadedModel` to fine-tune, or ``None``; a model
+        of another kind than ``model`` (also as an ensemble's members) is refused."""
+        from .base_model import initial_model
 
-            return load_base_model(self.model)
-        from .training.checkpoint import load_checkpoint
-
-        return load_checkpoint(self.init)
+        return initial_model(self.init, self.model)
 
     def configs(self, dataset: Dataset4D, initial: Any = None):
         """(model config, preprocessing config, training config) for this job; with an
@@ -203,9 +198,6 @@ class TrainingJob:
             raise ValueError(
                 f"--cluster {self.cluster_size}: the model to fine-tune uses K = "
                 f"{initial.model_config.cluster_size}; use --init scratch for another cluster size")
-        if initial is not None and initial.model_config.kind not in (self.model, "ensemble"):
-            raise ValueError(f"--init {self.init}: it is a {initial.model_config.kind} model, "
-                             f"not {self.model}")
         if initial is not None and self.ensemble is not None:
             initial = self._members_of(initial, int(self.ensemble))
         return initial, self.configs(dataset, initial)

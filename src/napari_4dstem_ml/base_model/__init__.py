@@ -5,14 +5,15 @@
 repository's simulated library of materials (``python -m napari_4dstem_ml.base_model``, see
 :mod:`.recipe`); each checkpoint's ``provenance`` holds the recipe and the list of simulated
 data sets (structure, energy, convergence angle, thickness, defocus, dose range). ``stemml
-train`` and the napari training widget fine-tune them on the user's label by default.
+train`` and the napari training widget fine-tune them on the user's label by default
+(:func:`initial_model` resolves a run's ``--init``: "base", "scratch" or a checkpoint).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["BASE_MODEL_FILES", "base_model_path", "load_base_model"]
+__all__ = ["BASE_MODEL_FILES", "base_model_path", "initial_model", "load_base_model"]
 
 BASE_MODEL_FILES = {"conv4d": "base_conv4d.pt", "linear": "base_linear.pt"}
 
@@ -35,3 +36,30 @@ def load_base_model(kind: str = "conv4d"):
             "scratch (--init scratch) or rebuild it with 'python -m napari_4dstem_ml.base_model'"
         )
     return load_checkpoint(path)
+
+
+def initial_model(init: str | Path | None, kind: str):
+    """The model a training run of ``kind`` ("linear" or "conv4d") starts from: ``None`` for
+    ``"scratch"``, the shipped base model for ``"base"``, else the checkpoint at ``init``
+    (a :class:`~napari_4dstem_ml.training.checkpoint.LoadedModel`). A model of another kind
+    (also as an ensemble's members) is refused naming ``--init``."""
+    from ..training.checkpoint import CheckpointError, load_checkpoint, model_kind
+
+    if init is None or str(init) == "scratch":
+        return None
+    if str(init) == "base":
+        loaded, what = load_base_model(kind), f"--init base ({base_model_path(kind)})"
+    else:
+        p = Path(init)
+        if not p.exists():
+            raise CheckpointError(f"--init {init}: no such checkpoint (expected 'base', "
+                                  "'scratch' or a checkpoint written by 'stemml train')")
+        loaded, what = load_checkpoint(p), f"--init {init}"
+    got = model_kind(loaded.model_config)
+    if got != kind:
+        size = getattr(loaded.model_config, "size", None)
+        held = f"an ensemble of {size} {got} models" if size else f"a {got} model"
+        raise CheckpointError(
+            f"{what}: it holds {held}, not a {kind} model; give a {kind} checkpoint, 'base' or "
+            f"'scratch', or train --model {got}")
+    return loaded

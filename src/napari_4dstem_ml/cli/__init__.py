@@ -18,13 +18,20 @@ import os
 import sys
 from collections.abc import Sequence
 
-from . import images, info, live, models, simulate
+from . import images, info, live, models, ptycho, simulate
 from .args import Parser, exit_code
-from .errors import EXIT_INTERNAL, EXIT_STALLED, EXIT_USAGE, UserError, describe_error
-from .inputs import check_device
+from .errors import (
+    EXIT_INTERNAL,
+    EXIT_STALLED,
+    EXIT_USAGE,
+    UserError,
+    describe_error,
+    numeric_warnings_off,
+)
+from .inputs import check_device, input_files
 
 #: the verb modules, in the order ``stemml --help`` lists them
-VERBS = (info, images, models, live, simulate)
+VERBS = (info, images, models, live, simulate, ptycho)
 
 
 def build_parser() -> Parser:
@@ -46,14 +53,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exit_code(exc)
     try:
         check_device(args)
-        return int(args.func(args) or 0)
+        with numeric_warnings_off():  # NaN/inf data are reported once, in the command's words
+            return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print("stemml: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:
         if os.environ.get("STEMML_DEBUG"):
             raise
-        code, message = describe_error(exc, args)
+        code, message = describe_error(exc, args, input_files(args))
         print(f"stemml {args.command}: error: {message}", file=sys.stderr)
         return code
 

@@ -4,9 +4,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import struct
 import zipfile
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 
 EXIT_USAGE = 2
@@ -22,7 +24,7 @@ class UserError(Exception):
 
 
 def primary_input(args: argparse.Namespace) -> str:
-    return next((str(getattr(args, a)) for a in ("data", "file", "image", "model")
+    return next((str(getattr(args, a)) for a in ("data", "source", "file", "image", "model")
                  if getattr(args, a, None)), "input")
 
 
@@ -32,8 +34,10 @@ DATA_ERRORS = (OSError, EOFError, struct.error, zipfile.BadZipFile, zlib.error,
                 UnicodeDecodeError)
 
 
-def describe_error(exc: BaseException, args: argparse.Namespace) -> tuple[int, str]:
-    """(exit status, one-line message) for an exception leaving a command."""
+def describe_error(exc: BaseException, args: argparse.Namespace,
+                   inputs: tuple[str, ...] = ()) -> tuple[int, str]:
+    """(exit status, one-line message) for an exception leaving a command; ``inputs``: the
+    command's input files (a message that names none of them is given the data file's name)."""
     if isinstance(exc, (UserError, ValueError)):
         text = str(exc)
         flag = OPTION_FLAGS.get(getattr(exc, "option", None) or "")
@@ -41,11 +45,15 @@ def describe_error(exc: BaseException, args: argparse.Namespace) -> tuple[int, s
             text += f" (on the command line: {flag})"
         return EXIT_USAGE, text
     from ..parallel import ParallelError
-    from .inputs import input_files
 
     if isinstance(exc, ParallelError):
         return EXIT_INTERNAL, str(exc)
-    files = [*input_files(args), getattr(args, "output", None) or ""]
+    cluster = getattr(args, "scheduler", None) or (
+        "the local Dask cluster" if getattr(args, "workers", None) else None)
+    if cluster and type(exc).__module__.split(".")[0] in ("distributed", "tornado", "msgpack"):
+        text = " ".join(str(exc).split())[:200] or type(exc).__name__
+        return EXIT_USAGE, f"{cluster}: the Dask cluster failed ({type(exc).__name__}: {text})"
+    files = [*inputs, getattr(args, "output", None) or ""]
     if isinstance(exc, OSError) and exc.filename:
         return EXIT_USAGE, f"{exc.filename}: {exc.strerror or exc}"
     if isinstance(exc, (*DATA_ERRORS, MemoryError)):
@@ -58,3 +66,16 @@ def describe_error(exc: BaseException, args: argparse.Namespace) -> tuple[int, s
     return EXIT_INTERNAL, (f"internal error while processing {primary_input(args)}: "
                            f"{type(exc).__name__}: {exc} (please report it; STEMML_DEBUG=1 "
                            "shows the traceback)")
+
+
+@contextlib.contextmanager
+def numeric_warnings_off() -> Iterator[None]:
+    """NumPy's floating-point RuntimeWarnings (with their source lines) off inside a
+    command: NaN/inf data are reported once, in the command's own words."""
+    import warnings
+
+    import numpy as np
+
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.filterwarnings("ignore", category=RuntimeWarning)
+        yield

@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+import numpy as np
+
 from .args import (
     NON_NEGATIVE,
     POSITIVE,
@@ -80,8 +82,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from ..metrics import compare
     from ..registration import load_label
 
-    img = load_label(args.image)
-    ref = load_label(args.reference, dataset=args.dataset)
+    ext = bool(args.allow_external)
+    img = load_label(args.image, allow_external=ext)
+    ref = load_label(args.reference, dataset=args.dataset, allow_external=ext)
     image, reference = img.image, ref.image
     pixel = args.pixel_size or img.pixel_size_A or ref.pixel_size_A
     if image.shape != reference.shape:
@@ -89,6 +92,19 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             f"{args.image} is {image.shape[0]} x {image.shape[1]} but {args.reference} is "
             f"{reference.shape[0]} x {reference.shape[1]}; register the reference onto the scan grid first"
         )
+    c = int(args.crop)
+    for path, arr in ((args.image, image), (args.reference, reference)):
+        inner = np.asarray(arr, np.float64)[c:arr.shape[0] - c or None, c:arr.shape[1] - c or None]
+        if inner.size < 4:
+            raise UserError(f"--crop {c}: nothing of the {arr.shape[0]} x {arr.shape[1]} image "
+                            "is left to compare")
+        bad = int(inner.size - np.isfinite(inner).sum())
+        if bad:
+            raise UserError(f"{path}: {bad} of the {inner.size} compared pixels are NaN/inf; "
+                            "the metrics would be undefined")
+        if not np.ptp(inner) > 0:
+            raise UserError(f"{path} is constant ({inner.flat[0]:.6g}) over the compared region: "
+                            "correlation, SSIM and contrast are undefined for a flat image")
     report = compare(image, reference, crop=args.crop, pixel_size=pixel or 1.0,
                      register=not args.no_register)
     print(report.summary() + ("" if pixel else " (FRC in pixels: no pixel size known)"))
@@ -122,4 +138,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--crop", type=number(int, 0), default=4, help="pixels cropped at each edge before comparing")
     p.add_argument("--pixel-size", type=POSITIVE, default=None, help="pixel size in Å (for FRC resolution)")
     p.add_argument("--no-register", action="store_true", help="compare as given, without a sub-pixel shift")
+    p.add_argument("--allow-external", action="store_true",
+                   help="HDF5: allow images stored in other files (external storage, virtual "
+                        "datasets, external links); refused by default")
     p.set_defaults(func=cmd_evaluate)

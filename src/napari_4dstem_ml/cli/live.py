@@ -13,8 +13,9 @@ from .args import (
     POSITIVE,
     add_calibration_options,
     add_data_options,
+    number,
 )
-from .errors import EXIT_STALLED, UserError
+from .errors import EXIT_STALLED, UserError, numeric_warnings_off
 from .inputs import (
     calibration_with,
     input_files,
@@ -25,16 +26,15 @@ from .reporting import progress
 
 def cmd_replay(args: argparse.Namespace) -> int:
     from ..live import replay
+    from ..live.replay import check_rate
 
+    check_rate(args.rate)
     ds = load_data(args.source, args)
     dst = Path(args.destination)
-    for p in (dst, dst.with_suffix(".xml")):
-        if str(p.resolve()) in {str(Path(f).resolve()) for f in input_files(args, ds)}:
-            raise UserError(f"{p}: the replay would overwrite its own source")
     ny, nx = ds.scan_shape
     with progress(ny * nx, f"replay at {args.rate:g} Hz" if args.rate else "replay",
-                   unit="frames") as bar:
-        replay(ds, dst, args.rate, overwrite=args.overwrite,
+                  unit="frames") as bar:
+        replay(ds, dst, args.rate, overwrite=args.overwrite, inputs=input_files(args, ds),
                progress=lambda n, total: bar.update(n - bar.n))
     print(f"wrote {dst} ({ny} x {nx} frames) and {dst.with_suffix('.xml').name}")
     return 0
@@ -68,11 +68,32 @@ def _live_source(args: argparse.Namespace):
         raise UserError(str(exc)) from exc
 
 
+def _save_partials(plan, result, outputs: dict[str, Path], names: list[str], pixel,
+                   meta: dict) -> list[str]:
+    """The rows done so far, each image under a fresh name (``NAME.partial.tif``, else
+    ``NAME.partial-2.tif``, ...): a partial image may be the only record of an acquisition,
+    so it never replaces anything, also with ``--overwrite``."""
+    from ..export import IMAGE_SUFFIXES, OutputExistsError, write_images
+
+    ny = result.rows_total
+    done = [n for n in names if result.rows_done[n] > 0]
+    for _attempt in range(5):  # another run may take a fresh name meanwhile: pick again
+        partial = plan.copy()
+        paths = {n: partial.fresh(_partial_name(outputs[n]), f"the partial {n} image",
+                                  suffixes=IMAGE_SUFFIXES) for n in done}
+        items = [(paths[n], result.images[n], pixel,
+                  {**meta, "partial": f"{result.rows_done[n]} of {ny} scan rows"}) for n in done]
+        try:
+            write_images(items, overwrite=False, inputs=plan.inputs)
+        except OutputExistsError:
+            continue
+        return [f"{paths[n]} ({result.rows_done[n]} of {ny} rows)" for n in done]
+    raise UserError(f"{outputs[names[-1]]}: could not find a free name for the partial image")
+
+
 def cmd_live(args: argparse.Namespace) -> int:
-    from ..detectors.centre import find_bf_centre
-    from ..detectors.geometry import annular_mask
-    from ..export import IMAGE_SUFFIXES, prepare_output, write_image
-    from ..live import LivePipeline, run_live
+    from ..export import IMAGE_SUFFIXES, OutputPlan
+    from ..live.merlin import parse_address
 
     if args.model is None and args.inner is None:
         raise UserError("nothing to compute: give --model and/or --inner/--outer")
@@ -82,13 +103,13 @@ def cmd_live(args: argparse.Namespace) -> int:
         raise UserError(f"--outer ({args.outer}) must be larger than --inner ({args.inner})")
     names = (["adf"] if args.inner is not None else []) + (["model"] if args.model else [])
     outputs = _live_outputs(args, names)
-    src_files = (args.data, str(Path(args.data).with_suffix(".xml")), args.model)
-    if args.data.lower().startswith("merlin://"):
-        src_files = (args.model,)
-    for p in outputs.values():
-        prepare_output(p, overwrite=args.overwrite, inputs=[f for f in src_files if f],
-                       suffixes=IMAGE_SUFFIXES)
-        prepare_output(_partial_name(p), overwrite=True, inputs=[f for f in src_files if f])
+    merlin = parse_address(args.data) is not None
+    src_files = [args.model] if merlin else [args.data, str(Path(args.data).with_suffix(".xml")),
+                                              args.model]
+    plan = OutputPlan(inputs=src_files, overwrite=args.overwrite)
+    for n, p in outputs.items():
+        plan.add(p, "-o" if p == Path(args.output) else f"the {n} image beside -o",
+                 suffixes=IMAGE_SUFFIXES)
     loaded = None
     if args.model:
         from ..training.checkpoint import load_checkpoint
@@ -97,6 +118,23 @@ def cmd_live(args: argparse.Namespace) -> int:
             raise UserError(f"{args.model}: no such model file")
         loaded = load_checkpoint(args.model)
     source = _live_source(args)
+    try:
+        return _run(args, source, plan, outputs, names, loaded)
+    finally:
+        close = getattr(source, "close", None)
+        if close is not None:
+            close()
+
+
+def _run(args: argparse.Namespace, source, plan, outputs: dict[str, Path], names: list[str],
+         loaded) -> int:
+    """``stemml live`` once its source is open (see :func:`cmd_live`)."""
+    from ..detectors.centre import find_bf_centre
+    from ..detectors.geometry import annular_mask
+    from ..export import write_images
+    from ..live import LivePipeline, run_live
+
+    plan.add_inputs(getattr(source, "xml", None))  # the XML the acquisition wrote
     calibration = calibration_with(source.calibration, args)
     detectors = {}
     if args.inner is not None:
@@ -117,39 +155,73 @@ def cmd_live(args: argparse.Namespace) -> int:
                 raise UserError(f"--centre: expected 'auto' or 'CY,CX', got {args.centre!r}") from exc
             detectors["adf"] = annular_mask(det, (cy, cx), args.inner / per_px, args.outer / per_px)
         else:
-            detectors["adf"] = lambda mean: annular_mask(det, find_bf_centre(mean),
-                                                         args.inner / per_px, args.outer / per_px)
-    pipe = LivePipeline(source.scan_shape, source.detector_shape, detectors=detectors,
-                        model=loaded.model if loaded else None,
-                        preprocessor=loaded.preprocessor if loaded else None,
-                        calibration=calibration)
-    pipe.warm_up()
+            def auto(mean):
+                import numpy as np
+
+                try:
+                    if not np.isfinite(mean).all():
+                        raise ValueError("it holds NaN/inf patterns")
+                    centre = find_bf_centre(mean)
+                except ValueError as exc:
+                    reason = str(exc).replace("mean_pattern", "their mean pattern")
+                    raise UserError(f"{args.data}: cannot find the bright-field disk centre in "
+                                    f"the first scan row ({reason}); give it with --centre "
+                                    "CY,CX (detector pixels)") from exc
+                return annular_mask(det, centre, args.inner / per_px, args.outer / per_px)
+
+            detectors["adf"] = auto
+    try:
+        pipe = LivePipeline(source.scan_shape, source.detector_shape, detectors=detectors,
+                            model=loaded.model if loaded else None,
+                            preprocessor=loaded.preprocessor if loaded else None,
+                            calibration=calibration, info=loaded.info if loaded else None)
+        pipe.warm_up()
+    except ValueError as exc:  # e.g. a scan too small for the model's clusters
+        raise UserError(f"{args.data} ({source.scan_shape[0]} x {source.scan_shape[1]} scan): "
+                        f"{exc}" + (f" (model {args.model})" if args.model else "")) from exc
     ny, nx = source.scan_shape
     last = names[-1]
-    with progress(ny, f"live {Path(args.data).name}") as bar:
+    with progress(ny, f"live {Path(args.data).name}") as bar, numeric_warnings_off():
+        said = set()
+
         def show(ev):
+            for text in pipe.messages:  # the domain check on the first rows, said once
+                if text not in said:
+                    said.add(text)
+                    bar.write(f"stemml live: {text}", file=sys.stderr)
             bar.update(ev.rows_done[last] - bar.n)
             bar.set_postfix(acquired=ev.rows_acquired, rate=f"{ev.frames_per_s:.0f}/s",
                             latency=f"{ev.latency_s * 1e3:.0f}ms", refresh=False)
 
         result = run_live(source, pipe, show)
-    step = source.calibration.scan_step_A
+    step = calibration.scan_step_A  # --scan-step wins over the acquisition's
     pixel = step[1] if step else None
+    meta = {"data": str(args.data), "model": args.model, "calibration": calibration.info()}
     if not result.complete:
-        saved = []
-        for n in names:
-            if result.rows_done[n] > 0:
-                p = _partial_name(outputs[n])
-                write_image(p, result.images[n], pixel, overwrite=True)
-                saved.append(f"{p} ({result.rows_done[n]} of {ny} rows)")
+        saved = _save_partials(plan, result, outputs, names, pixel, meta)
         where = "; partial image(s) saved as " + ", ".join(saved) if saved else "; nothing to save"
         print(f"stemml live: {result.message}{where}", file=sys.stderr)
         return EXIT_STALLED
     for n in names:
-        write_image(outputs[n], result.images[n], pixel, overwrite=args.overwrite)
+        _check_finite(result.images[n], args.data, n)
+    write_images([(outputs[n], result.images[n], pixel, meta) for n in names],
+                 overwrite=args.overwrite, inputs=plan.inputs)
+    for n in names:
         print(f"wrote {outputs[n]} ({n}, {ny} x {nx})")
     print(f"{result.frames} frames in {result.elapsed_s:.1f} s ({result.frames / max(result.elapsed_s, 1e-9):.0f} "
           f"frames/s); slowest block processed in {result.max_latency_s * 1e3:.0f} ms")
+    return 0
+
+
+def _check_finite(image, data: str, name: str) -> None:
+    """A finished live image with NaN/inf (NaN patterns in the stream) is reported naming the
+    acquisition; an all-NaN or all-zero one is refused by the writer."""
+    import numpy as np
+
+    bad = int(image.size - np.isfinite(image).sum())
+    if 0 < bad < image.size:
+        print(f"stemml live: warning: {bad} of {image.size} scan positions of the {name} image "
+              f"are NaN/inf (the acquisition {data} holds NaN/inf values there)", file=sys.stderr)
 
 
 def add_parsers(sub) -> None:
@@ -157,7 +229,8 @@ def add_parsers(sub) -> None:
     p = sub.add_parser("replay", help="write an EMPAD acquisition in progress (XML, then frames at a rate)")
     p.add_argument("source", help="4D data set to replay (128 x 128 detector)")
     p.add_argument("destination", help="EMPAD .raw file to write (its .xml beside it)")
-    p.add_argument("--rate", type=NON_NEGATIVE, default=1100.0, help="frames per second (0: as fast as possible)")
+    p.add_argument("--rate", type=number(float, 0, 1e6), default=1100.0,
+                   help="frames per second, up to 1e6 (0: as fast as possible)")
     p.add_argument("--overwrite", action="store_true", help="replace existing files")
     add_data_options(p)
     p.set_defaults(func=cmd_replay)
@@ -170,7 +243,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--outer", type=POSITIVE, help="outer radius (mrad, or px with --pixels)")
     p.add_argument("--pixels", action="store_true", help="radii in detector pixels instead of mrad")
     p.add_argument("--centre", default="auto", help="'auto' (bright-field disk of the first row) or 'CY,CX' px")
-    p.add_argument("--timeout", type=POSITIVE, default=10.0,
+    p.add_argument("--timeout", type=number(float, 0, 86400, lo_open=True), default=10.0,
                    help="seconds without a new frame before giving up (partial images are saved as NAME.partial.tif)")
     p.add_argument("-o", "--output", required=True,
                    help="output image (.tif, .npy, .png); with a model and a detector the virtual image goes to NAME_adf.tif")

@@ -12,56 +12,81 @@ from .args import (
     add_data_options,
     number,
 )
-from .errors import UserError
+from .errors import UserError, numeric_warnings_off
 from .inputs import (
     compute_choice,
     input_files,
     load_data,
 )
-from .reporting import progress, report_image, run_to_sink
+from .reporting import progress, report_image
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from ..export import prepare_output
+    from ..base_model import initial_model
+    from ..export import OutputPlan
     from ..training.loop import EpochEvent, NoticeEvent, PrepareEvent, StepEvent
     from ..workflow import JobResult, Message, TrainingJob, run_job
 
-    prepare_output(args.output, overwrite=args.overwrite, inputs=input_files(args), suffixes=(".pt",))
+    plan = OutputPlan(inputs=[*input_files(args), _init_file(args)], overwrite=args.overwrite)
+    plan.add(args.output, "-o", suffixes=(".pt",))
+    initial = initial_model(args.init, args.model)  # of the kind of --model: before any work
     ds = load_data(args.data, args)
-    prepare_output(args.output, overwrite=args.overwrite, inputs=input_files(args, ds))
+    plan.add_inputs(*input_files(args, ds))
+    k = int(initial.model_config.cluster_size) if initial is not None else int(args.cluster)
+    _check_scan_fits(ds, k, args.data, "--init's model" if initial is not None else "--cluster")
     job = TrainingJob.from_cli(args)
-    prepared = job.prepare(ds)
+    with numeric_warnings_off():
+        prepared = job.prepare(ds)
     epochs = prepared[1][2].epochs
     tty = sys.stderr.isatty()
     bar = None
     result = None
-    for event in run_job(job, ds, prepared=prepared):
-        if isinstance(event, (Message, NoticeEvent)):
-            print(event.text)
-        elif isinstance(event, PrepareEvent):
-            if event.done == 0:
-                print(f"{event.stage} ({event.total} scan rows) ...")
-        elif isinstance(event, StepEvent):
-            if bar is None and tty:
-                bar = progress(epochs, "training", unit="epochs")
-            if bar is not None:
-                bar.set_postfix(step=event.step, loss=f"{event.train_loss:.4g}")
-        elif isinstance(event, EpochEvent):
-            r = event.metrics.get("pearson_r", float("nan"))
-            if bar is not None:
-                bar.update(event.epoch + 1 - bar.n)
-                bar.set_postfix(train=f"{event.train_loss:.4g}", val=f"{event.val_loss:.4g}", r=f"{r:.3f}")
-            else:  # a log file or pipe: one line per epoch
-                print(f"epoch {event.epoch}: train loss {event.train_loss:.4g}, validation loss "
-                      f"{event.val_loss:.4g}, r {r:.3f}, {event.elapsed_s:.1f} s"
-                      + (" (best)" if event.is_best else ""), flush=True)
-        elif isinstance(event, JobResult):
-            result = event
+    with numeric_warnings_off():
+        events = run_job(job, ds, prepared=prepared)
+        for event in events:
+            if isinstance(event, (Message, NoticeEvent)):
+                print(event.text)
+            elif isinstance(event, PrepareEvent):
+                if event.done == 0:
+                    print(f"{event.stage} ({event.total} scan rows) ...")
+            elif isinstance(event, StepEvent):
+                if bar is None and tty:
+                    bar = progress(epochs, "training", unit="epochs")
+                if bar is not None:
+                    bar.set_postfix(step=event.step, loss=f"{event.train_loss:.4g}")
+            elif isinstance(event, EpochEvent):
+                r = event.metrics.get("pearson_r", float("nan"))
+                if bar is not None:
+                    bar.update(event.epoch + 1 - bar.n)
+                    bar.set_postfix(train=f"{event.train_loss:.4g}", val=f"{event.val_loss:.4g}",
+                                    r=f"{r:.3f}")
+                else:  # a log file or pipe: one line per epoch
+                    print(f"epoch {event.epoch}: train loss {event.train_loss:.4g}, validation "
+                          f"loss {event.val_loss:.4g}, r {r:.3f}, {event.elapsed_s:.1f} s"
+                          + (" (best)" if event.is_best else ""), flush=True)
+            elif isinstance(event, JobResult):
+                result = event
     if bar is not None:
         bar.close()
     if result is not None:
         print(result.report())
     return 0
+
+
+def _check_scan_fits(ds, k: int, data: str, what: str) -> None:
+    """The scan holds a K x K cluster (with reflection at the edges); else an error naming
+    the data file and where K comes from."""
+    h = k // 2
+    if h and min(ds.scan_shape) <= h:
+        raise UserError(f"{data}: its {ds.scan_shape[0]} x {ds.scan_shape[1]} scan is too small "
+                        f"for {what}'s {k} x {k} clusters (at least {h + 1} x {h + 1} scan "
+                        "positions are needed)")
+
+
+def _init_file(args: argparse.Namespace) -> str | None:
+    """``--init`` when it names a checkpoint file (an input no output may replace)."""
+    init = getattr(args, "init", None)
+    return None if init in (None, "base", "scratch") else str(init)
 
 
 def _baseline_paths(output: str, names: Sequence[str] = ("iCoM", "ADF")) -> list[Path]:
@@ -71,23 +96,32 @@ def _baseline_paths(output: str, names: Sequence[str] = ("iCoM", "ADF")) -> list
     return [stem.with_name(f"{stem.stem}_{n.lower()}{stem.suffix}") for n in names]
 
 
+def _predict_plan(args: argparse.Namespace, inputs: Sequence[str]):
+    """Every output of ``predict``, checked against the inputs and each other before work."""
+    from ..export import OutputPlan
+    from ..parallel.sink import SINK_SUFFIXES
+
+    plan = OutputPlan(inputs=inputs, overwrite=args.overwrite)
+    plan.add(args.output, "-o", suffixes=SINK_SUFFIXES)
+    if args.uncertainty:
+        plan.add(args.uncertainty, "--uncertainty", suffixes=SINK_SUFFIXES)
+    if args.baselines:
+        for name, path in zip(("iCoM", "ADF"), _baseline_paths(args.output)):
+            plan.add(path, f"the {name} baseline of --baselines", suffixes=SINK_SUFFIXES)
+    return plan
+
+
+def _warn(text: str) -> None:
+    print(f"stemml predict: warning: {text}", file=sys.stderr)
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
-    from ..export import IMAGE_SUFFIXES, prepare_output, write_image
-    from ..parallel import iter_predict, open_client
-    from ..parallel.sink import image_sink, prepare_sink
-    from ..predict.events import PredictEvent
+    from ..parallel.sink import write_results
+    from ..predict import Message, PredictEvent, Reconstructor
     from ..training.checkpoint import load_checkpoint
-    from ..workflow import Message, reconstruct
 
     compute = compute_choice(args)
-    if not compute.in_process and (args.uncertainty or args.baselines):
-        raise UserError("--uncertainty and --baselines run in process; drop --scheduler/--workers")
-    prepare_sink(args.output, overwrite=args.overwrite, inputs=input_files(args))
-    if args.uncertainty:
-        prepare_output(args.uncertainty, overwrite=args.overwrite, inputs=input_files(args),
-                       suffixes=IMAGE_SUFFIXES)
-    for path in _baseline_paths(args.output) if args.baselines else ():
-        prepare_output(path, overwrite=args.overwrite, inputs=input_files(args))
+    plan = _predict_plan(args, input_files(args))
     model_path = Path(args.model)
     if not model_path.exists():
         raise UserError(f"{model_path}: no such model file")
@@ -99,22 +133,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
         )
     ds = load_data(args.data, args)
     inputs = input_files(args, ds)
-    prepare_sink(args.output, overwrite=args.overwrite, inputs=inputs)
+    plan.add_inputs(*inputs)
+    _check_scan_fits(ds, int(loaded.model.cluster_size), args.data, f"the model {model_path}")
     step = ds.calibration.scan_step_A
-    if not compute.in_process:
-        with open_client(compute) as client, \
-                image_sink(args.output, ds.scan_shape, step[1] if step else None,
-                           overwrite=args.overwrite, inputs=inputs) as sink, \
-                progress(ds.scan_shape[0], "predict") as bar:
-            image = run_to_sink(iter_predict(loaded.model, loaded.preprocessor, ds, client=client),
-                                 sink, bar)
-            report_image(image, ds.source, "prediction")
-        print(f"wrote {args.output} ({image.shape[0]} x {image.shape[1]}; {compute.describe()})")
-        return 0
-
+    px = step[1] if step else None
     report = None
-    gen = reconstruct(loaded, ds, baselines=bool(args.baselines))
-    with progress(ds.scan_shape[0], "predict") as bar:
+    with progress(ds.scan_shape[0], "predict") as bar, numeric_warnings_off():
+        gen = Reconstructor(loaded, ds, compute=compute).run()
         while True:
             try:
                 event = next(gen)
@@ -126,34 +151,54 @@ def cmd_predict(args: argparse.Namespace) -> int:
             elif isinstance(event, Message):
                 bar.write(f"stemml predict: {event.text}", file=sys.stderr)
     report_image(report.image, ds.source, "prediction")
-    step = ds.calibration.scan_step_A
-    px = step[1] if step else None
     meta = {"model": str(model_path), "data": str(args.data), **report.metadata()}
-    if Path(args.output).suffix.lower() in IMAGE_SUFFIXES:
-        out = write_image(args.output, report.image, px, overwrite=args.overwrite, metadata=meta,
-                          inputs=inputs)
-    else:  # HDF5 or Zarr
-        with image_sink(args.output, ds.scan_shape, px, overwrite=args.overwrite,
-                        inputs=inputs) as sink:
-            sink.write(0, ds.scan_shape[0], report.image)
-        out = args.output
-    print(f"wrote {out} ({report.image.shape[0]} x {report.image.shape[1]})")
+    items = [(args.output, report.image, px, meta)]
     if args.uncertainty:
-        u = write_image(args.uncertainty, report.uncertainty, px, overwrite=args.overwrite,
-                        inputs=inputs,
-                        metadata={**meta, "quantity": "ensemble standard deviation (label units)"})
-        print(f"wrote {u} (uncertainty: ensemble standard deviation)")
+        items.append((args.uncertainty, report.uncertainty, px,
+                      {**meta, "quantity": "ensemble standard deviation (label units)"}))
+    written = {args.output: f"prediction, computed {report.where}",
+               args.uncertainty: "uncertainty: ensemble standard deviation"}
     if args.baselines:
-        for name, img in report.baselines.images().items():
-            path = _baseline_paths(args.output, (name,))[0]
-            write_image(path, img, px, overwrite=args.overwrite, inputs=inputs,
-                        metadata={"data": str(args.data), "baseline": name, **report.baselines.info})
-            print(f"wrote {path} ({name})")
+        items += _baseline_items(args, ds, px, written)
+    write_results(items, overwrite=args.overwrite, inputs=inputs)
+    for it in items:
+        image = it[1]
+        print(f"wrote {it[0]} ({image.shape[0]} x {image.shape[1]}; {written[it[0]]})")
     if report.issues:
-        print(f"stemml predict: warning: the data lie outside the model's training domain in "
-              f"{len(report.issues)} respect(s); treat the image with caution (recorded in its "
-              "metadata)", file=sys.stderr)
+        _warn(f"the data lie outside the model's training domain in {len(report.issues)} "
+              "respect(s); treat the image with caution (recorded in its metadata)")
     return 0
+
+
+def _baseline_items(args: argparse.Namespace, ds, px, written: dict) -> list[tuple]:
+    """The iCoM and ADF images of ``predict --baselines``: a baseline that cannot be made
+    from these data (no dark-field ring on the detector, a garbage image) is skipped with a
+    warning, and the model's image is written all the same."""
+    from ..baselines import classical_baselines
+    from ..export import OutputError, check_image
+
+    print("stemml predict: classical baselines: iCoM and ADF of the same data (in this "
+          "process) ...", file=sys.stderr)
+    try:
+        with numeric_warnings_off():
+            base = classical_baselines(ds)
+    except (ValueError, ArithmeticError) as exc:
+        reason = str(exc).replace("mean_pattern", "the mean diffraction pattern")
+        _warn(f"no classical baselines for {args.data} ({reason}); the prediction is written")
+        return []
+    for note in base.notes:
+        _warn(f"{note}; {_baseline_paths(args.output, ('ADF',))[0]} is not written")
+    items = []
+    for name, img in base.images().items():
+        path = _baseline_paths(args.output, (name,))[0]
+        try:
+            check_image(img, f"the {name} baseline")
+        except OutputError as exc:
+            _warn(f"{exc}; {path} is not written")
+            continue
+        items.append((path, img, px, {"data": str(args.data), "baseline": name, **base.info}))
+        written[path] = name
+    return items
 
 
 def add_parsers(sub) -> None:

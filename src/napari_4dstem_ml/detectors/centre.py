@@ -20,9 +20,9 @@ class CentreError(ValueError):
 def _check_pattern(p: Any) -> np.ndarray:
     a = np.asarray(p, dtype=np.float64)
     if a.ndim != 2 or min(a.shape) < 3:
-        raise CentreError(f"mean_pattern must be a 2D (ky, kx) array, got shape {np.shape(p)}")
+        raise CentreError(f"the mean diffraction pattern must be a 2D (ky, kx) array, got shape {np.shape(p)}")
     if not np.all(np.isfinite(a)):
-        raise CentreError("mean_pattern contains NaN or infinite values")
+        raise CentreError("the mean diffraction pattern holds NaN or infinite values")
     return a
 
 
@@ -50,7 +50,7 @@ def _disk_component(a: np.ndarray) -> np.ndarray:
 
     bg, top = _levels(a)
     if not top > bg:
-        raise CentreError("mean_pattern is flat: no bright-field disk to find")
+        raise CentreError("the mean diffraction pattern is flat: no bright-field disk to find")
     lab, n = ndimage.label(ndimage.median_filter(a, size=3, mode="nearest") > bg + 0.5 * (top - bg))
     if n == 0:
         raise CentreError("no pixel above the half-way threshold")

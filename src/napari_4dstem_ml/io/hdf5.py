@@ -42,6 +42,7 @@ import numpy as np
 from ..dataset import Calibration, Dataset4D
 from . import nexus
 from .errors import AmbiguousDatasetError, ExternalDataError, ReaderError
+from .filters import ensure_filters
 from .hdf5_calibration import calibration_of, is_emd_array
 from .shapes import normalize_scan_shape, require_scan_shape, rows_per_chunk
 from .units import as_text
@@ -50,19 +51,6 @@ NAME = "hdf5"
 EXTENSIONS = (".h5", ".hdf5", ".emd")
 ATTRIBUTE_NAMES = ("scan_step_A", "detector_pixel_mrad", "detector_pixel_inv_A", "energy_ev",
                    "convergence_mrad", "camera_length_m", "scan_shape")
-_FILTERS_LOADED = False
-
-
-def ensure_filters() -> None:
-    """Register the compression filters detectors write with (bitshuffle-LZ4, LZ4, Blosc,
-    Zstd, ...) with HDF5, once, before any HDF5 read of this package."""
-    global _FILTERS_LOADED
-    if not _FILTERS_LOADED:
-        import hdf5plugin  # noqa: F401 - registers the filters on import
-
-        _FILTERS_LOADED = True
-
-
 def _open(path: Path):
     import h5py
 

@@ -67,7 +67,7 @@ def open_data_files(path: Path, links: list[tuple[str, str, str]],
     with a ``ReaderError`` naming the file."""
     import h5py
 
-    from .hdf5 import ensure_filters
+    from .filters import ensure_filters
 
     ensure_filters()
     files, dsets = [], []

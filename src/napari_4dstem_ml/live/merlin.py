@@ -7,11 +7,19 @@ replay simulator (``libertem-live-mib-sim``, package ``libertem-live``).
 the frame stacks arrive, decoded by ``CamClient.decode_range_into_buffer`` (no frame parsing
 here). :func:`write_mib` writes a 4D data set as a MIB file (16-bit frames, one 384-byte header
 each, in the layout of Merlin's single-chip ``1x1`` files) plus the ``.hdr`` acquisition header.
+
+Every wait has a deadline: the address is probed with a TCP connection first (nothing
+listening → :class:`MerlinError` at once, never a receiver that retries for ever), the arm
+and every frame are waited for at most ``timeout_s``; a server that does not speak Merlin's
+protocol is a :class:`MerlinError` naming the address. The receiver's shared-memory folder
+(``stemml-merlin-*`` in the temporary folder) is removed on close.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
+import socket
 import tempfile
 import time
 from collections.abc import Iterator
@@ -20,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from ..dataset import Calibration, Dataset4D
-from .source import AcquisitionStalled
+from .rows import AcquisitionStalled
 
 HEADER_BYTES = 384
 
@@ -85,17 +93,59 @@ def write_mib(dataset: Dataset4D, path: str | Path) -> Path:
     return hdr
 
 
+class MerlinError(ValueError):
+    """The Merlin address cannot be used: nothing listens, or the server there does not speak
+    Merlin's data protocol. The message names the address."""
+
+
 def parse_address(text: str) -> tuple[str, int] | None:
     """``merlin://HOST:PORT`` → ``(host, port)``; ``None`` for anything else (a file)."""
     if not str(text).lower().startswith("merlin://"):
         return None
     rest = str(text)[len("merlin://"):]
     host, _, port = rest.rpartition(":")
+    host = host.strip("[]")
     try:
-        return host or "127.0.0.1", int(port)
+        number = int(port)
     except ValueError:
-        raise ValueError(f"{text}: expected merlin://HOST:PORT (the Merlin data port, "
-                         "usually 6342)") from None
+        number = -1
+    if not 1 <= number <= 65535 or any(c in host for c in "/?#@ "):
+        raise MerlinError(f"{text}: expected merlin://HOST:PORT (the Merlin data port, "
+                          "usually 6342)")
+    return host or "127.0.0.1", number
+
+
+def probe(host: str, port: int, timeout_s: float, cancel=None) -> None:
+    """Wait until something accepts TCP connections at ``host:port``, at most ``timeout_s``
+    (the detector software may be starting); else a :class:`MerlinError` naming the address.
+    (LiberTEM-live's receiver would retry for ever.)"""
+    name = f"merlin://{host}:{port}"
+    deadline = time.monotonic() + timeout_s
+    while True:
+        left = deadline - time.monotonic()
+        try:
+            with socket.create_connection((host, port), timeout=max(0.05, min(left, 5.0))):
+                return
+        except OSError as exc:
+            left = deadline - time.monotonic()
+            if left <= 0 or (cancel is not None and cancel.is_set()) or isinstance(
+                    exc, socket.gaierror):
+                reason = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
+                raise MerlinError(
+                    f"{name}: nothing answered there within {timeout_s:g} s ({reason}); is the "
+                    "Merlin software running, and is that its data port (usually 6342)?") from exc
+            time.sleep(min(0.1, left))
+
+
+def _short(exc: BaseException) -> str:
+    """The receiver's error as one short line."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text.split(" (maybe")[0].replace("a general fatal error occurred: ", "")[:160]
+
+
+def _protocol_error(name: str, exc: BaseException) -> MerlinError:
+    return MerlinError(f"{name}: the server there does not speak Merlin's data protocol "
+                       f"({_short(exc)})")
 
 
 class MerlinSource:
@@ -108,6 +158,7 @@ class MerlinSource:
     def __init__(self, host: str = "127.0.0.1", port: int = 6342, *,
                  scan_shape: tuple[int, int] | None = None, timeout_s: float = 10.0,
                  cancel=None) -> None:
+        os.environ.setdefault("LIBERTEM_QD_LOG_LEVEL", "off")  # its log lines: not for our users
         try:
             import libertem_qd_mpx
         except ImportError as exc:
@@ -116,22 +167,34 @@ class MerlinSource:
         self._q = libertem_qd_mpx
         self.name = f"merlin://{host}:{port}"
         self.timeout_s, self.cancel = float(timeout_s), cancel
+        if not self.timeout_s > 0:
+            raise ValueError(f"timeout {timeout_s!r} s must be > 0")
         self.calibration = Calibration()
+        probe(host, int(port), self.timeout_s, cancel)
         self._shm_dir = tempfile.mkdtemp(prefix="stemml-merlin-")
-        self.conn = libertem_qd_mpx.QdConnection(
-            data_host=host, data_port=int(port), frame_stack_size=16,
+        try:
+            self._connect(host, int(port), scan_shape)
+        except BaseException:
+            self.close()
+            raise
+
+    def _connect(self, host: str, port: int, scan_shape: tuple[int, int] | None) -> None:
+        q = self._q
+        self.conn = q.QdConnection(
+            data_host=host, data_port=port, frame_stack_size=16,
             shm_handle_path=os.path.join(self._shm_dir, "socket"), drain=False,
             recovery_strategy="immediate_reconnect", huge=False)
         self.conn.start_passive()
         t0 = time.monotonic()
         header = None
         while header is None:
-            if cancel is not None and cancel.is_set():
-                self.close()
+            if self.cancel is not None and self.cancel.is_set():
                 raise AcquisitionStalled(f"{self.name}: cancelled while waiting for the arm", 0)
-            header = self.conn.wait_for_arm(timeout=1.0)
+            try:
+                header = self.conn.wait_for_arm(timeout=min(1.0, self.timeout_s))
+            except Exception as exc:  # noqa: BLE001 - the receiver's own error types
+                raise _protocol_error(self.name, exc) from exc
             if header is None and time.monotonic() - t0 > self.timeout_s:
-                self.close()
                 raise AcquisitionStalled(
                     f"{self.name}: the detector was not armed within {self.timeout_s:g} s", 0)
         n = int(header.frames_in_acquisition())
@@ -139,13 +202,14 @@ class MerlinSource:
         if scan_shape is None and nav is not None and len(nav) == 2:
             scan_shape = tuple(int(v) for v in nav)
         if scan_shape is None:
-            raise ValueError(f"{self.name}: {n} frames; the header gives no scan shape, pass "
-                             "scan_shape=(ny, nx)")
+            raise ValueError(f"{self.name}: {n} frames; the header gives no scan shape: give it "
+                             "with --scan-shape NY NX")
         if scan_shape[0] * scan_shape[1] != n:
-            raise ValueError(f"{self.name}: {n} frames do not fill a {scan_shape} scan")
+            raise ValueError(f"{self.name}: {n} frames do not fill a {scan_shape[0]} x "
+                             f"{scan_shape[1]} scan (--scan-shape)")
         self.scan_shape = (int(scan_shape[0]), int(scan_shape[1]))
         self.detector_shape = tuple(int(v) for v in header.detector_shape())
-        self.cam = libertem_qd_mpx.CamClient(self.conn.get_socket_path())
+        self.cam = q.CamClient(self.conn.get_socket_path())
 
     def rows(self) -> Iterator[tuple[int, int, np.ndarray]]:
         ny, nx = self.scan_shape
@@ -160,7 +224,12 @@ class MerlinSource:
             while rows_out < ny:
                 if self.cancel is not None and self.cancel.is_set():
                     return
-                stack = self.conn.get_next_stack(max_size=nx - pending)
+                try:
+                    stack = self.conn.get_next_stack(max_size=nx - pending)
+                except Exception as exc:  # noqa: BLE001 - the receiver's own error types
+                    raise AcquisitionStalled(
+                        f"{self.name}: the stream broke after {rows_out} of {ny} scan rows "
+                        f"({_short(exc)})", rows_out) from exc
                 if stack is None or len(stack) == 0:
                     if time.monotonic() - last > self.timeout_s:
                         raise AcquisitionStalled(
@@ -187,9 +256,13 @@ class MerlinSource:
             self.close()
 
     def close(self) -> None:
+        """Close the receiver and remove its shared-memory folder."""
         for obj in (getattr(self, "cam", None), getattr(self, "conn", None)):
             if obj is not None:
                 try:
                     obj.close()
                 except Exception:  # noqa: BLE001 - closing twice
                     pass
+        folder = getattr(self, "_shm_dir", None)
+        if folder:
+            shutil.rmtree(folder, ignore_errors=True)

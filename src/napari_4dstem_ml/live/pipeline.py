@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from ..dataset import Calibration, Dataset4D
-from .source import AcquisitionStalled, RowSource
+from .rows import AcquisitionStalled, RowSource
 
 MaskFactory = Callable[[np.ndarray], np.ndarray]
 
@@ -94,6 +94,12 @@ class LivePipeline:
         self.images = {n: np.full((ny, nx), np.nan, np.float32) for n in names}
         self.rows_done = dict.fromkeys(names, 0)
         self.acquired = 0
+
+    @property
+    def messages(self) -> list[str]:
+        """What the domain check said of the data on the first rows, per model."""
+        return [f"warning: outside the training domain of {name}: {issue.message()}"
+                for name, lm in self.models.items() for issue in lm.issues]
 
     @property
     def model(self):
@@ -189,7 +195,8 @@ class _LiveModel:
     def warm_up(self, blank: np.ndarray) -> None:
         import torch
 
-        self.preprocessor.transform(blank)
+        if tuple(blank.shape[-2:]) == tuple(self.preprocessor.detector_shape):
+            self.preprocessor.transform(blank)  # else adapted on the first block, then used
         oy, ox = self.preprocessor.output_shape
         with torch.inference_mode():
             self.model.eval().predict_field(torch.zeros((self.k, self.k, oy, ox)))

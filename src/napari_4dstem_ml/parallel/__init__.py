@@ -1,4 +1,5 @@
-"""Running the heavy passes (virtual images, model inference) on a Dask distributed cluster.
+"""The executor: running the heavy passes on a Dask distributed cluster (what runs is the
+callers': virtual images here, the models' pass in :mod:`napari_4dstem_ml.predict.distributed`).
 
 ``Compute`` says where work runs: in this process (the default), on a ``LocalCluster`` of
 ``workers`` processes, or on an existing scheduler (``scheduler="tcp://host:port"``).
@@ -10,18 +11,18 @@ so no pattern passes through the client; the masks and the model are broadcast o
 its tasks), :mod:`.sink` the incremental writers of the result images.
 """
 
-from .cluster import Compute, ParallelError, SchedulerUnreachable, open_client
+from .cluster import ClusterError, Compute, ParallelError, SchedulerUnreachable, open_client
 from .data import DataSpec
-from .jobs import BlockEvent, find_centre, iter_predict, iter_virtual_image, subsample_mean_pattern
+from .jobs import BlockEvent, find_centre, iter_virtual_image, subsample_mean_pattern
 
 __all__ = [
     "BlockEvent",
+    "ClusterError",
     "Compute",
     "DataSpec",
     "ParallelError",
     "SchedulerUnreachable",
     "find_centre",
-    "iter_predict",
     "iter_virtual_image",
     "open_client",
     "subsample_mean_pattern",

@@ -107,7 +107,7 @@ def _open_cached(spec: DataSpec) -> Any:
     if spec.kind == "hdf5":
         import h5py
 
-        from ..io.hdf5 import ensure_filters
+        from ..io.filters import ensure_filters
 
         ensure_filters()
         f = h5py.File(path, "r")

@@ -126,3 +126,42 @@ def image_sink(path: str | Path, shape: tuple[int, int], pixel_size_A: float | N
         except BaseException:
             sink.abort()
             raise
+
+
+def encode_result(tmp: Path, image: np.ndarray, suffix: str, pixel_size_A: float | None = None,
+                  metadata: dict | None = None, shown: str | None = None) -> None:
+    """Write the whole 2D ``image`` to ``tmp`` in any :data:`SINK_SUFFIXES` format (TIFF,
+    ``.npy`` and PNG through :func:`~napari_4dstem_ml.export.encode_image`, with
+    ``metadata``; HDF5 and Zarr as :class:`ImageSink` writes them)."""
+    from ..export import IMAGE_SUFFIXES, encode_image
+
+    suffix = suffix.lower()
+    if suffix in IMAGE_SUFFIXES:
+        encode_image(tmp, image, suffix, pixel_size_A, metadata)
+        return
+    sink = ImageSink(tmp, suffix, image.shape, pixel_size_A, shown=shown)
+    try:
+        sink.write(0, image.shape[0], image)
+        sink.close(f"output {shown or tmp}")
+    except BaseException:
+        sink.abort()
+        raise
+
+
+def write_results(items: list[tuple], *, overwrite: bool = False,
+                  inputs: Iterable[str | Path | None] = ()) -> list[Path]:
+    """Write several result images as one (:func:`~napari_4dstem_ml.export.output_files`):
+    ``items`` are ``(path, image, pixel_size_A, metadata)`` in any :data:`SINK_SUFFIXES`
+    format. Every path (also against the others) and every image (no all-NaN or all-zero
+    image) is checked before anything is written; all appear, or none."""
+    from ..export import OutputPlan, output_files
+
+    inputs = tuple(inputs)
+    plan = OutputPlan(inputs=inputs, overwrite=overwrite)
+    targets = [plan.add(it[0], "output", suffixes=SINK_SUFFIXES) for it in items]
+    images = [check_image(it[1], f"output {it[0]}") for it in items]
+    with output_files([it[0] for it in items], overwrite=overwrite, inputs=inputs) as tmps:
+        for it, target, image, tmp in zip(items, targets, images, tmps):
+            with writing(it[0]):
+                encode_result(tmp, image, target.suffix, it[2], it[3], shown=str(it[0]))
+    return targets

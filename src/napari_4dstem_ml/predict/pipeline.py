@@ -17,7 +17,6 @@ same :func:`prepare` on its first rows) only adapt it: none restates a step.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Generator
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +25,7 @@ import numpy as np
 
 from ..dataset import Dataset4D
 from .events import Message, PredictEvent, PredictionError, Reconstruction
+from .local import model_pass
 from .sample import SAMPLE_PATTERNS, PatternSample
 
 __all__ = ["Prepared", "ReconstructionReport", "Reconstructor", "check_image", "domain_issues",
@@ -104,17 +104,19 @@ class Reconstructor:
 
     ``loaded``: a :class:`~..training.checkpoint.LoadedModel` (model, preprocessor and the
     checkpoint's description with its training domain). ``compute``/``client``: where the
-    model runs (:class:`~..parallel.Compute`; ``None``: in this process). ``baselines``: also
+    model runs (:class:`~..parallel.Compute`; ``None``: in this process; ``rows_per_task``:
+    scan rows per task on a cluster). ``baselines``: also
     compute iCoM and the ADF annulus the detector holds. ``device``: move the model there
     first (``"auto"``: CUDA when available).
     """
 
     def __init__(self, loaded: Any, dataset: Dataset4D, *, compute: Any = None, client: Any = None,
                  baselines: bool = False, tile_rows: int | None = None,
-                 device: Any = None) -> None:
+                 device: Any = None, rows_per_task: int | None = None) -> None:
         self.loaded, self.dataset = loaded, dataset
         self.compute, self.client = compute, client
         self.baselines, self.tile_rows, self.device = baselines, tile_rows, device
+        self.rows_per_task = rows_per_task
         self._prepared: Prepared | None = None
 
     @property
@@ -123,16 +125,19 @@ class Reconstructor:
 
     @property
     def where(self) -> str:
+        what = "in process" if self.compute is None else self.compute.describe()
         if self.client is not None:
-            return f"Dask cluster at {getattr(self.client.scheduler, 'address', '?')}"
-        return "in process" if self.compute is None else self.compute.describe()
+            address = getattr(self.client.scheduler, "address", "?")
+            return f"on the Dask cluster at {address}" + (
+                "" if self.compute is None else f" ({what})")
+        return what
 
     def prepare(self) -> Prepared:
         """The sample, the domain check and the adapted preprocessor (done once)."""
         if self._prepared is None:
             sample = None
             if self.distributed and self.client is not None:
-                from ..parallel.jobs import sample_on_workers
+                from .distributed import sample_on_workers
 
                 sample = sample_on_workers(self.dataset, SAMPLE_PATTERNS, client=self.client)
             self._prepared = prepare(self.loaded, self.dataset, sample)
@@ -141,14 +146,27 @@ class Reconstructor:
     def run(self) -> Generator[Message | PredictEvent, None, ReconstructionReport]:
         """Domain check (a :class:`Message` per issue), then the model's pass (its
         :class:`~.events.PredictEvent` s), then, with ``baselines``, iCoM and ADF. An image
-        that is NaN/inf or zero everywhere is garbage: :class:`PredictionError`."""
+        that is NaN/inf or zero everywhere is garbage: :class:`PredictionError`. With a
+        cluster to start, it is started first: the workers read the sample too."""
+        if self.distributed and self.client is None:
+            from ..parallel import open_client
+
+            with open_client(self.compute) as client:
+                self.client = client
+                try:
+                    return (yield from self._run())
+                finally:
+                    self.client = None
+        return (yield from self._run())
+
+    def _run(self) -> Generator[Message | PredictEvent, None, ReconstructionReport]:
         prep = self.prepare()
         for issue in prep.issues:
             yield Message(f"warning: outside the model's training domain: {issue.message()}")
         if self.distributed:
             rec = yield from self._distributed(prep)
         else:
-            rec = yield from _in_process(self.loaded.model, prep.preprocessor, self.dataset,
+            rec = yield from model_pass(self.loaded.model, prep.preprocessor, self.dataset,
                                          tile_rows=self.tile_rows, device=self.device)
         check_image(rec.image, self.dataset)
         report = ReconstructionReport(rec.image, rec.uncertainty, prep.issues, prep.signature,
@@ -161,21 +179,12 @@ class Reconstructor:
         return report
 
     def _distributed(self, prep: Prepared):
-        from ..parallel import open_client
-        from ..parallel.jobs import iter_predict_prepared
+        from .distributed import iter_predict_prepared
 
-        if self.client is not None:
-            return (yield from iter_predict_prepared(self.loaded.model, prep.preprocessor,
-                                                     self.dataset, client=self.client,
-                                                     compute=self.compute))
-        with open_client(self.compute) as client:
-            self.client = client
-            try:
-                return (yield from iter_predict_prepared(self.loaded.model, prep.preprocessor,
-                                                         self.dataset, client=client,
-                                                         compute=self.compute))
-            finally:
-                self.client = None
+        return (yield from iter_predict_prepared(self.loaded.model, prep.preprocessor,
+                                                 self.dataset, client=self.client,
+                                                 compute=self.compute,
+                                                 rows_per_task=self.rows_per_task))
 
 
 def check_image(image: np.ndarray, dataset: Dataset4D) -> None:
@@ -186,47 +195,6 @@ def check_image(image: np.ndarray, dataset: Dataset4D) -> None:
         what = "NaN/inf" if not finite.any() else "zero"
         raise PredictionError(f"{dataset.source or 'the data set'}: the prediction is {what} "
                               "everywhere (the data or the model hold no usable values)")
-
-
-def _in_process(model, pre, dataset: Dataset4D, *, tile_rows: int | None = None,
-                device: Any = None) -> Generator[PredictEvent, None, Reconstruction]:
-    """The model's pass in this process, with ``pre`` already adapted to ``dataset``: the
-    linear model as one virtual-image pass, anything else tile by tile (on the data's scan
-    grid, or on the model's when the preprocessing resamples the scan)."""
-    from ..training.clusters import PatternSource
-    from .fields import is_ensemble, iter_predict_source, resolve_device
-    from .linear import iter_predict_linear, linear_on_raw_detector
-
-    if device is not None:
-        model.to(resolve_device(device))
-    ens = is_ensemble(model)
-    if linear_on_raw_detector(model, pre, dataset):
-        return (yield from iter_predict_linear(model, pre, dataset))
-    source = PatternSource(dataset, pre, cache_budget_bytes=0)
-    unc = np.full(source.scan_shape, np.nan, np.float32) if ens else None
-    if source.grid is None:
-        image = yield from iter_predict_source(model, source, tile_rows=tile_rows, uncertainty=unc)
-        return Reconstruction(image, unc)
-    shown = np.full(dataset.scan_shape, np.nan, np.float32)
-    shown_unc = np.full(dataset.scan_shape, np.nan, np.float32) if ens else None
-    t0 = time.perf_counter()
-    gen = iter_predict_source(model, source, tile_rows=tile_rows, uncertainty=unc)
-    while True:
-        try:
-            ev = next(gen)
-        except StopIteration as stop:
-            on_model_grid = stop.value
-            break
-        rows = min(dataset.scan_shape[0], int(ev.rows_done * source.grid.factor[0]))
-        if ev.rows_done < ev.rows_total:
-            yield PredictEvent(rows, dataset.scan_shape[0], shown, time.perf_counter() - t0,
-                               shown_unc)
-    shown[:] = source.grid.to_data(on_model_grid)
-    if ens:
-        shown_unc[:] = np.clip(source.grid.to_data(unc), 0, None)
-    ny = dataset.scan_shape[0]
-    yield PredictEvent(ny, ny, shown, time.perf_counter() - t0, shown_unc)
-    return Reconstruction(shown, shown_unc)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -240,7 +208,7 @@ def iter_reconstruct(model, preprocessor, dataset: Dataset4D, *, tile_rows: int 
     (image in label units and, for an ensemble, its uncertainty). An image that is NaN/inf or
     zero everywhere raises :class:`PredictionError`. ``device``: move the model there first."""
     pre = preprocessor.adapt(dataset)
-    rec = yield from _in_process(model, pre, dataset, tile_rows=tile_rows, device=device)
+    rec = yield from model_pass(model, pre, dataset, tile_rows=tile_rows, device=device)
     check_image(rec.image, dataset)
     return rec
 

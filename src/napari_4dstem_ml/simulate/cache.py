@@ -2,14 +2,15 @@
 
 ``<out>.parts/<digest>/`` holds ``config.json`` and one ``<name>.npz`` per finished chunk;
 the digest covers every parameter that changes the cached arrays, so a rerun with the same
-parameters resumes and a changed one starts afresh. Chunks are written atomically (a
-temporary file renamed), so a killed run never leaves a truncated chunk behind.
+parameters resumes and a changed one starts afresh. Chunks and ``config.json`` are written
+through the package's one writing path (:func:`napari_4dstem_ml.export.output_file`: a hidden
+temporary beside the target, fsynced, then put in place), so a killed run never leaves a
+truncated chunk behind, and its temporaries are cleaned up by the next write.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,9 @@ class PartsCache:
         self.dir = self.root / digest
         self.dir.mkdir(parents=True, exist_ok=True)
         if config is not None:
-            (self.dir / "config.json").write_text(json.dumps(config, indent=1))
+            from ..export import write_text
+
+            write_text(self.dir / "config.json", json.dumps(config, indent=1), overwrite=True)
 
     def path(self, name: str) -> Path:
         return self.dir / f"{name}.npz"
@@ -40,11 +43,12 @@ class PartsCache:
             return {k: z[k] for k in z.files}
 
     def save(self, name: str, **arrays: np.ndarray) -> None:
+        """Store chunk ``name`` (complete, or not at all)."""
+        from ..export import output_file, writing
+
         p = self.path(name)
-        tmp = p.with_name(p.name + ".tmp")
-        with open(tmp, "wb") as f:
+        with output_file(p, overwrite=True) as tmp, writing(p), open(tmp, "xb") as f:
             np.savez(f, **arrays)
-        os.replace(tmp, p)
 
     def remove(self) -> None:
         """Delete this simulation's chunks (and the ``.parts`` folder when it is empty)."""

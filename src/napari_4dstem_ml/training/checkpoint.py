@@ -10,7 +10,15 @@ Saving goes through :func:`napari_4dstem_ml.export.output_file`: a temporary fil
 target, fsynced, then linked into place only if the target is still absent (replaced only with
 ``overwrite=True``); a failed or killed save leaves the old file intact. A model with
 non-finite weights is never saved. Loading validates the description against sane limits
-(:data:`LIMITS`) before building anything, and the stored weights against the description.
+(:data:`LIMITS`) before building anything, and the stored weights against the description:
+their names and shapes against those the description implies (:func:`expected_state_shapes`,
+worked out without allocating the model; every member of an ensemble alike) *before* the model
+is built, so a small file cannot make the loader allocate a large model; the archive itself
+must hold its tensors uncompressed, as ``torch.save`` writes them (no zip bomb).
+
+(a training run's ``--init`` is resolved by :func:`napari_4dstem_ml.base_model.initial_model`)
+and refuses a model of another kind than the one being trained (a CNN, or an ensemble of
+CNNs, given to ``--model linear``) before any work.
 """
 
 from __future__ import annotations
@@ -26,7 +34,8 @@ from typing import Any
 
 from ..preprocess import Preprocessor
 
-__all__ = ["FORMAT", "LIMITS", "VERSION", "CheckpointError", "LoadedModel", "load_checkpoint",
+__all__ = ["FORMAT", "LIMITS", "VERSION", "CheckpointError", "LoadedModel",
+           "expected_state_shapes", "load_checkpoint", "model_kind",
            "save_checkpoint"]
 
 FORMAT = "napari-4dstem-ml-checkpoint"
@@ -179,6 +188,7 @@ def load_checkpoint(path: str | os.PathLike, *, device: Any = "cpu") -> LoadedMo
     if magic != b"PK\x03\x04":  # torch.save's zip format, which save_checkpoint writes
         raise CheckpointError(f"{path} is not a napari-4dstem-ml checkpoint (not a readable "
                               "torch file: no zip signature)")
+    _check_archive(path, st.st_size)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except MemoryError as e:
@@ -219,6 +229,7 @@ def load_checkpoint(path: str | os.PathLike, *, device: Any = "cpu") -> LoadedMo
     except (KeyError, TypeError, ValueError, AttributeError, RecursionError) as e:
         raise CheckpointError(f"{path}: incomplete or invalid description ({e!r})") from e
     check_description(model_config, pre, path)
+    _check_shapes_before_build(model_config, tuple(pre.output_shape), state, path)
     try:
         model = build_model(model_config, tuple(pre.output_shape))
     except (RuntimeError, ValueError, TypeError, MemoryError) as e:
@@ -316,6 +327,82 @@ def _check_state(model: Any, state: dict, path: Path) -> None:
     if bad:
         raise CheckpointError(f"{path}: corrupt checkpoint: {', '.join(bad[:4])} hold NaN/inf "
                               "values")
+
+
+def _check_archive(path: Path, size: int) -> None:
+    """The zip archive holds its entries uncompressed (as ``torch.save`` writes them) and no
+    more bytes than the file: nothing in it can unpack into more memory than it occupies."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            entries = z.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
+        raise CheckpointError(f"{path} is not a napari-4dstem-ml checkpoint (not a readable "
+                              f"torch file: truncated or corrupt archive: {e})") from e
+    packed = [i.filename for i in entries
+              if i.compress_type != zipfile.ZIP_STORED or i.file_size != i.compress_size]
+    if packed:
+        raise CheckpointError(f"{path} is not a napari-4dstem-ml checkpoint (compressed archive "
+                              f"entries, e.g. {packed[0]!r}; torch.save stores them uncompressed)")
+    if sum(i.file_size for i in entries) > size:
+        raise CheckpointError(f"{path}: corrupt checkpoint (its archive claims more bytes than "
+                              "the file holds)")
+
+
+def model_kind(model_config: Any) -> str:
+    """"linear" or "conv4d": the kind of a model, or of an ensemble's members."""
+    return getattr(getattr(model_config, "member", model_config), "kind", "unknown")
+
+
+def expected_state_shapes(model_config: Any, grid: tuple[int, int]) -> dict[str, tuple]:
+    """The ``state_dict`` names and shapes that ``build_model(model_config, grid)`` gives,
+    worked out without allocating the model (the CNN built on PyTorch's ``meta`` device, the
+    linear model's tables from its formulas; an ensemble's members alike)."""
+    import torch
+
+    size = getattr(model_config, "size", None)
+    member = getattr(model_config, "member", model_config)
+    ky, kx = (int(n) for n in grid)
+    if member.kind == "linear":
+        from ..models.linear import cluster_distance_groups
+
+        k = int(member.cluster_size)
+        n_groups = len(cluster_distance_groups(k)[1])
+        bins = int(member.n_radial_bins)
+        one = {"group_index": (k, k), "cluster_r2": (n_groups,), "interp": (ky * kx, bins),
+               "r_nodes": (bins,), "w": (n_groups,), "m": (bins,), "bias": ()}
+    else:
+        from ..models import build_model
+
+        with torch.device("meta"):
+            net = build_model(member, (ky, kx))
+        one = {n: tuple(t.shape) for n, t in net.state_dict().items()}
+    if size is None:
+        return one
+    return {f"members.{i}.{n}": shape for i in range(int(size)) for n, shape in one.items()}
+
+
+def _check_shapes_before_build(model_config: Any, grid: tuple[int, int], state: dict,
+                               path: Path) -> None:
+    """The stored tensors have the names and shapes the description implies: checked before
+    the model is built, so that building allocates no more than the file holds."""
+    try:
+        expected = expected_state_shapes(model_config, grid)
+    except (RuntimeError, ValueError, TypeError, NotImplementedError) as e:
+        raise CheckpointError(f"{path}: the stored model description cannot be built ({e})") from e
+    got = {k: tuple(v.shape) for k, v in state.items()}
+    if got == expected:
+        return
+    missing = sorted(set(expected) - set(got))
+    extra = sorted(set(got) - set(expected))
+    if missing or extra:
+        detail = f"missing {missing[:4]}, unexpected {extra[:4]}"
+    else:
+        name = next(n for n in expected if expected[n] != got[n])
+        detail = f"{name}: shape {got[name]}, expected {expected[name]}"
+    raise CheckpointError(
+        f"{path}: the stored weights do not fit the stored model description ({detail})")
 
 
 def _load_failure_reason(e: BaseException) -> str:
