@@ -279,8 +279,8 @@ class CompareWidget(QWidget):
         return worker
 
     def _on_finished(self) -> None:
-        self.session.flush_deferred()  # the grid and the baselines shown
-        self.worker = None
+        # done once the grid and the baselines are shown (one update per event-loop turn)
+        self.session.after_deferred(lambda: setattr(self, "worker", None))
 
     def _on_registered(self, item) -> None:
         if getattr(self, "_closed", False):
@@ -338,13 +338,13 @@ class CompareWidget(QWidget):
         panel labelled with its layer name. Done in steps on successive event-loop turns
         (:meth:`Session.defer`): each redraws the window once, so none holds the GUI long."""
         viewer = self.viewer
-        self.session.flush_deferred()  # visibility changes still pending: applied first
-        if self._saved_visibility is None:
-            self._saved_visibility = {layer.name: layer.visible for layer in viewer.layers}
-            self._saved_order = [layer.name for layer in viewer.layers]
         self.compared_layers = list(layers)
 
         def hide_others():
+            # the state to restore, taken after the visibility changes queued before
+            if self._saved_visibility is None:
+                self._saved_visibility = {layer.name: layer.visible for layer in viewer.layers}
+                self._saved_order = [layer.name for layer in viewer.layers]
             for layer in viewer.layers:
                 if layer not in layers:
                     layer.visible = False

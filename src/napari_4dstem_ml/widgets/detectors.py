@@ -731,9 +731,11 @@ class DetectorsWidget(QWidget):
         return worker
 
     def _on_finished(self) -> None:
+        self.session.after_deferred(self._done)  # once its images are shown
+
+    def _done(self) -> None:
         self.worker = None
-        self.session.flush_deferred()
-        if self._pending:
+        if self._pending and not getattr(self, "_closed", False):
             self._pending = False
             self.recompute()
 

@@ -393,7 +393,9 @@ class LiveWidget(QWidget):
     def _on_finished(self) -> None:
         if self._pending is not None and not getattr(self, "_closed", False):
             self._draw(self._pending)
-        self.session.flush_deferred()
+        self.session.after_deferred(self._done)  # once the last rows are shown
+
+    def _done(self) -> None:
         self.worker = None
         self.start_button.setEnabled(True)
         self.stop_button.setEnabled(False)

@@ -495,6 +495,12 @@ class Session:
             # OpenGL on a busy machine draws slowly: updates are spaced out, not queued up)
             self._defer_timer.start(int(min(500, max(DEFER_MS, 2000 * took))))
 
+    def after_deferred(self, fn) -> None:
+        """Run ``fn()`` once every update deferred so far has run (a worker's end: its
+        results are all shown before the widget says it is done), still one per turn."""
+        self._after_count = getattr(self, "_after_count", 0) + 1
+        self.defer(("after", self._after_count), fn)
+
     def flush_deferred(self) -> None:
         """Run every pending deferred update now (a worker finished: its results shown)."""
         self._defer_timer.stop()
@@ -682,6 +688,8 @@ def drop_session(viewer: napari.Viewer) -> None:
     """Forget the session of ``viewer`` (called when the viewer closes)."""
     s = _SESSIONS.pop(id(unwrap(viewer)), None)
     if s is not None:
+        s._defer_timer.stop()  # nothing more is drawn into a closing window
+        s._deferred.clear()
         if s.viewer is not None:
             s.viewer.layers.events.inserted.disconnect(s._on_inserted)
         s.diffraction.layers.clear()

@@ -723,7 +723,10 @@ class TrainingWidget(QWidget):
             self.worker.quit()
 
     def _on_finished(self) -> None:
-        self.session.flush_deferred()  # the run's last preview and learned views shown
+        # done once the run's last preview and learned views are shown
+        self.session.after_deferred(self._done)
+
+    def _done(self) -> None:
         self.worker = None
         self._timer.stop()
         self.start_button.setEnabled(True)
@@ -1101,9 +1104,8 @@ class TrainingWidget(QWidget):
 
         worker.yielded.connect(on_event)
         worker.returned.connect(on_return)
-        def on_finished():
-            self.session.flush_deferred()
-            self.apply_worker = None
+        def on_finished():  # done once the last rows are shown
+            self.session.after_deferred(lambda: setattr(self, "apply_worker", None))
 
         worker.finished.connect(on_finished)
         self.apply_worker = worker
