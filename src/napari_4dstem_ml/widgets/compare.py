@@ -353,10 +353,12 @@ class CompareWidget(QWidget):
             # napari's grid fills cells in layer-list order: the compared layers first
             viewer.layers.move_multiple([viewer.layers.index(layer) for layer in layers], 0)
 
-        def show():
-            for layer in layers:
+        def show(layer):
+            if layer in viewer.layers:
                 layer.visible = True
                 layer.name_overlay.visible = True
+
+        def grid_on():
             grid = viewer.canvas.grid if hasattr(viewer, "canvas") else viewer.grid
             grid.stride = 1
             grid.spacing = 0.04
@@ -364,7 +366,8 @@ class CompareWidget(QWidget):
             self.fit_grid()
             self.grid_button.setEnabled(True)
 
-        for i, step in enumerate((hide_others, order, show)):
+        steps = [hide_others, order, *(lambda lay=lay: show(lay) for lay in layers), grid_on]
+        for i, step in enumerate(steps):
             self.session.defer(("compare grid", i), step)
 
     def fit_grid(self) -> None:
