@@ -71,15 +71,13 @@ def test_region_drawn_as_rectangle_is_trained_on(make_napari_viewer, qtbot):
     widget.kind_box.setCurrentText("linear")
     widget.start_box.setCurrentText("scratch")  # a tiny model of its own
     widget.cluster.setValue(3)
-    layer = widget.show_regions()
-    regions = list(layer.features["region"])
+    layers = widget.show_regions()
+    assert [layer.name for layer in layers.values()] == ["training region: train",
+                                                         "validation region: train"]
     # the user drags the training rectangle to rows 3..11, columns 2..13 and the
     # validation one to rows 12..17 (boxes drawn with a little slack inside pixel edges)
-    data = [np.asarray(d) for d in layer.data]
-    data[regions.index("train")] = corners_of((3, 12, 2, 14)) + np.array([0.3, 0.2])
-    data[regions.index("validation")] = corners_of((12, 18, 0, 16))
-    layer.data = data
-    layer.features = {"region": regions}
+    layers["train"].data = [corners_of((3, 12, 2, 14)) + np.array([0.3, 0.2])]
+    layers["validation"].data = [corners_of((12, 18, 0, 16))]
     worker = widget.start()
     assert worker is not None
     qtbot.waitUntil(lambda: widget.worker is None, timeout=60000)
@@ -109,7 +107,7 @@ def test_loss_curve_gets_one_point_per_epoch_and_progress_is_determinate(
         lambda ev: steps.append(ev) if type(ev).__name__ == "StepEvent" else None
     )
     qtbot.waitUntil(lambda: widget.worker is None, timeout=120000)
-    assert widget.curves.epochs == [0, 1, 2]
+    assert widget.curves.epochs == [1, 2, 3]  # counted from 1, as the progress bar does
     np.testing.assert_allclose(widget.curves.train, [e.train_loss for e in widget.history])
     np.testing.assert_allclose(widget.curves.val, [e.val_loss for e in widget.history])
     # a total is known from the first step on: the bar is determinate
@@ -196,6 +194,7 @@ def test_compare_builds_grid_and_table_equal_to_core(make_napari_viewer, qtbot, 
     viewer.add_image(np.zeros((5, 5)), name="unrelated")
     widget = CompareWidget(viewer)
     widget.dataset_box.setCurrentText("d")
+    order_before = [layer.name for layer in viewer.layers]
     assert widget.region_box.currentText() == "validation region"
     widget.compare()
     qtbot.waitUntil(lambda: widget.worker is None, timeout=30000)
@@ -242,9 +241,24 @@ def test_compare_builds_grid_and_table_equal_to_core(make_napari_viewer, qtbot, 
     assert float(rows[2][2]) == table.row("linear").pearson_r
     png = widget.save_figure(tmp_path / "figure.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    before = png.read_bytes()
+    assert widget.save_figure(tmp_path / "figure.png") is None  # never over a file unasked
+    assert png.read_bytes() == before
+    from napari_4dstem_ml.figure import scale_bar_length
+
+    width = 48 * syn.dataset.scale()[1]  # the scale bar: a round length near a quarter
+    assert scale_bar_length(width) in (0.5, 1, 2, 5, 10, 20)
+    assert 0.1 * width < scale_bar_length(width) <= 0.25 * width
+    order_in_grid = [layer.name for layer in viewer.layers]
     widget.exit_grid()
     assert not viewer.canvas.grid.enabled
     assert viewer.layers["unrelated"].visible
+    # the layers' order as it was before Compare (the baseline made since sits above them;
+    # the cross-hair stays on top, as always)
+    after = [layer.name for layer in viewer.layers if layer.name != "scan position"]
+    before = [n for n in order_before if n != "scan position"]
+    assert [n for n in after if n in before] == before
+    assert order_in_grid[:len(before)] != before
 
 
 def test_checkpoint_opened_on_viewer_can_be_applied(make_napari_viewer, qtbot, tmp_path):
@@ -271,8 +285,10 @@ def test_checkpoint_opened_on_viewer_can_be_applied(make_napari_viewer, qtbot, t
     )
     assert "model.pt" in widget.session.models
     assert [layer.name for layer in viewer.layers] == ["scan position"]  # a model is no layer
+    # the same file opened again is the same model: listed once
     assert viewer.open(str(path), plugin="napari-4dstem-ml") == []
-    assert "model.pt [2]" in widget.session.models
+    assert list(widget.session.models) == ["model.pt"]
+    assert widget.model_list.count() == 1
     widget.select_model("model.pt")
     assert widget.model_list.currentItem().text() == "model.pt"
     assert "linear model, cluster K = 3" in widget.model_info.toPlainText()
@@ -548,3 +564,57 @@ def test_settings_round_trip(make_napari_viewer, monkeypatch, tmp_path):
     w2.kind_box.setCurrentText("conv4d")
     assert w2.epochs.value() == 7
     assert not math.isnan(w2.lr.value())
+
+
+def test_a_new_rectangle_replaces_only_its_own_region(make_napari_viewer, qtbot):
+    """A rectangle drawn in the validation region's layer replaces the old validation region
+    (and the dock says so); one drawn in any other layer never becomes a region."""
+    from napari_4dstem_ml.widgets.regions import corners_of, split_for
+
+    syn = _synthetic((16, 16))
+    viewer = make_napari_viewer()
+    widget = _training_widget(viewer, syn)
+    layers = widget.show_regions()
+    default = split_for(widget.session, "train")
+    assert (default.train, default.val) == ((0, 8, 0, 16), (8, 16, 0, 16))
+    other = viewer.add_shapes(name="my drawing")
+    other.add_rectangles([corners_of((0, 4, 0, 4))])
+    qtbot.wait(50)
+    split = split_for(widget.session, "train")
+    assert (split.train, split.val) == (default.train, default.val)
+    layers["validation"].add_rectangles([corners_of((10, 16, 4, 12))])
+    qtbot.waitUntil(lambda: len(layers["validation"].data) == 1, timeout=5000)
+    split = split_for(widget.session, "train")
+    assert split.val == (10, 16, 4, 12) and split.train == (0, 8, 0, 16)
+    assert "validation region" in widget.readout.text()
+    assert "validate 48 positions" in widget.regions_label.text()
+
+
+def test_compare_says_what_the_reference_is(make_napari_viewer, qtbot):
+    """A label that is a low-passed simulated potential (PrScO3's) is called that in the
+    table and the status line, not 'ptychography'; the sample's layer name says it too."""
+    from napari_4dstem_ml.widgets.compare import CompareWidget
+    from napari_4dstem_ml.widgets.naming import label_kind, label_title
+    from napari_4dstem_ml.widgets.session import session_for
+
+    prsco3 = ("exact object phase sigma * projected potential of the static lattice, Gaussian "
+              "low-pass with 10% transfer at 0.4 A, on its own 0.1 A grid")
+    assert label_kind(prsco3) == "low-passed potential"
+    assert label_kind("py4DSTEM 0.14.18 ptychography: single-slice") == "ptychography"
+    assert label_title(None) == "label"
+    syn = _synthetic((32, 32))
+    viewer = make_napari_viewer()
+    s = session_for(viewer)
+    s.add_dataset("d", syn.dataset)
+    rng = np.random.default_rng(0)
+    s.show_scan_image("ADF", np.asarray(syn.label + rng.normal(0, 0.3, syn.label.shape),
+                                        np.float32), dataset="d", role="adf")
+    s.show_scan_image("the label", np.asarray(syn.label, np.float32), dataset="d",
+                      role="label", metadata={"label_method": prsco3})
+    widget = CompareWidget(viewer)
+    widget.dataset_box.setCurrentText("d")
+    widget.compare()
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=30000)
+    assert widget.table_result.reference == "the label"
+    assert "(label (low-passed potential))" in widget.status.text()
+    assert "ptychography" not in widget.status.text()

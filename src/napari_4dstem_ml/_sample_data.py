@@ -48,6 +48,7 @@ def sample_layers(key: str) -> list[tuple]:
     from .dataset import napari_unit
     from .display import robust_limits
     from .samples import SAMPLES, load_sample
+    from .widgets.naming import label_title
 
     s = load_sample(key)
     ds = s.dataset
@@ -90,7 +91,8 @@ def sample_layers(key: str) -> list[tuple]:
         (
             s.label,
             {
-                "name": f"{title} label ({s.label_method.split(':')[0][:32]})",
+                # what the label is (ptychography, low-passed potential, …): every view says it
+                "name": f"{title} {label_title(s.label_method)}",
                 "colormap": "gray",
                 "scale": (px, px),
                 "translate": tuple(s.label_origin_A),

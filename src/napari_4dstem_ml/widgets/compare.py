@@ -21,7 +21,6 @@ from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
     QAbstractItemView,
     QComboBox,
-    QFileDialog,
     QFormLayout,
     QHBoxLayout,
     QHeaderView,
@@ -29,11 +28,13 @@ from qtpy.QtWidgets import (
     QPushButton,
     QTableWidget,
     QTableWidgetItem,
-    QVBoxLayout,
     QWidget,
 )
 
-from ..comparison import ROLES, MethodImage
+from ..comparison import ROLE_TITLES, ROLES, MethodImage
+from .dialogs import save_file
+from .layout import scrolling_layout, settle
+from .naming import label_title, registered_name
 from .regions import validation_rect
 from .session import (
     Session,
@@ -86,6 +87,8 @@ def compare_job(images, reference, region, pixel_size, unit, to_register=None, b
 class CompareWidget(QWidget):
     """Dock widget: data set, region; Compare builds the grid and the metrics table."""
 
+    TAB_TITLE = "Compare"
+
     def __init__(self, napari_viewer: napari.Viewer, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.viewer = napari_viewer
@@ -95,6 +98,8 @@ class CompareWidget(QWidget):
         self.images: list[MethodImage] = []
         self.compared_layers: list = []
         self._saved_visibility: dict[str, bool] | None = None
+        self._saved_order: list[str] | None = None
+        self._label_methods: dict[str, str | None] = {}
 
         self.dataset_box = QComboBox()
         self.region_box = QComboBox()
@@ -126,7 +131,7 @@ class CompareWidget(QWidget):
         export = QHBoxLayout()
         export.addWidget(self.csv_button)
         export.addWidget(self.png_button)
-        layout = QVBoxLayout(self)
+        layout = scrolling_layout(self)
         layout.addLayout(form)
         layout.addLayout(buttons)
         layout.addWidget(self.table, stretch=1)
@@ -143,6 +148,7 @@ class CompareWidget(QWidget):
         on_viewer_close(napari_viewer, self.teardown)
         compact_widget(self)
         self.setMaximumWidth(720)
+        settle(self)
         self._refresh()
 
     def teardown(self) -> None:
@@ -194,14 +200,23 @@ class CompareWidget(QWidget):
                     continue
                 pixel = layer.metadata.get("label_pixel_size_A") or float(layer.scale[-1])
                 key = (f"{fingerprint(data)}:{pixel:.6g}", dataset)
-                return key, ds, data, pixel, f"label on scan grid: {dataset}"
+                method = layer.metadata.get("label_method")
+                self._label_methods[dataset] = method
+                return key, ds, data, pixel, registered_name(dataset, method)
         return None
+
+    def kind_of(self, name: str, role: str) -> str:
+        """What an image is, for the table and the status line: a label says its kind
+        ("label (ptychography)", "label (low-passed potential)", …)."""
+        layer = self.viewer.layers[name] if name in self.viewer.layers else None
+        if role == "label":
+            method = layer.metadata.get("label_method") if layer is not None else None
+            return label_title(method)
+        return ROLE_TITLES.get(role, role)
 
     # -- comparing -------------------------------------------------------------------
     def compare(self):
         """Gather the data set's images, score them (worker), then show grid and table."""
-        from .training import registered_name
-
         name = self.dataset_box.currentText()
         if name not in self.session.datasets:
             show_error("choose a 4D data set first")
@@ -214,9 +229,11 @@ class CompareWidget(QWidget):
         to_register = self._label_to_register(name, roles)
         if to_register is not None and to_register[0] in self.session.registrations:
             reg = self.session.registrations[to_register[0]]
+            method = self._label_methods.get(name)
             layers.append(
                 self.session.show_scan_image(
-                    registered_name(name), reg.image, dataset=name, role="label"
+                    registered_name(name, method), reg.image, dataset=name, role="label",
+                    metadata={"label_method": method} if method else None,
                 )
             )
             to_register = None
@@ -253,7 +270,7 @@ class CompareWidget(QWidget):
         self._dataset = name
         worker.yielded.connect(self._on_registered)
         worker.returned.connect(self._on_table)
-        worker.finished.connect(lambda: setattr(self, "worker", None))
+        worker.finished.connect(self._on_finished)
         self.worker = worker
         self.status.setText(
             "registering the label, then comparing…" if to_register else "comparing…"
@@ -261,9 +278,11 @@ class CompareWidget(QWidget):
         worker.start()
         return worker
 
-    def _on_registered(self, item) -> None:
-        from .training import registered_name
+    def _on_finished(self) -> None:
+        # done once the grid and the baselines are shown (one update per event-loop turn)
+        self.session.after_deferred(lambda: setattr(self, "worker", None))
 
+    def _on_registered(self, item) -> None:
         if getattr(self, "_closed", False):
             return
         if item[0] == "baselines":
@@ -277,8 +296,10 @@ class CompareWidget(QWidget):
             return
         _, key, reg = item
         self.session.registrations[key] = reg
+        method = self._label_methods.get(key[1])
         self.session.show_scan_image(
-            registered_name(key[1]), reg.image, dataset=key[1], role="label", visible=False
+            registered_name(key[1], method), reg.image, dataset=key[1], role="label",
+            visible=False, metadata={"label_method": method} if method else None,
         )
 
     def _on_table(self, table) -> None:
@@ -291,9 +312,10 @@ class CompareWidget(QWidget):
         self.fill_table(table)
         self.show_grid(layers)
         y0, y1, x0, x1 = table.region
+        kind = self.kind_of(table.reference, table.reference_role)
         self.status.setText(
-            f"against {table.reference} over rows {y0}–{y1 - 1}, columns {x0}–{x1 - 1}; "
-            f"FRC in {table.unit}"
+            f"against {table.reference} ({kind}) over rows {y0}–{y1 - 1}, columns "
+            f"{x0}–{x1 - 1}; FRC in {table.unit}"
         )
         for b in (self.csv_button, self.png_button):
             b.setEnabled(True)
@@ -302,7 +324,8 @@ class CompareWidget(QWidget):
         rows = table.formatted()
         self.table.setHorizontalHeaderLabels([*HEADER[:-1], f"FRC ({table.unit})"])
         self.table.setRowCount(len(rows))
-        for i, row in enumerate(rows):
+        for i, (row, score) in enumerate(zip(rows, table.rows)):
+            row = (row[0], self.kind_of(score.name, score.role), *row[2:])
             for j, text in enumerate(row):
                 item = QTableWidgetItem(text)
                 if j == 0:
@@ -312,25 +335,40 @@ class CompareWidget(QWidget):
     # -- grid ---------------------------------------------------------------------------
     def show_grid(self, layers: list) -> None:
         """Only ``layers`` visible, in role order (first = top left), in napari's grid, each
-        panel labelled with its layer name."""
+        panel labelled with its layer name. Done in steps on successive event-loop turns
+        (:meth:`Session.defer`): each redraws the window once, so none holds the GUI long."""
         viewer = self.viewer
-        if self._saved_visibility is None:
-            self._saved_visibility = {layer.name: layer.visible for layer in viewer.layers}
-        for layer in viewer.layers:
-            layer.visible = False
-        # napari's grid fills cells in layer-list order: the compared layers first, in role order
-        for layer in reversed(layers):
-            viewer.layers.move(viewer.layers.index(layer), 0)
-        for layer in layers:
-            layer.visible = True
-            layer.name_overlay.visible = True
         self.compared_layers = list(layers)
-        grid = viewer.canvas.grid if hasattr(viewer, "canvas") else viewer.grid
-        grid.stride = 1
-        grid.spacing = 0.04
-        grid.enabled = True
-        self.fit_grid()
-        self.grid_button.setEnabled(True)
+
+        def hide_others():
+            # the state to restore, taken after the visibility changes queued before
+            if self._saved_visibility is None:
+                self._saved_visibility = {layer.name: layer.visible for layer in viewer.layers}
+                self._saved_order = [layer.name for layer in viewer.layers]
+            for layer in viewer.layers:
+                if layer not in layers:
+                    layer.visible = False
+
+        def order():
+            # napari's grid fills cells in layer-list order: the compared layers first
+            viewer.layers.move_multiple([viewer.layers.index(layer) for layer in layers], 0)
+
+        def show(layer):
+            if layer in viewer.layers:
+                layer.visible = True
+                layer.name_overlay.visible = True
+
+        def grid_on():
+            grid = viewer.canvas.grid if hasattr(viewer, "canvas") else viewer.grid
+            grid.stride = 1
+            grid.spacing = 0.04
+            grid.enabled = True
+            self.fit_grid()
+            self.grid_button.setEnabled(True)
+
+        steps = [hide_others, order, *(lambda lay=lay: show(lay) for lay in layers), grid_on]
+        for i, step in enumerate(steps):
+            self.session.defer(("compare grid", i), step)
 
     def fit_grid(self) -> None:
         """Fit the compared images (not every layer's extent: a label on its own, larger
@@ -347,6 +385,8 @@ class CompareWidget(QWidget):
         cam.zoom = 0.95 * float(np.min(cell / size))
 
     def exit_grid(self) -> None:
+        """Leave the grid: the layers' order and visibility as they were before Compare (new
+        layers made since then keep their place above them), the view fitted again."""
         viewer = self.viewer
         grid = viewer.canvas.grid if hasattr(viewer, "canvas") else viewer.grid
         grid.enabled = False
@@ -356,18 +396,22 @@ class CompareWidget(QWidget):
         for name, visible in (self._saved_visibility or {}).items():
             if name in viewer.layers:
                 viewer.layers[name].visible = visible
-        self._saved_visibility = None
+        for i, name in enumerate(n for n in (self._saved_order or []) if n in viewer.layers):
+            j = viewer.layers.index(name)
+            if j != i:
+                viewer.layers.move(j, i)
+        self._saved_visibility = self._saved_order = None
         self.grid_button.setEnabled(False)
-        viewer.reset_view()
+        self.session.fit_view(self.session.current)
 
     # -- export ---------------------------------------------------------------------------
     def _on_csv(self) -> None:
-        path, _ = QFileDialog.getSaveFileName(self, "Save table", "comparison.csv", "CSV (*.csv)")
+        path = save_file(self, self.session, "Save table", "comparison.csv", "CSV (*.csv)")
         if path:
             self.save_csv(path, overwrite=True)  # the dialog asked before replacing a file
 
     def _on_png(self) -> None:
-        path, _ = QFileDialog.getSaveFileName(self, "Save figure", "comparison.png", "PNG (*.png)")
+        path = save_file(self, self.session, "Save figure", "comparison.png", "PNG (*.png)")
         if path:
             self.save_figure(path, overwrite=True)
 
@@ -384,15 +428,20 @@ class CompareWidget(QWidget):
         return out
 
     def save_figure(self, path, overwrite: bool = False):
-        from ..comparison import comparison_figure
+        """The comparison as a slide: the panels with their kinds and scores, a scale bar,
+        the scored region in a legend (:func:`napari_4dstem_ml.figure.comparison_slide`)."""
+        from ..figure import comparison_slide
 
         if self.table_result is None:
             show_error("compare first")
             return None
+        ds = self.session.datasets.get(self._dataset)
+        step = ds.calibration.scan_step_A if ds is not None else None
+        kinds = {m.name: self.kind_of(m.name, m.role) for m in self.images}
         try:
-            out = comparison_figure(
-                path, self.images, self.table_result, title=self._dataset, overwrite=overwrite
-            )
+            out = comparison_slide(
+                path, self.images, self.table_result, pixel_size=step[1] if step else None,
+                unit="Å", kinds=kinds, title=self._dataset, overwrite=overwrite)
         except Exception as err:  # noqa: BLE001 - shown to the user
             show_error(f"could not write {path}: {err}")
             return None

@@ -36,11 +36,11 @@ from qtpy.QtWidgets import (
     QPushButton,
     QTableWidget,
     QTableWidgetItem,
-    QVBoxLayout,
     QWidget,
 )
 
 from ..detectors import geometry
+from .layout import scrolling_layout, settle
 from .session import (
     PATTERN_LAYER,
     Session,
@@ -49,6 +49,7 @@ from .session import (
     guarded,
     on_viewer_close,
     session_for,
+    set_scale,
 )
 
 if TYPE_CHECKING:
@@ -149,7 +150,8 @@ def detector_job(
     For scans over 256×256 positions the engine's strided preview is yielded first. With
     ``descan`` the BF-disk centre is tracked across the scan (core ``center_of_mass`` of the
     BF disk + ``fit_descan``) and the masks follow it (engine ``centres=``). ``with_com``:
-    CoM y/x (descan plane removed) and iCoM, by :func:`~napari_4dstem_ml.baselines.icom_image`.
+    CoM y/x (descan plane removed) and iCoM, by :func:`~napari_4dstem_ml.baselines.icom_image`
+    with ``scan_step`` (dy, dx) in Å.
     """
     from ..detectors import center_of_mass, engine, fit_descan
 
@@ -178,8 +180,24 @@ def detector_job(
         yield ("images", ["iCoM"], icom[None])
 
 
+def centre_job(data, step: int):
+    """Worker generator: ``(cy, cx, radius)`` px of the bright-field disk in the mean pattern
+    (every ``step``-th scan position), by the core's finder."""
+    from ..detectors import bf_disk_radius, find_bf_centre, mean_pattern
+
+    mean = mean_pattern(data, step=step)
+    cy, cx = find_bf_centre(mean)
+    return float(cy), float(cx), float(bf_disk_radius(mean, (cy, cx)))
+    yield  # a generator, like every worker job  # pragma: no cover
+
+
 class DetectorsWidget(QWidget):
-    """Dock widget: detector presets, radii table, custom detectors, centre, live images."""
+    """Dock widget: detector presets, radii table, custom detectors, centre, live images.
+
+    The convergence angle is the current data set's calibration (shown with its source; an
+    edit here is the same edit as in the calibration panel)."""
+
+    TAB_TITLE = "Detectors"
 
     def __init__(self, napari_viewer: napari.Viewer, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -195,6 +213,9 @@ class DetectorsWidget(QWidget):
         self.alpha.setRange(0.1, 500)
         self.alpha.setSuffix(" mrad")
         self.alpha.setValue(21.4)
+        self.alpha.setKeyboardTracking(False)  # one edit when typing is done, not per digit
+        self.alpha.setToolTip("the convergence semi-angle of the current data set (its "
+                              "calibration: the same value as in the Calibration dock)")
         self.alpha_note = QLabel("")
         self.alpha_note.setWordWrap(True)
         self.cy = QDoubleSpinBox()
@@ -228,7 +249,7 @@ class DetectorsWidget(QWidget):
         custom_row = QHBoxLayout()
         custom_row.addWidget(self.custom_box, stretch=1)
         custom_row.addWidget(self.custom_button)
-        layout = QVBoxLayout(self)
+        layout = scrolling_layout(self)
         layout.addLayout(form)
         layout.addWidget(self.alpha_note)
         layout.addWidget(self.centre_button)
@@ -253,11 +274,14 @@ class DetectorsWidget(QWidget):
         self.table.cellChanged.connect(self._on_cell_changed)
         self.custom_box.installEventFilter(self)  # refresh choices when opened
         self.session.dataset_changed.connect(self._on_dataset)
+        self.session.calibration_changed.connect(self._on_calibration)
         self.session.models_changed.connect(self._refresh_custom_choices)
         self.session.settings.bind("detectors", "descan", self.descan)
         self.session.settings.bind("detectors", "com", self.com_box)
+        self.alpha.valueChanged.connect(self._on_alpha)
         on_viewer_close(napari_viewer, self.teardown)
         compact_widget(self)
+        settle(self)
         if self.session.dataset is not None:
             self._on_dataset(self.session.current)
 
@@ -267,6 +291,7 @@ class DetectorsWidget(QWidget):
             self.worker.quit()
         self._timer.stop()
         self.session.dataset_changed.disconnect(self._on_dataset)
+        self.session.calibration_changed.disconnect(self._on_calibration)
         self.session.models_changed.disconnect(self._refresh_custom_choices)
 
     # -- data set ----------------------------------------------------------------
@@ -274,18 +299,9 @@ class DetectorsWidget(QWidget):
         """A data set became current: its convergence angle and calibration, the detectors
         carried over in mrad (recentred on the new detector), their images recomputed."""
         ds = self.session.dataset
-        cal = ds.calibration
         old = self.session.datasets.get(self._dataset) if self._dataset else None
-        if cal.convergence_mrad:
-            self.alpha.setValue(cal.convergence_mrad)
-            self.alpha_note.setText("")
-        else:
-            msg = (
-                f"{name}: the convergence angle is not in the file; presets use "
-                f"α = {self.alpha.value():.3g} mrad — type the right value above"
-            )
-            self.alpha_note.setText(msg)
-            show_warning(msg)
+        if not self._show_alpha(ds.calibration, name):
+            show_warning(self.alpha_note.text())
         ky, kx = ds.detector_shape
         centre = ((ky - 1) / 2, (kx - 1) / 2)
         self.cy.setValue(centre[0])
@@ -295,11 +311,47 @@ class DetectorsWidget(QWidget):
         self._dataset = name
         layer = self.shapes_layer()
         if layer is not None:
-            layer.scale = self.session.detector_layer_kwargs(name)["scale"]
+            set_scale(layer, self.session.detector_layer_kwargs(name)["scale"])
         if self.specs:
             self._redraw_shapes()
             self.schedule()
         self._refresh_custom_choices()
+
+    def _show_alpha(self, cal, name: str) -> bool:
+        """Show data set ``name``'s convergence angle and its source; ``False`` when unknown."""
+        self._syncing_alpha = True
+        try:
+            if cal.convergence_mrad:
+                self.alpha.setValue(cal.convergence_mrad)
+                src = cal.source_of("convergence_mrad")
+                self.alpha_note.setText(f"α from {src}" if src else "")
+                return True
+            self.alpha_note.setText(
+                f"{name}: the convergence angle is not in the file; presets use "
+                f"α = {self.alpha.value():.3g} mrad — type the right value above (or in the "
+                "Calibration dock)")
+            return False
+        finally:
+            self._syncing_alpha = False
+
+    def _on_alpha(self, value: float) -> None:
+        """α typed here: the current data set's calibration (source "user")."""
+        name = self.session.current
+        if getattr(self, "_syncing_alpha", False) or name is None:
+            return
+        if self.session.dataset.calibration.convergence_mrad != value:
+            self.session.set_calibration(name, convergence_mrad=float(value))
+
+    def _on_calibration(self, name: str) -> None:
+        """The current data set's calibration was edited: α, the radii's mrad and the
+        shapes' scale follow (the detectors keep their size in pixels)."""
+        if name != self.session.current:
+            return
+        self._show_alpha(self.session.dataset.calibration, name)
+        layer = self.shapes_layer()
+        if layer is not None:
+            set_scale(layer, self.session.detector_layer_kwargs(name)["scale"])
+        self._fill_table()
 
     def _recalibrated(self, old, new, centre) -> dict[str, DetectorSpec]:
         """The detectors of data set ``old`` on data set ``new``: radii kept in mrad (or in
@@ -449,19 +501,27 @@ class DetectorsWidget(QWidget):
         self._redraw_shapes()
         self.schedule()
 
-    def auto_centre(self) -> None:
-        """Centre from the core's BF-disk finder on the mean pattern; moves all detectors."""
-        from ..detectors import bf_disk_radius, find_bf_centre, mean_pattern
-
-        ds = self.session.dataset
+    def auto_centre(self):
+        """Centre from the core's BF-disk finder on the mean pattern (in a worker); moves all
+        detectors. Returns the worker."""
+        ds, name = self.session.dataset, self.session.current
         if ds is None:
-            return
-        try:
-            mean = mean_pattern(ds.data, step=max(1, min(ds.scan_shape) // 32))
-            cy, cx = find_bf_centre(mean)
-            r = bf_disk_radius(mean, (cy, cx))
-        except Exception as err:  # noqa: BLE001 - shown to the user
-            show_error(f"auto centre failed: {err}")
+            return None
+        worker = create_worker(
+            guarded(centre_job), ds.data, max(1, min(ds.scan_shape) // 32),
+            _start_thread=False,
+            _connect={"errored": error_reporter("auto centre", self.status.setText)},
+        )
+        worker.returned.connect(lambda found, name=name: self._on_centre(name, *found))
+        self.centre_button.setEnabled(False)
+        worker.finished.connect(lambda: self.centre_button.setEnabled(True))
+        self._centre_worker = worker
+        self.status.setText("finding the bright-field disk…")
+        worker.start()
+        return worker
+
+    def _on_centre(self, name: str, cy: float, cx: float, r: float) -> None:
+        if getattr(self, "_closed", False) or name != self.session.current:
             return
         self.cy.setValue(cy)
         self.cx.setValue(cx)
@@ -470,8 +530,8 @@ class DetectorsWidget(QWidget):
             f"BF disk at ({cy:.2f}, {cx:.2f}) px, radius {r:.2f} px"
             + (f" = {r * px:.2f} mrad" if px else "")
         )
-        for name, spec in self.specs.items():
-            self.specs[name] = replace(spec, centre=(cy, cx))
+        for key, spec in self.specs.items():
+            self.specs[key] = replace(spec, centre=(cy, cx))
         self._redraw_shapes()
         self.schedule()
 
@@ -642,9 +702,16 @@ class DetectorsWidget(QWidget):
             return self.worker
         specs = list(self.specs.values())
         with_com = self.com_box.isChecked()
+        if self.descan.isChecked() and not specs:
+            # e.g. ticked in the last session and restored at launch, before any detector:
+            # it cannot apply yet, so it is reset with a note (not an error)
+            self.descan.setChecked(False)
+            self.status.setText("descan correction needs a detector to follow (add BF first): "
+                                "it was turned off")
         if not specs and not with_com:
             return None
-        scan_step = ds.calibration.scan_step or (1.0, 1.0)
+        # iCoM integrates the CoM over the scan step in Å (the CLI's and Compare's baseline)
+        scan_step = ds.calibration.scan_step_A or (1.0, 1.0)
         name = self.session.current
         worker = create_worker(
             guarded(detector_job),
@@ -664,8 +731,11 @@ class DetectorsWidget(QWidget):
         return worker
 
     def _on_finished(self) -> None:
+        self.session.after_deferred(self._done)  # once its images are shown
+
+    def _done(self) -> None:
         self.worker = None
-        if self._pending:
+        if self._pending and not getattr(self, "_closed", False):
             self._pending = False
             self.recompute()
 
@@ -686,11 +756,10 @@ class DetectorsWidget(QWidget):
             meta = {"preview": what == "preview", "detector_name": name}
             if spec is not None:
                 meta.update(detector=spec.detector.to_dict(), centre_px=spec.centre)
-            self.session.show_scan_image(
-                image_layer_name(name, dataset),
-                np.asarray(img),
-                dataset=dataset,
-                role=DETECTOR_ROLES.get(name),
-                metadata=meta,
-            )
+            layer_name = image_layer_name(name, dataset)
+            # one layer per event-loop turn: a burst of new layers never stalls the GUI
+            self.session.defer(("scan", layer_name), lambda layer_name=layer_name, img=img,
+                               dataset=dataset, name=name, meta=meta: self.session.show_scan_image(
+                layer_name, np.asarray(img), dataset=dataset, role=DETECTOR_ROLES.get(name),
+                metadata=meta))
         self.status.setText(f"{len(names)} image(s) of {dataset} updated ({what})")

@@ -25,11 +25,46 @@ def model_kind(model_config) -> str:
     return "linear" if kind == "linear" else "conv4d"
 
 
+def file_stamp(path) -> tuple[str, int, int] | None:
+    """(resolved path, size, modification time in ns) of a file, or ``None``."""
+    try:
+        p = Path(path).resolve()
+        st = p.stat()
+    except OSError:
+        return None
+    return (str(p), st.st_size, st.st_mtime_ns)
+
+
+def mark_saved(entry: SessionModel, path) -> None:
+    """``entry`` was just written to ``path``: it is that file's model from now on."""
+    entry.path = str(path)
+    entry.source = str(path)
+    entry.info = {**(entry.info or {}), "file_stamp": file_stamp(path)}
+
+
+def find_loaded(session: Session, path) -> SessionModel | None:
+    """The session's model that is checkpoint ``path`` as it is on disk now (loaded from it,
+    or saved to it and not changed since), else ``None``."""
+    stamp = file_stamp(path)
+    if stamp is None:
+        return None
+    for entry in session.models.values():
+        info = entry.info or {}
+        if info.get("file_stamp") is not None and tuple(info["file_stamp"]) == stamp:
+            return entry
+    return None
+
+
 def load_model_file(session: Session, path) -> SessionModel:
-    """Load checkpoint ``path`` into ``session`` (a ``CheckpointError`` names a bad file)."""
+    """Load checkpoint ``path`` into ``session`` (a ``CheckpointError`` names a bad file). A
+    file that is already the session's model (loaded or saved here, unchanged on disk) is not
+    added a second time: that model is returned."""
     from ..training.checkpoint import load_checkpoint
 
     path = Path(path)
+    known = find_loaded(session, path)
+    if known is not None:
+        return known
     loaded = load_checkpoint(path)
     entry = SessionModel(
         name=path.name,
@@ -37,7 +72,7 @@ def load_model_file(session: Session, path) -> SessionModel:
         model=loaded.model,
         model_config=loaded.model_config,
         preprocessor=loaded.preprocessor,
-        info=dict(loaded.info),
+        info={**dict(loaded.info), "file_stamp": file_stamp(path)},
         source=str(path),
         path=str(path),
     )

@@ -15,14 +15,31 @@ TRAIN_PEN = pg.mkPen("#4fc3f7", width=2)
 VAL_PEN = pg.mkPen("#ffb74d", width=2)
 
 
+def _small_axes(plot: pg.PlotWidget) -> None:
+    """Tick labels and axis titles small enough not to overprint each other in a dock."""
+    from qtpy.QtGui import QFont
+
+    font = QFont()
+    font.setPointSizeF(7.5)
+    for name in ("left", "bottom"):
+        axis = plot.getAxis(name)
+        axis.setStyle(tickFont=font, tickTextOffset=3)
+        axis.label.setFont(font)
+    plot.getAxis("left").setWidth(44)
+
+
 class LossCurves(pg.PlotWidget):
-    """Training and validation loss against epoch (one point per epoch, log scale)."""
+    """Training and validation loss against epoch (one point per epoch, log scale); epochs
+    are counted from 1, as in the progress bar."""
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent=parent, background=BACKGROUND)
-        self.setMinimumHeight(130)
+        self.setMinimumHeight(140)
+        _small_axes(self)
         self.setLabel("bottom", "epoch")
-        self.setLabel("left", "loss (standardised)")
+        self.setLabel("left", "loss")
+        self.setToolTip("training and validation loss per epoch (mean squared error of the "
+                        "standardised label; log scale)")
         self.getAxis("left").enableAutoSIPrefix(False)
         self.setLogMode(y=True)
         self.showGrid(x=True, y=True, alpha=0.2)
@@ -54,8 +71,12 @@ class LossCurves(pg.PlotWidget):
             y = np.asarray(values, float)
             ok = np.isfinite(y) & (y > 0)
             curve.setData(x[ok], y[ok])
-        n = max(self.epochs, default=0)
-        self.setXRange(min(self.epochs, default=0) - 0.5, max(n, 1) + 0.5, padding=0)
+        first = min(self.epochs, default=1)
+        last = max(max(self.epochs, default=1), first + 1)
+        self.setXRange(first - 0.5, last + 0.5, padding=0)
+        # whole epochs only, at most about eight labels
+        major = max(1, int(np.ceil((last - first + 1) / 8)))
+        self.getAxis("bottom").setTickSpacing(major, major)
 
 
 class WeightsPlot(pg.PlotWidget):
@@ -63,8 +84,9 @@ class WeightsPlot(pg.PlotWidget):
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent=parent, background=BACKGROUND)
-        self.setMinimumHeight(130)
+        self.setMinimumHeight(140)
         self.setMaximumWidth(200)
+        _small_axes(self)
         self.setLabel("bottom", "|r| (scan steps)")
         self.setLabel("left", "w(|r|)")
         self.showGrid(x=True, y=True, alpha=0.2)

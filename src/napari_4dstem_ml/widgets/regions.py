@@ -1,9 +1,12 @@
-"""Training and validation regions drawn as rectangles on the scan plane.
+"""Training and validation regions: one named Shapes layer each, per data set.
 
-The "training regions" Shapes layer in the main viewer holds two rectangles (feature
-``region``: "train", "validation"), calibrated like the data set's scan (Å). By default the
-upper half trains and the lower half validates; move or resize them (select mode) to choose
-other regions. A rectangle covers the scan positions whose centres lie inside it; the core's
+The "training region: ‹data set›" and "validation region: ‹data set›" layers in the main viewer
+each hold the rectangle of their region, calibrated like the data set's scan (Å). By default the
+upper half trains and the lower half validates; move or resize a rectangle (select mode) to
+choose other regions. A region is set on purpose: only the rectangle of *its own* layer counts,
+and a rectangle newly drawn in a region's layer replaces that region's old one (reported in the
+training dock) — a rectangle drawn anywhere else never becomes a region. A rectangle covers the
+scan positions whose centres lie inside it; the core's
 :class:`~napari_4dstem_ml.training.clusters.RegionSplit` then keeps only positions whose whole
 K×K cluster lies inside.
 """
@@ -16,8 +19,17 @@ import numpy as np
 
 from ..training.clusters import RegionSplit, SplitError
 
-REGIONS_LAYER = "training regions"
-REGION_COLOURS = {"train": "#66bb6a", "validation": "#ffa726"}
+#: region key → (layer-name prefix, edge colour, label drawn on the rectangle)
+REGIONS = {
+    "train": ("training region", "#66bb6a", "training"),
+    "validation": ("validation region", "#ffa726", "validation"),
+}
+REGION_KEY = "region"
+
+
+def region_layer_name(region: str, dataset: str) -> str:
+    """``"training region: ‹data set›"`` or ``"validation region: ‹data set›"``."""
+    return f"{REGIONS[region][0]}: {dataset}"
 
 
 def rect_from_corners(corners, scan_shape: tuple[int, int]) -> tuple[int, int, int, int]:
@@ -54,56 +66,94 @@ def default_rects(scan_shape: tuple[int, int]) -> dict[str, tuple[int, int, int,
     return {"train": (0, cut, 0, nx), "validation": (cut, ny, 0, nx)}
 
 
-def ensure_regions_layer(session, dataset: str):
-    """The regions layer for ``dataset`` (created with the default halves, or reset to them
-    when it was drawn for another data set)."""
+def region_layers(session, dataset: str) -> dict:
+    """The region layers drawn for ``dataset`` (``{"train": layer, ...}``; absent ones left
+    out)."""
+    viewer = session.viewer
+    if viewer is None:
+        return {}
+    return {key: viewer.layers[region_layer_name(key, dataset)] for key in REGIONS
+            if region_layer_name(key, dataset) in viewer.layers}
+
+
+def ensure_region_layers(session, dataset: str, on_change=None) -> dict:
+    """The two region layers of ``dataset`` (created with the default halves where missing,
+    or holding no rectangle). ``on_change(region, text)`` is told when a newly drawn rectangle
+    replaced a region's old one."""
     viewer = session.viewer
     ds = session.datasets[dataset]
-    layers = viewer.layers
-    if REGIONS_LAYER in layers:
-        layer = layers[REGIONS_LAYER]
-        if layer.metadata.get("dataset") == dataset:
-            return layer
-        layers.remove(layer)
     rects = default_rects(ds.scan_shape)
-    names = list(rects)
-    layer = viewer.add_shapes(
-        [corners_of(rects[n]) for n in names],
-        shape_type="rectangle",
-        name=REGIONS_LAYER,
-        features={"region": names},
-        edge_color=[REGION_COLOURS[n] for n in names],
-        face_color="transparent",
-        edge_width=max(ds.scan_shape) / 200,
-        metadata={"dataset": dataset, "own_grid": False},
-        **session.scan_layer_kwargs(dataset),
-    )
-    layer.text = {"string": "{region}", "color": "white", "size": 9, "anchor": "upper_left"}
-    return layer
+    layers = region_layers(session, dataset)
+    for key, (_, colour, text) in REGIONS.items():
+        layer = layers.get(key)
+        if layer is not None and len(layer.data):
+            continue
+        if layer is not None:
+            viewer.layers.remove(layer)
+        layer = viewer.add_shapes(
+            [corners_of(rects[key])],
+            shape_type="rectangle",
+            name=region_layer_name(key, dataset),
+            features={REGION_KEY: [text]},
+            edge_color=colour,
+            face_color="transparent",
+            edge_width=max(ds.scan_shape) / 160,
+            metadata={"dataset": dataset, "own_grid": False, REGION_KEY: key},
+            **session.scan_layer_kwargs(dataset),
+        )
+        layer.feature_defaults = {REGION_KEY: text}
+        layer.current_edge_color = colour
+        layer.current_face_color = "transparent"
+        layer.text = {"string": "{region}", "color": colour, "size": 9, "anchor": "upper_left"}
+        layer.events.data.connect(
+            lambda event, layer=layer, key=key: _one_rectangle(layer, key, event, on_change))
+        layers[key] = layer
+    return layers
 
 
-def read_rects(layer, scan_shape: tuple[int, int]) -> dict[str, tuple[int, int, int, int]]:
-    """The (last) "train" and "validation" rectangles of the regions layer."""
+def _one_rectangle(layer, key: str, event, on_change) -> None:
+    """A region's layer holds one rectangle: a newly drawn one replaces the old (said). Done
+    on the next event-loop turn, after napari has finished drawing."""
+    from qtpy.QtCore import QTimer
+
+    if str(getattr(event, "action", "")) != "added" or len(layer.data) < 2:
+        return
+
+    def keep_newest():
+        n = len(layer.data)
+        if n < 2:
+            return
+        layer.selected_data = set(range(n - 1))
+        layer.remove_selected()
+        if on_change is not None:
+            on_change(key, f"the new rectangle is now the {REGIONS[key][2]} region (it "
+                           "replaced the old one)")
+
+    QTimer.singleShot(0, keep_newest)
+
+
+def read_rects(session, dataset: str) -> dict[str, tuple[int, int, int, int]]:
+    """The drawn rectangles of ``dataset``'s region layers (``SplitError`` for a region layer
+    without a rectangle)."""
+    ds = session.datasets[dataset]
     out = {}
-    regions = list(layer.features["region"]) if "region" in layer.features else []
-    for corners, region in zip(layer.data, regions):
-        if region in ("train", "validation"):
-            out[region] = rect_from_corners(corners, scan_shape)
+    for key, layer in region_layers(session, dataset).items():
+        if not len(layer.data):
+            raise SplitError(f"the '{layer.name}' layer holds no rectangle: draw one, or press "
+                             "Show regions to restore the default")
+        out[key] = rect_from_corners(layer.data[-1], ds.scan_shape)
     return out
 
 
 def split_for(session, dataset: str) -> RegionSplit:
     """The region split drawn for ``dataset`` (default halves when nothing is drawn)."""
-    ds = session.datasets[dataset]
-    viewer = session.viewer
-    if viewer is None or REGIONS_LAYER not in viewer.layers:
+    if session.viewer is None:
         return RegionSplit()
-    layer = viewer.layers[REGIONS_LAYER]
-    if layer.metadata.get("dataset") != dataset:
+    rects = read_rects(session, dataset)
+    if not rects:
         return RegionSplit()
-    rects = read_rects(layer, ds.scan_shape)
     if "train" not in rects:
-        raise SplitError("the training-regions layer has no 'train' rectangle")
+        return RegionSplit(val=rects["validation"])
     return RegionSplit(train=rects["train"], val=rects.get("validation"))
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import weakref
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -29,7 +29,7 @@ from psygnal import Signal
 from qtpy.QtCore import QEvent, QObject, QTimer
 
 from .. import display
-from ..dataset import Calibration, Dataset4D, napari_unit
+from ..dataset import USER, Calibration, Dataset4D, napari_unit
 from .settings import Settings
 
 if TYPE_CHECKING:
@@ -38,6 +38,10 @@ if TYPE_CHECKING:
 PATTERN_LAYER = "diffraction pattern"
 MEAN_LAYER = "mean diffraction pattern"
 MARKER_LAYER = "scan position"
+#: interval between two deferred layer updates (ms): the event loop runs in between
+DEFER_MS = 10
+#: scan rows of lazy data kept in memory for browsing (bytes)
+ROW_CACHE_BYTES = 64 * 2**20
 
 
 def nav_layer_name(name: str) -> str:
@@ -48,6 +52,9 @@ def nav_layer_name(name: str) -> str:
 #: :data:`napari_4dstem_ml.comparison.ROLES`); ``layer.metadata["dataset"]`` names the data set
 ROLE_KEY = "role"
 DATASET_KEY = "dataset"
+#: ``layer.metadata`` key: the layer's visibility while its data set was last current (the
+#: layers of the other data sets are hidden, so that two scans never overlap on the canvas)
+GROUP_VISIBLE_KEY = "visible_in_group"
 
 
 def layer_role(layer) -> str | None:
@@ -113,6 +120,8 @@ class Session:
     datasets_changed = Signal()
     position_changed = Signal(int, int)
     models_changed = Signal()
+    #: a data set's calibration was edited (its name); layers are already rescaled
+    calibration_changed = Signal(str)
 
     def __init__(self, viewer: napari.Viewer) -> None:
         viewer = unwrap(viewer)
@@ -124,9 +133,20 @@ class Session:
         self.display_mode = "log"
         self.exponent = 0.25
         self._limits: dict[tuple[str, str, float], tuple[float, float]] = {}
+        self._rows: dict[tuple[int, int], np.ndarray] = {}  # scan rows read for browsing
         self.models: dict[str, SessionModel] = {}
         self._runs: dict[str, int] = {}
         self.registrations: dict[tuple[str, str], RegisteredLabel] = {}
+        self._groups_hidden = False
+        # layer updates from workers, run one per event-loop turn (coalesced by key): a burst
+        # of new layers never holds the GUI thread for long
+        self._deferred: dict = {}
+        self._defer_timer = QTimer()
+        self._defer_timer.setSingleShot(True)
+        self._defer_timer.setInterval(DEFER_MS)
+        self._defer_timer.timeout.connect(self._run_deferred)
+        #: each data set's calibration as its file stated it (for "Revert to file")
+        self.file_calibrations: dict[str, Calibration] = {}
         self.settings = Settings()
         viewer.layers.events.inserted.connect(self._on_inserted)
         for layer in list(viewer.layers):
@@ -162,23 +182,127 @@ class Session:
             k += 1
             name = f"{base} [{k}]"
         self.datasets[name] = ds
+        self.file_calibrations[name] = ds.calibration
         self.datasets_changed.emit()
         if make_current or self.current is None:
             self.set_current(name)
         return name
 
     def set_current(self, name: str) -> None:
+        """Make data set ``name`` current: its pattern, its group of layers shown (the other
+        data sets' layers hidden), the view fitted to its scan."""
         if name not in self.datasets:
             raise ValueError(f"no 4D data set named {name!r}; have {list(self.datasets)}")
-        self.current = name
+        previous, self.current = self.current, name
         ds = self.datasets[name]
         ny, nx = ds.scan_shape
         self.position = (ny // 2, nx // 2)
         self._update_pattern(reset_limits=True)
         self._update_marker()
         self._rescale_dataset_layers(name)
+        if previous != name or self._groups_hidden:
+            self._show_group(name)
+            self.fit_view(name)
         self.dataset_changed.emit(name)
         self.position_changed.emit(*self.position)
+
+    def _show_group(self, name: str | None) -> None:
+        """Data set ``name``'s layers as they were when it was last current; the other data
+        sets' layers hidden (their visibility kept in ``metadata[GROUP_VISIBLE_KEY]``). Each
+        change of visibility redraws napari's scene: they are applied one per event-loop turn
+        (:meth:`defer`), hidden ones first."""
+        viewer = self.viewer
+        self._groups_hidden = name is None
+        if viewer is None:
+            return
+        hide, show = [], []
+        for layer in viewer.layers:
+            owner = layer_dataset(layer)
+            if owner is None or owner not in self.datasets:
+                continue
+            if owner == name:
+                if GROUP_VISIBLE_KEY in layer.metadata:
+                    (show if layer.metadata.pop(GROUP_VISIBLE_KEY) else hide).append(layer)
+            elif GROUP_VISIBLE_KEY not in layer.metadata:
+                pending = self._deferred.get(("visible", id(layer)))
+                was = pending.visible if pending is not None else bool(layer.visible)
+                layer.metadata[GROUP_VISIBLE_KEY] = was
+                hide.append(layer)
+        for layer in hide + show:
+            self.defer(("visible", id(layer)), _Visibility(viewer, layer, layer in show))
+
+    def hide_groups(self) -> None:
+        """Hide every data set's layers (e.g. a live acquisition is shown instead); the
+        current one's come back when a data set is made current again."""
+        self._show_group(None)
+
+    def group_layers(self, name: str, scan_grid_only: bool = True) -> list:
+        """The main viewer's layers of data set ``name`` (by default those on its scan grid)."""
+        viewer = self.viewer
+        if viewer is None:
+            return []
+        return [layer for layer in viewer.layers if layer_dataset(layer) == name
+                and not (scan_grid_only and layer.metadata.get("own_grid"))]
+
+    def fit_view(self, name: str | None = None) -> None:
+        """Fit the main view to data set ``name``'s scan field (default: the current one)."""
+        viewer = self.viewer
+        name = name or self.current
+        if viewer is None or name not in self.datasets:
+            return
+        layers = [layer for layer in self.group_layers(name) if layer.ndim == 2
+                  and layer.__class__.__name__ == "Image"]
+        if not layers and MARKER_LAYER in viewer.layers:
+            return  # nothing of its own drawn yet: fitted when its navigation image arrives
+        if layers:
+            viewer.reset_view(layers=layers)
+
+    # -- calibration and scan shape (the session's data set is the one truth) ---------------
+    def set_calibration(self, name: str, source: str = USER, **changes) -> Calibration:
+        """Edit data set ``name``'s calibration (fields of :class:`Calibration`; provenance
+        ``source``, "user" by default); its layers are rescaled and ``calibration_changed``
+        is emitted. Returns the new calibration (``ValueError`` for an invalid value)."""
+        cal = self.datasets[name].calibration.with_(source=source, **changes)
+        self._apply_calibration(name, cal)
+        return cal
+
+    def revert_calibration(self, name: str) -> Calibration:
+        """Data set ``name``'s calibration as its file stated it (edits dropped)."""
+        cal = self.file_calibrations[name]
+        self._apply_calibration(name, cal)
+        return cal
+
+    def _apply_calibration(self, name: str, cal: Calibration) -> None:
+        self.datasets[name] = replace(self.datasets[name], calibration=cal)
+        self._limits = {k: v for k, v in self._limits.items() if k[0] != name}
+        self._rescale_dataset_layers(name)
+        if name == self.current:
+            self._update_marker()
+        self.calibration_changed.emit(name)
+
+    def set_scan_shape(self, name: str, scan_shape: tuple[int, int]) -> Dataset4D:
+        """View data set ``name``'s frames as a ``(ny, nx)`` scan (lazily, without
+        re-reading); its scan-plane layers of the old shape are reshaped in place (frame
+        ``i = iy * nx + ix``), its regions and cached label registrations dropped.
+        ``ValueError`` (naming the frame count and the shapes that fit) when it does not fit."""
+        ds = self.datasets[name]
+        old = ds.scan_shape
+        new_ds = ds.with_scan_shape(tuple(scan_shape))
+        self.datasets[name] = new_ds
+        viewer = self.viewer
+        for layer in list(viewer.layers) if viewer is not None else []:
+            if layer_dataset(layer) != name or layer.metadata.get("own_grid"):
+                continue
+            if layer.__class__.__name__ == "Image" and tuple(layer.data.shape) == old:
+                layer.data = np.asarray(layer.data).reshape(new_ds.scan_shape)
+            elif layer.__class__.__name__ == "Shapes":  # regions drawn on the old grid
+                viewer.layers.remove(layer)
+        self.registrations = {k: v for k, v in self.registrations.items() if k[1] != name}
+        self.datasets_changed.emit()
+        self.set_current(name)
+        if viewer is not None:
+            self.fit_view(name)
+        return new_ds
 
     def _rescale_dataset_layers(self, name: str) -> None:
         """Layers derived from data set ``name`` get its scan / detector calibration."""
@@ -191,8 +315,8 @@ class Session:
                     layer.scale = scan
         det = tuple(ds.scale()[2:])
         for layer in self.diffraction.layers:
-            if layer.name == MEAN_LAYER or layer.name == PATTERN_LAYER:
-                layer.scale = det
+            if layer.name in (MEAN_LAYER, PATTERN_LAYER):
+                set_scale(layer, det)
 
     # -- models ------------------------------------------------------------------
     def add_model(self, entry: SessionModel) -> str:
@@ -269,8 +393,22 @@ class Session:
         return {"scale": ds.scale()[:2], "units": units, "axis_labels": ("y", "x")}
 
     def raw_pattern(self) -> np.ndarray:
-        """The current pattern ``(ky, kx)``, untransformed: ``data[iy, ix]``."""
-        return self.dataset.pattern(*self.position)
+        """The current pattern ``(ky, kx)``, untransformed: ``data[iy, ix]``. Lazy data are
+        read a whole scan row at a time and the rows kept (:data:`ROW_CACHE_BYTES`), so that
+        browsing along a row reads nothing more (one pattern of a Dask/HDF5 array costs as
+        much as its row)."""
+        ds, (iy, ix) = self.dataset, self.position
+        if isinstance(ds.data, np.ndarray):  # in memory, or a memory map: direct
+            return np.asarray(ds.data[iy, ix])
+        key = (id(ds.data), iy)
+        row = self._rows.pop(key, None)
+        if row is None:
+            row = np.asarray(ds.data[iy])
+            while self._rows and sum(r.nbytes for r in self._rows.values()) + row.nbytes > \
+                    ROW_CACHE_BYTES:
+                self._rows.pop(next(iter(self._rows)))
+        self._rows[key] = row  # most recent last
+        return row[ix]
 
     def _update_pattern(self, reset_limits: bool = False) -> None:
         ds = self.dataset
@@ -282,7 +420,7 @@ class Session:
             layer = layers[PATTERN_LAYER]
             layer.data = shown
             if reset_limits:
-                layer.scale = self.detector_layer_kwargs()["scale"]
+                set_scale(layer, self.detector_layer_kwargs()["scale"])
                 layer.contrast_limits = self.pattern_limits()
         else:
             if PATTERN_LAYER in layers:
@@ -304,9 +442,15 @@ class Session:
         pt = np.array([self.position], dtype=float)
         if MARKER_LAYER in viewer.layers:
             layer = viewer.layers[MARKER_LAYER]
+            scale = self.scan_layer_kwargs()["scale"]
+            if not np.allclose(layer.scale[-2:], scale):  # costly (napari's dims): only if new
+                layer.scale = scale
             if not np.array_equal(np.round(layer.data), pt):
-                layer.data = pt
-            layer.scale = self.scan_layer_kwargs()["scale"]
+                self._moving_marker = True
+                try:
+                    layer.data = pt
+                finally:
+                    self._moving_marker = False
         else:
             layer = viewer.add_points(
                 pt,
@@ -322,10 +466,47 @@ class Session:
 
     def _on_marker_moved(self, event) -> None:
         layer = event.source
+        if getattr(self, "_moving_marker", False):  # our own update, not the user's drag
+            return
         if len(layer.data):
             iy, ix = np.round(np.asarray(layer.data[-1], float)[-2:]).astype(int)
             if (iy, ix) != self.position:
                 self.set_position(iy, ix)
+
+    # -- deferred layer updates ---------------------------------------------------
+    def defer(self, key, fn) -> None:
+        """Run ``fn()`` on a later event-loop turn, one deferred update per turn; a pending
+        update with the same ``key`` is replaced (only the latest image of a layer is drawn)."""
+        self._deferred[key] = fn
+        if not self._defer_timer.isActive():
+            self._defer_timer.start()
+
+    def _run_deferred(self) -> None:
+        import time
+
+        took = 0.0
+        if self._deferred:
+            key = next(iter(self._deferred))
+            t0 = time.perf_counter()
+            self._deferred.pop(key)()
+            took = time.perf_counter() - t0
+        if self._deferred:
+            # the event loop gets at least twice the time the last update took (software
+            # OpenGL on a busy machine draws slowly: updates are spaced out, not queued up)
+            self._defer_timer.start(int(min(500, max(DEFER_MS, 2000 * took))))
+
+    def after_deferred(self, fn) -> None:
+        """Run ``fn()`` once every update deferred so far has run (a worker's end: its
+        results are all shown before the widget says it is done), still one per turn."""
+        self._after_count = getattr(self, "_after_count", 0) + 1
+        self.defer(("after", self._after_count), fn)
+
+    def flush_deferred(self) -> None:
+        """Run every pending deferred update now (a worker finished: its results shown)."""
+        self._defer_timer.stop()
+        while self._deferred:
+            key = next(iter(self._deferred))
+            self._deferred.pop(key)()
 
     # -- layer helpers ---------------------------------------------------------
     def show_scan_image(
@@ -358,6 +539,9 @@ class Session:
         if name in viewer.layers:
             viewer.layers.remove(name)
         kw = {**scan_kw, "colormap": "gray", **kwargs}
+        if dataset != self.current:  # another data set's group: shown when it is current
+            meta[GROUP_VISIBLE_KEY] = bool(kw.get("visible", True))
+            kw["visible"] = False
         layer = viewer.add_image(
             data,
             name=name,
@@ -390,6 +574,25 @@ class Session:
             **kwargs,
         }
         return self.diffraction.add_image(data, name=name, **kw)
+
+
+class _Visibility:
+    """A deferred visibility change of one layer (skipped if the layer has gone)."""
+
+    def __init__(self, viewer, layer, visible: bool) -> None:
+        self.viewer, self.layer, self.visible = viewer, layer, visible
+
+    def __call__(self) -> None:
+        if self.layer in self.viewer.layers and self.layer.visible != self.visible:
+            self.layer.visible = self.visible
+
+
+def set_scale(layer, scale) -> None:
+    """``layer.scale = scale`` unless it is that already (napari recomputes its dims and
+    redraws on every assignment: costly with many layers)."""
+    scale = tuple(float(v) for v in scale)
+    if not np.allclose(tuple(layer.scale)[-len(scale):], scale):
+        layer.scale = scale
 
 
 def is_4d_layer(layer) -> bool:
@@ -438,12 +641,16 @@ def guarded(func):
 
 
 def compact_widget(widget) -> None:
-    """Keep a dock widget narrow: combo boxes do not grow with long layer names."""
-    from qtpy.QtWidgets import QComboBox
+    """Keep a dock widget narrow (it must fit beside napari's canvas on a 1366 px screen):
+    combo boxes do not grow with long layer names, spin boxes ask for little width; both
+    still widen with the dock."""
+    from qtpy.QtWidgets import QAbstractSpinBox, QComboBox
 
     for box in widget.findChildren(QComboBox):
         box.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
-        box.setMinimumContentsLength(12)
+        box.setMinimumContentsLength(6)
+    for box in widget.findChildren(QAbstractSpinBox):
+        box.setMinimumWidth(72)
     widget.setMaximumWidth(640)
 
 
@@ -481,6 +688,8 @@ def drop_session(viewer: napari.Viewer) -> None:
     """Forget the session of ``viewer`` (called when the viewer closes)."""
     s = _SESSIONS.pop(id(unwrap(viewer)), None)
     if s is not None:
+        s._defer_timer.stop()  # nothing more is drawn into a closing window
+        s._deferred.clear()
         if s.viewer is not None:
             s.viewer.layers.events.inserted.disconnect(s._on_inserted)
         s.diffraction.layers.clear()

@@ -16,45 +16,44 @@ import time
 from pathlib import Path
 
 import napari
+from magicgui.widgets import ComboBox, Container, FileEdit, FloatSpinBox, LineEdit, SpinBox
 from qtpy.QtWidgets import (
-    QComboBox,
-    QDoubleSpinBox,
-    QFileDialog,
-    QFormLayout,
     QHBoxLayout,
     QLabel,
-    QLineEdit,
     QProgressBar,
     QPushButton,
-    QSpinBox,
-    QVBoxLayout,
     QWidget,
 )
 
+from .forms import persist
+from .layout import scrolling_layout, settle
 from .session import compact_widget, session_for
 
-
-def _spin(lo: float, hi: float, value: float, decimals: int = 2, step: float = 1.0) -> QDoubleSpinBox:
-    s = QDoubleSpinBox()
-    s.setRange(lo, hi)
-    s.setDecimals(decimals)
-    s.setSingleStep(step)
-    s.setValue(value)
-    return s
+#: the structure choice that means "the file below"
+STRUCTURE_FILE = "structure file…"
+START_CHOICES = ("base model (fine-tune)", "scratch")
 
 
-def _pair(lo: float, hi: float, a: float, b: float, decimals: int = 2, step: float = 1.0):
-    row = QHBoxLayout()
-    sa, sb = _spin(lo, hi, a, decimals, step), _spin(lo, hi, b, decimals, step)
-    row.addWidget(sa)
-    row.addWidget(QLabel("to"))
-    row.addWidget(sb)
-    return row, sa, sb
+def _pair(name: str, label: str, lo: float, hi: float, a: float, b: float, decimals: int = 2,
+          step: float = 1.0) -> Container:
+    """A range ``a`` to ``b`` as two spin boxes in one labelled row."""
+    kw = {"min": lo, "max": hi, "step": step}
+    first = FloatSpinBox(name=f"{name}_min", value=a, label="", **kw)
+    second = FloatSpinBox(name=f"{name}_max", value=b, label="to", **kw)
+    for w in (first, second):
+        w.native.setDecimals(decimals)
+    pair = Container(name=name, label=label, layout="horizontal", labels=False,
+                     widgets=[first, second])
+    pair.margins = (0, 0, 0, 0)  # aligned with the single fields, no wider than needed
+    return pair
 
 
 class SimTrainWidget(QWidget):
     """Simulate the user's structure over ranges and train a model against its exact
-    projected potential (see the module docstring)."""
+    projected potential (see the module docstring). The form is a magicgui container whose
+    values are remembered between launches."""
+
+    TAB_TITLE = "Simulate"
 
     def __init__(self, napari_viewer: napari.Viewer, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -64,59 +63,52 @@ class SimTrainWidget(QWidget):
         self._cancel = threading.Event()
         self.result_path: Path | None = None
 
-        form = QFormLayout()
-        self.structure = QComboBox()
-        self.structure.setEditable(True)
         from ..simulate.structures import MATERIALS  # names only: abTEM is not imported
 
-        self.structure.addItems(list(MATERIALS))
-        browse = QPushButton("File…")
-        browse.clicked.connect(self._browse)
-        row = QHBoxLayout()
-        row.addWidget(self.structure, 1)
-        row.addWidget(browse)
-        form.addRow("structure", row)
-        self.zone = QLineEdit()
-        self.zone.setPlaceholderText("[001] (default), e.g. 1 1 0")
-        form.addRow("zone axis", self.zone)
-        r, self.t0, self.t1 = _pair(0.5, 200.0, 5.0, 20.0, 1, 1.0)
-        form.addRow("thickness (nm, crystals)", r)
-        r, self.df0, self.df1 = _pair(-100.0, 100.0, 0.0, 0.0, 1, 1.0)
-        form.addRow("defocus (nm)", r)
-        r, self.d0, self.d1 = _pair(100.0, 1e7, 1e4, 1e5, 0, 1e4)
-        form.addRow("dose (e⁻/pattern)", r)
-        self.tilt = _spin(0.0, 50.0, 0.0, 1, 0.5)
-        form.addRow("largest tilt (mrad)", self.tilt)
-        self.energy = QLineEdit("80")
-        form.addRow("energies (keV)", self.energy)
-        r, self.a0, self.a1 = _pair(1.0, 60.0, 21.4, 21.4, 1, 0.5)
-        form.addRow("convergence α (mrad)", r)
-        self.px = _spin(0.05, 10.0, 0.84, 3, 0.05)
-        form.addRow("detector pixel (mrad)", self.px)
-        self.det = QSpinBox()
-        self.det.setRange(16, 1024)
-        self.det.setValue(128)
-        form.addRow("detector pixels", self.det)
-        r, self.s0, self.s1 = _pair(0.02, 2.0, 0.25, 0.25, 3, 0.05)
-        form.addRow("scan step (Å)", r)
-        self.scan = QSpinBox()
-        self.scan.setRange(8, 256)
-        self.scan.setValue(48)
-        form.addRow("scan positions per side", self.scan)
-        self.items = QSpinBox()
-        self.items.setRange(1, 200)
-        self.items.setValue(6)
-        form.addRow("simulations", self.items)
-        self.model = QComboBox()
-        self.model.addItems(["conv4d", "linear"])
-        form.addRow("model", self.model)
-        self.init = QComboBox()
-        self.init.addItems(["base model (fine-tune)", "scratch"])
-        form.addRow("start from", self.init)
-        self.output = QLineEdit(str(Path.home() / "simulated_model.pt"))
-        form.addRow("save model as", self.output)
+        self.structure = ComboBox(name="structure", choices=[*MATERIALS, STRUCTURE_FILE],
+                                  value="MoS2" if "MoS2" in MATERIALS else None,
+                                  tooltip="a named material, or a structure file below")
+        self.structure_file = FileEdit(name="structure_file", label="file", mode="r",
+                                       filter="Structures (*.cif *.xyz *.vasp *.pdb *.traj)",
+                                       tooltip="a structure file (CIF, XYZ, VASP, PDB, ASE)")
+        self.zone = LineEdit(name="zone", label="zone axis",
+                             tooltip="[001] (default) when empty, e.g. 1 1 0")
+        self.thickness = _pair("thickness", "thickness (nm)", 0.5, 200.0, 5.0, 20.0, 1)
+        self.defocus = _pair("defocus", "defocus (nm)", -100.0, 100.0, 0.0, 0.0, 1)
+        self.dose = _pair("dose", "dose (e⁻/pattern)", 100.0, 1e7, 1e4, 1e5, 0, 1e4)
+        self.tilt = FloatSpinBox(name="tilt", label="tilt ≤ (mrad)", min=0.0, max=50.0,
+                                 step=0.5, value=0.0)
+        self.energy = LineEdit(name="energy", label="energies (keV)", value="80",
+                               tooltip="one or more beam energies, e.g. 80 200 300")
+        self.alpha = _pair("alpha", "α (mrad)", 1.0, 60.0, 21.4, 21.4, 1, 0.5)
+        self.px = FloatSpinBox(name="detector_pixel", label="mrad / pixel", min=0.05,
+                               max=10.0, step=0.05, value=0.84)
+        self.px.native.setDecimals(3)
+        self.det = SpinBox(name="detector_size", label="detector (px)", min=16, max=1024,
+                           value=128)
+        self.step = _pair("scan_step", "scan step (Å)", 0.02, 2.0, 0.25, 0.25, 3, 0.05)
+        self.scan = SpinBox(name="scan", label="scan size (px)", min=8, max=256,
+                            value=48)
+        self.items = SpinBox(name="items", label="simulations", min=1, max=200, value=6)
+        self.model = ComboBox(name="model", choices=["conv4d", "linear"], value="conv4d")
+        self.init = ComboBox(name="init", label="start from", choices=list(START_CHOICES))
+        self.output = FileEdit(name="output", label="save as", mode="w",
+                               value=str(Path.home() / "simulated_model.pt"),
+                               filter="Model (*.pt)")
+        self.form = Container(widgets=[
+            self.structure, self.structure_file, self.zone, self.thickness, self.defocus,
+            self.dose, self.tilt, self.energy, self.alpha, self.px, self.det, self.step,
+            self.scan, self.items, self.model, self.init, self.output])
+        self.form.margins = (0, 0, 0, 0)
+        for w in (self.structure_file, self.output):  # a narrow browse button
+            w.choose_btn.text = "…"
+        self.structure.changed.connect(self._on_structure)
+        self.reset_settings = persist(self.session.settings, "simulate", self.form)
+        self._on_structure()
 
-        from_data = QPushButton("Detector, α, energy and step from the current data set")
+        from_data = QPushButton("From the current data set")
+        from_data.setToolTip("detector, convergence α, energy and scan step of the current "
+                             "data set")
         from_data.clicked.connect(self.fill_from_dataset)
         self.estimate_btn = QPushButton("Estimate")
         self.estimate_btn.clicked.connect(self.estimate)
@@ -134,21 +126,26 @@ class SimTrainWidget(QWidget):
         self.progress.setTextVisible(True)
         self.status = QLabel("")
         self.status.setWordWrap(True)
-        lay = QVBoxLayout(self)
-        lay.addLayout(form)
+        lay = scrolling_layout(self)
+        lay.addWidget(self.form.native)
         lay.addWidget(from_data)
         lay.addLayout(buttons)
         lay.addWidget(self.progress)
         lay.addWidget(self.status)
         lay.addStretch(1)
         compact_widget(self)
+        settle(self)
 
     # -- gathering ---------------------------------------------------------------------------
-    def _browse(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "Structure file", "",
-                                              "Structures (*.cif *.xyz *.vasp *.pdb *.traj);;All (*)")
-        if path:
-            self.structure.setEditText(path)
+    def _on_structure(self, *_) -> None:
+        self.structure_file.enabled = self.structure.value == STRUCTURE_FILE
+
+    def structure_name(self) -> str:
+        """The named material, or the chosen structure file's path."""
+        if self.structure.value == STRUCTURE_FILE:
+            path = str(self.structure_file.value or "").strip()
+            return "" if path in ("", ".") else path
+        return str(self.structure.value or "")
 
     def fill_from_dataset(self) -> None:
         """The current data set's detector, convergence angle, energy and scan step."""
@@ -158,16 +155,15 @@ class SimTrainWidget(QWidget):
             return
         cal = ds.calibration
         if cal.detector_pixel_mrad:
-            self.px.setValue(float(cal.detector_pixel_mrad[0]))
-        self.det.setValue(int(min(ds.detector_shape)))
+            self.px.value = float(cal.detector_pixel_mrad[0])
+        self.det.value = int(min(ds.detector_shape))
         if cal.convergence_mrad:
-            self.a0.setValue(float(cal.convergence_mrad))
-            self.a1.setValue(float(cal.convergence_mrad))
+            self.alpha.alpha_min.value = self.alpha.alpha_max.value = float(cal.convergence_mrad)
         if cal.energy_ev:
-            self.energy.setText(f"{cal.energy_ev / 1e3:g}")
+            self.energy.value = f"{cal.energy_ev / 1e3:g}"
         if cal.scan_step_A:
-            self.s0.setValue(float(cal.scan_step_A[0]))
-            self.s1.setValue(float(cal.scan_step_A[0]))
+            v = float(cal.scan_step_A[0])
+            self.step.scan_step_min.value = self.step.scan_step_max.value = v
         self.status.setText("detector, α, energy and scan step taken from the current data set")
 
     def job(self):
@@ -175,39 +171,43 @@ class SimTrainWidget(QWidget):
         from ..simtrain import SimTrainJob
         from ..simulate.structures import MATERIALS, StructureSpec, build_unit_cell
 
-        name = self.structure.currentText().strip()
+        name = self.structure_name().strip()
         if not name:
             raise ValueError("structure: give a material name or a structure file")
         zone = None
-        if self.zone.text().strip():
+        text = self.zone.value.strip()
+        if text:
             try:
-                zone = tuple(int(v) for v in self.zone.text().replace(",", " ").split())
+                zone = tuple(int(v) for v in text.replace(",", " ").split())
             except ValueError as exc:
-                raise ValueError(f"zone axis: three integers, got {self.zone.text()!r}") from exc
+                raise ValueError(f"zone axis: three integers, got {text!r}") from exc
             if len(zone) != 3:
-                raise ValueError(f"zone axis: three integers, got {self.zone.text()!r}")
+                raise ValueError(f"zone axis: three integers, got {text!r}")
         try:
-            energies = tuple(float(v) for v in self.energy.text().replace(",", " ").split())
+            energies = tuple(float(v) for v in self.energy.value.replace(",", " ").split())
         except ValueError as exc:
-            raise ValueError(f"energies: numbers in keV, got {self.energy.text()!r}") from exc
+            raise ValueError(f"energies: numbers in keV, got {self.energy.value!r}") from exc
         if not energies or min(energies) <= 0:
             raise ValueError("energies: at least one positive energy in keV")
         is_2d = name in MATERIALS and build_unit_cell(StructureSpec(name)).is_2d
-        for lo, hi, what in ((self.t0, self.t1, "thickness"), (self.df0, self.df1, "defocus"),
-                             (self.d0, self.d1, "dose"), (self.a0, self.a1, "convergence α"),
-                             (self.s0, self.s1, "scan step")):
-            if lo.value() > hi.value():
+        ranges = {}
+        for pair, what in ((self.thickness, "thickness"), (self.defocus, "defocus"),
+                           (self.dose, "dose"), (self.alpha, "convergence α"),
+                           (self.step, "scan step")):
+            lo, hi = (w.value for w in pair)
+            if lo > hi:
                 raise ValueError(f"{what}: the first value must not exceed the second")
+            ranges[pair.name] = (lo, hi)
         return SimTrainJob(
-            structure=name, output=self.output.text().strip(), zone_axis=zone,
-            thickness_nm=None if is_2d else (self.t0.value(), self.t1.value()),
-            defocus_nm=(self.df0.value(), self.df1.value()), dose=(self.d0.value(), self.d1.value()),
-            tilt_mrad=self.tilt.value(), energy_kev=energies,
-            convergence_mrad=(self.a0.value(), self.a1.value()),
-            detector_pixel_mrad=self.px.value(), detector_size=self.det.value(),
-            scan_step_A=(self.s0.value(), self.s1.value()), scan_shape=(self.scan.value(),) * 2,
-            items=self.items.value(), model=self.model.currentText(),
-            init="base" if self.init.currentIndex() == 0 else "scratch")
+            structure=name, output=str(self.output.value).strip(), zone_axis=zone,
+            thickness_nm=None if is_2d else ranges["thickness"],
+            defocus_nm=ranges["defocus"], dose=ranges["dose"],
+            tilt_mrad=self.tilt.value, energy_kev=energies,
+            convergence_mrad=ranges["alpha"],
+            detector_pixel_mrad=self.px.value, detector_size=self.det.value,
+            scan_step_A=ranges["scan_step"], scan_shape=(self.scan.value,) * 2,
+            items=self.items.value, model=self.model.value,
+            init="base" if self.init.value == START_CHOICES[0] else "scratch")
 
     # -- actions -----------------------------------------------------------------------------
     def estimate(self) -> None:

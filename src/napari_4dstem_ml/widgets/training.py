@@ -35,8 +35,8 @@ from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import (
     QComboBox,
     QDoubleSpinBox,
-    QFileDialog,
     QFormLayout,
+    QGridLayout,
     QHBoxLayout,
     QLabel,
     QLineEdit,
@@ -44,15 +44,19 @@ from qtpy.QtWidgets import (
     QPlainTextEdit,
     QProgressBar,
     QPushButton,
+    QSizePolicy,
     QSpinBox,
-    QVBoxLayout,
     QWidget,
 )
+from superqt import QCollapsible
 
 from ..workflow import TRAINING_DEFAULTS, TrainingJob
+from .dialogs import open_file, save_file
+from .layout import scrolling_layout, settle
 from .models import describe, load_model_file
+from .naming import applied_name, registered_name
 from .plots import LossCurves, WeightsPlot
-from .regions import REGIONS_LAYER, ensure_regions_layer, split_for
+from .regions import ensure_region_layers, region_layers, split_for
 from .session import (
     DATASET_KEY,
     ROLE_KEY,
@@ -88,12 +92,6 @@ FILTERS_PREFIX = "filters: "
 NOT_LABELS = ("ground_truth", "adf", "icom", "linear", "cnn", "uncertainty")
 
 
-def registered_name(dataset: str) -> str:
-    return f"label on scan grid: {dataset}"
-
-
-def applied_name(model: str, dataset: str) -> str:
-    return f"{model} → {dataset}"
 
 
 def warm_up_torch() -> None:
@@ -226,6 +224,8 @@ class TrainingWidget(QWidget):
     """Dock widget: data set, label, regions, model and hyper-parameters; Start/Stop;
     progress and loss curves; the session's models with Load/Save/Apply."""
 
+    TAB_TITLE = "Train"
+
     def __init__(self, napari_viewer: napari.Viewer, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         threading.Thread(target=warm_up_torch, name="torch warm-up", daemon=True).start()
@@ -248,8 +248,9 @@ class TrainingWidget(QWidget):
         self.label_file_button = QPushButton("Label file…")
         self.regions_button = QPushButton("Show regions")
         self.regions_button.setToolTip(
-            "show the 'training regions' rectangles on the scan plane: move or resize them "
-            "(select mode) to choose where to train and validate"
+            "show the 'training region' and 'validation region' layers of the data set: move "
+            "or resize their rectangles (select mode), or draw a new one in a region's own "
+            "layer, to choose where to train and validate"
         )
         self.regions_label = QLabel("")
         self.regions_label.setWordWrap(True)
@@ -307,22 +308,41 @@ class TrainingWidget(QWidget):
         self.readout.setWordWrap(True)
 
         form = QFormLayout()
+        form.setRowWrapPolicy(QFormLayout.RowWrapPolicy.WrapLongRows)  # narrow docks
         form.addRow("4D data set", self.dataset_box)
         label_row = QHBoxLayout()
         label_row.addWidget(self.label_box, stretch=1)
         label_row.addWidget(self.label_file_button)
         form.addRow("label", label_row)
-        regions_row = QHBoxLayout()
-        regions_row.addWidget(self.regions_label, stretch=1)
-        regions_row.addWidget(self.regions_button)
-        form.addRow("regions", regions_row)
-        form.addRow("model", self.kind_box)
-        form.addRow("start from", self.start_box)
-        form.addRow("ensemble members", self.ensemble)
-        form.addRow("cluster size K", self.cluster)
-        form.addRow("epochs", self.epochs)
-        form.addRow("learning rate", self.lr)
-        form.addRow("batch size", self.batch)
+        form.addRow("regions", self.regions_button)
+        form.addRow(self.regions_label)
+        model_row = QHBoxLayout()
+        model_row.addWidget(self.kind_box, stretch=2)
+        model_row.addWidget(QLabel("from"))
+        model_row.addWidget(self.start_box, stretch=3)
+        form.addRow("model", model_row)
+        # the hyper-parameters fold away (their values in the title): Start, the progress
+        # and the loss curves stay in sight on a laptop screen
+        self.settings_panel = QCollapsible("training settings")
+        hyper = QWidget()
+        grid = QGridLayout(hyper)
+        grid.setContentsMargins(0, 0, 0, 0)
+        for i, (text, box, tip) in enumerate((
+                ("epochs", self.epochs, "training epochs"),
+                ("lr", self.lr, "learning rate"),
+                ("batch", self.batch, "batch size (clusters per step)"),
+                ("K", self.cluster, "cluster size K × K scan positions"),
+                ("members", self.ensemble, "ensemble members"))):
+            label = QLabel(text)
+            label.setToolTip(tip)
+            box.setToolTip(tip)
+            grid.addWidget(label, i // 2, 2 * (i % 2))
+            grid.addWidget(box, i // 2, 2 * (i % 2) + 1)
+        self.settings_panel.addWidget(hyper)
+        # the title (the values) is clipped, never widens the dock
+        self.settings_panel.toggleButton().setSizePolicy(QSizePolicy.Policy.Ignored,
+                                                         QSizePolicy.Policy.Fixed)
+        form.addRow(self.settings_panel)
         buttons = QHBoxLayout()
         buttons.addWidget(self.start_button)
         buttons.addWidget(self.stop_button)
@@ -333,10 +353,11 @@ class TrainingWidget(QWidget):
         apply_row.addWidget(QLabel("apply to"))
         apply_row.addWidget(self.apply_box, stretch=1)
         apply_row.addWidget(self.apply_button)
-        layout = QVBoxLayout(self)
+        layout = scrolling_layout(self)
         layout.addLayout(form)
         layout.addLayout(buttons)
         layout.addWidget(self.progress)
+        layout.addWidget(self.readout)
         plots = QHBoxLayout()
         plots.addWidget(self.curves, stretch=2)
         plots.addWidget(self.weights_plot, stretch=1)
@@ -347,7 +368,6 @@ class TrainingWidget(QWidget):
         layout.addLayout(model_buttons)
         layout.addLayout(apply_row)
         layout.addWidget(self.scheduler)
-        layout.addWidget(self.readout)
 
         self._timer = QTimer(self)
         self._timer.setInterval(PROGRESS_MS)
@@ -363,6 +383,8 @@ class TrainingWidget(QWidget):
         settings.bind("training", "cluster_size", self.cluster)
         for key, box in (("epochs", self.epochs), ("lr", self.lr), ("batch_size", self.batch)):
             box.valueChanged.connect(lambda v, key=key: self._store_hyper(key, v))
+        for box in (self.epochs, self.lr, self.batch, self.cluster, self.ensemble):
+            box.valueChanged.connect(self._show_settings_title)
         self.start_button.clicked.connect(self.start)
         self.stop_button.clicked.connect(self.stop)
         self.save_button.clicked.connect(self._on_save)
@@ -381,6 +403,8 @@ class TrainingWidget(QWidget):
         napari_viewer.layers.events.removed.connect(self._refresh)
         on_viewer_close(napari_viewer, self.teardown)
         compact_widget(self)
+        settle(self)
+        self._show_settings_title()
         self._refresh()
         self._refresh_models()
 
@@ -448,6 +472,16 @@ class TrainingWidget(QWidget):
         finally:
             self._restoring = False
 
+    def _show_settings_title(self, *_) -> None:
+        """The folded hyper-parameters, in one line."""
+        members = f", ×{self.ensemble.value()}" if self.ensemble.value() > 1 else ""
+        self.settings_panel.setText(
+            f"{self.epochs.value()} epoch{'s' if self.epochs.value() != 1 else ''}, "
+            f"lr {self.lr.value():g}, batch {self.batch.value()}, "
+            f"K {self.cluster.value()}{members}")
+        self.settings_panel.setToolTip("training settings: epochs, learning rate, batch size, "
+                                       "cluster size K, ensemble members")
+
     def _store_hyper(self, key: str, value) -> None:
         if not self._restoring:
             self.session.settings.set("training", f"{self._start_key()}.{key}", value)
@@ -478,7 +512,7 @@ class TrainingWidget(QWidget):
             found = [lay for lay in layers if test(lay)]
             if found:
                 # the label on its own grid before one already put on the scan grid
-                found.sort(key=lambda lay: lay.name.startswith("label on scan grid"))
+                found.sort(key=lambda lay: " on scan grid: " in lay.name)
                 return found[0].name
         return None
 
@@ -519,32 +553,41 @@ class TrainingWidget(QWidget):
             split = split_for(self.session, name)
             ds = self.session.datasets[name]
             tr, va = split.region_masks(ds.scan_shape)
-            drawn = REGIONS_LAYER in self.viewer.layers
+            drawn = bool(region_layers(self.session, name))
             self.regions_label.setText(
-                f"{'drawn' if drawn else 'default'}: train {int(tr.sum())}, validate "
+                f"{'drawn' if drawn else 'default halves'}: train {int(tr.sum())}, validate "
                 f"{int(va.sum())} positions"
             )
         except Exception as err:  # noqa: BLE001 - shown to the user
             self.regions_label.setText(f"regions: {err}")
 
-    def show_regions(self):
-        """Show (create) the regions layer for the chosen data set, ready to edit."""
+    def show_regions(self) -> dict | None:
+        """Show (create) the chosen data set's "training region" and "validation region"
+        layers, the training one active in select mode (ready to move or resize); returns
+        ``{"train": layer, "validation": layer}``."""
         name = self.dataset_box.currentText()
         if name not in self.session.datasets:
             show_error("choose a 4D data set first")
             return None
-        layer = ensure_regions_layer(self.session, name)
-        layer.visible = True
-        self.viewer.layers.selection.active = layer
-        layer.mode = "select"
-        if id(layer) not in self._watched_regions:
-            self._watched_regions.add(id(layer))
-            layer.events.data.connect(lambda *_: self._show_regions_text())
+        if name != self.session.current:
+            self.session.set_current(name)
+        layers = ensure_region_layers(self.session, name, on_change=self._on_region_replaced)
+        for layer in layers.values():
+            layer.visible = True
+            layer.mode = "select"
+            if id(layer) not in self._watched_regions:
+                self._watched_regions.add(id(layer))
+                layer.events.data.connect(lambda *_: self._show_regions_text())
+        self.viewer.layers.selection.active = layers["train"]
         self._show_regions_text()
-        return layer
+        return layers
+
+    def _on_region_replaced(self, region: str, text: str) -> None:
+        self._show_regions_text()
+        self.readout.setText(f"{text}; {self.regions_label.text()}")
 
     def _on_label_file(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "Label image")
+        path = open_file(self, self.session, "Label image")
         if path:
             self.load_label_file(path)
 
@@ -617,6 +660,8 @@ class TrainingWidget(QWidget):
             self.readout.setText(str(err))
             return None
         self._label_key = (key, name)
+        self._label_method = self.viewer.layers[self.label_box.currentText()].metadata.get(
+            "label_method")
         registered = self.session.registrations.get(self._label_key)
         if registered is not None:
             self.registration_report = registered.report + " (cached)"
@@ -678,6 +723,10 @@ class TrainingWidget(QWidget):
             self.worker.quit()
 
     def _on_finished(self) -> None:
+        # done once the run's last preview and learned views are shown
+        self.session.after_deferred(self._done)
+
+    def _done(self) -> None:
         self.worker = None
         self._timer.stop()
         self.start_button.setEnabled(True)
@@ -697,13 +746,15 @@ class TrainingWidget(QWidget):
                 else "stopped"
             )
             return
-        self.progress.setValue(int(1000 * min(1.0, p.get("fraction", 0.0))))
         text = p.get("text", "")
         if p.get("eta") is not None:
             text += f" · {format_duration(p['eta'])} left"
         else:
             text += f" · {format_duration(time.perf_counter() - p['t0'])}"
+        # the text first (a deferred repaint), then the value (QProgressBar repaints at once):
+        # one repaint of the window, not two
         self.progress.setFormat(text)
+        self.progress.setValue(int(1000 * min(1.0, p.get("fraction", 0.0))))
 
     def _on_event(self, ev) -> None:
         """Worker events, on the GUI thread: store progress (shown by the timer); layers and
@@ -735,10 +786,11 @@ class TrainingWidget(QWidget):
             self.readout.setText(reg.report)
             show_info(reg.report)
             self.session.show_scan_image(
-                registered_name(self._training_name),
+                registered_name(self._training_name, self._label_method),
                 reg.image,
                 dataset=self._training_name,
                 role="label",
+                metadata={"label_method": self._label_method} if self._label_method else None,
                 visible=False,
             )
             return
@@ -752,29 +804,34 @@ class TrainingWidget(QWidget):
             return
         if isinstance(ev, loop.EpochEvent):
             self.history.append(ev)
-            self.curves.add_epoch(ev.epoch, ev.train_loss, ev.val_loss)
+            self.curves.add_epoch(ev.epoch + 1, ev.train_loss, ev.val_loss)  # 1-based, as shown
             m = ", ".join(f"{k} {v:.3g}" for k, v in ev.metrics.items())
             self.readout.setText(
-                f"{self.run_name}\nepoch {ev.epoch}: train {ev.train_loss:.4g}, "
+                f"{self.run_name}\nepoch {ev.epoch + 1}: train {ev.train_loss:.4g}, "
                 f"val {ev.val_loss:.4g}" + (f" ({m})" if m else "") + (" *best*" if ev.is_best else "")
             )
         elif isinstance(ev, loop.PreviewEvent):
-            layer = self.session.show_scan_image(
-                self.run_name,
-                np.asarray(ev.image, np.float32),
-                dataset=self._training_name,
-                role="linear" if self._kind == "linear" else "cnn",
-                metadata={"step": ev.step, "model": self.run_name},
-            )
-            self._keep_on_top(layer)
-            self._show_learned(ev.masks)
+            # the layers change on later event-loop turns, one per turn, the latest preview
+            # only (a new layer costs napari and software OpenGL a lot)
+            run, dataset, kind = self.run_name, self._training_name, self._kind
+            image = np.asarray(ev.image, np.float32)
+
+            def preview():
+                layer = self.session.show_scan_image(
+                    run, image, dataset=dataset,
+                    role="linear" if kind == "linear" else "cnn",
+                    metadata={"step": ev.step, "model": run},
+                )
+                self._keep_on_top(layer)
+
+            self.session.defer(("scan", run), preview)
+            self.session.defer(("learned", run), lambda masks=ev.masks: self._show_learned(masks))
             unc = getattr(ev, "uncertainty", None)  # hook: an uncertainty map, when given
             if unc is not None:
-                self.session.show_scan_image(
-                    f"uncertainty: {self.run_name}", np.asarray(unc, np.float32),
-                    dataset=self._training_name, role="uncertainty", visible=False,
-                    colormap="magma",
-                )
+                self.session.defer(("scan", f"uncertainty: {run}"), lambda: (
+                    self.session.show_scan_image(
+                        f"uncertainty: {run}", np.asarray(unc, np.float32), dataset=dataset,
+                        role="uncertainty", visible=False, colormap="magma")))
         elif isinstance(ev, loop.DoneEvent):
             self._on_done(ev.result)
 
@@ -787,7 +844,7 @@ class TrainingWidget(QWidget):
         self.readout.setText(
             (self.registration_report + "\n" if self.registration_report else "")
             + f"{self.run_name} done ({r.stopped}): {r.steps} steps in {r.elapsed_s:.1f} s, "
-            f"best epoch {r.best_epoch}, val loss {r.best_val_loss:.4g}" + (f"; {m}" if m else "")
+            f"best epoch {r.best_epoch + 1}, val loss {r.best_val_loss:.4g}" + (f"; {m}" if m else "")
         )
         summary = dict(r.train_summary)
         summary.setdefault("source", self._training_name)
@@ -806,8 +863,9 @@ class TrainingWidget(QWidget):
         layers = self.viewer.layers
         if "scan position" in layers:
             layers.move(layers.index("scan position"), len(layers))
-        if REGIONS_LAYER in layers and layers.index(REGIONS_LAYER) < layers.index(layer):
-            layers.move(layers.index(REGIONS_LAYER), len(layers))
+        for region in region_layers(self.session, self._training_name).values():
+            if layers.index(region) < layers.index(layer):
+                layers.move(layers.index(region), len(layers))
 
     def _hide_other_learned_views(self) -> None:
         """A new run: other runs' learned masks / filters leave the diffraction view."""
@@ -907,7 +965,7 @@ class TrainingWidget(QWidget):
         self.model_info.setPlainText(describe(entry) if entry is not None else "")
 
     def _on_load(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "Load model", "", "Model (*.pt)")
+        path = open_file(self, self.session, "Load model", "Model (*.pt)")
         if path:
             self.load_model(path)
 
@@ -927,9 +985,9 @@ class TrainingWidget(QWidget):
         if entry is None:
             show_error("train or load a model first")
             return
-        path, _ = QFileDialog.getSaveFileName(
-            self, "Save model", f"{entry.kind}.pt", "Model (*.pt)"
-        )
+        stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in entry.name).strip("_")
+        path = save_file(self, self.session, "Save model", f"{stem or entry.kind}.pt",
+                         "Model (*.pt)")
         if path:
             self.save(path, entry.name, overwrite=True)  # the dialog asked before replacing
 
@@ -957,6 +1015,10 @@ class TrainingWidget(QWidget):
         except Exception as err:  # noqa: BLE001 - shown to the user
             show_error(f"could not save the model to {path}: {err}")
             return None
+        from .models import mark_saved
+
+        mark_saved(entry, out)  # reopening this file selects this model, not a copy of it
+        self._fill_starts()
         show_info(f"model saved to {out}")
         return out
 
@@ -975,6 +1037,8 @@ class TrainingWidget(QWidget):
             show_info("a reconstruction is running: wait for it to finish")
             return None
         ds = self.session.datasets[name]
+        if name != self.session.current:  # the result is shown with its data set's layers
+            self.session.set_current(name)
         layer_name = applied_name(entry.name, name)
         worker = create_worker(
             guarded(predict_job),
@@ -993,6 +1057,10 @@ class TrainingWidget(QWidget):
                 show_warning(f"{entry.name} on {name}: {ev.text}")
                 meta.setdefault("domain_warnings", []).append(ev.text)
                 return
+            # drawn on a later event-loop turn, only the latest rows (coalesced)
+            self.session.defer(("scan", layer_name), lambda ev=ev: show_rows(ev))
+
+        def show_rows(ev):
             image = ev.image
             filled = (
                 np.nan_to_num(image, nan=float(np.nanmean(image)))
@@ -1011,12 +1079,13 @@ class TrainingWidget(QWidget):
                     dataset=name, role="uncertainty", colormap="magma", visible=False,
                     metadata={**meta, "rows_done": ev.rows_done},
                 )
-            self.progress.setValue(int(1000 * ev.rows_done / max(ev.rows_total, 1)))
             self.progress.setFormat(f"{layer_name}: {ev.rows_done}/{ev.rows_total} rows")
+            self.progress.setValue(int(1000 * ev.rows_done / max(ev.rows_total, 1)))
 
         def on_return(report, name=name):
             if getattr(self, "_closed", False):
                 return
+            self.session._deferred.pop(("scan", layer_name), None)  # the final image wins
             info = report.metadata()
             self.session.show_scan_image(
                 layer_name, report.image, dataset=name, role=entry.role,
@@ -1035,7 +1104,10 @@ class TrainingWidget(QWidget):
 
         worker.yielded.connect(on_event)
         worker.returned.connect(on_return)
-        worker.finished.connect(lambda: setattr(self, "apply_worker", None))
+        def on_finished():  # done once the last rows are shown
+            self.session.after_deferred(lambda: setattr(self, "apply_worker", None))
+
+        worker.finished.connect(on_finished)
         self.apply_worker = worker
         worker.start()
         return worker
