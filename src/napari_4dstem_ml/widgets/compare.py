@@ -72,7 +72,7 @@ def compare_job(images, reference, region, pixel_size, unit, to_register=None, b
         base = classical_baselines(dataset)
         yield ("baselines", base)
         for role, img in (("adf", base.adf), ("icom", base.icom)):
-            if role in missing:
+            if role in missing and img is not None:  # no ADF where the detector holds no ring
                 images.append(MethodImage(f"{'ADF' if role == 'adf' else 'iCoM'} (baseline)", role, img))
     if to_register is not None:
         from .training import register
@@ -287,8 +287,10 @@ class CompareWidget(QWidget):
             return
         if item[0] == "baselines":
             base = item[1]
+            for note in getattr(base, "notes", ()):
+                show_info(f"{self._dataset}: {note}")
             for role, title, img in (("adf", "ADF", base.adf), ("icom", "iCoM", base.icom)):
-                if role not in getattr(self, "_missing", {role}):
+                if img is None or role not in getattr(self, "_missing", {role}):
                     continue
                 self.session.show_scan_image(f"{title} (baseline): {self._dataset}", img,
                                              dataset=self._dataset, role=role,

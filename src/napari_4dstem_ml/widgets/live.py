@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 from napari.qt.threading import create_worker
-from napari.utils.notifications import show_error, show_info
+from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -39,6 +39,7 @@ from qtpy.QtWidgets import (
 )
 
 from ..dataset import USER, Calibration, Dataset4D
+from ..predict.events import Message
 from .calibration import ROWS, CalibrationForm
 from .dialogs import open_file
 from .layout import scrolling_layout, settle
@@ -106,7 +107,7 @@ def live_job(path: str, inner: float | None, outer: float | None, model,
         from ..training.checkpoint import load_checkpoint
 
         loaded = load_checkpoint(model)
-        model = (loaded.model, loaded.preprocessor)
+        model = (loaded.model, loaded.preprocessor, loaded.info)
     source = open_source(path, timeout_s=timeout_s, cancel=cancel)
     calibration = source.calibration.with_(source=USER, **edits) if edits else source.calibration
     det = source.detector_shape
@@ -120,11 +121,18 @@ def live_job(path: str, inner: float | None, outer: float | None, model,
     pipe = LivePipeline(source.scan_shape, det, detectors=detectors,
                         model=model[0] if model else None,
                         preprocessor=model[1] if model else None,
-                        calibration=calibration)
+                        calibration=calibration,
+                        info=model[2] if model is not None and len(model) > 2 else None)
     pipe.warm_up()
     step = calibration.scan_step_A
     yield {"scale": step or (1.0, 1.0), "units": ("angstrom",) * 2 if step else ("pixel",) * 2}
-    yield from iter_live(source, pipe)
+    said: set[str] = set()
+    for ev in iter_live(source, pipe):
+        for text in pipe.messages:  # the domain check on the first rows, said once
+            if text not in said:
+                said.add(text)
+                yield Message(text)
+        yield ev
 
 
 class LiveWidget(QWidget):
@@ -289,7 +297,7 @@ class LiveWidget(QWidget):
     def chosen_model(self):
         """``(model, preprocessor)`` of the chosen session model, or ``None``."""
         entry = self.session.models.get(self.model_box.currentText())
-        return None if entry is None else (entry.model, entry.preprocessor)
+        return None if entry is None else (entry.model, entry.preprocessor, entry.info)
 
     # -- running ----------------------------------------------------------------------------
     def start(self, path: str | None = None):
@@ -343,6 +351,9 @@ class LiveWidget(QWidget):
             return
         if isinstance(ev, dict):  # the scan calibration, before the first row
             self._layer_kwargs = ev
+            return
+        if isinstance(ev, Message):  # the domain check on the first rows
+            show_warning(f"Live: {ev.text}")
             return
         self._pending = ev
         now = time.monotonic()

@@ -197,22 +197,15 @@ def register(dataset, label: np.ndarray, label_pixel_A: float | None) -> Registe
 
 
 def predict_job(entry, dataset, scheduler: str = ""):
-    """Worker generator: the core's reconstruction with its domain check (a Message per
-    domain issue, then the prediction's events; returns the ReconstructionReport), in this
-    process or, with a ``scheduler`` address, on that Dask cluster (the image only: an
-    ensemble's uncertainty is computed in process)."""
-    from ..workflow import Message, ReconstructionReport, domain_issues, reconstruct
+    """Worker generator: the core's :class:`~napari_4dstem_ml.predict.Reconstructor` (a
+    Message per domain issue, the prediction's events; returns the ReconstructionReport), in
+    this process or, with a ``scheduler`` address, on that Dask cluster (the workers read the
+    data and compute an ensemble's spread too)."""
+    from ..parallel import Compute
+    from ..predict import Reconstructor
 
-    if not scheduler.strip():
-        return (yield from reconstruct(entry, dataset))
-    from ..parallel import Compute, iter_predict, open_client
-
-    issues, sig = domain_issues(entry, dataset)
-    for issue in issues:
-        yield Message(f"warning: outside the model's training domain: {issue.message()}")
-    with open_client(Compute(scheduler=scheduler.strip())) as client:
-        image = yield from iter_predict(entry.model, entry.preprocessor, dataset, client=client)
-    return ReconstructionReport(image, None, issues, sig)
+    compute = Compute(scheduler=scheduler.strip()) if scheduler.strip() else None
+    return (yield from Reconstructor(entry, dataset, compute=compute).run())
 
 
 def format_duration(seconds: float) -> str:
