@@ -56,6 +56,7 @@ from .layout import scrolling_layout, settle
 from .models import describe, load_model_file
 from .naming import applied_name, registered_name
 from .plots import LossCurves, WeightsPlot
+from .ptycho import LabelReconstruction
 from .regions import ensure_region_layers, region_layers, split_for
 from .session import (
     DATASET_KEY,
@@ -239,6 +240,12 @@ class TrainingWidget(QWidget):
         self.dataset_box = QComboBox()
         self.label_box = QComboBox()
         self.label_file_button = QPushButton("Label file…")
+        self.ptycho_button = QPushButton("Reconstruct label…")
+        self.ptycho_button.setToolTip(
+            "make the label from this data set by ptychography (extra [ptycho]): progress with "
+            "an ETA, Stop to pause, the same settings resume; the label is offered for training "
+            "on the scan grid, no registration needed")
+        self.label_maker = LabelReconstruction(self)
         self.regions_button = QPushButton("Show regions")
         self.regions_button.setToolTip(
             "show the 'training region' and 'validation region' layers of the data set: move "
@@ -307,6 +314,7 @@ class TrainingWidget(QWidget):
         label_row.addWidget(self.label_box, stretch=1)
         label_row.addWidget(self.label_file_button)
         form.addRow("label", label_row)
+        form.addRow("", self.ptycho_button)
         form.addRow("regions", self.regions_button)
         form.addRow(self.regions_label)
         model_row = QHBoxLayout()
@@ -385,6 +393,8 @@ class TrainingWidget(QWidget):
         self.apply_button.clicked.connect(self._on_apply)
         self.regions_button.clicked.connect(self.show_regions)
         self.label_file_button.clicked.connect(self._on_label_file)
+        self.ptycho_button.clicked.connect(
+            lambda: self.label_maker.stop() if self.label_maker.running else self.label_maker.start())
         # a label chosen by the user (or a script) is kept; a default one follows the layers
         # (the refresh below blocks this signal while it fills the box)
         self.label_box.currentTextChanged.connect(lambda _: setattr(self, "_label_chosen", True))
@@ -404,6 +414,7 @@ class TrainingWidget(QWidget):
     def teardown(self) -> None:
         self._closed = True
         self._timer.stop()
+        self.label_maker.teardown()
         if self.cancel is not None:
             self.cancel.set()
         if self.worker is not None:
