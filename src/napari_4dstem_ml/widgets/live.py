@@ -43,7 +43,14 @@ from ..predict.events import Message
 from .calibration import ROWS, CalibrationForm
 from .dialogs import open_file
 from .layout import scrolling_layout, settle
-from .session import compact_widget, error_reporter, guarded, on_viewer_close, session_for
+from .session import (
+    compact_widget,
+    error_reporter,
+    guarded,
+    on_viewer_close,
+    session_for,
+    warm_up_torch,
+)
 
 if TYPE_CHECKING:
     import napari
@@ -143,6 +150,7 @@ class LiveWidget(QWidget):
 
     def __init__(self, napari_viewer: napari.Viewer, parent: QWidget | None = None) -> None:
         super().__init__(parent)
+        warm_up_torch()
         self.viewer = napari_viewer
         self.session = session_for(napari_viewer)
         self.worker = None

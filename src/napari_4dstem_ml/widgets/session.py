@@ -734,3 +734,18 @@ def on_viewer_close(viewer: napari.Viewer, callback) -> None:
         window.installEventFilter(watcher)
         watcher.callbacks.append(lambda: drop_session(viewer))
     watcher.callbacks.insert(0, callback)
+
+
+def warm_up_torch() -> None:
+    """Import PyTorch and its optimiser machinery once, on the GUI thread, when the first dock
+    that trains or predicts is built (about a second, before the dock is shown), so that no
+    worker imports it while napari's canvas draws. Seen under software OpenGL (Mesa's
+    llvmpipe): a CUDA build of PyTorch imports Triton, whose own LLVM crashed the process in
+    ``glDrawElements`` when a worker thread imported it mid-paint. The project pins the CPU
+    build (no Triton); the import stays off the work threads all the same."""
+    try:
+        import torch
+
+        torch.optim.Adam([torch.zeros(1, requires_grad=True)])
+    except Exception:  # a broken torch reports itself at Start, with its message
+        pass

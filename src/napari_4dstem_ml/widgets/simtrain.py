@@ -27,7 +27,7 @@ from qtpy.QtWidgets import (
 
 from .forms import persist
 from .layout import scrolling_layout, settle
-from .session import compact_widget, session_for
+from .session import compact_widget, session_for, warm_up_torch
 
 #: the structure choice that means "the file below"
 STRUCTURE_FILE = "structure file…"
@@ -57,6 +57,7 @@ class SimTrainWidget(QWidget):
 
     def __init__(self, napari_viewer: napari.Viewer, parent: QWidget | None = None) -> None:
         super().__init__(parent)
+        warm_up_torch()
         self.viewer = napari_viewer
         self.session = session_for(napari_viewer)
         self._worker = None

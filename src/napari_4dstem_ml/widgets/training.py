@@ -72,6 +72,7 @@ from .session import (
     layer_role,
     on_viewer_close,
     session_for,
+    warm_up_torch,
 )
 
 if TYPE_CHECKING:
@@ -93,18 +94,6 @@ FILTERS_PREFIX = "filters: "
 NOT_LABELS = ("ground_truth", "adf", "icom", "linear", "cnn", "uncertainty")
 
 
-
-
-def warm_up_torch() -> None:
-    """Import PyTorch and its optimiser machinery once, off the GUI thread, while the user is
-    still choosing: measured under the first Start, those imports held the GIL for 0.5–2 s in
-    the training thread and stalled the event loop."""
-    try:
-        import torch
-
-        torch.optim.Adam([torch.zeros(1, requires_grad=True)])
-    except Exception:  # a broken torch reports itself at Start, with its message
-        pass
 
 
 def train_job(
@@ -222,7 +211,7 @@ class TrainingWidget(QWidget):
 
     def __init__(self, napari_viewer: napari.Viewer, parent: QWidget | None = None) -> None:
         super().__init__(parent)
-        threading.Thread(target=warm_up_torch, name="torch warm-up", daemon=True).start()
+        warm_up_torch()
         self.viewer = napari_viewer
         self.session: Session = session_for(napari_viewer)
         self.worker = None
