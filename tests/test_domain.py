@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from napari_4dstem_ml.dataset import Calibration, Dataset4D
-from napari_4dstem_ml.domain import DataSignature, TrainingDomain
+from napari_4dstem_ml.domain import DataSignature, DomainIssue, TrainingDomain
 
 
 def _dataset(alpha=20.0, px=1.0, energy=80e3, step=0.25, dose=1e4, df=0.05, det=64):
@@ -40,7 +40,7 @@ def test_quiet_inside_the_domain_and_specific_outside():
     assert dom.check(same) == []
     other = DataSignature.from_dataset(_dataset(energy=300e3, step=0.41, df=0.3, dose=2e4))
     issues = {i.quantity: i for i in dom.check(other)}
-    assert set(issues) == {"energy_kev", "scan_step_A", "dark_field_fraction"}
+    assert set(issues) == {"energy_kev", "scan_step_A", "scan_step_probe", "dark_field_fraction"}
     msg = issues["energy_kev"].message()
     assert "beam energy 300 keV" in msg and "3.8× above" in msg and "(80 keV)" in msg
     assert issues["scan_step_A"].factor == pytest.approx(0.41 / 0.25)
@@ -57,3 +57,28 @@ def test_domain_round_trips_and_unions():
     assert u.ranges["energy_kev"] == (80.0, 300.0) and u.n_datasets == 2
     assert TrainingDomain.from_dict(u.to_dict()) == u
     assert TrainingDomain.from_dict({"ranges": {"energy_kev": [5, 1], "bogus": [1, 2]}}).ranges == {}
+
+
+def test_zero_value_outside_the_range_says_so_without_an_infinite_ratio():
+    issue = DomainIssue("dose", 0.0, 100.0, 200.0)
+    msg = issue.message()
+    assert "inf" not in msg and "0 e⁻ is outside the training range (100–200 e⁻)" in msg
+
+
+def test_scan_step_in_units_of_the_probe_size():
+    """step / (λ/α) against a hand computation: 80 keV, λ = 0.04176 Å, α 20 mrad, 0.25 Å."""
+    import math
+
+    from napari_4dstem_ml.dataset import Calibration, Dataset4D
+
+    lam = 12.2643 / math.sqrt(80e3 * (1 + 0.97848e-6 * 80e3))  # Å, relativistic
+    data = np.random.default_rng(0).poisson(5.0, (8, 8, 32, 32)).astype(np.float32)
+    yy, xx = np.mgrid[:32, :32]
+    data[..., np.hypot(yy - 15.5, xx - 15.5) < 6] += 200.0
+    cal = Calibration(scan_step=(0.25, 0.25), detector_pixel=(20 / 6, 20 / 6),
+                      energy_ev=80e3, convergence_mrad=20.0)
+    sig = DataSignature.from_dataset(Dataset4D(data, cal))
+    assert sig.scan_step_probe == pytest.approx(0.25 / (lam / 0.020), rel=1e-3)
+    dom = TrainingDomain.from_signatures([sig])
+    far = DataSignature.from_dict({**sig.to_dict(), "scan_step_probe": sig.scan_step_probe * 1.5})
+    assert [i.quantity for i in dom.check(far)] == ["scan_step_probe"]

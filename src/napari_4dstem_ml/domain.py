@@ -8,7 +8,8 @@ training range and how far outside it lies. ``stemml predict`` prints them, napa
 notification, and the output's metadata records them.
 
 Quantities (per data set): beam energy (keV), convergence semi-angle α (mrad), detector
-pixel (mrad and fractions of α), how far the detector reaches (in α), scan step (Å), dose
+pixel (mrad and fractions of α), how far the detector reaches (in α), scan step (Å, and in
+units of the probe's diffraction limit λ/α, which is what a cluster of patterns samples), dose
 (mean counts per pattern) and the dark-field fraction of the mean pattern (the share of the
 detected intensity beyond 1.2 α: it grows with thickness and atomic number, so it flags a
 much thicker or heavier sample than any in training).
@@ -22,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from .dataset import Dataset4D
+from .dataset import Dataset4D, electron_wavelength_A
 
 __all__ = ["DataSignature", "DomainIssue", "TrainingDomain", "QUANTITIES"]
 
@@ -35,6 +36,7 @@ QUANTITIES: dict[str, tuple[str, str, str, float]] = {
     "detector_pixel_alpha": ("detector pixel", "α", "above", 1.3),
     "reach_alpha": ("detector reach", "α", "below", 1.05),
     "scan_step_A": ("scan step", "Å", "ratio", 1.2),
+    "scan_step_probe": ("scan step in units of the probe size λ/α", "λ/α", "ratio", 1.3),
     "dose": ("dose (mean counts per pattern)", "e⁻", "ratio", 2.0),
     "dark_field_fraction": ("dark-field fraction of the mean pattern (thickness, Z)", "", "ratio", 1.5),
 }
@@ -49,6 +51,7 @@ class DataSignature:
     detector_pixel_alpha: float | None = None
     reach_alpha: float | None = None
     scan_step_A: float | None = None
+    scan_step_probe: float | None = None
     dose: float | None = None
     dark_field_fraction: float | None = None
 
@@ -76,12 +79,16 @@ class DataSignature:
         alpha = cal.convergence_mrad
         step = cal.scan_step_A
         reach = max_radius_px((ky, kx), centre) / r_bf if r_bf > 0 else None
+        probe = None
+        if step is not None and alpha and cal.energy_ev:
+            probe = math.sqrt(step[0] * step[1]) / (electron_wavelength_A(cal.energy_ev) / (alpha * 1e-3))
         return cls(
             energy_kev=None if cal.energy_ev is None else cal.energy_ev / 1e3,
             alpha_mrad=alpha,
             detector_pixel_alpha=(math.sqrt(px[0] * px[1]) / alpha) if (px and alpha) else 1.0 / r_bf,
             reach_alpha=reach,
             scan_step_A=None if step is None else math.sqrt(step[0] * step[1]),
+            scan_step_probe=probe,
             dose=dose,
             dark_field_fraction=df,
         )
@@ -116,6 +123,8 @@ class DomainIssue:
         rng = (f"{_fmt(self.low)}{u}" if math.isclose(self.low, self.high, rel_tol=1e-6)
                else f"{_fmt(self.low)}–{_fmt(self.high)}{u}")
         side = "above" if self.value > self.high else "below"
+        if not math.isfinite(self.factor):  # a zero (or negative) value or range: no ratio
+            return f"{what} {_fmt(self.value)}{u} is outside the training range ({rng})"
         return (f"{what} {_fmt(self.value)}{u} is {self.factor:.2g}× {side} the training range "
                 f"({rng})")
 
@@ -124,7 +133,7 @@ class DomainIssue:
 
 
 def _fmt(v: float) -> str:
-    return f"{v:.3g}" if abs(v) >= 1e-3 else f"{v:.2e}"
+    return f"{v:.3g}" if v == 0 or abs(v) >= 1e-3 else f"{v:.2e}"
 
 
 @dataclass(frozen=True)

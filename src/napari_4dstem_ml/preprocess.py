@@ -509,6 +509,25 @@ class Preprocessor:
             geo = self._geometry(dataset, self.config, units, _patterns(sample))
         return replace(self, **geo)
 
+    def in_alpha_units(self, alpha_mrad: float) -> Preprocessor:
+        """This preprocessor restated on a grid in units of α, exactly the same grid for data
+        at ``alpha_mrad`` (mrad): every angle divided by α. A model refitted on data at one α
+        then scales its detector filters with the convergence angle of the data it is applied
+        to (the bright-field disk's edge, where a phase-contrast filter has its structure,
+        moves with α), instead of reading a 30 mrad disk through masks drawn for 21 mrad.
+        Returns ``self`` when the grid is not in mrad."""
+        a = float(alpha_mrad)
+        if self.grid_units != "mrad" or not (math.isfinite(a) and a > 0):
+            return self
+        c = self.config
+        config = replace(
+            c, angle_units="alpha",
+            max_angle=None if c.max_angle is None else float(c.max_angle) / a,
+            output_pixel=None if c.output_pixel is None else float(c.output_pixel) / a,
+        )
+        return replace(self, config=config, grid_units="alpha", output_pixel=self.output_pixel / a,
+                       detector_pixel=(self.detector_pixel[0] / a, self.detector_pixel[1] / a))
+
     def with_label_stats(self, mean: float, std: float) -> Preprocessor:
         """Copy with the label normalisation set (``std`` <= 0 becomes 1)."""
         std = float(std)

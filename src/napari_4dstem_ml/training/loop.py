@@ -590,6 +590,10 @@ def train_items(
 
     t_start = time.perf_counter()
     if preprocessor is not None:
+        alpha = first.calibration.convergence_mrad
+        if alpha and _is_linear(model_config):
+            # a linear model refitted at one α is kept on an α grid (see in_alpha_units)
+            preprocessor = preprocessor.in_alpha_units(alpha)
         pre0 = preprocessor.adapt(first)
         # fine-tuning: the model's scan step becomes the training data's own
         pre0 = replace(pre0, scan_step_A=pre0.data_scan_step_A)
@@ -886,11 +890,15 @@ def train_items(
         model.eval()
         _check_finite_model(model)
         ds0 = first
+        # The domain of the data these weights were last fitted to. A linear model is refitted
+        # whole (least squares) on the user's data: its domain is that data's alone. A network
+        # fine-tuned from a base model is held near the base's weights (L2-SP), so it keeps the
+        # base library's ranges too. The base's own ranges stay in ``init_domain``.
         domain = training_domain(items, aug)
-        if init is not None:
-            base_domain = (getattr(init, "info", None) or {}).get("train_summary", {}).get("domain")
-            if base_domain:
-                domain = TrainingDomain.from_dict(base_domain).union(domain)
+        init_domain = ((getattr(init, "info", None) or {}).get("train_summary", {}).get("domain")
+                       if init is not None else None)
+        if init_domain and not _is_linear(model_config) and cfg.l2sp > 0:
+            domain = TrainingDomain.from_dict(init_domain).union(domain)
         result = TrainResult(
             model=model,
             model_config=model_config,
@@ -928,6 +936,7 @@ def train_items(
                     for p in prepared
                 ],
                 "domain": domain.to_dict(),
+                "init_domain": init_domain,
                 "init": (getattr(init, "info", None) or {}).get("provenance")
                 if init is not None else None,
                 "best_epoch": best[1],
@@ -941,6 +950,12 @@ def train_items(
         return result
     finally:
         torch.set_num_threads(old_threads)
+
+
+def _is_linear(config: Any) -> bool:
+    from ..models.config import LinearConfig, member_config
+
+    return isinstance(member_config(config), LinearConfig)
 
 
 def training_domain(items: list[TrainingItem], augment: Any = None) -> TrainingDomain:
