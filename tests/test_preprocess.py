@@ -210,3 +210,33 @@ def test_resampling_matrix_conserves_counts_inside_the_detector():
     # bilinear between 1 and 2 conserves counts on average only
     m = resampling_matrix(50, 24.6, 1.37, 14, snap=False)
     assert m.sum(axis=0)[inner].mean() == pytest.approx(1.0, abs=0.05)
+
+
+def _disk_dataset(alpha_mrad: float, px_mrad: float = 2.0, n: int = 48) -> Dataset4D:
+    """4×4 scan of identical bright-field disks of radius α, hand-drawn on an n×n detector."""
+    yy, xx = np.mgrid[:n, :n]
+    disk = (np.hypot(yy - (n - 1) / 2, xx - (n - 1) / 2) * px_mrad <= alpha_mrad).astype(np.float32)
+    data = np.broadcast_to(1000.0 * disk + 1.0, (4, 4, n, n)).copy()
+    cal = Calibration(scan_step=(0.25, 0.25), detector_pixel=(px_mrad, px_mrad),
+                      energy_ev=80e3, convergence_mrad=alpha_mrad)
+    return Dataset4D(data, cal)
+
+
+def test_restating_an_mrad_grid_in_alpha_is_exact_at_that_alpha_and_scales_with_another():
+    a20, a30 = _disk_dataset(20.0), _disk_dataset(30.0)
+    pre = Preprocessor.fit(a20, PreprocessConfig(max_angle=44.0, output_shape=(22, 22),
+                                                  output_pixel=4.0, standardise=False))
+    assert pre.grid_units == "mrad"
+    pa = pre.in_alpha_units(20.0)
+    assert pa.grid_units == "alpha" and pa.config.angle_units == "alpha"
+    assert pa.output_pixel == pytest.approx(0.2) and pa.config.max_angle == pytest.approx(2.2)
+    p20 = a20.data[:1, :1]
+    np.testing.assert_allclose(pa.transform(p20), pre.transform(p20), rtol=1e-5, atol=1e-5)
+    # at 30 mrad the α grid sees the same disk (radius 5 output pixels), the mrad grid a larger one
+    on_alpha = pa.adapt(a30).transform(a30.data[:1, :1])[0, 0]
+    on_mrad = pre.adapt(a30).transform(a30.data[:1, :1])[0, 0]
+    ref = pa.transform(p20)[0, 0]
+    lit = lambda img: int((img > 0.5 * img.max()).sum())  # noqa: E731
+    assert abs(lit(on_alpha) - lit(ref)) <= 0.1 * lit(ref)
+    assert lit(on_mrad) > 1.8 * lit(ref)  # (30/20)² = 2.25 times the area
+    assert pre.in_alpha_units(float("nan")) is pre and pa.in_alpha_units(20.0) is pa
