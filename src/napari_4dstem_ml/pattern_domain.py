@@ -49,7 +49,7 @@ from typing import Any
 import numpy as np
 
 __all__ = ["PatternDomain", "PatternVerdict", "PatternGeometry", "pattern_features",
-           "fit_pattern_domain", "fit_items_pattern_domain", "check_patterns",
+           "fit_pattern_domain", "fit_items_pattern_domain", "check_patterns", "rings_for",
            "verdict_from_summary"]
 
 #: ring width (α) of the radial profile
@@ -343,14 +343,17 @@ def check_patterns(domain: PatternDomain, data: Any, calibration: Any = None, *,
     return PatternVerdict.from_distance(d.astype(np.float32), step)
 
 
-def _reach(geos: list[PatternGeometry]) -> float:
-    """The profile's reach (α): :data:`REACH_ALPHA`, or the least the detectors reach (whole
-    bins)."""
+def rings_for(geos: list[PatternGeometry]) -> tuple[float, float]:
+    """(ring width, reach) in α for data sets of these geometries: :data:`BIN_ALPHA`, wider
+    (in steps of 0.025 α) where the disk is so small that a ring would be under a pixel wide;
+    :data:`REACH_ALPHA`, or the least the detectors reach (whole rings)."""
+    width = max([BIN_ALPHA] + [1.0 / g.radius_px for g in geos])
+    width = math.ceil(width / 0.025 - 1e-9) * 0.025
     reach = min([REACH_ALPHA] + [g.detector_reach_alpha for g in geos])
-    reach = math.floor(reach / BIN_ALPHA + 1e-9) * BIN_ALPHA
-    if reach < 4 * BIN_ALPHA:
+    reach = math.floor(reach / width + 1e-9) * width
+    if reach < 1.5:
         raise ValueError(f"the detector reaches only {reach:.2f} α: too little for a pattern check")
-    return reach
+    return width, reach
 
 
 def fit_items_pattern_domain(items: list[Any]) -> dict[str, Any] | None:
@@ -363,16 +366,16 @@ def fit_items_pattern_domain(items: list[Any]) -> dict[str, Any] | None:
         from .training.clusters import RegionSplit
 
         geos = [PatternGeometry.measure(it.dataset.data, it.dataset.calibration) for it in items]
-        reach = _reach(geos)
+        width, reach = rings_for(geos)
         train, val = [], []
         for it, geo in zip(items, geos):
-            geo = PatternGeometry(geo.centre, geo.radius_px, geo.shape, BIN_ALPHA, reach)
+            geo = PatternGeometry(geo.centre, geo.radius_px, geo.shape, width, reach)
             f = pattern_features(it.dataset.data, geo)
             tr, va = (it.split or RegionSplit()).region_masks(it.dataset.scan_shape)
             for region, out in ((tr, train), (va, val)):
                 sel = np.asarray(region, bool).ravel()
                 out.append(Features(f.x[sel], f.total[sel], f.gain, (int(sel.sum()), 1)))
-        return fit_pattern_domain(train, val, reach_alpha=reach).to_dict()
+        return fit_pattern_domain(train, val, bin_alpha=width, reach_alpha=reach).to_dict()
     except Exception as exc:  # noqa: BLE001 - a missing check must not lose a trained model
         warnings.warn(f"no pattern domain fitted: {exc}", stacklevel=2)
         return None
