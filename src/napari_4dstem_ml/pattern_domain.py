@@ -18,8 +18,9 @@ about the bright-field disk of the mean pattern, :func:`~.detectors.bf_disk`):
   the detector pixel;
 * anisotropy: in the rings 0.5–1, 1–1.5 and 1.5–2.5 α, the two halves of each m = 2 harmonic
   (``cos 2θ`` ≥ 0 vs < 0 and ``sin 2θ`` ≥ 0 vs < 0) as
-  ``(sqrt(A + 3g/8) - sqrt(B + 3g/8)) / sqrt(2 T)`` (signed: astigmatism and tilt have a
-  direction).
+  ``(sqrt(A + 3g/8) - sqrt(B + 3g/8)) / sqrt(2 T)``; the fit also counts the training
+  patterns turned by 90° and mirrored (training augments them), so their size counts, not
+  their direction.
 
 With the square root every feature carries Poisson noise of variance ``g / (4 T)`` (Anscombe),
 the same for all features. ``g`` is measured on each data set from two interleaved
@@ -240,20 +241,40 @@ class PatternDomain:
         return np.sqrt(d2 / len(mu))
 
 
+def _symmetrised(x: np.ndarray) -> np.ndarray:
+    """``x`` (n, D) and its copies with the patterns turned by 90° and mirrored: the m = 2
+    features (the last ``2 * len(ANISO_RINGS)`` columns, cos and sin per ring) change sign."""
+    n_a = 2 * len(ANISO_RINGS)
+    out = [x]
+    for sc, ss in ((-1, -1), (1, -1), (-1, 1)):
+        y = x.copy()
+        y[:, -n_a::2] *= sc
+        y[:, -n_a + 1::2] *= ss
+        out.append(y)
+    return np.concatenate(out)
+
+
 def fit_pattern_domain(train: list[Features], val: list[Features], *,
                        n_components: int = N_COMPONENTS, quantile: float = QUANTILE,
                        margin: float = MARGIN, bin_alpha: float = BIN_ALPHA,
-                       reach_alpha: float = REACH_ALPHA, seed: int = 0) -> PatternDomain:
-    """Fit on the ``train`` features (all positions pooled), threshold on ``val``."""
+                       reach_alpha: float = REACH_ALPHA, symmetrise: bool = True,
+                       seed: int = 0) -> PatternDomain:
+    """Fit on the ``train`` features (all positions pooled), threshold on ``val``.
+    ``symmetrise``: the patterns turned by 90° and mirrored count as training patterns too
+    (the anisotropy is then judged by its size, not its direction, as training augments
+    rotations and mirrors)."""
     x = np.concatenate([f.x for f in train])
     noise = np.concatenate([f.gain / (4.0 * f.total) for f in train])
     keep = np.isfinite(x).all(axis=1)
     x, noise = x[keep], noise[keep]
+    n_patterns = len(x)
     if len(x) < 3:
         raise ValueError(f"need at least 3 training patterns with features, got {len(x)}")
     if len(x) > MAX_FIT_POSITIONS:
         pick = np.random.default_rng(seed).choice(len(x), MAX_FIT_POSITIONS, replace=False)
         x, noise = x[pick], noise[pick]
+    if symmetrise:
+        x, noise = _symmetrised(x), np.tile(noise, 4)
     mu = x.mean(0)
     xc = x - mu
     _, s, vt = np.linalg.svd(xc, full_matrices=False)
@@ -265,7 +286,7 @@ def fit_pattern_domain(train: list[Features], val: list[Features], *,
     floor = max(noise_var, 1e-12)
     dom = PatternDomain(tuple(mu), tuple(tuple(c) for c in vt[:k]),
                         tuple(float(max(v, floor)) for v in lam), max(resid, floor), noise_var,
-                        1.0, float(bin_alpha), float(reach_alpha), int(len(x)), 0,
+                        1.0, float(bin_alpha), float(reach_alpha), int(n_patterns), 0,
                         float(quantile), float(margin))
     dv = np.concatenate([dom.raw_distance(f) for f in val]) if val else np.zeros(0)
     dv = dv[np.isfinite(dv)]
