@@ -145,10 +145,22 @@ def test_verdict_fires_above_a_tenth_of_the_positions():
     assert json.loads(json.dumps(v.to_dict()))["fired"] is True
 
 
-def test_training_writes_a_pattern_domain_and_the_reconstructor_reports_it():
+def _run(loaded, dataset, **kwargs):
+    from napari_4dstem_ml.predict import Message, Reconstructor
+
+    gen, events = Reconstructor(loaded, dataset, **kwargs).run(), []
+    while True:
+        try:
+            events.append(next(gen))
+        except StopIteration as stop:
+            return stop.value, [e for e in events if isinstance(e, Message)]
+
+
+@pytest.fixture(scope="module")
+def trained():
+    """A linear model trained in a few steps on a synthetic data set (upper half trains)."""
     torch = pytest.importorskip("torch")
     from napari_4dstem_ml.models import LinearConfig
-    from napari_4dstem_ml.predict import Message, Reconstructor
     from napari_4dstem_ml.preprocess import PreprocessConfig
     from napari_4dstem_ml.training.loop import TrainConfig, run_training
     from napari_4dstem_ml.training.synthetic import make_synthetic
@@ -158,29 +170,45 @@ def test_training_writes_a_pattern_domain_and_the_reconstructor_reports_it():
     cfg = TrainConfig(epochs=1, lr=0.01, batch_size=64, num_threads=1, preview_every=0,
                       max_steps=3)
     res = run_training(syn.dataset, syn.label, LinearConfig(cluster_size=3), PreprocessConfig(), cfg)
-    d = res.train_summary["pattern_domain"]
-    assert d is not None and d["n_fit"] == 12 * 28 and d["n_val"] > 0
     loaded = SimpleNamespace(model=res.model, preprocessor=res.preprocessor,
                              model_config=res.model_config,
                              info={"train_summary": json.loads(json.dumps(res.train_summary))})
+    return syn, loaded
 
-    def run(loaded):
-        gen, events = Reconstructor(loaded, syn.dataset).run(), []
-        while True:
-            try:
-                events.append(next(gen))
-            except StopIteration as stop:
-                return stop.value, [e for e in events if isinstance(e, Message)]
 
-    report, messages = run(loaded)
+def test_training_writes_a_pattern_domain_and_the_reconstructor_reports_it(trained):
+    syn, loaded = trained
+    d = loaded.info["train_summary"]["pattern_domain"]
+    assert d is not None and d["n_fit"] == 12 * 28 and d["n_val"] > 0
+    report, messages = _run(loaded, syn.dataset)
     assert report.pattern is not None and report.pattern.distance.shape == (24, 28)
     assert not report.pattern.fired
     meta = json.loads(json.dumps(report.metadata()))
     assert meta["pattern_check"]["fired"] is False
     assert any(m.text == report.pattern.message and m.level == "info" for m in messages)
     # a checkpoint without a pattern domain (the shipped base models): a quiet note
-    report, messages = run(SimpleNamespace(**{**vars(loaded), "info": {}}))
+    report, messages = _run(SimpleNamespace(**{**vars(loaded), "info": {}}), syn.dataset)
     assert report.pattern is None
     assert report.metadata()["pattern_check"]["checked"] is False
     note = [m for m in messages if "pattern domain" in m.text]
     assert len(note) == 1 and note[0].level == "info"
+
+
+@pytest.mark.slow
+def test_the_pattern_check_runs_beside_a_cluster(trained, tmp_path):
+    """With the model on Dask workers the same map is measured (here in full: a small scan)."""
+    from distributed import Client
+
+    from napari_4dstem_ml.dataset import Dataset4D
+    from napari_4dstem_ml.io import load
+
+    syn, loaded = trained
+    path = tmp_path / "data.npy"
+    np.save(path, np.asarray(syn.dataset.data, np.float32))
+    ds = Dataset4D(load(path).data, syn.dataset.calibration, source=path, reader="numpy")
+    ref, _ = _run(loaded, ds)
+    with Client(processes=False, n_workers=1, threads_per_worker=1,
+                dashboard_address=None) as client:
+        report, _ = _run(loaded, ds, client=client)
+    assert report.pattern.step == 1
+    np.testing.assert_allclose(report.pattern.distance, ref.pattern.distance, rtol=1e-6)
