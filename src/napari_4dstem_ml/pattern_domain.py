@@ -89,14 +89,17 @@ class PatternGeometry:
 
     @classmethod
     def measure(cls, data: Any, calibration: Any = None, *, reach_alpha: float = REACH_ALPHA,
-                bin_alpha: float = BIN_ALPHA, max_positions: int = 4096) -> PatternGeometry:
-        """The BF disk of ``data`` (scan_y, scan_x, ky, kx) measured on the mean of about
-        ``max_positions`` patterns (radius from the calibration when it gives α and pixel)."""
+                bin_alpha: float = BIN_ALPHA, max_positions: int = 4096,
+                mean: np.ndarray | None = None) -> PatternGeometry:
+        """The BF disk of ``data`` (scan_y, scan_x, ky, kx) measured on ``mean`` (a mean
+        pattern already at hand) or the mean of about ``max_positions`` patterns (radius from
+        the calibration when it gives α and pixel)."""
         from .detectors import bf_disk, mean_pattern
 
-        ny, nx = int(data.shape[0]), int(data.shape[1])
-        step = max(1, int(math.ceil(math.sqrt(ny * nx / max_positions))))
-        mean = mean_pattern(data, step=step)
+        if mean is None:
+            ny, nx = int(data.shape[0]), int(data.shape[1])
+            step = max(1, int(math.ceil(math.sqrt(ny * nx / max_positions))))
+            mean = mean_pattern(data, step=step)
         centre, radius = bf_disk(mean, calibration)
         return cls((float(centre[0]), float(centre[1])), float(radius),
                    (int(data.shape[2]), int(data.shape[3])), float(bin_alpha), float(reach_alpha))
@@ -345,15 +348,17 @@ class PatternVerdict:
 
 
 def check_patterns(domain: PatternDomain, data: Any, calibration: Any = None, *,
-                   max_positions: int | None = None) -> PatternVerdict:
+                   max_positions: int | None = None,
+                   mean: np.ndarray | None = None) -> PatternVerdict:
     """Score every pattern of ``data`` (scan_y, scan_x, ky, kx) against ``domain``;
     ``max_positions``: read every ``step``-th row and column so that at most about this many
-    are scored (the map is repeated back to the scan's shape). A detector that does not reach
-    the domain's ``reach_alpha`` raises :class:`ValueError` (the features cannot be read)."""
+    are scored (the map is repeated back to the scan's shape); ``mean``: a mean pattern at hand
+    (the job's sample) for the BF disk. A detector that does not reach the domain's
+    ``reach_alpha`` raises :class:`ValueError` (the features cannot be read)."""
     ny, nx = int(data.shape[0]), int(data.shape[1])
     step = 1 if not max_positions else max(1, int(math.ceil(math.sqrt(ny * nx / max_positions))))
     geo = PatternGeometry.measure(data, calibration, reach_alpha=domain.reach_alpha,
-                                  bin_alpha=domain.bin_alpha)
+                                  bin_alpha=domain.bin_alpha, mean=mean)
     if geo.detector_reach_alpha < domain.reach_alpha - 1e-6:
         raise ValueError(f"the detector reaches {geo.detector_reach_alpha:.2f} α, the pattern "
                          f"check reads to {domain.reach_alpha:.2f} α")
@@ -403,7 +408,8 @@ def fit_items_pattern_domain(items: list[Any]) -> dict[str, Any] | None:
 
 
 def verdict_from_summary(summary: dict[str, Any] | None, data: Any, calibration: Any = None, *,
-                         max_positions: int | None = None) -> tuple[PatternVerdict | None, str]:
+                         max_positions: int | None = None,
+                         mean: np.ndarray | None = None) -> tuple[PatternVerdict | None, str]:
     """The verdict for ``data`` when the checkpoint's ``train_summary`` holds a pattern
     domain, and the line to show: ``(None, note)`` when it holds none or the check cannot
     be made."""
@@ -412,7 +418,7 @@ def verdict_from_summary(summary: dict[str, Any] | None, data: Any, calibration:
         return None, "note: the checkpoint holds no pattern domain: patterns not checked"
     try:
         verdict = check_patterns(PatternDomain.from_dict(d), data, calibration,
-                                 max_positions=max_positions)
+                                 max_positions=max_positions, mean=mean)
     except (ValueError, KeyError, TypeError) as exc:
         return None, f"note: patterns not checked against the training data: {exc}"
     prefix = "warning: " if verdict.fired else ""

@@ -176,7 +176,7 @@ class Reconstructor:
         prep = self.prepare()
         for issue in prep.issues:
             yield Message(f"warning: outside the model's training domain: {issue.message()}")
-        pattern, pattern_note = yield from self._pattern_check()
+        pattern, pattern_note = yield from self._pattern_check(prep)
         if self.distributed:
             rec = yield from self._distributed(prep)
         else:
@@ -193,16 +193,18 @@ class Reconstructor:
             report.baselines = classical_baselines(self.dataset)
         return report
 
-    def _pattern_check(self):
+    def _pattern_check(self, prep: Prepared):
         """The patterns against the checkpoint's pattern domain (a :class:`Message` with the
-        verdict, or a quiet note where the checkpoint holds none); on a cluster the map is
-        read here on every few rows and columns (at most :data:`PATTERN_CHECK_POSITIONS`)."""
+        verdict, or a quiet note where the checkpoint holds none): the BF disk on the job's
+        sample, then one virtual-detector pass; on a cluster the map is read here on every few
+        rows and columns (at most :data:`PATTERN_CHECK_POSITIONS`)."""
         from ..pattern_domain import verdict_from_summary
 
         summary = (getattr(self.loaded, "info", None) or {}).get("train_summary", {})
         verdict, line = verdict_from_summary(
             summary, self.dataset.data, self.dataset.calibration,
-            max_positions=PATTERN_CHECK_POSITIONS if self.distributed else None)
+            max_positions=PATTERN_CHECK_POSITIONS if self.distributed else None,
+            mean=prep.sample.mean_pattern)
         yield Message(line, "warning" if verdict is not None and verdict.fired else "info")
         return verdict, ("" if verdict is not None else line)
 
