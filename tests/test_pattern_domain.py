@@ -119,7 +119,7 @@ def test_patterns_of_another_alpha_under_the_old_calibration_fire(mos2):
     claims the old α and pixel: the calibration check cannot see it, the patterns do."""
     from scipy.ndimage import zoom
 
-    part = mos2.data[40:48].astype(np.float32)
+    part = mos2.data[40:44].astype(np.float32)
     wide = zoom(part, (1, 1, 1.4, 1.4), order=1) / 1.96
     wide = np.random.default_rng(2).poisson(np.clip(wide, 0, None)).astype(np.uint16)
     verdict = check_patterns(mos2.domain, wide, mos2.cal)
@@ -212,3 +212,39 @@ def test_the_pattern_check_runs_beside_a_cluster(trained, tmp_path):
         report, _ = _run(loaded, ds, client=client)
     assert report.pattern.step == 1
     np.testing.assert_allclose(report.pattern.distance, ref.pattern.distance, rtol=1e-6)
+
+
+def test_stemml_predict_writes_the_distance_map_beside_the_image(trained, tmp_path, capsys):
+    """The checkpoint (saved and read back) holds the pattern domain; ``stemml predict``
+    prints the verdict and writes the map beside the image, both with it in their metadata."""
+    import h5py
+    import tifffile
+
+    from napari_4dstem_ml.cli import main
+    from napari_4dstem_ml.training.checkpoint import save_checkpoint
+
+    syn, loaded = trained
+    cal = syn.dataset.calibration
+    with h5py.File(tmp_path / "data.h5", "w") as f:
+        ds = f.create_dataset("scan/data", data=np.asarray(syn.dataset.data))
+        ds.attrs["scan_step_A"] = list(cal.scan_step)
+        ds.attrs["detector_pixel_mrad"] = list(cal.detector_pixel)
+        ds.attrs["energy_ev"] = cal.energy_ev
+        if cal.convergence_mrad:
+            ds.attrs["convergence_mrad"] = cal.convergence_mrad
+    model = save_checkpoint(tmp_path / "m.pt", loaded.model, loaded.model_config,
+                            loaded.preprocessor, train_summary=loaded.info["train_summary"])
+    capsys.readouterr()
+    out = tmp_path / "pred.tif"
+    assert main(["predict", str(tmp_path / "data.h5"), "--model", str(model), "-o", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "pattern check: patterns like the training data" in printed
+    dist = tmp_path / "pred_pattern_distance.tif"
+    assert dist.is_file()
+    with tifffile.TiffFile(dist) as t:
+        image = t.asarray()
+        info = json.loads(t.imagej_metadata["Info"])
+    assert image.shape == (24, 28) and np.mean(image > 1) < 0.05
+    assert info["pattern_check"]["fired"] is False
+    with tifffile.TiffFile(out) as t:
+        assert json.loads(t.imagej_metadata["Info"])["pattern_check"] == info["pattern_check"]
