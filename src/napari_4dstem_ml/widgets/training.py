@@ -199,7 +199,8 @@ def register(dataset, label: np.ndarray, label_pixel_A: float | None) -> Registe
 
 def predict_job(entry, dataset, scheduler: str = ""):
     """Worker generator: the core's :class:`~napari_4dstem_ml.predict.Reconstructor` (a
-    Message per domain issue, the prediction's events; returns the ReconstructionReport), in
+    Message per domain issue, one with the pattern check's verdict, the prediction's events;
+    returns the ReconstructionReport with the pattern distance map), in
     this process or, with a ``scheduler`` address, on that Dask cluster (the workers read the
     data and compute an ensemble's spread too)."""
     from ..parallel import Compute
