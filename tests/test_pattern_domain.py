@@ -96,6 +96,12 @@ def test_held_out_mos2_patterns_are_like_the_training_patterns(mos2):
     held_out = verdict.distance[32:]
     assert np.mean(held_out > 1) < 0.02 and np.median(held_out) < 0.7
     assert not verdict.fired and "like the training data" in verdict.message
+    # every 2nd row and column (a cluster's quick map), repeated back to the scan's shape
+    quick = check_patterns(mos2.domain, mos2.data, mos2.cal, max_positions=1024)
+    assert quick.step == 2 and quick.distance.shape == (64, 64)
+    # the same patterns; only the gain (counts per electron) is measured on fewer of them
+    np.testing.assert_allclose(quick.distance[::2, ::2], verdict.distance[::2, ::2], rtol=0.02)
+    np.testing.assert_array_equal(quick.distance[1::2, 1::2], quick.distance[::2, ::2])
 
 
 def test_a_four_times_lower_dose_does_not_fire(mos2):
