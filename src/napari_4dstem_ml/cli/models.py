@@ -111,11 +111,19 @@ def _predict_plan(args: argparse.Namespace, inputs: Sequence[str]):
     return plan
 
 
+def _pattern_map_path(output: str) -> Path:
+    """Where ``predict`` writes the pattern check's distance map: beside ``output``."""
+    stem = Path(output)
+    return stem.with_name(f"{stem.stem}_pattern_distance{stem.suffix}")
+
+
 def _warn(text: str) -> None:
     print(f"stemml predict: warning: {text}", file=sys.stderr)
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    import numpy as np
+
     from ..parallel.sink import write_results
     from ..predict import Message, PredictEvent, Reconstructor
     from ..training.checkpoint import load_checkpoint
@@ -131,6 +139,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
             f"--uncertainty needs an ensemble model; {model_path} holds a single model "
             "(train with --ensemble 3, the CNN's default)"
         )
+    if ((loaded.info or {}).get("train_summary") or {}).get("pattern_domain"):
+        from ..parallel.sink import SINK_SUFFIXES
+
+        plan.add(_pattern_map_path(args.output), "the pattern check's distance map",
+                 suffixes=SINK_SUFFIXES)
     ds = load_data(args.data, args)
     inputs = input_files(args, ds)
     plan.add_inputs(*inputs)
@@ -158,6 +171,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
                       {**meta, "quantity": "ensemble standard deviation (label units)"}))
     written = {args.output: f"prediction, computed {report.where}",
                args.uncertainty: "uncertainty: ensemble standard deviation"}
+    verdict = report.pattern
+    if verdict is not None and np.isfinite(verdict.distance).any():
+        path = str(_pattern_map_path(args.output))
+        items.append((path, verdict.distance, px,
+                      {**meta, "quantity": "pattern distance from the training patterns "
+                                           "(units of the threshold; > 1: unlike training)"}))
+        written[path] = "pattern check: distance from the training patterns / threshold"
     if args.baselines:
         items += _baseline_items(args, ds, px, written)
     write_results(items, overwrite=args.overwrite, inputs=inputs)
@@ -167,6 +187,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if report.issues:
         _warn(f"the data lie outside the model's training domain in {len(report.issues)} "
               "respect(s); treat the image with caution (recorded in its metadata)")
+    if verdict is not None:
+        print(f"pattern check: {verdict.message}")
     return 0
 
 

@@ -11,9 +11,11 @@ __all__ = ["Message", "PredictEvent", "PredictionError", "Reconstruction"]
 
 @dataclass(frozen=True)
 class Message:
-    """A line of text for the user (a job's notes and warnings, between its progress events)."""
+    """A line of text for the user (a job's notes and warnings, between its progress events);
+    ``level``: ``"warning"`` (show it) or ``"info"`` (a quiet note: log it)."""
 
     text: str
+    level: str = "warning"
 
 
 class PredictionError(ValueError):

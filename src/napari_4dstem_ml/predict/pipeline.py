@@ -3,6 +3,8 @@
     source (Dataset4D, calibrations as read and given)
       → sample (PatternSample: read once)
       → domain check (DataSignature of the sample against the checkpoint's training domain)
+      → pattern check (every pattern's features against the checkpoint's pattern domain,
+               :mod:`..pattern_domain`, one virtual-detector pass: a distance map, a verdict)
       → preprocessing (the model's Preprocessor adapted to the data set on the same sample)
       → model (the linear model as one virtual-image pass; a CNN or ensemble tile by tile;
                in process or in bands of rows on Dask workers)
@@ -48,7 +50,9 @@ class ReconstructionReport:
     """A model applied to a data set: the image (label units), its ``uncertainty`` (ensemble
     spread, or ``None``), the domain check (``issues``: the input's quantities outside the
     model's training domain; ``signature``: what was measured), the classical ``baselines``
-    (iCoM, ADF) when asked for, and ``where`` the model ran."""
+    (iCoM, ADF) when asked for, ``where`` the model ran, and the pattern check
+    (``pattern``: a :class:`~..pattern_domain.PatternVerdict` with its distance map, or
+    ``None`` with ``pattern_note`` saying why not)."""
 
     image: np.ndarray
     uncertainty: np.ndarray | None
@@ -56,6 +60,8 @@ class ReconstructionReport:
     signature: Any
     baselines: Any = None
     where: str = "in process"
+    pattern: Any = None
+    pattern_note: str = ""
 
     def metadata(self) -> dict[str, Any]:
         """What an output file records about how it was made."""
@@ -65,6 +71,8 @@ class ReconstructionReport:
             "domain_issues": [i.to_dict() for i in self.issues],
             "signature": self.signature.to_dict(),
             "computed": self.where,
+            "pattern_check": (self.pattern.to_dict() if self.pattern is not None
+                              else {"checked": False, "note": self.pattern_note}),
         }
 
 
@@ -97,6 +105,10 @@ def prepare(loaded: Any, dataset: Dataset4D, sample: PatternSample | None = None
     issues, signature = domain_issues(loaded, dataset, sample=sample)
     pre = loaded.preprocessor.adapt(dataset, sample=sample)
     return Prepared(sample, signature, issues, pre)
+
+
+#: on a cluster the pattern check reads at most about this many positions in this process
+PATTERN_CHECK_POSITIONS = 65_536
 
 
 class Reconstructor:
@@ -144,7 +156,8 @@ class Reconstructor:
         return self._prepared
 
     def run(self) -> Generator[Message | PredictEvent, None, ReconstructionReport]:
-        """Domain check (a :class:`Message` per issue), then the model's pass (its
+        """Domain check (a :class:`Message` per issue), the pattern check (a :class:`Message`
+        with its verdict), then the model's pass (its
         :class:`~.events.PredictEvent` s), then, with ``baselines``, iCoM and ADF. An image
         that is NaN/inf or zero everywhere is garbage: :class:`PredictionError`. With a
         cluster to start, it is started first: the workers read the sample too."""
@@ -163,6 +176,7 @@ class Reconstructor:
         prep = self.prepare()
         for issue in prep.issues:
             yield Message(f"warning: outside the model's training domain: {issue.message()}")
+        pattern, pattern_note = yield from self._pattern_check(prep)
         if self.distributed:
             rec = yield from self._distributed(prep)
         else:
@@ -171,12 +185,28 @@ class Reconstructor:
         check_image(rec.image, self.dataset)
         report = ReconstructionReport(rec.image, rec.uncertainty, prep.issues, prep.signature,
                                       where=self.where)
+        report.pattern, report.pattern_note = pattern, pattern_note
         if self.baselines:
             from ..baselines import classical_baselines
 
             yield Message("classical baselines: iCoM and ADF of the same data ...")
             report.baselines = classical_baselines(self.dataset)
         return report
+
+    def _pattern_check(self, prep: Prepared):
+        """The patterns against the checkpoint's pattern domain (a :class:`Message` with the
+        verdict, or a quiet note where the checkpoint holds none): the BF disk on the job's
+        sample, then one virtual-detector pass; on a cluster the map is read here on every few
+        rows and columns (at most :data:`PATTERN_CHECK_POSITIONS`)."""
+        from ..pattern_domain import verdict_from_summary
+
+        summary = (getattr(self.loaded, "info", None) or {}).get("train_summary", {})
+        verdict, line = verdict_from_summary(
+            summary, self.dataset.data, self.dataset.calibration,
+            max_positions=PATTERN_CHECK_POSITIONS if self.distributed else None,
+            mean=prep.sample.mean_pattern)
+        yield Message(line, "warning" if verdict is not None and verdict.fired else "info")
+        return verdict, ("" if verdict is not None else line)
 
     def _distributed(self, prep: Prepared):
         from .distributed import iter_predict_prepared

@@ -937,6 +937,8 @@ def train_items(
                 ],
                 "domain": domain.to_dict(),
                 "init_domain": init_domain,
+                # the patterns' own statistics (train regions; threshold on the val regions)
+                "pattern_domain": _fit_pattern_domain([p.item for p in prepared]),
                 "init": (getattr(init, "info", None) or {}).get("provenance")
                 if init is not None else None,
                 "best_epoch": best[1],
@@ -968,6 +970,13 @@ def training_domain(items: list[TrainingItem], augment: Any = None) -> TrainingD
     ):
         dose = augment.dose_range
     return TrainingDomain.from_signatures(sigs, dose)
+
+
+def _fit_pattern_domain(items: list[TrainingItem]) -> dict[str, Any] | None:
+    """:func:`~..pattern_domain.fit_items_pattern_domain` (``None`` where it cannot be fitted)."""
+    from ..pattern_domain import fit_items_pattern_domain
+
+    return fit_items_pattern_domain(items)
 
 
 def run_training(*args: Any, on_event: Any = None, **kwargs: Any) -> TrainResult:

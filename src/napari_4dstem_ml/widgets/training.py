@@ -188,7 +188,8 @@ def register(dataset, label: np.ndarray, label_pixel_A: float | None) -> Registe
 
 def predict_job(entry, dataset, scheduler: str = ""):
     """Worker generator: the core's :class:`~napari_4dstem_ml.predict.Reconstructor` (a
-    Message per domain issue, the prediction's events; returns the ReconstructionReport), in
+    Message per domain issue, one with the pattern check's verdict, the prediction's events;
+    returns the ReconstructionReport with the pattern distance map), in
     this process or, with a ``scheduler`` address, on that Dask cluster (the workers read the
     data and compute an ensemble's spread too)."""
     from ..parallel import Compute
@@ -1046,7 +1047,10 @@ class TrainingWidget(QWidget):
         def on_event(ev, name=name):
             if getattr(self, "_closed", False):
                 return
-            if hasattr(ev, "text"):  # the domain check: outside the training domain
+            if hasattr(ev, "text"):  # the domain and pattern checks
+                if getattr(ev, "level", "warning") == "info":  # a quiet note
+                    meta.setdefault("notes", []).append(ev.text)
+                    return
                 show_warning(f"{entry.name} on {name}: {ev.text}")
                 meta.setdefault("domain_warnings", []).append(ev.text)
                 return
@@ -1090,9 +1094,18 @@ class TrainingWidget(QWidget):
                     role="uncertainty", colormap="magma", visible=False,
                     metadata={**meta, **info, "rows_done": ds.scan_shape[0]},
                 )
+            verdict = getattr(report, "pattern", None)
+            if verdict is not None:  # the pattern check's distance map beside the image
+                self.session.show_scan_image(
+                    f"pattern distance: {layer_name}", np.nan_to_num(verdict.distance),
+                    dataset=name, role="pattern_distance", colormap="inferno",
+                    visible=bool(verdict.fired), metadata={**meta, **info},
+                )
             note = (f"; outside the training domain in {len(report.issues)} respect(s): "
                     + "; ".join(i.message() for i in report.issues)) if report.issues else \
                 "; inside the model's training domain"
+            if verdict is not None:
+                note += f"; {verdict.message}"
             self.readout.setText(f"reconstructed {name} with {entry.name}{note}")
 
         worker.yielded.connect(on_event)
