@@ -134,10 +134,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if not model_path.exists():
         raise UserError(f"{model_path}: no such model file")
     loaded = load_checkpoint(model_path)
-    if args.uncertainty and not hasattr(loaded.model, "predict_field_members"):
+    summary = (loaded.info or {}).get("train_summary") or {}
+    if args.uncertainty and not (hasattr(loaded.model, "predict_field_members")
+                                 or summary.get("error_model")):
         raise UserError(
-            f"--uncertainty needs an ensemble model; {model_path} holds a single model "
-            "(train with --ensemble 3, the CNN's default)"
+            f"--uncertainty needs an ensemble or a model trained with an error model; "
+            f"{model_path} holds a single model without one (train with --ensemble 3, the "
+            "CNN's default, or retrain: training fits an error model on the validation region)"
         )
     if ((loaded.info or {}).get("train_summary") or {}).get("pattern_domain"):
         from ..parallel.sink import SINK_SUFFIXES
@@ -166,11 +169,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
     report_image(report.image, ds.source, "prediction")
     meta = {"model": str(model_path), "data": str(args.data), **report.metadata()}
     items = [(args.output, report.image, px, meta)]
+    what = ("predicted local RMS error (the checkpoint's error model)"
+            if report.uncertainty_kind == "error model" else "ensemble standard deviation")
     if args.uncertainty:
         items.append((args.uncertainty, report.uncertainty, px,
-                      {**meta, "quantity": "ensemble standard deviation (label units)"}))
+                      {**meta, "quantity": f"{what} (label units)"}))
     written = {args.output: f"prediction, computed {report.where}",
-               args.uncertainty: "uncertainty: ensemble standard deviation"}
+               args.uncertainty: f"uncertainty: {what}"}
     verdict = report.pattern
     if verdict is not None and np.isfinite(verdict.distance).any():
         path = str(_pattern_map_path(args.output))
@@ -256,7 +261,8 @@ def add_parsers(sub) -> None:
     p.add_argument("-o", "--output", required=True,
                    help="output image (.tif, .npy, .png, .h5, .zarr; HDF5/Zarr written as rows "
                         "arrive with --scheduler/--workers; in place only when complete)")
-    p.add_argument("--uncertainty", metavar="UNC", help="also write the per-pixel uncertainty (ensemble spread) here")
+    p.add_argument("--uncertainty", metavar="UNC", help="also write the per-pixel uncertainty here: the local error predicted by "
+                        "the model's error model (fitted on its validation region), else the ensemble's spread")
     p.add_argument("--baselines", action="store_true",
                    help="also write the iCoM and ADF images of the same data (OUT_icom, OUT_adf)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")

@@ -62,6 +62,12 @@ class ReconstructionReport:
     where: str = "in process"
     pattern: Any = None
     pattern_note: str = ""
+    #: what ``uncertainty`` is: "error model" (the checkpoint's
+    #: :class:`~..error_model.ErrorModel`: predicted local RMS error, label units),
+    #: "ensemble spread", or "" when there is none; ``spread`` keeps the ensemble's spread
+    uncertainty_kind: str = ""
+    spread: np.ndarray | None = None
+    error_model: Any = None
 
     def metadata(self) -> dict[str, Any]:
         """What an output file records about how it was made."""
@@ -73,6 +79,11 @@ class ReconstructionReport:
             "computed": self.where,
             "pattern_check": (self.pattern.to_dict() if self.pattern is not None
                               else {"checked": False, "note": self.pattern_note}),
+            "uncertainty": {
+                "kind": self.uncertainty_kind or None,
+                "units": "label units" if self.uncertainty is not None else None,
+                "error_model": None if self.error_model is None else self.error_model.to_dict(),
+            },
         }
 
 
@@ -186,12 +197,28 @@ class Reconstructor:
         report = ReconstructionReport(rec.image, rec.uncertainty, prep.issues, prep.signature,
                                       where=self.where)
         report.pattern, report.pattern_note = pattern, pattern_note
+        self._uncertainty(report)
         if self.baselines:
             from ..baselines import classical_baselines
 
             yield Message("classical baselines: iCoM and ADF of the same data ...")
             report.baselines = classical_baselines(self.dataset)
         return report
+
+    def _uncertainty(self, report: ReconstructionReport) -> None:
+        """The uncertainty map: the checkpoint's error model where it has one (fitted on its
+        training label's validation region; it also gives a single model a map), else the
+        ensemble's spread."""
+        from ..error_model import ErrorModel
+
+        summary = (getattr(self.loaded, "info", None) or {}).get("train_summary", {})
+        em = ErrorModel.from_dict(summary.get("error_model"))
+        report.spread = report.uncertainty
+        if em is not None:
+            report.uncertainty = em.predict(report.image, report.spread)
+            report.uncertainty_kind, report.error_model = "error model", em
+        elif report.uncertainty is not None:
+            report.uncertainty_kind = "ensemble spread"
 
     def _pattern_check(self, prep: Prepared):
         """The patterns against the checkpoint's pattern domain (a :class:`Message` with the

@@ -939,6 +939,8 @@ def train_items(
                 "init_domain": init_domain,
                 # the patterns' own statistics (train regions; threshold on the val regions)
                 "pattern_domain": _fit_pattern_domain([p.item for p in prepared]),
+                # the uncertainty map's model of the local error (the first item's val region)
+                "error_model": _fit_error_model(model, prepared[0]),
                 "init": (getattr(init, "info", None) or {}).get("provenance")
                 if init is not None else None,
                 "best_epoch": best[1],
@@ -977,6 +979,34 @@ def _fit_pattern_domain(items: list[TrainingItem]) -> dict[str, Any] | None:
     from ..pattern_domain import fit_items_pattern_domain
 
     return fit_items_pattern_domain(items)
+
+
+def _fit_error_model(model: Any, p: _Prepared) -> dict[str, Any] | None:
+    """The :class:`~..error_model.ErrorModel` of ``model``, fitted on ``p``'s validation
+    region against its label (the rows holding it predicted once, with the ensemble's spread);
+    ``None`` where the item has no validation region on its own scan grid or too few
+    positions."""
+    from ..error_model import ErrorModel
+    from ..predict.fields import is_ensemble, iter_predict_source
+
+    if p.source.grid is not None or not p.val_pos.any():
+        return None
+    rows = np.nonzero(p.val_pos.any(axis=1))[0]
+    r0, r1 = int(rows[0]), int(rows[-1]) + 1
+    spread = (np.zeros((r1 - r0, p.source.scan_shape[1]), np.float32)
+              if is_ensemble(model) else None)
+    gen = iter_predict_source(model, p.source, rows=(r0, r1), uncertainty=spread)
+    while True:
+        try:
+            next(gen)
+        except StopIteration as stop:
+            image = stop.value
+            break
+    try:
+        em = ErrorModel.fit(image, p.label[r0:r1], spread=spread, region=p.val_pos[r0:r1])
+    except ValueError:
+        return None
+    return em.to_dict()
 
 
 def run_training(*args: Any, on_event: Any = None, **kwargs: Any) -> TrainResult:
