@@ -254,3 +254,32 @@ def test_stemml_predict_writes_the_distance_map_beside_the_image(trained, tmp_pa
     assert info["pattern_check"]["fired"] is False
     with tifffile.TiffFile(out) as t:
         assert json.loads(t.imagej_metadata["Info"])["pattern_check"] == info["pattern_check"]
+
+
+def test_live_checks_the_patterns_of_the_first_rows(mos2):
+    """Live, the verdict is made on the first block of rows: MoS2's held-out rows pass
+    quietly, PrScO3 streamed to the same model is named in the pipeline's messages."""
+    from napari_4dstem_ml.live import LivePipeline
+    from napari_4dstem_ml.models import LinearConfig, build_model
+    from napari_4dstem_ml.preprocess import PreprocessConfig, Preprocessor
+    from napari_4dstem_ml.samples import load_sample
+
+    info = {"train_summary": {"pattern_domain": mos2.domain.to_dict()}}
+    ds = load_sample("mos2").dataset
+    pre = Preprocessor.fit(ds, PreprocessConfig(angle_units="alpha", max_angle=2.0,
+                                                output_shape=(16, 16)))
+    model = build_model(LinearConfig(cluster_size=3), pre.output_shape).eval()
+
+    def stream(data, cal):
+        pipe = LivePipeline(data.shape[:2], data.shape[2:], model=model, preprocessor=pre,
+                            calibration=cal, info=info)
+        pipe.process(0, 8, np.asarray(data[:8]))
+        return pipe
+
+    quiet = stream(mos2.data[32:], mos2.cal)
+    assert quiet.models["model"].pattern is not None
+    assert not quiet.models["model"].pattern.fired and quiet.messages == []
+    p = load_sample("prsco3").dataset
+    loud = stream(np.asarray(p.data), p.calibration)
+    assert loud.models["model"].pattern.fired
+    assert any("patterns unlike the training data" in m for m in loud.messages)

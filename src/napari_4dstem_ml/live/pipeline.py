@@ -98,8 +98,10 @@ class LivePipeline:
     @property
     def messages(self) -> list[str]:
         """What the domain check said of the data on the first rows, per model."""
-        return [f"warning: outside the training domain of {name}: {issue.message()}"
-                for name, lm in self.models.items() for issue in lm.issues]
+        out = [f"warning: outside the training domain of {name}: {issue.message()}"
+               for name, lm in self.models.items() for issue in lm.issues]
+        return out + [f"warning: {name}: {lm.pattern.message}" for name, lm in self.models.items()
+                      if lm.pattern is not None and lm.pattern.fired]
 
     @property
     def model(self):
@@ -185,6 +187,7 @@ class _LiveModel:
         self.k = check_cluster_size(int(model.cluster_size), scan_shape)
         self.pre = None
         self.issues: list = []
+        self.pattern = None  # the pattern check's verdict on the first rows (PatternVerdict)
         self.rows: dict[int, np.ndarray] = {}
         self.done = 0
         self.fed = 0  # padded rows pushed through the row streams
@@ -211,6 +214,10 @@ class _LiveModel:
         loaded = SimpleNamespace(model=self.model, preprocessor=self.preprocessor, info=self.info)
         prep = prepare(loaded, ds, sample)
         self.pre, self.issues = prep.preprocessor, prep.issues
+        from ..pattern_domain import verdict_from_summary
+
+        self.pattern, _ = verdict_from_summary(self.info.get("train_summary"), ds.data,
+                                               ds.calibration, mean=sample.mean_pattern)
         self.model.eval()
         members = list(getattr(self.model, "members", [self.model]))
         if linear_on_raw_detector(self.model, self.pre, ds):  # as offline: virtual images
