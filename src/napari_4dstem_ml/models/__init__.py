@@ -12,7 +12,9 @@ Interface (all models are ``torch.nn.Module``; axis order (scan_y, scan_x, ky, k
 - Both configs are frozen dataclasses with ``to_dict()`` (JSON-safe) and ``from_dict(d)``;
   ``config_from_dict(d)`` dispatches on ``d["kind"]``; bad values raise ``ModelConfigError``
   (a ``ValueError``).
-- ``build_model(config, detector_shape=(ky, kx)) -> nn.Module`` (``RadialLinear`` or ``CNN4d``).
+- ``build_model(config, detector_shape=(ky, kx)) -> nn.Module`` (``RadialLinear``, ``CNN4d`` or
+  ``Ensemble``; :mod:`.build` maps each config type to its model class, :mod:`.config` imports
+  no model module).
 - ``model.cluster_size`` (K), ``model.detector_shape``, ``model.config``.
 - ``model.forward(x)``: x float32 ``(B, K, K, ky, kx)`` (cluster centre at [K//2, K//2]) → ``(B,)``.
 - ``model.predict_field(x)``: x ``(Ny+K-1, Nx+K-1, ky, kx)`` (a padded tile; torch tensor or
@@ -27,6 +29,7 @@ Interface (all models are ``torch.nn.Module``; axis order (scan_y, scan_x, ky, k
   ``(B, C, D0, D1, D2, D3)``; functional ``conv4d(x, weight, bias, stride, padding)``.
 """
 
+from .build import build_model
 from .cnn4d import CNN4d
 from .config import (
     CNN4dConfig,
@@ -34,7 +37,6 @@ from .config import (
     LinearConfig,
     ModelConfig,
     ModelConfigError,
-    build_model,
     config_from_dict,
 )
 from .conv4d import Conv4d, conv4d

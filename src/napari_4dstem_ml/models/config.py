@@ -1,8 +1,9 @@
-"""Model configurations (frozen, JSON-safe) and ``build_model``.
+"""Model configurations (frozen, JSON-safe); no model module is imported here.
 
 Each config has a ``kind`` field (``"linear"`` or ``"conv4d"``) that ``config_from_dict``
 dispatches on, so a checkpoint can store ``config.to_dict()`` and rebuild the model with
-``build_model(config_from_dict(d), detector_shape)``.
+``build_model(config_from_dict(d), detector_shape)`` (:mod:`.build`, which maps each
+config type to its model class).
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ __all__ = [
     "EnsembleConfig",
     "ModelConfig",
     "config_from_dict",
-    "build_model",
     "member_config",
 ]
 
@@ -202,19 +202,3 @@ def member_config(config: ModelConfig) -> LinearConfig | CNN4dConfig:
     """The single-model config of ``config`` (the member of an ensemble)."""
     return config.member if isinstance(config, EnsembleConfig) else config
 
-
-def build_model(config: ModelConfig, detector_shape: tuple[int, int]):
-    """Build the ``torch.nn.Module`` for ``config`` on patterns of ``detector_shape`` (ky, kx)."""
-    if isinstance(config, LinearConfig):
-        from .linear import RadialLinear
-
-        return RadialLinear(config, detector_shape)
-    if isinstance(config, CNN4dConfig):
-        from .cnn4d import CNN4d
-
-        return CNN4d(config, detector_shape)
-    if isinstance(config, EnsembleConfig):
-        from .ensemble import Ensemble
-
-        return Ensemble([build_model(config.member, detector_shape) for _ in range(config.size)])
-    raise ModelConfigError(f"build_model: unknown config type {type(config).__name__}")

@@ -1,8 +1,9 @@
 """Ptychographic reconstruction of the training label inside the plugin (extra ``[ptycho]``).
 
 - :mod:`.config`: :class:`PtychoConfig` (frozen, JSON).
-- :mod:`.backends`: the back-end interface (:class:`PtychoData`, :class:`ObjectGeometry`,
-  ``get_backend``); :mod:`.quantem_backend` drives quantem's ``PtychoLite``.
+- :mod:`.backends`: the back-end interface (:class:`PtychoData`, :class:`ObjectGeometry`);
+  :mod:`.quantem_backend` drives quantem's ``PtychoLite``; :mod:`.registry`: ``get_backend``
+  (the back ends by name).
 - :mod:`.job`: :func:`reconstruct_label`, the job as a generator of :class:`PtychoEvent`
   (ETA, cancellable, resumable) ending with a :class:`PtychoLabel`;
   :func:`training_label` makes it the training label (registration check included);
@@ -14,7 +15,7 @@
 Nothing here imports the back end's library until a reconstruction starts.
 """
 
-from .backends import BACKENDS, BackendUnavailableError, ObjectGeometry, PtychoData, get_backend
+from .backends import BackendUnavailableError, ObjectGeometry, PtychoData
 from .config import MODES, PtychoConfig
 from .job import (
     PtychoEvent,
@@ -26,6 +27,7 @@ from .job import (
     training_label,
 )
 from .quality import LabelQuality
+from .registry import BACKENDS, get_backend
 
 __all__ = ["BACKENDS", "MODES", "BackendUnavailableError", "LabelQuality", "ObjectGeometry",
            "PtychoConfig", "PtychoData", "PtychoEvent", "PtychoLabel", "TrainingLabel", "get_backend",

@@ -7,7 +7,8 @@ that places it on the scan, and saves/restores its whole state (resuming). The l
 imported only when a session starts: ``napari_4dstem_ml.ptycho`` imports without it.
 
 Today's back end: ``"quantem"`` (:mod:`.quantem_backend`, the Ophus group's PyTorch package,
-extra ``[ptycho]``). Why this one is in ``README.md`` (*Making the label*).
+extra ``[ptycho]``). Why this one is in ``README.md`` (*Making the label*). The back ends are
+found by name in :mod:`.registry` (``get_backend``); this module imports none of them.
 """
 
 from __future__ import annotations
@@ -107,16 +108,3 @@ class Backend(Protocol):
               positions_mask: np.ndarray | None = None) -> Session:
         """A new session on ``data`` (only the positions where ``positions_mask`` is true)."""
 
-
-def get_backend(name: str) -> Backend:
-    """The back end called ``name`` ("quantem"); :class:`BackendUnavailableError` when its
-    library is missing, ``ValueError`` for an unknown name."""
-    if name == "quantem":
-        from .quantem_backend import QuantemBackend
-
-        return QuantemBackend()
-    raise ValueError(f"unknown ptychography back end {name!r}; available: {BACKENDS}")
-
-
-#: back ends this package can drive
-BACKENDS = ("quantem",)

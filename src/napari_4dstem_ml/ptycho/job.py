@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from ..dataset import Dataset4D
-from .backends import ObjectGeometry, PtychoData, get_backend
+from .backends import ObjectGeometry, PtychoData
 from .config import PtychoConfig
 from .quality import (
     LabelQuality,
@@ -40,6 +40,7 @@ from .quality import (
     trust_warnings,
     truth_score,
 )
+from .registry import get_backend
 
 #: reconstruction parts, in the order they run; the halves are checkerboards of positions
 PARTS = ("full", "half A", "half B")
