@@ -118,7 +118,10 @@ def prepare(loaded: Any, dataset: Dataset4D, sample: PatternSample | None = None
     return Prepared(sample, signature, issues, pre)
 
 
-#: on a cluster the pattern check reads at most about this many positions in this process
+#: the pattern check reads at most about this many positions (every few rows and columns of a
+#: larger scan, the map repeated back to the full grid): a second pass over a 512 × 512 scan
+#: reads a quarter of its rows, not all of them, beside the model's own pass; on a cluster it
+#: runs in this process
 PATTERN_CHECK_POSITIONS = 65_536
 
 
@@ -223,14 +226,14 @@ class Reconstructor:
     def _pattern_check(self, prep: Prepared):
         """The patterns against the checkpoint's pattern domain (a :class:`Message` with the
         verdict, or a quiet note where the checkpoint holds none): the BF disk on the job's
-        sample, then one virtual-detector pass; on a cluster the map is read here on every few
-        rows and columns (at most :data:`PATTERN_CHECK_POSITIONS`)."""
+        sample, then one virtual-detector pass on every few rows and columns of a large scan
+        (at most :data:`PATTERN_CHECK_POSITIONS`; here also on a cluster)."""
         from ..pattern_domain import verdict_from_summary
 
         summary = (getattr(self.loaded, "info", None) or {}).get("train_summary", {})
         verdict, line = verdict_from_summary(
             summary, self.dataset.data, self.dataset.calibration,
-            max_positions=PATTERN_CHECK_POSITIONS if self.distributed else None,
+            max_positions=PATTERN_CHECK_POSITIONS,
             mean=prep.sample.mean_pattern)
         yield Message(line, "warning" if verdict is not None and verdict.fired else "info")
         return verdict, ("" if verdict is not None else line)
