@@ -119,8 +119,8 @@ def prepare(loaded: Any, dataset: Dataset4D, sample: PatternSample | None = None
 
 
 #: the pattern check reads at most about this many positions (every few rows and columns of a
-#: larger scan, the map repeated back to the full grid): a second pass over a 512 × 512 scan
-#: reads a quarter of its rows, not all of them, beside the model's own pass; on a cluster it
+#: larger scan, the map repeated back to the full grid): its pass over a 512 × 512 scan
+#: reads every second row (a quarter of the patterns) beside the model's own pass; on a cluster it
 #: runs in this process
 PATTERN_CHECK_POSITIONS = 65_536
 
