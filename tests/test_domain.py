@@ -82,3 +82,10 @@ def test_scan_step_in_units_of_the_probe_size():
     dom = TrainingDomain.from_signatures([sig])
     far = DataSignature.from_dict({**sig.to_dict(), "scan_step_probe": sig.scan_step_probe * 1.5})
     assert [i.quantity for i in dom.check(far)] == ["scan_step_probe"]
+
+
+def test_only_a_lower_dose_is_outside_the_domain():
+    dom = TrainingDomain.from_signatures([DataSignature.from_dataset(_dataset(dose=1e4))])
+    assert dom.check(DataSignature.from_dataset(_dataset(dose=1e5))) == []
+    low = dom.check(DataSignature.from_dataset(_dataset(dose=2e3)))
+    assert [i.quantity for i in low] == ["dose"] and "below" in low[0].message()

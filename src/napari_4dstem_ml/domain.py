@@ -37,7 +37,8 @@ QUANTITIES: dict[str, tuple[str, str, str, float]] = {
     "reach_alpha": ("detector reach", "α", "below", 1.05),
     "scan_step_A": ("scan step", "Å", "ratio", 1.2),
     "scan_step_probe": ("scan step in units of the probe size λ/α", "λ/α", "ratio", 1.3),
-    "dose": ("dose (mean counts per pattern)", "e⁻", "ratio", 2.0),
+    # every model divides a pattern by its dose: more counts only mean less noise
+    "dose": ("dose (mean counts per pattern)", "e⁻", "below", 2.0),
     "dark_field_fraction": ("dark-field fraction of the mean pattern (thickness, Z)", "", "ratio", 1.5),
 }
 

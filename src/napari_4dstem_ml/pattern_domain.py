@@ -76,6 +76,9 @@ QUANTILE = 0.99
 MARGIN = 1.5
 #: the verdict fires above this fraction of positions beyond the threshold
 FIRE_FRACTION = 0.10
+#: a detector that ends before the training patterns' reach is checked on the rings it holds,
+#: down to this reach (α)
+MIN_PARTIAL_REACH = 1.5
 #: at most this many positions for the fit (a random subset beyond it)
 MAX_FIT_POSITIONS = 50_000
 
@@ -239,8 +242,14 @@ class PatternDomain:
             quantile=float(d.get("quantile", QUANTILE)), margin=float(d.get("margin", MARGIN)),
             version=int(d.get("version", 1)))
 
-    def raw_distance(self, feats: Features) -> np.ndarray:
-        """``d`` (n,) for ``feats`` (NaN where a pattern has no features); not thresholded."""
+    def raw_distance(self, feats: Features, valid: np.ndarray | None = None) -> np.ndarray:
+        """``d`` (n,) for ``feats`` (NaN where a pattern has no features); not thresholded.
+        ``valid`` (D,) bool: only these features were read (a detector that ends before the
+        domain's reach): the distance is then taken in the *marginal* of the training model
+        over them (its covariance ``Vᵀ Λ V + s² (I − Vᵀ V)`` restricted to the valid rows and
+        columns), normalised by their number, so a training pattern still scores about 1."""
+        if valid is not None and not np.all(valid):
+            return self._marginal_distance(feats, np.asarray(valid, bool))
         mu = np.asarray(self.mean)
         v = np.asarray(self.components).reshape(-1, len(mu))
         lam = np.asarray(self.variances)
@@ -252,6 +261,20 @@ class PatternDomain:
         d2 = np.sum(z * z / (lam[None, :] + delta), axis=1) + \
             np.clip(r2, 0, None) / (self.residual_var + delta[:, 0])
         return np.sqrt(d2 / len(mu))
+
+
+    def _marginal_distance(self, feats: Features, valid: np.ndarray) -> np.ndarray:
+        mu = np.asarray(self.mean)
+        v = np.asarray(self.components).reshape(-1, len(mu))
+        lam = np.asarray(self.variances)
+        cov = v.T @ (lam[:, None] * v) + self.residual_var * (np.eye(len(mu)) - v.T @ v)
+        sub = cov[np.ix_(valid, valid)]
+        w, u = np.linalg.eigh(0.5 * (sub + sub.T))
+        w = np.clip(w, self.noise_var * 1e-3 + 1e-15, None)
+        z = (feats.x[:, valid] - mu[valid]) @ u
+        noise = feats.gain / (4.0 * feats.total)
+        delta = np.clip(noise - self.noise_var, 0.0, None)[:, None]
+        return np.sqrt(np.sum(z * z / (w[None, :] + delta), axis=1) / int(valid.sum()))
 
 
 def _symmetrised(x: np.ndarray) -> np.ndarray:
@@ -363,20 +386,38 @@ def check_patterns(domain: PatternDomain, data: Any, calibration: Any = None, *,
     """Score every pattern of ``data`` (scan_y, scan_x, ky, kx) against ``domain``;
     ``max_positions``: read every ``step``-th row and column so that at most about this many
     are scored (the map is repeated back to the scan's shape); ``mean``: a mean pattern at hand
-    (the job's sample) for the BF disk. A detector that does not reach the domain's
-    ``reach_alpha`` raises :class:`ValueError` (the features cannot be read)."""
+    (the job's sample) for the BF disk. A detector that ends before the domain's
+    ``reach_alpha`` is checked on the rings it holds (the training model's marginal over
+    them; the message says so); one that ends before :data:`MIN_PARTIAL_REACH` raises
+    :class:`ValueError` (too little to read)."""
     ny, nx = int(data.shape[0]), int(data.shape[1])
     step = 1 if not max_positions else max(1, int(math.ceil(math.sqrt(ny * nx / max_positions))))
     geo = PatternGeometry.measure(data, calibration, reach_alpha=domain.reach_alpha,
                                   bin_alpha=domain.bin_alpha, mean=mean)
-    if geo.detector_reach_alpha < domain.reach_alpha - 1e-6:
-        raise ValueError(f"the detector reaches {geo.detector_reach_alpha:.2f} α, the pattern "
-                         f"check reads to {domain.reach_alpha:.2f} α")
+    reach = geo.detector_reach_alpha
+    valid = None
+    if reach < domain.reach_alpha - 1e-6:
+        if reach < MIN_PARTIAL_REACH:
+            raise ValueError(f"the detector reaches {reach:.2f} α, the pattern check needs "
+                             f"{MIN_PARTIAL_REACH:.2f} α")
+        valid = _features_within(geo, reach)
     feats = pattern_features(data, geo, step=step)
-    d = domain.raw_distance(feats).reshape(feats.scan_shape) / domain.threshold
+    d = domain.raw_distance(feats, valid).reshape(feats.scan_shape) / domain.threshold
     if step > 1:
         d = np.repeat(np.repeat(d, step, 0), step, 1)[:ny, :nx]
-    return PatternVerdict.from_distance(d.astype(np.float32), step)
+    verdict = PatternVerdict.from_distance(d.astype(np.float32), step)
+    if valid is not None:
+        verdict.message += (f" [partial check: the detector reaches {reach:.2f} α, the "
+                            f"training patterns were read to {domain.reach_alpha:.2f} α]")
+    return verdict
+
+
+def _features_within(geo: PatternGeometry, reach: float) -> np.ndarray:
+    """Which features (rings, then the m = 2 pairs) lie wholly within ``reach`` (α)."""
+    edges = np.arange(geo.n_rings + 1) * geo.bin_alpha
+    rings = edges[1:] <= reach + 1e-9
+    aniso = np.repeat([min(b, geo.reach_alpha) <= reach + 1e-9 for _, b in ANISO_RINGS], 2)
+    return np.concatenate([rings, aniso])
 
 
 def rings_for(geos: list[PatternGeometry]) -> tuple[float, float]:
