@@ -873,6 +873,7 @@ def resolution_scores(
     else:
         s = math.nan
     res = frc(ac, gc, pixel_size=pixel_size).resolution if min(ac.shape) >= 8 else None
+    res = None if res is None else float(res)
     return ResolutionScore(
         r_label=pearson_r(ac, g_label),
         r_raw=pearson_r(ac, gc),
