@@ -69,8 +69,10 @@ def test_csv_and_figure(tmp_path):
     lines = path.read_text().splitlines()
     assert lines[0].startswith("# reference: truth")
     rows = list(csv.reader(line for line in lines if not line.startswith("#")))
-    assert rows[0] == ["method", "role", "pearson_r", "ssim", "psnr_db", "frc_resolution_Å", "note"]
+    assert rows[0] == ["method", "role", "pearson_r", "ssim", "psnr_db", "frc_resolution_Å", "note",
+                       "r_label_sigma_0.2A", "r_raw", "r_lowpass_0.4A", "frc_ground_truth_A"]
     assert float(rows[1][2]) == table.rows[0].pearson_r
+    assert float(rows[1][7]) == table.rows[0].resolution.r_label
     with pytest.raises(FileExistsError):
         table.to_csv(path)  # never over a file unasked
     png = comparison_figure(tmp_path / "f.png", images, table, title="test")
@@ -79,3 +81,32 @@ def test_csv_and_figure(tmp_path):
     with Image.open(png) as im:
         assert im.size[0] > 400 and im.size[1] > 300
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f.png", "t.csv"]  # no temporary left
+
+
+def test_resolution_columns_against_a_ground_truth():
+    """With a ground truth in Å: r at the label's resolution, raw, low-passed and the FRC
+    resolution are metrics.resolution_scores over the region; a label reference has none."""
+    truth, images = _images()
+    region = (4, 40, 2, 34)
+    table = compare_methods(images, region=region, pixel_size=0.1, unit="Å")
+    assert table.has_resolution and len(table.headers()) == 10
+    assert "σ 0.2 Å" in table.headers()[6] and "FWHM 0.47 Å" in table.header_tooltips()[6]
+    for row in table.rows:
+        img = next(m.image for m in images if m.name == row.name)
+        direct = metrics.resolution_scores(np.asarray(img, float)[4:40, 2:34], truth[4:40, 2:34], 0.1)
+        assert row.resolution == direct
+        assert len(table.formatted()[0]) == 10
+    # the blurred truth beats the sharp one only at the label's resolution, not raw
+    from scipy import ndimage
+
+    blurred = ndimage.gaussian_filter(truth, 2.0, mode="nearest")
+    t2 = compare_methods([MethodImage("sharp", "linear", truth + 0.0),
+                          MethodImage("blurred", "cnn", blurred),
+                          MethodImage("truth", "ground_truth", truth)], pixel_size=0.1, unit="Å")
+    assert t2.row("sharp").resolution.r_raw > t2.row("blurred").resolution.r_raw
+    assert t2.row("blurred").resolution.r_label > t2.row("sharp").resolution.r_label
+    no_truth = [m for m in images if m.role != "ground_truth"]
+    t3 = compare_methods(no_truth, pixel_size=0.1, unit="Å")
+    assert not t3.has_resolution and len(t3.formatted()[0]) == 6 and len(t3.headers()) == 6
+    t4 = compare_methods(images, pixel_size=1.0, unit="px")  # σ in Å needs Å pixels
+    assert not t4.has_resolution

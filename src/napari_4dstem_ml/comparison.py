@@ -5,6 +5,11 @@ the 4D CNN, the ptychographic label, the ground truth (whatever exists), each ta
 *role* — :func:`compare_methods` scores every image against one reference (the ground truth when
 there is one, else the label) over a region of scan positions, with :func:`metrics.compare`
 (sub-pixel registration, scale/offset fit, edge crop; Pearson r, SSIM, PSNR, FRC half-bit).
+When the reference is a ground truth (and the pixel size is in Å), every row also carries
+:func:`metrics.resolution_scores` over the region: r at the ptychographic label's resolution
+(the ground truth blurred by a Gaussian of σ = :data:`metrics.LABEL_SIGMA_A`), r against the
+raw and the 0.4 Å low-passed ground truth, and the half-bit FRC resolution against it (Å), so
+a sharp image does not lose to a blurred one only because the reference was blurred.
 The table is written as CSV (:meth:`ComparisonTable.to_csv`) and, with the images, as a PNG
 figure (:func:`comparison_figure`, matplotlib's Agg backend: no display needed).
 
@@ -27,6 +32,7 @@ from . import metrics
 
 __all__ = [
     "COLUMNS",
+    "RESOLUTION_COLUMNS",
     "ROLES",
     "ComparisonTable",
     "MethodImage",
@@ -51,6 +57,8 @@ UNSCORED = ("uncertainty",)
 #: reference preference: the ground truth when it exists, else the label
 REFERENCE_ROLES = ("ground_truth", "label")
 COLUMNS = ("method", "role", "pearson_r", "ssim", "psnr_db", "frc_resolution")
+#: extra columns when the reference is a ground truth (see :func:`metrics.resolution_scores`)
+RESOLUTION_COLUMNS = ("r_label", "r_raw", "r_lowpass", "frc_ground_truth")
 
 Rect = tuple[int, int, int, int]
 
@@ -82,6 +90,7 @@ class MethodScore:
     frc_resolution: float | None
     note: str = ""
     report: metrics.ComparisonReport | None = field(default=None, repr=False, compare=False)
+    resolution: metrics.ResolutionScore | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -102,16 +111,56 @@ class ComparisonTable:
                 return r
         raise KeyError(f"no row {name!r}; have {[r.name for r in self.rows]}")
 
+    @property
+    def has_resolution(self) -> bool:
+        """Whether the rows carry resolution-aware scores (reference = ground truth, Å)."""
+        return any(r.resolution is not None for r in self.rows)
+
+    def _resolution_params(self) -> tuple[float, float]:
+        for r in self.rows:
+            if r.resolution is not None:
+                return r.resolution.label_sigma_A, r.resolution.lowpass_resolution_A
+        return metrics.LABEL_SIGMA_A, metrics.LOWPASS_RESOLUTION_A
+
+    def headers(self) -> list[str]:
+        """Display column titles (the resolution columns state their Gaussians)."""
+        out = ["method", "role", "Pearson r", "SSIM", "PSNR (dB)", f"FRC ({self.unit})"]
+        if self.has_resolution:
+            sig, res = self._resolution_params()
+            out += [f"r label res. (σ {sig:g} Å)", "r raw GT", f"r GT LP {res:g} Å",
+                    "FRC vs GT (Å)"]
+        return out
+
+    def header_tooltips(self) -> list[str]:
+        """One explanation per :meth:`headers` column."""
+        out = ["", "", "Pearson r against the reference after sub-pixel registration",
+               "SSIM after registration and a scale/offset fit", "PSNR after the same fit",
+               "half-bit FRC crossing against the reference (agreement, not resolution)"]
+        if self.has_resolution:
+            sig, res = self._resolution_params()
+            out += [
+                f"Pearson r against the ground truth blurred with a Gaussian of σ = {sig:g} Å "
+                f"(FWHM {2 * math.sqrt(2 * math.log(2)) * sig:.2f} Å): the resolution of the "
+                "ptychographic label; no registration, 3 px edge crop",
+                "Pearson r against the raw ground truth (a sharp image scores higher)",
+                f"Pearson r against the ground truth low-passed to 10 % transfer at {res:g} Å",
+                "resolution (Å) where the FRC of the image against the raw ground truth "
+                "crosses the half-bit threshold",
+            ]
+        return out
+
     def formatted(self) -> list[tuple[str, ...]]:
-        """Rows as display strings, in :data:`COLUMNS` order."""
+        """Rows as display strings, in :data:`COLUMNS` order (then
+        :data:`RESOLUTION_COLUMNS` when :attr:`has_resolution`)."""
 
         def f(v: float | None, digits: str) -> str:
             if v is None:
                 return "—"
             return "nan" if not math.isfinite(v) else format(v, digits)
 
-        return [
-            (
+        out = []
+        for r in self.rows:
+            row = (
                 r.name,
                 ROLE_TITLES.get(r.role, r.role),
                 f(r.pearson_r, ".3f"),
@@ -119,8 +168,12 @@ class ComparisonTable:
                 f(r.psnr, ".2f"),
                 f(r.frc_resolution, ".3g"),
             )
-            for r in self.rows
-        ]
+            if self.has_resolution:
+                z = r.resolution
+                row += ((f(z.r_label, ".3f"), f(z.r_raw, ".3f"), f(z.r_lowpass, ".3f"),
+                         f(z.frc_resolution_A, ".3g")) if z is not None else ("—",) * 4)
+            out.append(row)
+        return out
 
     def csv_text(self) -> str:
         """The table as CSV (full precision), with the reference and region as comments."""
@@ -128,13 +181,28 @@ class ComparisonTable:
         y0, y1, x0, x1 = self.region
         buf.write(f"# reference: {self.reference} ({self.reference_role})\n")
         buf.write(f"# region: rows {y0}:{y1}, columns {x0}:{x1} (scan positions)\n")
+        extra = []
+        if self.has_resolution:
+            sig, res_lp = self._resolution_params()
+            buf.write(f"# r_label: against the ground truth blurred by a Gaussian of sigma "
+                      f"{sig:g} A (the ptychographic label's resolution); r_lowpass: 10 % "
+                      f"transfer at {res_lp:g} A; frc_ground_truth: half-bit, A\n")
+            extra = [f"r_label_sigma_{sig:g}A", "r_raw", f"r_lowpass_{res_lp:g}A",
+                     "frc_ground_truth_A"]
         w = csv.writer(buf, lineterminator="\n")
-        w.writerow([*COLUMNS[:-1], f"frc_resolution_{self.unit}", "note"])
+        w.writerow([*COLUMNS[:-1], f"frc_resolution_{self.unit}", "note", *extra])
+
+        def num(v: float | None) -> str:
+            return "" if v is None else repr(float(v))
+
         for r in self.rows:
-            res = "" if r.frc_resolution is None else repr(float(r.frc_resolution))
-            w.writerow(
-                [r.name, r.role, repr(r.pearson_r), repr(r.ssim), repr(r.psnr), res, r.note]
-            )
+            more = []
+            if extra:
+                z = r.resolution
+                more = (["", "", "", ""] if z is None else
+                        [num(z.r_label), num(z.r_raw), num(z.r_lowpass), num(z.frc_resolution_A)])
+            w.writerow([r.name, r.role, repr(r.pearson_r), repr(r.ssim), repr(r.psnr),
+                        num(r.frc_resolution), r.note, *more])
         return buf.getvalue()
 
     def to_csv(self, path: str | Path, overwrite: bool = False) -> Path:
@@ -172,7 +240,8 @@ def compare_methods(
     ``reference`` (default :func:`choose_reference`) over ``region`` ``(y0, y1, x0, x1)``
     (default: the whole scan), with :func:`metrics.compare` at ``pixel_size`` (``unit``).
 
-    All images must be on the same scan grid ``(Ny, Nx)``.
+    All images must be on the same scan grid ``(Ny, Nx)``. With a ground-truth reference and
+    ``unit`` "Å" each row also gets :func:`metrics.resolution_scores` (see the module text).
     """
     images = list(images)
     if reference is None:
@@ -193,6 +262,7 @@ def compare_methods(
             f"reference {reference.name!r} has no value at some positions of the region "
             f"{region}: choose a region it covers"
         )
+    with_res = reference.role == "ground_truth" and unit in ("Å", "A")
     rows = []
     for m in images:
         if m is reference or m.role in UNSCORED:
@@ -209,9 +279,15 @@ def compare_methods(
                                     note="NaN in the region (unfinished?)"))
             continue
         rep = metrics.compare(crop, ref_c, pixel_size=pixel_size)
+        res = None
+        if with_res:
+            try:
+                res = metrics.resolution_scores(crop, ref_c, pixel_size)
+            except ValueError:  # a region too small for the edge crop
+                res = None
         rows.append(
             MethodScore(m.name, m.role, rep.pearson_r, rep.ssim, rep.psnr, rep.frc_resolution,
-                        report=rep)
+                        report=rep, resolution=res)
         )
     return ComparisonTable(
         reference=reference.name,
@@ -273,7 +349,7 @@ def comparison_figure(
     if table is not None and table.rows:
         ax = fig.add_axes((0.02, 0.01, 0.96, bottom - 0.02))
         ax.axis("off")
-        header = ["method", "role", "Pearson r", "SSIM", "PSNR (dB)", f"FRC ({table.unit})"]
+        header = table.headers()
         t = ax.table(cellText=[list(r) for r in table.formatted()], colLabels=header,
                      loc="center", cellLoc="center")
         t.auto_set_font_size(False)

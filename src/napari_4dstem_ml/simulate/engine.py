@@ -136,10 +136,28 @@ def _chunks(plan: Plan) -> list[tuple[int, int]]:
     return [(r0, min(plan.positions[0], r0 + r)) for r0 in range(0, plan.positions[0], r)]
 
 
+def scan_jitter_A(config: SimulationConfig, plan: Plan) -> np.ndarray:
+    """The random probe-position errors (Å), ``(positions_y, positions_x, 2)`` as (dy, dx),
+    of every simulated position (margin included): Gaussian, rms ``config.scan_jitter_A``
+    per axis, drawn from ``config.seed``; zeros without jitter."""
+    shape = (*plan.positions, 2)
+    if config.scan_jitter_A <= 0:
+        return np.zeros(shape)
+    return np.random.default_rng([config.seed, 5419]).normal(size=shape) * config.scan_jitter_A
+
+
 def _scan(plan: Plan, config: SimulationConfig, r0: int, r1: int):
     import abtem
 
     py, px = plan.positions
+    if config.scan_jitter_A > 0:  # direct: explicit jittered positions, row-major (y, x)
+        s, m = config.scan_step_A, plan.margin_px
+        yy = plan.scan_origin_A[0] + (np.arange(r0, r1) - m) * s
+        xx = plan.scan_origin_A[1] + (np.arange(px) - m) * s
+        jit = scan_jitter_A(config, plan)[r0:r1]
+        y = yy[:, None] + jit[..., 0]
+        x = xx[None, :] + jit[..., 1]
+        return abtem.CustomScan(np.stack([x.ravel(), y.ravel()], -1)), (r1 - r0, px)
     if plan.method == "periodic":
         ax, by = plan.cell_A[0], plan.cell_A[1]
         y0, x0 = (plan.lateral[0] // 2) * by, (plan.lateral[1] // 2) * ax
@@ -149,7 +167,7 @@ def _scan(plan: Plan, config: SimulationConfig, r0: int, r1: int):
         y0, x0 = plan.scan_origin_A[0] - m * s, plan.scan_origin_A[1] - m * s
         dy = dx = s
     return abtem.GridScan(start=(x0, y0 + r0 * dy), end=(x0 + px * dx, y0 + r1 * dy),
-                          gpts=(px, r1 - r0), endpoint=False)
+                          gpts=(px, r1 - r0), endpoint=False), None
 
 
 def check_cutoff(cutoff_mrad: float, needed_mrad: float) -> None:
@@ -159,6 +177,16 @@ def check_cutoff(cutoff_mrad: float, needed_mrad: float) -> None:
             f"simulation grid reaches {cutoff_mrad:.1f} mrad (abTEM anti-aliasing cutoff), less "
             f"than the {needed_mrad:.1f} mrad the detector corners / ADF outer angle need: "
             "use a finer grid")
+
+
+def _aberrations(config: SimulationConfig) -> dict[str, Any]:
+    """abTEM probe keyword arguments beyond defocus: twofold astigmatism (C12 in Å, phi12 in
+    rad, abTEM's polar convention) when set; nothing otherwise (older configurations build
+    the same probe)."""
+    if config.astigmatism_A <= 0:
+        return {}
+    return {"aberrations": {"C12": float(config.astigmatism_A),
+                            "phi12": float(np.deg2rad(config.astigmatism_angle_deg))}}
 
 
 class _Detectors:
@@ -250,12 +278,14 @@ def _run(config: SimulationConfig, plan: Plan, crystal: Crystal, cache: PartsCac
                     probe = abtem.Probe(energy=config.energy_ev,
                                         semiangle_cutoff=config.convergence_mrad,
                                         defocus=config.defocus_A,
-                                        tilt=(config.tilt_mrad[1], config.tilt_mrad[0]))
+                                        tilt=(config.tilt_mrad[1], config.tilt_mrad[0]),
+                                        **_aberrations(config))
                     probe.grid.match(potarr)
                     cutoff = float(min(probe.cutoff_angles))
                     check_cutoff(cutoff, plan.needed_mrad)
-                p, a, sp = scan_patterns(probe, potarr, _scan(plan, config, r0, r1), dets,
-                                         max_angle_mrad=plan.pattern_mrad)
+                scan, rows_shape = _scan(plan, config, r0, r1)
+                p, a, sp = scan_patterns(probe, potarr, scan, dets,
+                                         max_angle_mrad=plan.pattern_mrad, shape=rows_shape)
                 z = {"patterns": p, "adf": a, "sim_pixel_mrad": np.asarray(sp),
                      "cutoff": np.asarray(cutoff), "cpu_s": np.asarray(time.process_time() - c0)}
                 cache.save(name, **z)
@@ -347,6 +377,9 @@ def _finish(config: SimulationConfig, plan: Plan, crystal: Crystal, static, site
         "defocus_A": config.defocus_A, "c10_A": -config.defocus_A,
         "defocus_convention": "abTEM defocus = -C10; > 0 focuses below the entrance surface",
         "tilt_mrad": list(config.tilt_mrad),
+        "astigmatism_C12_A": config.astigmatism_A,
+        "astigmatism_phi12_deg": config.astigmatism_angle_deg,
+        "scan_jitter_rms_A": config.scan_jitter_A,
         "thickness_A": plan.thickness_A, "unit_cell_A": list(plan.cell_A),
         "repeats_z": plan.repeats_z, "is_2d": plan.is_2d,
         "scan_step_A": [step, step], "scan_shape": [ny, nx],
@@ -397,6 +430,13 @@ def _finish(config: SimulationConfig, plan: Plan, crystal: Crystal, static, site
                            "applied); counts = Poisson(dose * patterns)"})
         extras["noise_free/detected_fraction"] = (detected.astype(np.float32), {
             "units": "fraction of the incident beam on the detector"})
+    if config.scan_jitter_A > 0:
+        m = plan.margin_px
+        extras["scan/position_errors_A"] = (
+            scan_jitter_A(config, plan)[m:m + ny, m:m + nx].astype(np.float32), {
+                "units": "A", "axes": "(scan_y, scan_x, (dy, dx))",
+                "description": "true probe position minus the nominal scan grid (random "
+                               "jitter); the ground truth and label are on the nominal grid"})
     if defects:
         extras["defects/sites"] = (site_px, {
             "units": "scan pixels (row, col)",

@@ -67,6 +67,9 @@ class SimulationConfig:
     convergence_mrad: float = 21.4
     defocus_A: float = 0.0
     tilt_mrad: tuple[float, float] = (0.0, 0.0)
+    astigmatism_A: float = 0.0
+    astigmatism_angle_deg: float = 0.0
+    scan_jitter_A: float = 0.0
     scan_shape: tuple[int, int] = (48, 48)
     scan_step_A: float = 0.25
     scan_offset_A: tuple[float, float] = (0.31, 0.17)
@@ -99,6 +102,8 @@ class SimulationConfig:
             (0 < self.probe_tail_fraction < 0.5, "probe_tail_fraction must be in (0, 0.5)"),
             (self.method in ("auto", "periodic", "direct"), "method: 'auto', 'periodic' or 'direct'"),
             (self.lowpass_resolution_A > 0, "lowpass_resolution_A must be > 0 (Å)"),
+            (self.astigmatism_A >= 0, "astigmatism_A must be >= 0 (Å; the azimuth sets its sign)"),
+            (self.scan_jitter_A >= 0, "scan_jitter_A must be >= 0 (Å)"),
         ]
         for ok, msg in checks:
             if not ok:
@@ -106,6 +111,9 @@ class SimulationConfig:
         if self.method == "periodic" and self.structure.defects:
             raise ValueError("SimulationConfig: a crystal with point defects is not periodic; "
                              "use method 'direct' or 'auto'")
+        if self.scan_jitter_A > 0 and self.method == "periodic":
+            raise ValueError("SimulationConfig: scan jitter breaks the periodic interpolation; "
+                             "use method 'direct'")
 
     # --- serialisation -------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -150,6 +158,9 @@ class SimulationConfig:
         written (noise-free, low-pass) and the name; a structure file's content counts."""
         skip = {"dose_e_per_pattern", "store_noise_free", "lowpass_resolution_A", "name"}
         d = {k: v for k, v in self.to_dict().items() if k not in skip}
+        for k in ("astigmatism_A", "astigmatism_angle_deg", "scan_jitter_A"):
+            if d[k] == 0:  # older configurations keep their digest
+                del d[k]
         if crystal is not None and crystal.source_sha1:
             d["structure_sha1"] = crystal.source_sha1
         return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
@@ -293,12 +304,13 @@ def make_plan(config: SimulationConfig, crystal: Crystal | None = None,
         n_slices = per_cell * crystal.repeats_z
     method = config.method
     if method == "auto":
-        method = "direct" if config.structure.defects else "periodic"
+        method = "direct" if config.structure.defects or config.scan_jitter_A > 0 else "periodic"
     det = config.detector
     ny, nx = config.scan_shape
     step = config.scan_step_A
     radius = probe_radius_A(config.energy_ev, alpha, config.defocus_A, thick,
-                            config.probe_tail_fraction)
+                            config.probe_tail_fraction) + alpha * 1e-3 * config.astigmatism_A
+
     # the box must resolve the detector pixels: simulation pixel lam/L <= detector pixel
     l_pix = lam / (det.pixel_mrad * 1e-3)
     if method == "periodic":
@@ -307,7 +319,8 @@ def make_plan(config: SimulationConfig, crystal: Crystal | None = None,
     else:
         sig = config.source_fwhm_A / (2 * math.sqrt(2 * math.log(2)))
         margin = int(math.ceil(4 * sig / step)) if sig > 0 else 0
-        field_y, field_x = (ny + 2 * margin) * step, (nx + 2 * margin) * step
+        jit = 8 * config.scan_jitter_A  # the box holds the jittered positions too
+        field_y, field_x = (ny + 2 * margin) * step + jit, (nx + 2 * margin) * step + jit
         need = (max(field_y + radius, 2 * radius, l_pix), max(field_x + radius, 2 * radius, l_pix))
     lateral = (max(1, math.ceil(need[0] / by - 1e-9)), max(1, math.ceil(need[1] / ax - 1e-9)))
     extent = (lateral[0] * by, lateral[1] * ax)

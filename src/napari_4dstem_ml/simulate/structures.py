@@ -119,6 +119,38 @@ def _mx2(formula: str, a: float, t: float):
     return build
 
 
+def _mx2_1t(formula: str, a: float, t: float):
+    def build():
+        import abtem
+        from ase.build import mx2
+
+        at = abtem.orthogonalize_cell(mx2(formula=formula, kind="1T", a=a, thickness=t, vacuum=1.0))
+        return _layer_box(at)
+    return build
+
+
+def _black_phosphorus(layers: int):
+    """``layers`` layers of black phosphorus (Cmca, a = 3.314, b = 10.478, c = 4.376 A,
+    P on 8f (0, 0.1017, 0.0806); Brown & Rundqvist 1965) seen along the stacking axis b:
+    box x = a (zigzag), y = c (armchair), z = b (AB stacking, 5.24 A per layer)."""
+    def build():
+        from ase import Atoms
+
+        a, b, c, y, z = 3.314, 10.478, 4.376, 0.1017, 0.0806
+        base = [(0, y, z), (0, -y, -z), (0, 0.5 + y, 0.5 - z), (0, 0.5 - y, 0.5 + z)]
+        frac = base + [(u + 0.5, v + 0.5, w) for u, v, w in base]
+        pos = []
+        for fx, fy, fz in frac:
+            fy_c = (fy + 0.25) % 1.0 - 0.25  # layers centred on fy = 0 and 0.5
+            for rep in range((layers + 1) // 2):
+                ly = fy_c + rep
+                if round(2 * ly) < layers:  # layer index = nearest half-integer * 2
+                    pos.append(((fx % 1.0) * a, (fz % 1.0) * c, ly * b))
+        at = Atoms(f"P{len(pos)}", positions=pos, cell=[a, c, 1.0], pbc=True)
+        return _layer_box(at)
+    return build
+
+
 def _honeycomb(formula: str, a: float):
     def build():
         import abtem
@@ -182,6 +214,10 @@ MATERIALS: dict[str, Material] = {m.key: m for m in [
              _mx2("WS2", 3.153, 3.14)),
     Material("WSe2", "2H-WSe2 monolayer, a = 3.28 A", "2d", (0, 0, 1), _rms("W", "Se"),
              _mx2("WSe2", 3.28, 3.36)),
+    Material("PtSe2", "1T-PtSe2 monolayer, a = 3.73 A", "2d", (0, 0, 1), _rms("Pt", "Se", Pt=0.05),
+             _mx2_1t("PtSe2", 3.73, 2.53)),
+    Material("BP3L", "black phosphorus trilayer (AB stacked), a = 3.314 A (x, zigzag), "
+             "c = 4.376 A (y, armchair)", "2d", (0, 0, 1), _rms("P", P=0.075), _black_phosphorus(3)),
     Material("hBN", "hexagonal boron nitride monolayer, a = 2.504 A", "2d", (0, 0, 1),
              _rms("B", "N"), _honeycomb("BN", 2.504)),
     Material("graphene", "graphene, a = 2.46 A", "2d", (0, 0, 1), _rms("C"),
@@ -203,6 +239,8 @@ MATERIALS: dict[str, Material] = {m.key: m for m in [
              _bulk("Cu", "fcc", 3.615)),
     Material("Au", "gold (fcc), a = 4.078 A", "bulk", (0, 0, 1), _rms("Au", Au=0.089),
              _bulk("Au", "fcc", 4.078)),
+    Material("CeO2", "CeO2 (fluorite), a = 5.411 A", "bulk", (0, 0, 1),
+             _rms("Ce", "O", Ce=0.06, O=0.085), _bulk("CeO2", "fluorite", 5.411)),
     Material("MgO", "MgO (rock salt), a = 4.212 A", "bulk", (0, 0, 1),
              _rms("Mg", "O", Mg=0.063, O=0.066), _bulk("MgO", "rocksalt", 4.212)),
 ]}

@@ -18,7 +18,8 @@ from .scene import SimulationConfig, estimate_seconds
 from .structures import Defect, StructureSpec
 
 #: materials the training library must never contain
-HELD_OUT_MATERIALS = frozenset({"WS2", "hBN", "SrTiO3", "Si", "PrScO3"})
+HELD_OUT_MATERIALS = frozenset({"WS2", "hBN", "SrTiO3", "Si", "PrScO3", "PtSe2", "BP3L", "CeO2",
+                                "WSe2"})
 
 
 def transfer_suite() -> list[SimulationConfig]:
@@ -59,6 +60,46 @@ def transfer_suite() -> list[SimulationConfig]:
                                    descan_y_px=(0.3, 0.5), descan_x_px=(0.6, -0.2))),
         SimulationConfig(name="srtio3_20nm", seed=9104,
                          structure=StructureSpec("SrTiO3", thickness_A=200.0), **sto),
+        *transfer_suite_extended(),
+    ]
+
+
+def transfer_suite_extended() -> list[SimulationConfig]:
+    """Issue 17's additions to the transfer suite: a 1T monolayer at 30 mrad (PtSe2 + Se
+    vacancy), a multilayer (black phosphorus trilayer + P vacancy), a thick crystal at two
+    thicknesses (CeO2 [001], 5 and 25 nm, one frozen-phonon configuration) and a monolayer with probe and scan errors (WSe2:
+    defocus, astigmatism, 0.4 A source, position jitter). None is in :func:`library`."""
+    ceo2 = dict(energy_ev=300e3, convergence_mrad=21.4, scan_shape=(48, 48), scan_step_A=0.4,
+                scan_offset_A=(0.61, 0.27), dose_e_per_pattern=5e4, frozen_phonons=1,
+                adf_inner_mrad=60.0, adf_outer_mrad=120.0, store_noise_free=True)
+    return [
+        SimulationConfig(
+            name="ptse2_1t_vacSe_60kev", seed=9201,
+            structure=StructureSpec("PtSe2", defects=(Defect("vacancy", "Se", (0.6, 0.45)),)),
+            energy_ev=60e3, convergence_mrad=30.0, scan_shape=(48, 48), scan_step_A=0.2,
+            scan_offset_A=(0.31, 0.18), dose_e_per_pattern=1e5, adf_inner_mrad=75.0,
+            adf_outer_mrad=115.0, detector=_detector(96, 1.1, 9201)),
+        SimulationConfig(
+            name="bp_3layer_vacP_80kev", seed=9202,
+            structure=StructureSpec("BP3L", defects=(Defect("vacancy", "P", (0.5, 0.55),
+                                                            layer="exit"),)),
+            energy_ev=80e3, convergence_mrad=25.0, scan_shape=(48, 48), scan_step_A=0.2,
+            scan_offset_A=(0.22, 0.47), dose_e_per_pattern=1e5, adf_inner_mrad=62.5,
+            adf_outer_mrad=102.5, detector=_detector(96, 1.0, 9202)),
+        SimulationConfig(name="ceo2_5nm_300kev", seed=9203,
+                         structure=StructureSpec("CeO2", thickness_A=50.0),
+                         detector=_detector(96, 1.0, 9203), **ceo2),
+        SimulationConfig(name="ceo2_25nm_300kev", seed=9204,
+                         structure=StructureSpec("CeO2", thickness_A=250.0),
+                         detector=_detector(96, 1.0, 9204), **ceo2),
+        SimulationConfig(
+            name="wse2_vacSe_aberrated_jitter", seed=9205,
+            structure=StructureSpec("WSe2", defects=(Defect("vacancy", "Se", (0.4, 0.6)),)),
+            energy_ev=80e3, convergence_mrad=25.0, defocus_A=20.0, astigmatism_A=10.0,
+            astigmatism_angle_deg=30.0, source_fwhm_A=0.4, scan_jitter_A=0.1,
+            scan_shape=(48, 48), scan_step_A=0.2, scan_offset_A=(0.14, 0.52),
+            dose_e_per_pattern=1e5, adf_inner_mrad=62.5, adf_outer_mrad=102.5,
+            detector=_detector(96, 1.0, 9205)),
     ]
 
 

@@ -324,7 +324,12 @@ class CompareWidget(QWidget):
 
     def fill_table(self, table) -> None:
         rows = table.formatted()
-        self.table.setHorizontalHeaderLabels([*HEADER[:-1], f"FRC ({table.unit})"])
+        headers, tips = table.headers(), table.header_tooltips()
+        self.table.setColumnCount(len(headers))
+        self.table.setHorizontalHeaderLabels(headers)
+        for j, tip in enumerate(tips):
+            if tip and self.table.horizontalHeaderItem(j) is not None:
+                self.table.horizontalHeaderItem(j).setToolTip(tip)
         self.table.setRowCount(len(rows))
         for i, (row, score) in enumerate(zip(rows, table.rows)):
             row = (row[0], self.kind_of(score.name, score.role), *row[2:])
