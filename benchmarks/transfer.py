@@ -167,6 +167,15 @@ def _pattern_fired(attr: str, v) -> tuple[bool | None, str]:
     return None, text
 
 
+def _check_text(row: dict, m: str) -> str:
+    """The check column: calibration domain and pattern check, each FIRED / no / — ."""
+    def one(v):
+        return "—" if v is None else ("FIRED" if v else "no")
+
+    return (f"cal {one(row.get(f'{m}_calibration_fired'))}, "
+            f"pat {one(row.get(f'{m}_pattern_fired'))}")
+
+
 def domain_check(rep) -> tuple[bool | None, list[str]]:
     """Whether the domain check fired for a ReconstructionReport, and its messages: the
     quantities outside the training domain (``issues``), plus a pattern-space verdict when the
@@ -175,7 +184,7 @@ def domain_check(rep) -> tuple[bool | None, list[str]]:
     issues = list(getattr(rep, "issues", None) or [])
     msgs = [i.message() if hasattr(i, "message") else str(i) for i in issues]
     fired: bool | None = bool(issues) if hasattr(rep, "issues") else None
-    for attr in ("pattern_check", "pattern_verdict"):
+    for attr in ("pattern", "pattern_check", "pattern_verdict"):
         v = getattr(rep, attr, None)
         if v is None:
             continue
@@ -210,20 +219,40 @@ def evaluate_material(path: Path, loaded: dict) -> dict:
     adf_best, annulus = best_adf(ds, gt_lp, step)
     images = {"ADF": base.adf, "ADF best": adf_best, "iCoM": base.icom}
     extra = {"adf_in_reach": base.info["adf_alpha"], "adf_best": annulus}
-    unc = None
+    from scipy import ndimage
+
+    from napari_4dstem_ml.metrics import LABEL_SIGMA_A
+
+    gt_label = ndimage.gaussian_filter(gt, LABEL_SIGMA_A / step)
+    unc, maps = None, {}
     for name, lm in loaded.items():
         rep = drain(reconstruct(lm, ds))
         images[name] = rep.image
         fired, msgs = domain_check(rep)
         extra[f"{name}_domain_issues"] = msgs
         extra[f"{name}_domain_fired"] = fired
+        extra[f"{name}_calibration_fired"] = bool(rep.issues)
+        pattern = getattr(rep, "pattern", None)
+        extra[f"{name}_pattern_fired"] = None if pattern is None else bool(pattern.fired)
+        extra[f"{name}_pattern_median"] = None if pattern is None else pattern.median
+        maps[name] = (getattr(rep, "error_map", None), getattr(rep, "spread", None),
+                      getattr(rep, "uncertainty_kind", ""))
         if rep.uncertainty is not None and name == "CNN":
             unc = rep.uncertainty
     row = {"material": path.stem, "scores": {}, "defects": {}, **extra}
     for name, img in images.items():
         row["scores"][name] = score(img, gt, gt_lp, step)
-    if unc is not None:
-        row["uncertainty_error_rank_r"] = uncertainty_error_correlation(images["CNN"], unc, gt_lp)
+    # ρ at the label's resolution (issue 17) for the uncertainty map (the error model where the
+    # checkpoint has one) and, for an ensemble, its spread alone; the low-passed ρ beside them
+    for name, (u, spread, kind) in maps.items():
+        if u is not None:
+            row[f"{name}_rho"] = uncertainty_error_correlation(images[name], u, gt_label)
+            row[f"{name}_rho_lp"] = uncertainty_error_correlation(images[name], u, gt_lp)
+            row[f"{name}_uncertainty_kind"] = kind
+        if spread is not None:
+            row[f"{name}_rho_spread"] = uncertainty_error_correlation(images[name], spread, gt_label)
+    if unc is not None:  # the CNN's uncertainty as shipped (its kind in CNN_uncertainty_kind)
+        row["uncertainty_error_rank_r"] = uncertainty_error_correlation(images["CNN"], unc, gt_label)
     if len(sites):
         site = sites[0]
         eq = equivalent_sites(gt, site, step)
@@ -345,11 +374,19 @@ def main(argv=None) -> int:
             d = row["defects"].get(m)
             shown = f"ADF best ({row['adf_best']})" if m == "ADF best" else m
             rho = row.get("uncertainty_error_rank_r") if m == "CNN" else None
-            fired = row.get(f"{m}_domain_fired")
-            check = "" if m not in models else ("—" if fired is None else ("FIRED" if fired else "no"))
+            check = "" if m not in models else _check_text(row, m)
             print(f"| {row['material']} | {shown} | {fmt(s['r_label'], '.3f')} | {fmt(s['r_raw'], '.3f')} | "
                   f"{fmt(s['r_lp'], '.3f')} | {fmt(s['ssim_label'], '.3f')} | {fmt(s['frc_A'], '.2f')} | "
                   f"{fmt(d, '+.1f')} | {fmt(rho, '.2f')} | {check} |")
+
+    print("\nuncertainty vs actual error at the label's resolution (Spearman ρ of local RMS "
+          "maps; the map is the checkpoint's error model, the spread the ensemble's alone):")
+    print("\n| material | CNN ρ (error model) | CNN ρ (spread alone) | CNN ρ vs 0.4 Å LP | linear ρ (error model) |")
+    print("|---|---|---|---|---|")
+    for row in rows:
+        print(f"| {row['material']} | {fmt(row.get('CNN_rho'), '.2f')} | "
+              f"{fmt(row.get('CNN_rho_spread'), '.2f')} | {fmt(row.get('CNN_rho_lp'), '.2f')} | "
+              f"{fmt(row.get('linear_rho'), '.2f')} |")
 
     # -- targets (issue 17)
     print("\ntargets (issue 17; default ML = the fine-tuned base models):")

@@ -71,8 +71,9 @@ def test_round_trip_and_refusals():
 
 def test_training_fits_it_and_the_reconstructor_maps_the_uncertainty_with_it():
     """A linear ensemble trained in a few steps: the checkpoint's error model was fitted on
-    the validation half (the label known there), the Reconstructor's uncertainty is its map,
-    the ensemble's spread is kept beside it, and the metadata says which is which."""
+    the validation half (the label known there); the Reconstructor keeps the ensemble's spread
+    as its uncertainty with the error model's map beside it, a single model's uncertainty is
+    the error model's map, and the metadata says which is which."""
     import json
     from types import SimpleNamespace
 
@@ -100,9 +101,26 @@ def test_training_fits_it_and_the_reconstructor_maps_the_uncertainty_with_it():
         except StopIteration as stop:
             report = stop.value
             break
-    assert report.uncertainty_kind == "error model" and report.spread is not None
+    # an ensemble keeps its spread as the uncertainty; the error model's map is beside it
+    assert report.uncertainty_kind == "ensemble spread" and report.uncertainty is report.spread
     em = ErrorModel.from_dict(d)
-    np.testing.assert_allclose(report.uncertainty, em.predict(report.image, report.spread), rtol=1e-6)
+    np.testing.assert_allclose(report.error_map, em.predict(report.image, report.spread), rtol=1e-6)
     meta = json.loads(json.dumps(report.metadata()))
-    assert meta["uncertainty"]["kind"] == "error model"
+    assert meta["uncertainty"]["kind"] == "ensemble spread"
     assert meta["uncertainty"]["error_model"]["features"] == d["features"]
+    # a single model's uncertainty is the error model's map
+    single = run_training(syn.dataset, syn.label, LinearConfig(cluster_size=3), PreprocessConfig(), cfg)
+    loaded1 = SimpleNamespace(model=single.model, preprocessor=single.preprocessor,
+                              model_config=single.model_config,
+                              info={"train_summary": json.loads(json.dumps(single.train_summary))})
+    gen = Reconstructor(loaded1, syn.dataset).run()
+    while True:
+        try:
+            next(gen)
+        except StopIteration as stop:
+            rep1 = stop.value
+            break
+    assert rep1.uncertainty_kind == "error model" and rep1.spread is None
+    em1 = ErrorModel.from_dict(single.train_summary["error_model"])
+    assert "spread" not in em1.features
+    np.testing.assert_allclose(rep1.uncertainty, em1.predict(rep1.image), rtol=1e-6)
