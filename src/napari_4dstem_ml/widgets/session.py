@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import sys
 import weakref
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
@@ -737,12 +738,25 @@ def on_viewer_close(viewer: napari.Viewer, callback) -> None:
 
 
 def warm_up_torch() -> None:
-    """Import PyTorch and its optimiser machinery once, on the GUI thread, when the first dock
-    that trains or predicts is built (about a second, before the dock is shown), so that no
-    worker imports it while napari's canvas draws. Seen under software OpenGL (Mesa's
-    llvmpipe): a CUDA build of PyTorch imports Triton, whose own LLVM crashed the process in
-    ``glDrawElements`` when a worker thread imported it mid-paint. The project pins the CPU
-    build (no Triton); the import stays off the work threads all the same."""
+    """Import PyTorch and its optimiser machinery once, when the first dock that trains or
+    predicts is built, so that the first Start does not hold the GIL for seconds (measured:
+    0.5–2 s bursts in the training thread). Off the GUI thread — on the GUI thread the import
+    froze the window for 7.6 s on a cold start — except where Triton is installed (CUDA
+    builds of PyTorch): its own LLVM crashed the process in ``glDrawElements`` under software
+    OpenGL (Mesa's llvmpipe) when a worker imported it mid-paint, so there it is imported here,
+    before any worker starts."""
+    import importlib.util
+    import threading
+
+    if "torch" in sys.modules:
+        return
+    if importlib.util.find_spec("triton") is not None:
+        _import_torch()
+    else:
+        threading.Thread(target=_import_torch, name="torch warm-up", daemon=True).start()
+
+
+def _import_torch() -> None:
     try:
         import torch
 
