@@ -720,7 +720,8 @@ def _(d, base):
     return _predict(d, "model.pt", "data.h5", "--baselines")
 
 
-@case("predict-with_baselines", status=0, creates=("p.tif", "p_icom.tif", "p_adf.tif"))
+@case("predict-with_baselines", status=0,
+      creates=("p.tif", "p_icom.tif", "p_adf.tif", "p_pattern_distance.tif"))
 def _(d, base):
     _copy(base, d, "data.h5", "model.pt")
     return _predict(d, "model.pt", "data.h5", "--baselines")
@@ -733,7 +734,8 @@ def _(d, base):
     return _predict(d, "model.pt", "corrupt.h5")
 
 
-@case("predict-nan_patterns_warns", status=0, creates=("p.tif",), names=("NaN/inf",))
+@case("predict-nan_patterns_warns", status=0, creates=("p.tif", "p_pattern_distance.tif"),
+      names=("NaN/inf",))
 def _(d, base):
     _nan_data(d, base)
     _copy(base, d, "model.pt")
@@ -1003,7 +1005,7 @@ def _(d, base):
 
 
 @case("out-predict_all_outputs_written_as_one", status=0,
-      creates=("p.h5", "p_adf.h5", "p_icom.h5", "u.npy"), names=())
+      creates=("p.h5", "p_adf.h5", "p_icom.h5", "p_pattern_distance.h5", "u.npy"), names=())
 def _(d, base):
     _ens(d, base)
     return _predict(d, "ens.pt", "data.h5", "--uncertainty", d / "u.npy", "--baselines",
@@ -1472,7 +1474,8 @@ def test_kill_9_during_checkpoint_write_keeps_old_checkpoint(base, tmp_path, cap
     # the next write into that folder removes what the killed run left
     assert _cli(_predict(tmp_path)) == 0
     assert "Traceback" not in capsys.readouterr().err
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["data.h5", "model.pt", "p.tif"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data.h5", "model.pt", "p.tif",
+                                                           "p_pattern_distance.tif"]
 
 
 _BARRIER_WRITE = """
