@@ -69,6 +69,16 @@ def test_round_trip_and_refusals():
         ErrorModel.fit(image, ref[:10])
 
 
+def _reconstruct(reconstructor):
+    """Run a Reconstructor to its report."""
+    gen = reconstructor.run()
+    while True:
+        try:
+            next(gen)
+        except StopIteration as stop:
+            return stop.value
+
+
 def test_training_fits_it_and_the_reconstructor_maps_the_uncertainty_with_it():
     """A linear ensemble trained in a few steps: the checkpoint's error model was fitted on
     the validation half (the label known there); the Reconstructor keeps the ensemble's spread
@@ -94,13 +104,7 @@ def test_training_fits_it_and_the_reconstructor_maps_the_uncertainty_with_it():
     loaded = SimpleNamespace(model=res.model, preprocessor=res.preprocessor,
                              model_config=res.model_config,
                              info={"train_summary": json.loads(json.dumps(res.train_summary))})
-    gen = Reconstructor(loaded, syn.dataset).run()
-    while True:
-        try:
-            next(gen)
-        except StopIteration as stop:
-            report = stop.value
-            break
+    report = _reconstruct(Reconstructor(loaded, syn.dataset))
     # an ensemble keeps its spread as the uncertainty; the error model's map is beside it
     assert report.uncertainty_kind == "ensemble spread" and report.uncertainty is report.spread
     em = ErrorModel.from_dict(d)
@@ -113,13 +117,7 @@ def test_training_fits_it_and_the_reconstructor_maps_the_uncertainty_with_it():
     loaded1 = SimpleNamespace(model=single.model, preprocessor=single.preprocessor,
                               model_config=single.model_config,
                               info={"train_summary": json.loads(json.dumps(single.train_summary))})
-    gen = Reconstructor(loaded1, syn.dataset).run()
-    while True:
-        try:
-            next(gen)
-        except StopIteration as stop:
-            rep1 = stop.value
-            break
+    rep1 = _reconstruct(Reconstructor(loaded1, syn.dataset))
     assert rep1.uncertainty_kind == "error model" and rep1.spread is None
     em1 = ErrorModel.from_dict(single.train_summary["error_model"])
     assert "spread" not in em1.features

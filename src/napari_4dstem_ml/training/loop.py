@@ -995,16 +995,19 @@ def _fit_error_model(model: Any, p: _Prepared) -> dict[str, Any] | None:
     r0, r1 = int(rows[0]), int(rows[-1]) + 1
     spread = (np.zeros((r1 - r0, p.source.scan_shape[1]), np.float32)
               if is_ensemble(model) else None)
-    gen = iter_predict_source(model, p.source, rows=(r0, r1), uncertainty=spread)
-    while True:
-        try:
-            next(gen)
-        except StopIteration as stop:
-            image = stop.value
-            break
-    try:
+    try:  # never at the cost of the trained model: without it, no error model
+        gen = iter_predict_source(model, p.source, rows=(r0, r1), uncertainty=spread)
+        while True:
+            try:
+                next(gen)
+            except StopIteration as stop:
+                image = stop.value
+                break
         em = ErrorModel.fit(image, p.label[r0:r1], spread=spread, region=p.val_pos[r0:r1])
-    except ValueError:
+    except Exception as exc:  # noqa: BLE001 - reported, training goes on
+        import warnings
+
+        warnings.warn(f"no error model fitted: {exc}", stacklevel=2)
         return None
     return em.to_dict()
 
