@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-__all__ = ["Message", "PredictEvent", "PredictionError", "Reconstruction"]
+__all__ = ["Message", "PredictEvent", "PredictionError", "Reconstruction", "finish"]
 
 
 @dataclass(frozen=True)
@@ -54,3 +56,12 @@ class Reconstruction:
     uncertainty: np.ndarray | None = None
 
 
+def finish(gen: Generator[Any, None, Any], on_event: Callable[[Any], None] | None = None) -> Any:
+    """Run a job's generator to the end and return its value; ``on_event`` sees each event."""
+    while True:
+        try:
+            ev = next(gen)
+        except StopIteration as stop:
+            return stop.value
+        if on_event is not None:
+            on_event(ev)

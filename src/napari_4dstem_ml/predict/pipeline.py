@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from ..dataset import Dataset4D
-from .events import Message, PredictEvent, PredictionError, Reconstruction
+from .events import Message, PredictEvent, PredictionError, Reconstruction, finish
 from .local import model_pass
 from .sample import SAMPLE_PATTERNS, PatternSample
 
@@ -292,11 +292,5 @@ def predict(model, preprocessor, dataset: Dataset4D, *, tile_rows: int | None = 
             progress: Any = None, device: Any = None) -> np.ndarray:
     """The image ``(Ny, Nx)`` float32 (label units) of ``dataset``; ``progress`` is called
     with each :class:`~.events.PredictEvent`."""
-    gen = iter_predict(model, preprocessor, dataset, tile_rows=tile_rows, device=device)
-    while True:
-        try:
-            ev = next(gen)
-        except StopIteration as stop:
-            return stop.value
-        if progress is not None:
-            progress(ev)
+    return finish(iter_predict(model, preprocessor, dataset, tile_rows=tile_rows, device=device),
+                  progress)

@@ -31,7 +31,8 @@ import numpy as np
 
 from ..dataset import Dataset4D
 from ..domain import DataSignature, TrainingDomain
-from ..predict.fields import iter_predict_source, resolve_device
+from ..predict.events import finish
+from ..predict.fields import is_ensemble, iter_predict_source, resolve_device
 from ..preprocess import PreprocessConfig, Preprocessor
 from .clusters import PatternSource, RegionSplit, check_cluster_size, default_tile_rows
 from .patches import patch_input, patch_plan
@@ -774,14 +775,7 @@ def train_items(
             return float(sum(losses) / counts), metrics
 
         def preview(step: int) -> PreviewEvent:
-            gen = iter_predict_source(model, main.source)
-            img = None
-            while True:
-                try:
-                    next(gen)
-                except StopIteration as stop:
-                    img = stop.value
-                    break
+            img = finish(iter_predict_source(model, main.source))
             if main.source.grid is not None:
                 img = main.source.grid.to_data(img)
             return PreviewEvent(step, img, _model_masks(model))
@@ -987,8 +981,6 @@ def _fit_error_model(model: Any, p: _Prepared) -> dict[str, Any] | None:
     ``None`` where the item has no validation region on its own scan grid or too few
     positions."""
     from ..error_model import ErrorModel
-    from ..predict.fields import is_ensemble, iter_predict_source
-
     if p.source.grid is not None or not p.val_pos.any():
         return None
     rows = np.nonzero(p.val_pos.any(axis=1))[0]
@@ -996,13 +988,7 @@ def _fit_error_model(model: Any, p: _Prepared) -> dict[str, Any] | None:
     spread = (np.zeros((r1 - r0, p.source.scan_shape[1]), np.float32)
               if is_ensemble(model) else None)
     try:  # never at the cost of the trained model: without it, no error model
-        gen = iter_predict_source(model, p.source, rows=(r0, r1), uncertainty=spread)
-        while True:
-            try:
-                next(gen)
-            except StopIteration as stop:
-                image = stop.value
-                break
+        image = finish(iter_predict_source(model, p.source, rows=(r0, r1), uncertainty=spread))
         em = ErrorModel.fit(image, p.label[r0:r1], spread=spread, region=p.val_pos[r0:r1])
     except Exception as exc:  # noqa: BLE001 - reported, training goes on
         import warnings
