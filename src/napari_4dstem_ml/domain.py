@@ -166,6 +166,28 @@ class TrainingDomain:
             out[k] = a if b is None else b if a is None else (min(a[0], b[0]), max(a[1], b[1]))
         return TrainingDomain(out, self.n_datasets + other.n_datasets)
 
+    def with_probe_steps(self, calibrations: list[dict[str, Any]]) -> TrainingDomain:
+        """This domain with the scan step in units of λ/α filled in from the training data
+        sets' ``calibrations`` (``Calibration.to_dict()``) where it lacks it: checkpoints
+        written before the quantity existed state every calibration it derives from."""
+        from .dataset import Calibration
+
+        if "scan_step_probe" in self.ranges:
+            return self
+        vals = []
+        for d in calibrations:
+            try:
+                cal = Calibration.from_dict(d)
+            except (TypeError, ValueError, KeyError):
+                continue
+            step, alpha, e = cal.scan_step_A, cal.convergence_mrad, cal.energy_ev
+            if step is not None and alpha and e:
+                vals.append(math.sqrt(step[0] * step[1]) / (electron_wavelength_A(e) / (alpha * 1e-3)))
+        if not vals:
+            return self
+        return TrainingDomain({**self.ranges, "scan_step_probe": (min(vals), max(vals))},
+                              self.n_datasets)
+
     def check(self, signature: DataSignature, *, model_reach_alpha: float | None = None) -> list[DomainIssue]:
         """The quantities of ``signature`` outside this domain. ``model_reach_alpha``: the
         largest angle (in α) the model's detector grid reads; a detector that does not reach

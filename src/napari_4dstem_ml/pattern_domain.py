@@ -60,8 +60,8 @@ from typing import Any
 import numpy as np
 
 __all__ = ["PatternDomain", "PatternVerdict", "PatternGeometry", "pattern_features",
-           "fit_pattern_domain", "fit_items_pattern_domain", "check_patterns", "rings_for",
-           "verdict_from_summary"]
+           "fit_pattern_domain", "fit_items_pattern_domain", "fit_items_pattern_domains", "check_patterns", "rings_for",
+           "summary_pattern_domains", "verdict_from_summary"]
 
 #: ring width (α) of the radial profile
 BIN_ALPHA = 0.125
@@ -79,6 +79,8 @@ FIRE_FRACTION = 0.10
 #: a detector that ends before the training patterns' reach is checked on the rings it holds,
 #: down to this reach (α)
 MIN_PARTIAL_REACH = 1.5
+#: several training data sets (the base library) get one domain each, all read to this reach
+MIXTURE_REACH_ALPHA = 2.0
 #: at most this many positions for the fit (a random subset beyond it)
 MAX_FIT_POSITIONS = 50_000
 
@@ -380,35 +382,53 @@ class PatternVerdict:
                 "fire_fraction": FIRE_FRACTION}
 
 
-def check_patterns(domain: PatternDomain, data: Any, calibration: Any = None, *,
+def check_patterns(domain: PatternDomain | list[PatternDomain], data: Any, calibration: Any = None, *,
                    max_positions: int | None = None,
                    mean: np.ndarray | None = None) -> PatternVerdict:
-    """Score every pattern of ``data`` (scan_y, scan_x, ky, kx) against ``domain``;
+    """Score every pattern of ``data`` (scan_y, scan_x, ky, kx) against ``domain`` (or several:
+    a pattern's distance is then its distance to the nearest, each in units of its own
+    threshold — a network fine-tuned near its base keeps the base library's patterns);
     ``max_positions``: read every ``step``-th row and column so that at most about this many
     are scored (the map is repeated back to the scan's shape); ``mean``: a mean pattern at hand
-    (the job's sample) for the BF disk. A detector that ends before the domain's
+    (the job's sample) for the BF disk. A detector that ends before a domain's
     ``reach_alpha`` is checked on the rings it holds (the training model's marginal over
     them; the message says so); one that ends before :data:`MIN_PARTIAL_REACH` raises
-    :class:`ValueError` (too little to read)."""
+    :class:`ValueError` (too little to read). Domains read the same way share one pass."""
+    domains = [domain] if isinstance(domain, PatternDomain) else list(domain)
+    if not domains:
+        raise ValueError("no pattern domain to check against")
     ny, nx = int(data.shape[0]), int(data.shape[1])
     step = 1 if not max_positions else max(1, int(math.ceil(math.sqrt(ny * nx / max_positions))))
-    geo = PatternGeometry.measure(data, calibration, reach_alpha=domain.reach_alpha,
-                                  bin_alpha=domain.bin_alpha, mean=mean)
-    reach = geo.detector_reach_alpha
-    valid = None
-    if reach < domain.reach_alpha - 1e-6:
-        if reach < MIN_PARTIAL_REACH:
-            raise ValueError(f"the detector reaches {reach:.2f} α, the pattern check needs "
-                             f"{MIN_PARTIAL_REACH:.2f} α")
-        valid = _features_within(geo, reach)
-    feats = pattern_features(data, geo, step=step)
-    d = domain.raw_distance(feats, valid).reshape(feats.scan_shape) / domain.threshold
+    groups: dict[tuple[float, float], list[PatternDomain]] = {}
+    for dom in domains:
+        groups.setdefault((dom.bin_alpha, dom.reach_alpha), []).append(dom)
+    best, partial, errors = None, None, []
+    for (bin_alpha, reach_alpha), doms in groups.items():
+        geo = PatternGeometry.measure(data, calibration, reach_alpha=reach_alpha,
+                                      bin_alpha=bin_alpha, mean=mean)
+        reach = geo.detector_reach_alpha
+        valid = None
+        if reach < reach_alpha - 1e-6:
+            if reach < MIN_PARTIAL_REACH:
+                errors.append(f"the detector reaches {reach:.2f} α, the pattern check needs "
+                              f"{MIN_PARTIAL_REACH:.2f} α")
+                continue
+            valid = _features_within(geo, reach)
+            partial = (reach, reach_alpha)
+        feats = pattern_features(data, geo, step=step)
+        for dom in doms:
+            d = dom.raw_distance(feats, valid).reshape(feats.scan_shape) / dom.threshold
+            best = d if best is None else np.fmin(best, d)
+    if best is None:
+        raise ValueError(errors[0])
     if step > 1:
-        d = np.repeat(np.repeat(d, step, 0), step, 1)[:ny, :nx]
-    verdict = PatternVerdict.from_distance(d.astype(np.float32), step)
-    if valid is not None:
-        verdict.message += (f" [partial check: the detector reaches {reach:.2f} α, the "
-                            f"training patterns were read to {domain.reach_alpha:.2f} α]")
+        best = np.repeat(np.repeat(best, step, 0), step, 1)[:ny, :nx]
+    verdict = PatternVerdict.from_distance(best.astype(np.float32), step)
+    if len(domains) > 1:
+        verdict.message += f" (the nearest of {len(domains)} training sets)"
+    if partial is not None:
+        verdict.message += (f" [partial check: the detector reaches {partial[0]:.2f} α, the "
+                            f"training patterns were read to {partial[1]:.2f} α]")
     return verdict
 
 
@@ -433,10 +453,12 @@ def rings_for(geos: list[PatternGeometry]) -> tuple[float, float]:
     return width, reach
 
 
-def fit_items_pattern_domain(items: list[Any]) -> dict[str, Any] | None:
-    """``PatternDomain.to_dict()`` fitted on the training items' (``TrainingItem``) train
-    regions and thresholded on their validation regions, or ``None`` (with a warning) where
-    it cannot be fitted: training never fails for it."""
+def fit_items_pattern_domain(items: list[Any], *, reach_alpha: float | None = None
+                             ) -> dict[str, Any] | None:
+    """``PatternDomain.to_dict()`` fitted on the training items' (anything with ``dataset``
+    and ``split``, as ``TrainingItem``) train regions and thresholded on their validation
+    regions, or ``None`` (with a warning) where it cannot be fitted: training never fails for
+    it. ``reach_alpha``: read the rings to at most this reach (α)."""
     import warnings
 
     try:
@@ -444,6 +466,8 @@ def fit_items_pattern_domain(items: list[Any]) -> dict[str, Any] | None:
 
         geos = [PatternGeometry.measure(it.dataset.data, it.dataset.calibration) for it in items]
         width, reach = rings_for(geos)
+        if reach_alpha is not None:
+            reach = min(reach, math.floor(reach_alpha / width + 1e-9) * width)
         train, val = [], []
         for it, geo in zip(items, geos):
             geo = PatternGeometry(geo.centre, geo.radius_px, geo.shape, width, reach)
@@ -458,17 +482,54 @@ def fit_items_pattern_domain(items: list[Any]) -> dict[str, Any] | None:
         return None
 
 
+def fit_items_pattern_domains(items: list[Any], *, reach_alpha: float = MIXTURE_REACH_ALPHA
+                              ) -> list[dict[str, Any]]:
+    """One ``PatternDomain.to_dict()`` per item (a mixture: a pattern belongs to the training
+    data when it is near any one item's patterns), every one read to ``reach_alpha`` (α) so
+    that one pass of the data serves them all; items whose detector ends earlier, or that
+    cannot be fitted, are left out (with a warning)."""
+    import warnings
+
+    out = []
+    for it in items:
+        try:
+            geo = PatternGeometry.measure(it.dataset.data, it.dataset.calibration)
+        except Exception as exc:  # noqa: BLE001 - reported, the others go on
+            warnings.warn(f"no pattern domain for {getattr(it, 'name', None)}: {exc}", stacklevel=2)
+            continue
+        if geo.detector_reach_alpha < reach_alpha:
+            warnings.warn(f"no pattern domain for {getattr(it, 'name', None)}: its detector "
+                          f"reaches {geo.detector_reach_alpha:.2f} α, the mixture reads "
+                          f"{reach_alpha:.2f} α", stacklevel=2)
+            continue
+        d = fit_items_pattern_domain([it], reach_alpha=reach_alpha)
+        if d is not None:
+            out.append({**d, "name": getattr(it, "name", None)})
+    return out
+
+
+def summary_pattern_domains(summary: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """The pattern domains a checkpoint's ``train_summary`` states: its own
+    (``pattern_domain``, the data its weights were last fitted to; ``pattern_domains`` where
+    that was several data sets, one per set) and those it keeps
+    (``pattern_domains_kept``: a network fine-tuned near its base keeps the base library's)."""
+    summary = summary or {}
+    own = summary.get("pattern_domain")
+    return ([own] if own else []) + [d for d in summary.get("pattern_domains") or [] if d] + \
+        [d for d in summary.get("pattern_domains_kept") or [] if d]
+
+
 def verdict_from_summary(summary: dict[str, Any] | None, data: Any, calibration: Any = None, *,
                          max_positions: int | None = None,
                          mean: np.ndarray | None = None) -> tuple[PatternVerdict | None, str]:
     """The verdict for ``data`` when the checkpoint's ``train_summary`` holds a pattern
     domain, and the line to show: ``(None, note)`` when it holds none or the check cannot
     be made."""
-    d = (summary or {}).get("pattern_domain")
-    if not d:
+    dicts = summary_pattern_domains(summary)
+    if not dicts:
         return None, "note: the checkpoint holds no pattern domain: patterns not checked"
     try:
-        verdict = check_patterns(PatternDomain.from_dict(d), data, calibration,
+        verdict = check_patterns([PatternDomain.from_dict(d) for d in dicts], data, calibration,
                                  max_positions=max_positions, mean=mean)
     except (ValueError, KeyError, TypeError) as exc:
         return None, f"note: patterns not checked against the training data: {exc}"

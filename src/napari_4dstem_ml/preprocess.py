@@ -596,6 +596,20 @@ class Preprocessor:
 
         return max_radius_px(self.detector_shape, self.centre) * min(self.detector_pixel)
 
+    def grid_reach_alpha(self, alpha_mrad: float | None = None) -> float | None:
+        """How far (in α) the model's detector grid reads: half its width, at most
+        ``max_angle``; on a grid in mrad, ``alpha_mrad`` (the data's α) converts it (``None``
+        where it is not known or the grid is in pixels)."""
+        oy, ox = self.output_shape
+        half = 0.5 * min(oy, ox) * self.output_pixel
+        if self.config.max_angle is not None:
+            half = min(half, float(self.config.max_angle))
+        if self.grid_units == "alpha":
+            return float(half)
+        if self.grid_units == "mrad" and alpha_mrad:
+            return float(half) / float(alpha_mrad)
+        return None
+
     def transform(self, block: Any, *, standardise: bool = True, stage: str = "model",
                   out: np.ndarray | None = None) -> np.ndarray:
         """Raw patterns ``(..., ky, kx)`` (any real dtype) → float32 ``(..., oy, ox)``.

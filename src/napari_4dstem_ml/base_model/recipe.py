@@ -35,7 +35,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["RECIPE", "Recipe", "library_items", "train_base_models"]
+__all__ = ["RECIPE", "Recipe", "attach_pattern_domains", "library_items", "train_base_models"]
 
 
 @dataclass(frozen=True)
@@ -167,6 +167,42 @@ def train_base_models(
     return out
 
 
+def attach_pattern_domains(library: str | Path | None = None, out_dir: str | Path | None = None,
+                           kinds: tuple[str, ...] = ("linear", "conv4d")) -> dict[str, Path]:
+    """Fit the library's pattern domains (one per item, as training on the library now does,
+    :func:`~..pattern_domain.fit_items_pattern_domains`) and store them in the base
+    checkpoints of ``kinds`` (in ``out_dir``, default the package) without retraining: the
+    weights, preprocessing and every other field are kept. For base models trained before
+    the pattern check existed."""
+    from ..pattern_domain import fit_items_pattern_domains
+    from ..training.checkpoint import load_checkpoint, save_checkpoint
+    from . import BASE_MODEL_FILES
+
+    library = Path(library) if library else _default_library()
+    out_dir = Path(out_dir) if out_dir else Path(__file__).parent
+    items, _, handles = library_items(library)
+    try:
+        domains = fit_items_pattern_domains(items)
+    finally:
+        for f in handles:
+            f.close()
+    if not domains:
+        raise ValueError(f"no pattern domain could be fitted on the library in {library}")
+    out = {}
+    for kind in kinds:
+        path = out_dir / BASE_MODEL_FILES[kind]
+        lm = load_checkpoint(path)
+        info = lm.info
+        summary = {**info.get("train_summary", {}), "pattern_domains": domains}
+        provenance = {**info.get("provenance", {}),
+                      "pattern_domains": f"fitted on the library ({len(domains)} of "
+                                         f"{len(items)} items) by attach_pattern_domains"}
+        save_checkpoint(path, lm.model, lm.model_config, lm.preprocessor, train_summary=summary,
+                        metrics=info.get("metrics"), provenance=provenance, overwrite=True)
+        out[kind] = path
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     from ..training.loop import EpochEvent, PrepareEvent
 
@@ -175,8 +211,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--library", default=None, help="folder of simulated library items (*.h5)")
     p.add_argument("--out", default=None, help="where to write the checkpoints (default: the package)")
     p.add_argument("--kind", choices=("linear", "conv4d", "both"), default="both")
+    p.add_argument("--pattern-domains-only", action="store_true",
+                   help="no training: fit the library's pattern domains and store them in the "
+                        "existing checkpoints")
     args = p.parse_args(argv)
     kinds = ("linear", "conv4d") if args.kind == "both" else (args.kind,)
+    if args.pattern_domains_only:
+        for kind, path in attach_pattern_domains(args.library, args.out, kinds).items():
+            print(f"stored the library's pattern domains in {path} ({kind})")
+        return 0
     gen = train_base_models(args.library, args.out, kinds=kinds)
     t0 = time.time()
     while True:

@@ -99,16 +99,12 @@ def domain_issues(loaded: Any, dataset: Dataset4D, signature: Any = None,
     signature = signature or DataSignature.from_dataset(dataset, sample=sample)
     summary = (loaded.info or {}).get("train_summary", {}) if hasattr(loaded, "info") else {}
     domain = TrainingDomain.from_dict(summary.get("domain"))
-    pre = loaded.preprocessor
-    oy, ox = pre.output_shape
-    half = 0.5 * min(oy, ox) * pre.output_pixel
-    if pre.config.max_angle is not None:
-        half = min(half, float(pre.config.max_angle))
-    reach = None
-    if pre.grid_units == "alpha":
-        reach = half
-    elif pre.grid_units == "mrad" and signature.alpha_mrad:
-        reach = half / signature.alpha_mrad
+    reach = loaded.preprocessor.grid_reach_alpha(signature.alpha_mrad)
+    # a detector shorter than the model's grid leaves its outer input empty: down to the reach
+    # floor measured at the end of training (training/reach.py) that cost no accuracy
+    floor = (summary.get("reach_floor") or {}).get("floor_alpha")
+    if reach is not None and floor is not None:
+        reach = min(reach, float(floor))
     return domain.check(signature, model_reach_alpha=reach), signature
 
 

@@ -889,10 +889,19 @@ def train_items(
         # fine-tuned from a base model is held near the base's weights (L2-SP), so it keeps the
         # base library's ranges too. The base's own ranges stay in ``init_domain``.
         domain = training_domain(items, aug)
-        init_domain = ((getattr(init, "info", None) or {}).get("train_summary", {}).get("domain")
-                       if init is not None else None)
+        init_summary = ((getattr(init, "info", None) or {}).get("train_summary") or {}
+                        if init is not None else {})
+        init_domain = init_summary.get("domain")
+        if init_domain:  # (a base written before the scan step in λ/α was a quantity)
+            init_domain = TrainingDomain.from_dict(init_domain).with_probe_steps(
+                [it.get("calibration") or {} for it in init_summary.get("items") or []]).to_dict()
+        kept_patterns: list[dict[str, Any]] = []
         if init_domain and not _is_linear(model_config) and cfg.l2sp > 0:
             domain = TrainingDomain.from_dict(init_domain).union(domain)
+        if not _is_linear(model_config) and cfg.l2sp > 0:
+            from ..pattern_domain import summary_pattern_domains
+
+            kept_patterns = summary_pattern_domains(init_summary)
         result = TrainResult(
             model=model,
             model_config=model_config,
@@ -932,9 +941,16 @@ def train_items(
                 "domain": domain.to_dict(),
                 "init_domain": init_domain,
                 # the patterns' own statistics (train regions; threshold on the val regions)
-                "pattern_domain": _fit_pattern_domain([p.item for p in prepared]),
+                "pattern_domain": _fit_pattern_domain([p.item for p in prepared])
+                if len(prepared) == 1 else None,
+                "pattern_domains": _fit_pattern_domains([p.item for p in prepared])
+                if len(prepared) > 1 else [],
+                # and, held near its base (L2-SP), the base's
+                "pattern_domains_kept": kept_patterns,
                 # the uncertainty map's model of the local error (the first item's val region)
                 "error_model": _fit_error_model(model, prepared[0]),
+                # the shortest detector it tolerates, measured on the same region
+                "reach_floor": _measure_reach_floor(model, prepared[0]),
                 "init": (getattr(init, "info", None) or {}).get("provenance")
                 if init is not None else None,
                 "best_epoch": best[1],
@@ -975,6 +991,14 @@ def _fit_pattern_domain(items: list[TrainingItem]) -> dict[str, Any] | None:
     return fit_items_pattern_domain(items)
 
 
+def _fit_pattern_domains(items: list[TrainingItem]) -> list[dict[str, Any]]:
+    """Several training items: :func:`~..pattern_domain.fit_items_pattern_domains` (one
+    domain per item)."""
+    from ..pattern_domain import fit_items_pattern_domains
+
+    return fit_items_pattern_domains(items)
+
+
 def _fit_error_model(model: Any, p: _Prepared) -> dict[str, Any] | None:
     """The :class:`~..error_model.ErrorModel` of ``model``, fitted on ``p``'s validation
     region against its label (the rows holding it predicted once, with the ensemble's spread);
@@ -996,6 +1020,26 @@ def _fit_error_model(model: Any, p: _Prepared) -> dict[str, Any] | None:
         warnings.warn(f"no error model fitted: {exc}", stacklevel=2)
         return None
     return em.to_dict()
+
+
+def _measure_reach_floor(model: Any, p: _Prepared) -> dict[str, Any] | None:
+    """:func:`~.reach.measure_reach_floor` of ``model`` on ``p``'s validation region (``None``
+    where the item's scan is resampled, the grid's reach is unknown, or it fails: a warning,
+    never the loss of the trained model)."""
+    from .reach import measure_reach_floor
+
+    reach = p.pre.grid_reach_alpha(p.item.dataset.calibration.convergence_mrad)
+    if p.source.grid is not None or not p.val_pos.any() or reach is None:
+        return None
+    try:
+        floor = measure_reach_floor(model, p.pre, p.item.dataset, p.label, p.val_pos,
+                                    model_reach_alpha=reach)
+    except Exception as exc:  # noqa: BLE001 - reported, training goes on
+        import warnings
+
+        warnings.warn(f"the detector reach the model tolerates was not measured: {exc}", stacklevel=2)
+        return None
+    return None if floor is None else floor.to_dict()
 
 
 def run_training(*args: Any, on_event: Any = None, **kwargs: Any) -> TrainResult:

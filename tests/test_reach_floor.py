@@ -1,0 +1,170 @@
+"""Issue 17's honest domains: the detector reach a model tolerates is measured (cropping
+against a plain slice; the floor found where a model reading 1.62-1.72 α stops seeing its
+pixels; the check then follows the floor); a base checkpoint's scan step in λ/α derived from
+its data sets' calibrations; several pattern domains give each pattern its nearest."""
+
+from __future__ import annotations
+
+import json
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from napari_4dstem_ml.dataset import electron_wavelength_A
+from napari_4dstem_ml.domain import DataSignature, TrainingDomain
+from napari_4dstem_ml.training.reach import crop_to_reach, measure_reach_floor
+from napari_4dstem_ml.training.synthetic import make_synthetic
+
+
+@pytest.fixture(scope="module")
+def syn():
+    # a 40² detector, BF disk radius 6 px: it reaches about 3.2 α
+    return make_synthetic((20, 22), (40, 40), seed=3)
+
+
+def _disk(ds):
+    from napari_4dstem_ml.detectors import bf_disk
+
+    return bf_disk(np.asarray(ds.data, np.float64).mean((0, 1)), ds.calibration)
+
+
+def test_crop_to_reach_is_the_slice_of_whole_pixels_within_the_reach(syn):
+    ds = syn.dataset
+    (cy, cx), r_bf = _disk(ds)
+    for reach in (1.5, 2.0, 2.7):
+        out = crop_to_reach(ds, reach, rows=(2, 9), cols=(1, 20))
+        # brute force: the pixels whose whole extent lies within reach·r_bf of the centre, per axis
+        ys = [i for i in range(40) if abs(i - cy) + 0.5 <= reach * r_bf]
+        xs = [i for i in range(40) if abs(i - cx) + 0.5 <= reach * r_bf]
+        ref = np.asarray(ds.data)[2:9, 1:20][:, :, ys[0]:ys[-1] + 1, xs[0]:xs[-1] + 1]
+        np.testing.assert_array_equal(out.data, ref)
+        assert out.calibration == ds.calibration and out.source is None
+        got = DataSignature.from_dataset(out).reach_alpha
+        assert reach - 1.0 / r_bf <= got <= reach + 1e-9
+    assert crop_to_reach(ds, 3.5) is None  # the detector does not reach that far
+    assert np.asarray(ds.data).shape == (20, 22, 40, 40)  # the input untouched
+
+
+def _ring_model(lo: float, hi: float):
+    """A stand-in for ``model_pass``: per position, the counts of the pixels in a thin strip
+    along the detector's y axis between ``lo`` and ``hi`` α (a crop to a reach below ``lo``
+    removes them all)."""
+    from napari_4dstem_ml.predict.events import Reconstruction
+
+    def model_pass(model, pre, ds, **_):
+        (cy, cx), r = _disk(ds)
+        ky, kx = ds.detector_shape
+        yy, xx = np.mgrid[:ky, :kx]
+        dy = np.abs(yy - cy) / r
+        sel = (np.abs(xx - cx) <= 1.0) & (dy >= lo) & (dy <= hi)
+        image = (np.asarray(ds.data, np.float64) * sel).sum((2, 3)).astype(np.float32)
+        yield from ()
+        return Reconstruction(image, None)
+
+    return model_pass
+
+
+def test_the_floor_is_the_last_reach_before_the_model_loses_its_pixels(syn, monkeypatch):
+    import napari_4dstem_ml.predict.local as local
+
+    monkeypatch.setattr(local, "model_pass", _ring_model(1.62, 1.72))
+    model = SimpleNamespace(cluster_size=1)
+    pre = SimpleNamespace(adapt=lambda ds: None)
+    from napari_4dstem_ml.predict.events import finish
+
+    # the model on the whole detector is the label: r = 1
+    label = finish(_ring_model(1.62, 1.72)(None, None, syn.dataset)).image
+    region = np.zeros(label.shape, bool)
+    region[12:] = True
+    floor = measure_reach_floor(model, pre, syn.dataset, label, region, model_reach_alpha=2.4)
+    assert floor.r_full == pytest.approx(1.0)
+    # 2.2, 2.0 and 1.8 α keep the strip (r = 1); 1.6 α cuts it away (a constant image)
+    assert floor.reach_alpha == (2.2, 2.0, 1.8, 1.6)
+    assert floor.r[:3] == pytest.approx((1.0, 1.0, 1.0))
+    assert not np.isfinite(floor.r[3])
+    assert floor.floor_alpha == 1.8 and floor.n_positions == 8 * 22
+    again = type(floor).from_dict(json.loads(json.dumps(floor.to_dict())))
+    assert again.floor_alpha == 1.8 and again.reach_alpha == floor.reach_alpha
+    # a model reading only the bright-field disk loses nothing down to the last step
+    monkeypatch.setattr(local, "model_pass", _ring_model(0.0, 0.9))
+    label = finish(_ring_model(0.0, 0.9)(None, None, syn.dataset)).image
+    floor = measure_reach_floor(model, pre, syn.dataset, label, region, model_reach_alpha=2.4)
+    assert floor.floor_alpha == 1.2 and len(floor.r) == 6
+
+
+def test_the_check_follows_the_measured_floor(syn):
+    from napari_4dstem_ml.predict.pipeline import domain_issues
+    from napari_4dstem_ml.preprocess import PreprocessConfig, Preprocessor
+
+    pre = Preprocessor.fit(syn.dataset, PreprocessConfig(angle_units="alpha", max_angle=2.4,
+                                                         output_shape=(24, 24), output_pixel=0.2))
+    assert pre.grid_reach_alpha() == pytest.approx(2.4)
+    domain = {"ranges": {"reach_alpha": [2.46, 2.46]}, "n_datasets": 1}
+
+    def issues(summary, reach):
+        loaded = SimpleNamespace(preprocessor=pre, info={"train_summary": summary})
+        found, _ = domain_issues(loaded, syn.dataset, signature=DataSignature(reach_alpha=reach))
+        return [i.quantity for i in found]
+
+    # without a measurement: a detector short of the model's grid (2.4 α) is flagged
+    assert issues({"domain": domain}, 1.9) == ["reach_alpha"]
+    assert issues({"domain": domain}, 2.35) == []
+    # measured: no loss down to 1.8 α; flagged below 1.8 / 1.05
+    with_floor = {"domain": domain, "reach_floor": {"floor_alpha": 1.8}}
+    assert issues(with_floor, 1.9) == [] and issues(with_floor, 1.72) == []
+    assert issues(with_floor, 1.70) == ["reach_alpha"]
+
+
+def test_a_base_domain_gains_the_scan_step_in_probe_units_from_its_calibrations():
+    from napari_4dstem_ml.dataset import Calibration
+
+    cals = [Calibration(scan_step=(s, s), scan_units="A", energy_ev=e, convergence_mrad=a).to_dict()
+            for s, e, a in ((0.2, 80e3, 20.0), (0.4, 300e3, 25.0), (0.15, 60e3, 30.0))]
+    cals.append({"scan_step": None})  # says nothing: left out
+    dom = TrainingDomain({"energy_kev": (60.0, 300.0)}, 3).with_probe_steps(cals)
+    ref = [s / (electron_wavelength_A(e) / (a * 1e-3))
+           for s, e, a in ((0.2, 80e3, 20.0), (0.4, 300e3, 25.0), (0.15, 60e3, 30.0))]
+    assert dom.ranges["scan_step_probe"] == pytest.approx((min(ref), max(ref)))
+    assert dom.ranges["energy_kev"] == (60.0, 300.0)
+    # by hand for one: 0.4 Å at 300 keV (λ 0.01969 Å) and 25 mrad: 0.4 / (0.01969 / 0.025)
+    assert math.isclose(max(ref), 0.4 / (0.019687 / 0.025), rel_tol=1e-3)
+    # a domain that states it keeps its own
+    has = TrainingDomain({"scan_step_probe": (0.1, 0.2)}, 1)
+    assert has.with_probe_steps(cals) is has
+
+
+def test_several_pattern_domains_give_each_pattern_its_nearest():
+    """Two domains fitted on two different samples: the map against both is the smaller of
+    the two maps, position by position (each in units of its own threshold)."""
+    from dataclasses import replace
+
+    from napari_4dstem_ml.pattern_domain import (
+        PatternDomain,
+        check_patterns,
+        fit_items_pattern_domains,
+        summary_pattern_domains,
+    )
+    from napari_4dstem_ml.training.clusters import RegionSplit
+
+    # disks of 9 px (rings of 0.125 α are over a pixel wide); b's disk is 1.3× wider than
+    # its calibration says: unlike a's patterns
+    a = make_synthetic((20, 20), (48, 48), seed=1, bf_radius_px=9.0)
+    b = make_synthetic((20, 20), (48, 48), seed=2, bf_radius_px=11.7)
+    b = SimpleNamespace(dataset=replace(b.dataset, calibration=a.dataset.calibration))
+    items = [SimpleNamespace(dataset=s.dataset, split=RegionSplit(), name=n)
+             for s, n in ((a, "a"), (b, "b"))]
+    dicts = fit_items_pattern_domains(items)
+    assert [d["name"] for d in dicts] == ["a", "b"]
+    assert all(d["reach_alpha"] == pytest.approx(2.0) for d in dicts)
+    doms = [PatternDomain.from_dict(d) for d in dicts]
+    for s in (a, b):
+        one = [check_patterns(d, s.dataset.data, s.dataset.calibration).distance for d in doms]
+        assert np.median(np.abs(one[0] - one[1])) > 0.3  # the two domains see them differently
+        both = check_patterns(doms, s.dataset.data, s.dataset.calibration)
+        np.testing.assert_allclose(both.distance, np.fmin(*one), rtol=1e-6)
+        assert "nearest of 2 training sets" in both.message
+    summary = {"pattern_domain": dicts[0], "pattern_domains": [], "pattern_domains_kept": [dicts[1]]}
+    assert summary_pattern_domains(summary) == [dicts[0], dicts[1]]
+    assert summary_pattern_domains(None) == []
