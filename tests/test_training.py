@@ -370,6 +370,14 @@ def test_l2sp_keeps_fine_tuned_weights_near_the_initial_ones(syn, tmp_path):
                          init=ck, preprocessor=first.preprocessor.adapt(other.dataset))
     assert first.train_summary["domain"]["ranges"]["energy_kev"] == [80.0, 80.0]
     assert tuned.train_summary["domain"]["ranges"]["energy_kev"] == [80.0, 200.0]
+    # and it keeps the initial model's pattern domain beside its own (a pattern is judged by
+    # the nearest); a fine-tune left free of its base (no L2-SP) keeps none
+    own = tuned.train_summary["pattern_domain"]
+    assert own is not None and own != first.train_summary["pattern_domain"]
+    assert tuned.train_summary["pattern_domains_kept"] == [first.train_summary["pattern_domain"]]
+    free_ck = run_training(other.dataset, other.label, mcfg, None, replace(cfg, l2sp=0.0),
+                           init=ck, preprocessor=first.preprocessor.adapt(other.dataset))
+    assert free_ck.train_summary["pattern_domains_kept"] == []
 
 
 def test_fine_tuning_job_uses_the_fine_tuning_defaults(tmp_path):

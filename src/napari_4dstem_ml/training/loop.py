@@ -884,24 +884,6 @@ def train_items(
         model.eval()
         _check_finite_model(model)
         ds0 = first
-        # The domain of the data these weights were last fitted to. A linear model is refitted
-        # whole (least squares) on the user's data: its domain is that data's alone. A network
-        # fine-tuned from a base model is held near the base's weights (L2-SP), so it keeps the
-        # base library's ranges too. The base's own ranges stay in ``init_domain``.
-        domain = training_domain(items, aug)
-        init_summary = ((getattr(init, "info", None) or {}).get("train_summary") or {}
-                        if init is not None else {})
-        init_domain = init_summary.get("domain")
-        if init_domain:  # (a base written before the scan step in λ/α was a quantity)
-            init_domain = TrainingDomain.from_dict(init_domain).with_probe_steps(
-                [it.get("calibration") or {} for it in init_summary.get("items") or []]).to_dict()
-        kept_patterns: list[dict[str, Any]] = []
-        if init_domain and not _is_linear(model_config) and cfg.l2sp > 0:
-            domain = TrainingDomain.from_dict(init_domain).union(domain)
-        if not _is_linear(model_config) and cfg.l2sp > 0:
-            from ..pattern_domain import summary_pattern_domains
-
-            kept_patterns = summary_pattern_domains(init_summary)
         result = TrainResult(
             model=model,
             model_config=model_config,
@@ -938,19 +920,8 @@ def train_items(
                      "resampled_scan": p.source.grid is not None}
                     for p in prepared
                 ],
-                "domain": domain.to_dict(),
-                "init_domain": init_domain,
-                # the patterns' own statistics (train regions; threshold on the val regions)
-                "pattern_domain": _fit_pattern_domain([p.item for p in prepared])
-                if len(prepared) == 1 else None,
-                "pattern_domains": _fit_pattern_domains([p.item for p in prepared])
-                if len(prepared) > 1 else [],
-                # and, held near its base (L2-SP), the base's
-                "pattern_domains_kept": kept_patterns,
-                # the uncertainty map's model of the local error (the first item's val region)
-                "error_model": _fit_error_model(model, prepared[0]),
-                # the shortest detector it tolerates, measured on the same region
-                "reach_floor": _measure_reach_floor(model, prepared[0]),
+                # what the checkpoint states about where it can be trusted
+                **_trust_summary(model, model_config, prepared, items, aug, init, cfg),
                 "init": (getattr(init, "info", None) or {}).get("provenance")
                 if init is not None else None,
                 "best_epoch": best[1],
@@ -964,6 +935,46 @@ def train_items(
         return result
     finally:
         torch.set_num_threads(old_threads)
+
+
+def _trust_summary(model: Any, model_config: Any, prepared: list[_Prepared],
+                   items: list[TrainingItem], aug: Any, init: Any, cfg: TrainConfig) -> dict[str, Any]:
+    """The trained model's domain, as stored in ``train_summary``: ``domain`` (calibration
+    ranges), ``init_domain`` (the initial model's), the pattern domains (own, and kept from
+    the initial model), the ``error_model`` and the measured ``reach_floor``.
+
+    The domain is that of the data these weights were last fitted to. A linear model is
+    refitted whole (least squares) on the user's data: its domain is that data's alone. A
+    network fine-tuned from a base model is held near the base's weights (L2-SP), so it keeps
+    the base library's ranges and pattern domains too."""
+    domain = training_domain(items, aug)
+    init_summary = ((getattr(init, "info", None) or {}).get("train_summary") or {}
+                    if init is not None else {})
+    init_domain = init_summary.get("domain")
+    if init_domain:  # (a base written before the scan step in λ/α was a quantity)
+        init_domain = TrainingDomain.from_dict(init_domain).with_probe_steps(
+            [it.get("calibration") or {} for it in init_summary.get("items") or []]).to_dict()
+    keeps_init = init is not None and not _is_linear(model_config) and cfg.l2sp > 0
+    if init_domain and keeps_init:
+        domain = TrainingDomain.from_dict(init_domain).union(domain)
+    kept: list[dict[str, Any]] = []
+    if keeps_init:
+        from ..pattern_domain import summary_pattern_domains
+
+        kept = summary_pattern_domains(init_summary)
+    many = len(prepared) > 1
+    return {
+        "domain": domain.to_dict(),
+        "init_domain": init_domain,
+        # the patterns' own statistics (train regions; threshold on the val regions)
+        "pattern_domain": None if many else _fit_pattern_domain([p.item for p in prepared]),
+        "pattern_domains": _fit_pattern_domains([p.item for p in prepared]) if many else [],
+        "pattern_domains_kept": kept,
+        # the uncertainty map's model of the local error (the first item's val region)
+        "error_model": _fit_error_model(model, prepared[0]),
+        # the shortest detector it tolerates, measured on the same region
+        "reach_floor": _measure_reach_floor(model, prepared[0]),
+    }
 
 
 def _is_linear(config: Any) -> bool:
