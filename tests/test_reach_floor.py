@@ -115,6 +115,9 @@ def test_the_check_follows_the_measured_floor(syn):
     with_floor = {"domain": domain, "reach_floor": {"floor_alpha": 1.8}}
     assert issues(with_floor, 1.9) == [] and issues(with_floor, 1.72) == []
     assert issues(with_floor, 1.70) == ["reach_alpha"]
+    # a damaged or hostile checkpoint's floor is ignored, never a crash
+    for bad in ([1.8], {"floor_alpha": "1.8"}, {"floor_alpha": float("nan")}, {"floor_alpha": -1}, 3):
+        assert issues({"domain": domain, "reach_floor": bad}, 1.9) == ["reach_alpha"]
 
 
 def test_a_base_domain_gains_the_scan_step_in_probe_units_from_its_calibrations():
@@ -168,3 +171,10 @@ def test_several_pattern_domains_give_each_pattern_its_nearest():
     summary = {"pattern_domain": dicts[0], "pattern_domains": [], "pattern_domains_kept": [dicts[1]]}
     assert summary_pattern_domains(summary) == [dicts[0], dicts[1]]
     assert summary_pattern_domains(None) == []
+    # damaged pattern domains: a note, no verdict, never a crash
+    from napari_4dstem_ml.pattern_domain import verdict_from_summary
+
+    for bad in ("junk", [{"mean": [1.0]}], {"a": 1}):
+        verdict, note = verdict_from_summary({"pattern_domains_kept": bad}, a.dataset.data,
+                                             a.dataset.calibration)
+        assert verdict is None and note.startswith("note: ")

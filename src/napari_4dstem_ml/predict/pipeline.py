@@ -19,6 +19,7 @@ same :func:`prepare` on its first rows) only adapt it: none restates a step.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Generator
 from dataclasses import dataclass
 from typing import Any
@@ -102,8 +103,9 @@ def domain_issues(loaded: Any, dataset: Dataset4D, signature: Any = None,
     reach = loaded.preprocessor.grid_reach_alpha(signature.alpha_mrad)
     # a detector shorter than the model's grid leaves its outer input empty: down to the reach
     # floor measured at the end of training (training/reach.py) that cost no accuracy
-    floor = (summary.get("reach_floor") or {}).get("floor_alpha")
-    if reach is not None and floor is not None:
+    floor = summary.get("reach_floor")
+    floor = floor.get("floor_alpha") if isinstance(floor, dict) else None
+    if reach is not None and isinstance(floor, (int, float)) and math.isfinite(floor) and floor > 0:
         reach = min(reach, float(floor))
     return domain.check(signature, model_reach_alpha=reach), signature
 
