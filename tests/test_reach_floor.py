@@ -144,6 +144,7 @@ def test_several_pattern_domains_give_each_pattern_its_nearest():
     from dataclasses import replace
 
     from napari_4dstem_ml.pattern_domain import (
+        MIXTURE_REACH_ALPHA,
         PatternDomain,
         check_patterns,
         fit_items_pattern_domains,
@@ -160,7 +161,7 @@ def test_several_pattern_domains_give_each_pattern_its_nearest():
              for s, n in ((a, "a"), (b, "b"))]
     dicts = fit_items_pattern_domains(items)
     assert [d["name"] for d in dicts] == ["a", "b"]
-    assert all(d["reach_alpha"] == pytest.approx(2.0) for d in dicts)
+    assert all(d["reach_alpha"] == pytest.approx(MIXTURE_REACH_ALPHA) for d in dicts)
     doms = [PatternDomain.from_dict(d) for d in dicts]
     for s in (a, b):
         one = [check_patterns(d, s.dataset.data, s.dataset.calibration).distance for d in doms]

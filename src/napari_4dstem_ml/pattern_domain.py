@@ -47,7 +47,14 @@ claimed 3.1 / 5.6 / 14 (fire); small abTEM runs: MoS2 at the sample's settings 0
 WS2 0.79 (2 %), 6 mrad tilt 0.77 (2 %: a monolayer barely changes), 10 nm defocus 1.1 (67 %,
 fires), α = 28 mrad with its own calibration 0.87 (17 %, fires).
 
-Limits: one Gaussian (mean + PCA) for all training items together; the disk centre is the mean
+Several training data sets: one Gaussian each (:func:`fit_items_pattern_domains`, all read to
+:data:`MIXTURE_REACH_ALPHA` so one pass serves them), and a pattern's distance is to the nearest
+(``train_summary["pattern_domains"]``; the shipped base models carry their library's). A network
+fine-tuned near its base (L2-SP) keeps the base's domains beside its own
+(``pattern_domains_kept``): it keeps what the base learnt (measured on three library crystals,
+README), so a pattern like any of them is not "unlike the training data".
+
+Limits: one Gaussian (mean + PCA) per training data set; the disk centre is the mean
 pattern's (descan is not followed: it moves the features as it moves the model's input).
 """
 
@@ -80,7 +87,8 @@ FIRE_FRACTION = 0.10
 #: down to this reach (α)
 MIN_PARTIAL_REACH = 1.5
 #: several training data sets (the base library) get one domain each, all read to this reach
-MIXTURE_REACH_ALPHA = 2.0
+#: (α): 17 of the 20 library items' detectors reach it (their reaches: 1.27-2.78 α)
+MIXTURE_REACH_ALPHA = 1.75
 #: at most this many positions for the fit (a random subset beyond it)
 MAX_FIT_POSITIONS = 50_000
 
