@@ -43,7 +43,7 @@ def main(argv=None) -> int:
     from napari_4dstem_ml.metrics import LABEL_SIGMA_A, compare
     from napari_4dstem_ml.samples import load_sample, sample_path
     from napari_4dstem_ml.training.checkpoint import load_checkpoint
-    from napari_4dstem_ml.training.reach import crop_to_reach
+    from napari_4dstem_ml.training.trust import crop_to_reach
     from napari_4dstem_ml.workflow import reconstruct, registered_label
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

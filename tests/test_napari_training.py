@@ -110,5 +110,12 @@ def test_fine_tunes_the_base_model_by_default(make_napari_viewer, qtbot):
     dom = res.train_summary["domain"]
     # refitted whole on this one data set: its domain is that data set's, the base's kept apart
     assert dom["n_datasets"] == 1
-    assert res.train_summary["init_domain"] == base.info["train_summary"]["domain"]
+    from napari_4dstem_ml.domain import TrainingDomain
+
+    # the base's ranges, with the scan step in λ/α derived from its items' calibrations
+    bs = base.info["train_summary"]
+    want = TrainingDomain.from_dict(bs["domain"]).with_probe_steps(
+        [it["calibration"] for it in bs["items"]])
+    assert "scan_step_probe" in want.ranges and "scan_step_probe" not in bs["domain"]["ranges"]
+    assert res.train_summary["init_domain"] == want.to_dict()
     assert res.preprocessor.grid_units == "alpha"  # its masks scale with the data's α

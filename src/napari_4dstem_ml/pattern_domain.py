@@ -54,6 +54,11 @@ fine-tuned near its base (L2-SP) keeps the base's domains beside its own
 (``pattern_domains_kept``): it keeps what the base learnt (measured on three library crystals,
 README), so a pattern like any of them is not "unlike the training data".
 
+Each domain may state whether the model beat ADF and iCoM on that data set's validation region
+(``versus_classical``, :mod:`napari_4dstem_ml.training.trust`); one where it did not is left out
+of the check (patterns like it are not "like the data the model is good on"), and a model that
+lost on all of its training sets is warned about on every image.
+
 Limits: one Gaussian (mean + PCA) per training data set; the disk centre is the mean
 pattern's (descan is not followed: it moves the features as it moves the model's input).
 """
@@ -68,7 +73,7 @@ import numpy as np
 
 __all__ = ["PatternDomain", "PatternVerdict", "PatternGeometry", "pattern_features",
            "fit_pattern_domain", "fit_items_pattern_domain", "fit_items_pattern_domains", "check_patterns", "rings_for",
-           "summary_pattern_domains", "verdict_from_summary"]
+           "beats_classical", "summary_pattern_domains", "verdict_from_summary"]
 
 #: ring width (α) of the radial profile
 BIN_ALPHA = 0.125
@@ -527,6 +532,14 @@ def summary_pattern_domains(summary: dict[str, Any] | None) -> list[dict[str, An
         [d for d in summary.get("pattern_domains_kept") or [] if d]
 
 
+def beats_classical(domain: dict[str, Any]) -> bool:
+    """Whether the model beat ADF and iCoM on the validation region of the data set this
+    domain describes (``domain["versus_classical"]``, :class:`~.training.trust.VersusClassical`;
+    True where it was not measured)."""
+    vc = domain.get("versus_classical") if isinstance(domain, dict) else None
+    return not (isinstance(vc, dict) and vc.get("beats") is False)
+
+
 def verdict_from_summary(summary: dict[str, Any] | None, data: Any, calibration: Any = None, *,
                          max_positions: int | None = None,
                          mean: np.ndarray | None = None) -> tuple[PatternVerdict | None, str]:
@@ -537,9 +550,19 @@ def verdict_from_summary(summary: dict[str, Any] | None, data: Any, calibration:
     if not dicts:
         return None, "note: the checkpoint holds no pattern domain: patterns not checked"
     try:
-        verdict = check_patterns([PatternDomain.from_dict(d) for d in dicts], data, calibration,
-                                 max_positions=max_positions, mean=mean)
-    except (ValueError, KeyError, TypeError) as exc:
+        trusted = [d for d in dicts if beats_classical(d)]
+        verdict = check_patterns([PatternDomain.from_dict(d) for d in (trusted or dicts)], data,
+                                 calibration, max_positions=max_positions, mean=mean)
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
         return None, f"note: patterns not checked against the training data: {exc}"
+    left_out = len(dicts) - len(trusted)
+    if not trusted:
+        verdict.fired = True
+        verdict.message = ("on its own training data's validation region this model was no "
+                           "better than ADF or iCoM: do not trust this image (" +
+                           verdict.message + ")")
+    elif left_out:
+        verdict.message += (f" ({left_out} training set{'s' if left_out > 1 else ''} where the "
+                            "model was no better than ADF or iCoM left out)")
     prefix = "warning: " if verdict.fired else ""
     return verdict, prefix + verdict.message

@@ -175,32 +175,60 @@ def attach_pattern_domains(library: str | Path | None = None, out_dir: str | Pat
     weights, preprocessing and every other field are kept. For base models trained before
     the pattern check existed."""
     from ..pattern_domain import fit_items_pattern_domains
-    from ..training.checkpoint import load_checkpoint, save_checkpoint
+    from ..training.checkpoint import load_checkpoint
     from . import BASE_MODEL_FILES
 
     library = Path(library) if library else _default_library()
     out_dir = Path(out_dir) if out_dir else Path(__file__).parent
     items, _, handles = library_items(library)
+    out = {}
     try:
         domains = fit_items_pattern_domains(items)
+        if not domains:
+            raise ValueError(f"no pattern domain could be fitted on the library in {library}")
+        for kind in kinds:
+            path = out_dir / BASE_MODEL_FILES[kind]
+            lm = load_checkpoint(path)
+            out[kind] = _store_domains(path, lm, _with_versus(lm, items, domains), len(items))
     finally:
         for f in handles:
             f.close()
-    if not domains:
-        raise ValueError(f"no pattern domain could be fitted on the library in {library}")
-    out = {}
-    for kind in kinds:
-        path = out_dir / BASE_MODEL_FILES[kind]
-        lm = load_checkpoint(path)
-        info = lm.info
-        summary = {**info.get("train_summary", {}), "pattern_domains": domains}
-        provenance = {**info.get("provenance", {}),
-                      "pattern_domains": f"fitted on the library ({len(domains)} of "
-                                         f"{len(items)} items) by attach_pattern_domains"}
-        save_checkpoint(path, lm.model, lm.model_config, lm.preprocessor, train_summary=summary,
-                        metrics=info.get("metrics"), provenance=provenance, overwrite=True)
-        out[kind] = path
     return out
+
+
+def _with_versus(lm: Any, items: list, domains: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``domains`` (one per library item, by name), each with the model's r against ADF's and
+    iCoM's on that item's validation rows (:func:`~..training.trust.versus_classical`)."""
+    import numpy as np
+
+    from ..training.clusters import RegionSplit
+    from ..training.trust import versus_classical
+
+    by_name = {it.name: it for it in items}
+    out = []
+    for d in domains:
+        it = by_name.get(d.get("name"))
+        vc = None
+        if it is not None:
+            _, val = (it.split or RegionSplit()).region_masks(it.dataset.scan_shape)
+            vc = versus_classical(lm.model, lm.preprocessor, it.dataset, it.label,
+                                  np.asarray(val, bool))
+        out.append({**d, "versus_classical": None if vc is None else vc.to_dict()})
+    return out
+
+
+def _store_domains(path: Path, lm: Any, domains: list[dict[str, Any]], n_items: int) -> Path:
+    from ..training.checkpoint import save_checkpoint
+
+    """Store ``domains`` in the checkpoint at ``path`` (loaded as ``lm``), all else kept."""
+    info = lm.info
+    summary = {**info.get("train_summary", {}), "pattern_domains": domains}
+    provenance = {**info.get("provenance", {}),
+                  "pattern_domains": f"fitted on the library ({len(domains)} of {n_items} "
+                                     "items) by attach_pattern_domains"}
+    save_checkpoint(path, lm.model, lm.model_config, lm.preprocessor, train_summary=summary,
+                    metrics=info.get("metrics"), provenance=provenance, overwrite=True)
+    return path
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -102,7 +102,7 @@ def domain_issues(loaded: Any, dataset: Dataset4D, signature: Any = None,
     domain = TrainingDomain.from_dict(summary.get("domain"))
     reach = loaded.preprocessor.grid_reach_alpha(signature.alpha_mrad)
     # a detector shorter than the model's grid leaves its outer input empty: down to the reach
-    # floor measured at the end of training (training/reach.py) that cost no accuracy
+    # floor measured at the end of training (training/trust.py) that cost no accuracy
     floor = summary.get("reach_floor")
     floor = floor.get("floor_alpha") if isinstance(floor, dict) else None
     if reach is not None and isinstance(floor, (int, float)) and math.isfinite(floor) and floor > 0:

@@ -963,13 +963,26 @@ def _trust_summary(model: Any, model_config: Any, prepared: list[_Prepared],
 
         kept = summary_pattern_domains(init_summary)
     many = len(prepared) > 1
+    # the patterns' own statistics (train regions; threshold on the val regions), each with
+    # whether the model beat ADF and iCoM on that data set's val region
+    versus = {id(p): _versus_classical(model, p) for p in prepared}
+    if many:
+        own, per_item = None, _fit_pattern_domains([p.item for p in prepared])
+        by_name = {p.item.name: versus[id(p)] for p in prepared}
+        for d in per_item:
+            if by_name.get(d.get("name")) is not None:
+                d["versus_classical"] = by_name[d["name"]]
+    else:
+        own, per_item = _fit_pattern_domain([p.item for p in prepared]), []
+        if own is not None and versus[id(prepared[0])] is not None:
+            own["versus_classical"] = versus[id(prepared[0])]
     return {
         "domain": domain.to_dict(),
         "init_domain": init_domain,
-        # the patterns' own statistics (train regions; threshold on the val regions)
-        "pattern_domain": None if many else _fit_pattern_domain([p.item for p in prepared]),
-        "pattern_domains": _fit_pattern_domains([p.item for p in prepared]) if many else [],
+        "pattern_domain": own,
+        "pattern_domains": per_item,
         "pattern_domains_kept": kept,
+        "versus_classical": versus[id(prepared[0])],
         # the uncertainty map's model of the local error (the first item's val region)
         "error_model": _fit_error_model(model, prepared[0]),
         # the shortest detector it tolerates, measured on the same region
@@ -1033,11 +1046,28 @@ def _fit_error_model(model: Any, p: _Prepared) -> dict[str, Any] | None:
     return em.to_dict()
 
 
+def _versus_classical(model: Any, p: _Prepared) -> dict[str, Any] | None:
+    """:func:`~.trust.versus_classical` on ``p``'s validation region (``None`` where the scan
+    is resampled, there is no region, or it fails: a warning, never the loss of the model)."""
+    from .trust import versus_classical
+
+    if p.source.grid is not None or not p.val_pos.any():
+        return None
+    try:
+        vc = versus_classical(model, p.pre, p.item.dataset, p.label, p.val_pos)
+    except Exception as exc:  # noqa: BLE001 - reported, training goes on
+        import warnings
+
+        warnings.warn(f"the model was not compared with ADF and iCoM: {exc}", stacklevel=2)
+        return None
+    return None if vc is None else vc.to_dict()
+
+
 def _measure_reach_floor(model: Any, p: _Prepared) -> dict[str, Any] | None:
     """:func:`~.reach.measure_reach_floor` of ``model`` on ``p``'s validation region (``None``
     where the item's scan is resampled, the grid's reach is unknown, or it fails: a warning,
     never the loss of the trained model)."""
-    from .reach import measure_reach_floor
+    from .trust import measure_reach_floor
 
     reach = p.pre.grid_reach_alpha(p.item.dataset.calibration.convergence_mrad)
     if p.source.grid is not None or not p.val_pos.any() or reach is None:

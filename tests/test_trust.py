@@ -14,8 +14,8 @@ import pytest
 
 from napari_4dstem_ml.dataset import electron_wavelength_A
 from napari_4dstem_ml.domain import DataSignature, TrainingDomain
-from napari_4dstem_ml.training.reach import crop_to_reach, measure_reach_floor
 from napari_4dstem_ml.training.synthetic import make_synthetic
+from napari_4dstem_ml.training.trust import crop_to_reach, measure_reach_floor
 
 
 @pytest.fixture(scope="module")
@@ -179,3 +179,71 @@ def test_several_pattern_domains_give_each_pattern_its_nearest():
         verdict, note = verdict_from_summary({"pattern_domains_kept": bad}, a.dataset.data,
                                              a.dataset.calibration)
         assert verdict is None and note.startswith("note: ")
+
+
+def test_versus_classical_scores_the_model_adf_and_icom_on_the_validation_rows(syn, monkeypatch):
+    """A stand-in model that returns the label (r = 1) beats ADF and iCoM; one that returns
+    noise does not. ADF's and iCoM's r are those of the whole data set's images, cut to the
+    validation positions (against a plain np.corrcoef)."""
+    import napari_4dstem_ml.predict.local as local
+    from napari_4dstem_ml.baselines import classical_baselines
+    from napari_4dstem_ml.predict.events import Reconstruction
+    from napari_4dstem_ml.training.trust import VersusClassical, versus_classical
+
+    label = syn.label.astype(np.float64)
+    region = np.zeros(label.shape, bool)
+    region[14:] = True
+    answer = {}
+
+    def model_pass(model, pre, ds, **_):
+        yield from ()
+        return Reconstruction(answer["image"][: ds.scan_shape[0]].astype(np.float32), None)
+
+    monkeypatch.setattr(local, "model_pass", model_pass)
+    model = SimpleNamespace(cluster_size=3)
+    pre = SimpleNamespace(adapt=lambda ds: None)
+    # the slab starts K = 3 rows above the region: the stand-in returns the label from there
+    answer["image"] = label[11:]
+    vc = versus_classical(model, pre, syn.dataset, label, region)
+    assert vc.r_model == pytest.approx(1.0) and vc.beats and vc.n_positions == 6 * 22
+    base = classical_baselines(syn.dataset)
+    ref_adf = np.corrcoef(base.adf[14:].ravel(), label[14:].ravel())[0, 1]
+    ref_icom = np.corrcoef(base.icom[14:].ravel(), label[14:].ravel())[0, 1]
+    assert vc.r_adf == pytest.approx(ref_adf, abs=1e-9) and vc.r_icom == pytest.approx(ref_icom, abs=1e-9)
+    assert vc.r_classical == pytest.approx(max(ref_adf, ref_icom))
+    answer["image"] = np.random.default_rng(0).normal(size=label.shape)[11:]
+    noise = versus_classical(model, pre, syn.dataset, label, region)
+    assert abs(noise.r_model) < 0.3 and not noise.beats
+    d = json.loads(json.dumps(noise.to_dict()))
+    assert d["beats"] is False and VersusClassical.from_dict(d) == noise
+    assert VersusClassical(0.5, None, None).beats  # nothing classical to compare with
+
+
+def test_training_sets_where_the_model_lost_to_adf_do_not_count_as_training_data():
+    """Two domains: patterns like the one where the model lost to ADF are checked against the
+    other only (and fire); when the model lost everywhere, the check fires whatever the
+    patterns."""
+    from dataclasses import replace
+
+    from napari_4dstem_ml.pattern_domain import fit_items_pattern_domains, verdict_from_summary
+    from napari_4dstem_ml.training.clusters import RegionSplit
+
+    a = make_synthetic((20, 20), (48, 48), seed=1, bf_radius_px=9.0)
+    b = make_synthetic((20, 20), (48, 48), seed=2, bf_radius_px=11.7)
+    b = SimpleNamespace(dataset=replace(b.dataset, calibration=a.dataset.calibration))
+    items = [SimpleNamespace(dataset=s.dataset, split=RegionSplit(), name=n)
+             for s, n in ((a, "a"), (b, "b"))]
+    da, db = fit_items_pattern_domains(items)
+    won = {"r_model": 0.9, "r_adf": 0.8, "r_icom": 0.7, "beats": True}
+    lost = {"r_model": 0.7, "r_adf": 0.8, "r_icom": 0.7, "beats": False}
+    both = {"pattern_domains": [{**da, "versus_classical": won}, {**db, "versus_classical": won}]}
+    v, _ = verdict_from_summary(both, b.dataset.data, b.dataset.calibration)
+    assert not v.fired
+    one_lost = {"pattern_domains": [{**da, "versus_classical": won}, {**db, "versus_classical": lost}]}
+    v, line = verdict_from_summary(one_lost, b.dataset.data, b.dataset.calibration)
+    assert v.fired and "1 training set where the model was no better than ADF or iCoM left out" in line
+    v, _ = verdict_from_summary(one_lost, a.dataset.data, a.dataset.calibration)
+    assert not v.fired
+    all_lost = {"pattern_domain": {**da, "versus_classical": lost}}
+    v, line = verdict_from_summary(all_lost, a.dataset.data, a.dataset.calibration)
+    assert v.fired and "no better than ADF or iCoM: do not trust this image" in line

@@ -1,0 +1,234 @@
+"""What a trained model's validation region says about where to trust it.
+
+Two measurements, at the end of training, on the validation rows (where the label is known and
+no training step looked):
+
+* **the detector reach it tolerates** (:func:`measure_reach_floor`). A detector that ends
+  before the model's grid does leaves the outer part of the model's input empty. Whether that
+  matters depends on the model (a network trained with reach-crop augmentation has seen such
+  inputs; a linear model's outer masks may carry much of its output), so it is measured, not
+  assumed: the validation rows are cut to detectors whose inscribed circle reaches R α (the
+  preprocessor refitted to each, as it is on a user's data) and the model's Pearson r against
+  the label is compared with its r on the full detector. The *reach floor* is the smallest R
+  down to which no cut loses more than :data:`REACH_R_LOSS` in r; the domain check fires below
+  it.
+* **whether it beats the classical images** (:func:`versus_classical`): r of the model, of the
+  ADF annulus the detector reaches and of iCoM against the label on the same positions. Patterns
+  like those of a training set where the model was no better than ADF or iCoM do not count as
+  "like the training data" for the pattern check (:mod:`napari_4dstem_ml.pattern_domain`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from ..dataset import Dataset4D
+
+__all__ = ["REACH_R_LOSS", "REACH_STEPS_ALPHA", "ReachFloor", "VersusClassical", "crop_to_reach",
+           "measure_reach_floor", "versus_classical"]
+
+#: r lost against the label (validation region) that still counts as "no loss"
+REACH_R_LOSS = 0.01
+#: the reaches tried (α), walked down from the largest the data and the model's grid allow
+REACH_STEPS_ALPHA = (2.2, 2.0, 1.8, 1.6, 1.4, 1.2)
+
+
+@dataclass(frozen=True)
+class ReachFloor:
+    """The measurement: ``reach_alpha[i]`` (α) gave ``r[i]`` against the label on the
+    validation region (``r_full`` on the whole detector, reaching ``full_reach_alpha``);
+    ``floor_alpha``: the smallest reach down to which every cut lost at most ``tolerance_r``."""
+
+    full_reach_alpha: float
+    r_full: float
+    reach_alpha: tuple[float, ...]
+    r: tuple[float, ...]
+    floor_alpha: float
+    tolerance_r: float = REACH_R_LOSS
+    n_positions: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["reach_alpha"], d["r"] = list(self.reach_alpha), list(self.r)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ReachFloor:
+        return cls(float(d["full_reach_alpha"]), float(d["r_full"]),
+                   tuple(float(v) for v in d["reach_alpha"]), tuple(float(v) for v in d["r"]),
+                   float(d["floor_alpha"]), float(d.get("tolerance_r", REACH_R_LOSS)),
+                   int(d.get("n_positions", 0)))
+
+
+def _bf(dataset: Dataset4D) -> tuple[tuple[float, float], float]:
+    from ..detectors import bf_disk
+    from ..preprocess import sample_patterns
+
+    return bf_disk(sample_patterns(dataset, 512).mean(0), dataset.calibration)
+
+
+def crop_to_reach(dataset: Dataset4D, reach_alpha: float, *, rows: tuple[int, int] | None = None,
+                  cols: tuple[int, int] | None = None,
+                  bf: tuple[tuple[float, float], float] | None = None) -> Dataset4D | None:
+    """``dataset`` (scan rows ``rows``, columns ``cols`` only) with its detector cut to the square about the
+    bright-field disk whose inscribed circle reaches ``reach_alpha`` α, in memory; ``None``
+    where the detector does not reach that far. ``bf``: the disk's centre (px) and radius (px)
+    when already known."""
+    (cy, cx), r_bf = bf or _bf(dataset)
+    half = float(reach_alpha) * r_bf
+    y0, y1 = int(np.ceil(cy - half + 0.5)), int(np.floor(cy + half - 0.5)) + 1
+    x0, x1 = int(np.ceil(cx - half + 0.5)), int(np.floor(cx + half - 0.5)) + 1
+    ky, kx = dataset.detector_shape
+    if y0 < 0 or x0 < 0 or y1 > ky or x1 > kx or y1 - y0 < 4 or x1 - x0 < 4:
+        return None
+    r0, r1 = rows or (0, dataset.scan_shape[0])
+    c0, c1 = cols or (0, dataset.scan_shape[1])
+    data = np.ascontiguousarray(np.asarray(dataset.data[r0:r1, c0:c1, y0:y1, x0:x1]))
+    return Dataset4D(data, dataset.calibration, source=None, reader="array",
+                     metadata={"cropped_from": str(dataset.source) if dataset.source else None})
+
+
+def _r(image: np.ndarray, label: np.ndarray, region: np.ndarray) -> float:
+    ok = region & np.isfinite(image) & np.isfinite(label)
+    if ok.sum() < 16:
+        return float("nan")
+    a, b = image[ok].astype(np.float64), label[ok].astype(np.float64)
+    a, b = a - a.mean(), b - b.mean()
+    den = float(np.sqrt((a * a).sum() * (b * b).sum()))
+    return float((a * b).sum() / den) if den > 0 else float("nan")
+
+
+def _validation_slab(model: Any, dataset: Dataset4D, label: np.ndarray, region: np.ndarray,
+                     max_rows: int, max_cols: int):
+    """The middle ``max_rows`` × ``max_cols`` positions of the validation ``region`` with the
+    clusters' margin, in memory: (slab, its label, its region, rows, columns); ``None`` where
+    the region is empty."""
+    rows = np.nonzero(np.asarray(region).any(axis=1))[0]
+    if rows.size == 0:
+        return None
+    r0, r1 = int(rows[0]), int(rows[-1]) + 1
+    if r1 - r0 > max_rows:
+        mid = (r0 + r1) // 2
+        r0, r1 = mid - max_rows // 2, mid - max_rows // 2 + max_rows
+    ny, nx = dataset.scan_shape
+    c0, c1 = 0, nx
+    if nx > max_cols:
+        c0 = (nx - max_cols) // 2
+        c1 = c0 + max_cols
+    k = int(getattr(model, "cluster_size", 1))
+    a0, a1 = max(0, r0 - k), min(ny, r1 + k)  # the clusters' margin
+    reg = np.zeros(region.shape, bool)
+    left, right = (c0 + k if c0 > 0 else 0), (c1 - k if c1 < nx else nx)  # whole clusters only
+    reg[r0:r1, left:right] = region[r0:r1, left:right]
+    reg, lab = reg[a0:a1, c0:c1], np.asarray(label, np.float64)[a0:a1, c0:c1]
+    slab = Dataset4D(np.ascontiguousarray(np.asarray(dataset.data[a0:a1, c0:c1])),
+                     dataset.calibration, source=None, reader="array")
+    return slab, lab, reg, (a0, a1), (c0, c1)
+
+
+def measure_reach_floor(model: Any, pre: Any, dataset: Dataset4D, label: np.ndarray,
+                        region: np.ndarray, *, model_reach_alpha: float,
+                        max_rows: int = 32, max_cols: int = 64) -> ReachFloor | None:
+    """Measure the reach floor of ``model`` (with its fitted ``pre``) on ``dataset``'s
+    validation ``region`` (bool ``(Ny, Nx)``, data grid) against ``label`` (``(Ny, Nx)``).
+
+    At most ``max_rows`` × ``max_cols`` positions of the region are read (its middle, plus the
+    clusters' margin), a few hundred MB at most for a 128² detector. Returns ``None``
+    where there are too few validation positions or r on the full detector is not finite."""
+    from ..domain import DataSignature
+    from ..predict.events import finish
+    from ..predict.local import model_pass
+
+    picked = _validation_slab(model, dataset, label, region, max_rows, max_cols)
+    if picked is None:
+        return None
+    slab, lab, reg, (a0, a1), (c0, c1) = picked
+    bf = _bf(dataset)
+
+    def r_of(ds: Dataset4D) -> float:
+        p = pre.adapt(ds)
+        return _r(np.asarray(finish(model_pass(model, p, ds)).image), lab, reg)
+
+    r_full = r_of(slab)
+    if not np.isfinite(r_full):
+        return None
+    full_reach = DataSignature.from_dataset(slab).reach_alpha or float(model_reach_alpha)
+    top = min(full_reach, float(model_reach_alpha))
+    reaches, rs = [], []
+    floor = top
+    for reach in REACH_STEPS_ALPHA:
+        if reach >= top / 1.02:
+            continue
+        ds = crop_to_reach(dataset, reach, rows=(a0, a1), cols=(c0, c1), bf=bf)
+        if ds is None:
+            break
+        r = r_of(ds)
+        reaches.append(float(reach))
+        rs.append(float(r))
+        if not (np.isfinite(r) and r_full - r <= REACH_R_LOSS):
+            break
+        floor = float(reach)
+    return ReachFloor(float(full_reach), float(r_full), tuple(reaches), tuple(rs), floor,
+                      REACH_R_LOSS, int(reg.sum()))
+
+
+@dataclass(frozen=True)
+class VersusClassical:
+    """Pearson r against the label on the validation positions: the model's, the ADF
+    annulus's (``None`` where the detector holds none) and iCoM's."""
+
+    r_model: float
+    r_adf: float | None
+    r_icom: float | None
+    n_positions: int = 0
+
+    @property
+    def r_classical(self) -> float:
+        vals = [v for v in (self.r_adf, self.r_icom) if v is not None and np.isfinite(v)]
+        return max(vals) if vals else float("nan")
+
+    @property
+    def beats(self) -> bool:
+        """The model's r ≥ the better classical image's (True where there is none)."""
+        rc = self.r_classical
+        return bool(not np.isfinite(rc) or self.r_model >= rc)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "beats": self.beats}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> VersusClassical:
+        def opt(v):
+            return None if v is None else float(v)
+
+        return cls(float(d["r_model"]), opt(d.get("r_adf")), opt(d.get("r_icom")),
+                   int(d.get("n_positions", 0)))
+
+
+def versus_classical(model: Any, pre: Any, dataset: Dataset4D, label: np.ndarray,
+                     region: np.ndarray, *, max_rows: int = 32,
+                     max_cols: int = 64) -> VersusClassical | None:
+    """r of ``model`` (with its fitted ``pre``), of ADF and of iCoM against ``label`` on
+    ``dataset``'s validation ``region`` (the same positions as :func:`measure_reach_floor`);
+    ``None`` where the region is empty or the model's r is not finite."""
+    from ..baselines import classical_baselines
+    from ..predict.events import finish
+    from ..predict.local import model_pass
+
+    picked = _validation_slab(model, dataset, label, region, max_rows, max_cols)
+    if picked is None:
+        return None
+    slab, lab, reg, (a0, a1), (c0, c1) = picked
+    # the model as it is applied to the whole data set (preprocessing fitted on all of it)
+    r_model = _r(np.asarray(finish(model_pass(model, pre.adapt(dataset), slab)).image), lab, reg)
+    if not np.isfinite(r_model):
+        return None
+    # the classical images of the whole data set (iCoM integrates the whole scan), cut alike
+    base = classical_baselines(dataset)
+    cut = (slice(a0, a1), slice(c0, c1))
+    r_adf = None if base.adf is None else _r(np.asarray(base.adf)[cut], lab, reg)
+    return VersusClassical(float(r_model), r_adf, _r(np.asarray(base.icom)[cut], lab, reg),
+                           int(reg.sum()))
