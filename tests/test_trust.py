@@ -247,3 +247,21 @@ def test_training_sets_where_the_model_lost_to_adf_do_not_count_as_training_data
     all_lost = {"pattern_domain": {**da, "versus_classical": lost}}
     v, line = verdict_from_summary(all_lost, a.dataset.data, a.dataset.calibration)
     assert v.fired and "no better than ADF or iCoM: do not trust this image" in line
+
+
+def test_the_training_report_says_what_the_validation_region_showed():
+    from napari_4dstem_ml.workflow import JobResult, trust_line
+
+    summary = {"versus_classical": {"r_model": 0.97, "r_adf": 0.93, "r_icom": 0.87, "beats": True},
+               "reach_floor": {"floor_alpha": 1.6, "tolerance_r": 0.01}}
+    line = trust_line(summary)
+    assert line == ("on the validation region the model (r 0.970) is better than the classical "
+                    "images (ADF 0.930, iCoM 0.870); it tolerates a detector reaching down to "
+                    "1.60 α (r lost ≤ 0.01)")
+    lost = {"versus_classical": {"r_model": 0.5, "r_adf": None, "r_icom": 0.6, "beats": False}}
+    assert trust_line(lost) == ("on the validation region the model (r 0.500) is NO better than "
+                                "the classical images (iCoM 0.600)")
+    assert trust_line(None) == "" and trust_line({"reach_floor": [1.6]}) == ""
+    res = JobResult("m.pt", {}, {"pearson_r": 0.97}, "completed", 3, 1.0,
+                    extra={"train_summary": summary})
+    assert res.report().endswith("\n" + line)

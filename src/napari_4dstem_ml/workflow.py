@@ -243,10 +243,12 @@ class JobResult:
 
     def report(self) -> str:
         m = ", ".join(f"{k} {v:.4g}" for k, v in self.metrics.items() if isinstance(v, float))
-        return (
+        text = (
             f"saved {self.checkpoint} after {self.epochs} epochs ({self.stopped}, "
             f"{self.elapsed_s:.1f} s); validation: {m}"
         )
+        trust = trust_line(self.extra.get("train_summary"))
+        return text + ("\n" + trust if trust else "")
 
 
 def registered_label(
@@ -333,9 +335,31 @@ def run_job(
                     train_summary=summary, metrics=result.metrics, provenance=provenance,
                     overwrite=job.overwrite, inputs=inputs)
     metrics = {k: float(v) for k, v in result.metrics.items() if isinstance(v, (int, float))}
-    res = JobResult(out, reg_summary, metrics, result.stopped, len(result.history), result.elapsed_s)
+    res = JobResult(out, reg_summary, metrics, result.stopped, len(result.history), result.elapsed_s,
+                    extra={"train_summary": {k: result.train_summary.get(k)
+                                             for k in ("versus_classical", "reach_floor")}})
     yield res
     return res
+
+
+def trust_line(summary: dict[str, Any] | None) -> str:
+    """One line on what the validation region says about the trained model (its r against ADF
+    and iCoM, the shortest detector it tolerates), from its ``train_summary``; "" if neither
+    was measured."""
+    summary = summary or {}
+    parts = []
+    vc = summary.get("versus_classical")
+    if isinstance(vc, dict) and "r_model" in vc:
+        classical = ", ".join(f"{n} {vc[k]:.3f}" for n, k in (("ADF", "r_adf"), ("iCoM", "r_icom"))
+                              if isinstance(vc.get(k), float))
+        verdict = "better than" if vc.get("beats") else "NO better than"
+        parts.append(f"on the validation region the model (r {vc['r_model']:.3f}) is {verdict} "
+                     f"the classical images ({classical})")
+    rf = summary.get("reach_floor")
+    if isinstance(rf, dict) and isinstance(rf.get("floor_alpha"), float):
+        parts.append(f"it tolerates a detector reaching down to {rf['floor_alpha']:.2f} α "
+                     f"(r lost ≤ {rf.get('tolerance_r', 0.01):.2f})")
+    return "; ".join(parts)
 
 
 
