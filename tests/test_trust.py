@@ -84,7 +84,8 @@ def test_the_floor_is_the_last_reach_before_the_model_loses_its_pixels(syn, monk
     assert floor.reach_alpha == (2.2, 2.0, 1.8, 1.6)
     assert floor.r[:3] == pytest.approx((1.0, 1.0, 1.0))
     assert not np.isfinite(floor.r[3])
-    assert floor.floor_alpha == 1.8 and floor.n_positions == 8 * 22
+    # positions with the whole (K = 1) cluster inside and not on the data set's edge
+    assert floor.floor_alpha == 1.8 and floor.n_positions == 7 * 20
     again = type(floor).from_dict(json.loads(json.dumps(floor.to_dict())))
     assert again.floor_alpha == 1.8 and again.reach_alpha == floor.reach_alpha
     # a model reading only the bright-field disk loses nothing down to the last step
@@ -205,10 +206,12 @@ def test_versus_classical_scores_the_model_adf_and_icom_on_the_validation_rows(s
     # the slab starts K = 3 rows above the region: the stand-in returns the label from there
     answer["image"] = label[11:]
     vc = versus_classical(model, pre, syn.dataset, label, region)
-    assert vc.r_model == pytest.approx(1.0) and vc.beats and vc.n_positions == 6 * 22
+    # the validation rows 14-19 less the positions within K // 2 + 1 = 2 of the data's edges
+    assert vc.r_model == pytest.approx(1.0) and vc.beats and vc.n_positions == 4 * 18
     base = classical_baselines(syn.dataset)
-    ref_adf = np.corrcoef(base.adf[14:].ravel(), label[14:].ravel())[0, 1]
-    ref_icom = np.corrcoef(base.icom[14:].ravel(), label[14:].ravel())[0, 1]
+    cut = (slice(14, 18), slice(2, 20))
+    ref_adf = np.corrcoef(base.adf[cut].ravel(), label[cut].ravel())[0, 1]
+    ref_icom = np.corrcoef(base.icom[cut].ravel(), label[cut].ravel())[0, 1]
     assert vc.r_adf == pytest.approx(ref_adf, abs=1e-9) and vc.r_icom == pytest.approx(ref_icom, abs=1e-9)
     assert vc.r_classical == pytest.approx(max(ref_adf, ref_icom))
     answer["image"] = np.random.default_rng(0).normal(size=label.shape)[11:]

@@ -120,9 +120,14 @@ def _validation_slab(model: Any, dataset: Dataset4D, label: np.ndarray, region: 
         c1 = c0 + max_cols
     k = int(getattr(model, "cluster_size", 1))
     a0, a1 = max(0, r0 - k), min(ny, r1 + k)  # the clusters' margin
+    # positions whose whole cluster is real data: none reflected at the data set's edges, none
+    # cut at the slab's
+    e = k // 2 + 1
+    top, bottom = max(r0, e), min(r1, ny - e)
+    left, right = (c0 + k if c0 > 0 else e), (c1 - k if c1 < nx else nx - e)
     reg = np.zeros(region.shape, bool)
-    left, right = (c0 + k if c0 > 0 else 0), (c1 - k if c1 < nx else nx)  # whole clusters only
-    reg[r0:r1, left:right] = region[r0:r1, left:right]
+    if bottom > top and right > left:
+        reg[top:bottom, left:right] = region[top:bottom, left:right]
     reg, lab = reg[a0:a1, c0:c1], np.asarray(label, np.float64)[a0:a1, c0:c1]
     slab = Dataset4D(np.ascontiguousarray(np.asarray(dataset.data[a0:a1, c0:c1])),
                      dataset.calibration, source=None, reader="array")
