@@ -26,14 +26,6 @@ from pathlib import Path
 import numpy as np
 
 
-def drain(gen):
-    while True:
-        try:
-            next(gen)
-        except StopIteration as stop:
-            return stop.value
-
-
 def main(argv=None) -> int:
     from scipy import ndimage
 
@@ -41,6 +33,7 @@ def main(argv=None) -> int:
     from napari_4dstem_ml.domain import DataSignature
     from napari_4dstem_ml.io import load
     from napari_4dstem_ml.metrics import LABEL_SIGMA_A, compare
+    from napari_4dstem_ml.predict.events import finish as drain
     from napari_4dstem_ml.samples import load_sample, sample_path
     from napari_4dstem_ml.training.checkpoint import load_checkpoint
     from napari_4dstem_ml.training.trust import crop_to_reach

@@ -71,13 +71,10 @@ def ensure_suite(data: Path, only: set[str] | None = None) -> list[Path]:
 
 
 def drain(gen, on_event=None):
-    while True:
-        try:
-            ev = next(gen)
-        except StopIteration as stop:
-            return stop.value
-        if on_event is not None:
-            on_event(ev)
+    """Run a job's generator to its value (``on_event`` sees each event)."""
+    from napari_4dstem_ml.predict.events import finish
+
+    return finish(gen, on_event)
 
 
 def train_defaults(out: Path, models: tuple[str, ...]) -> dict[str, Path]:

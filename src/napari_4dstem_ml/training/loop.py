@@ -1085,11 +1085,4 @@ def _measure_reach_floor(model: Any, p: _Prepared) -> dict[str, Any] | None:
 
 def run_training(*args: Any, on_event: Any = None, **kwargs: Any) -> TrainResult:
     """Run :func:`train` to the end (same arguments); ``on_event(event)`` sees every event."""
-    gen = train(*args, **kwargs)
-    while True:
-        try:
-            ev = next(gen)
-        except StopIteration as stop:
-            return stop.value
-        if on_event is not None:
-            on_event(ev)
+    return finish(train(*args, **kwargs), on_event)
