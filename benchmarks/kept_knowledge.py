@@ -2,10 +2,11 @@
 library's domain only where that is measured.)
 
 On every item of the base library (``benchmarks/make_library.py``), on its validation rows
-(the lower 20 % of the scan, which the base model never trained on), Pearson r against the
-item's label (the 0.4 Å low-passed potential) of: the shipped base CNN, the CNN fine-tuned on
-MoS2 as ``stemml train`` does (``--tuned``, e.g. ``benchmarks/_out/transfer/default_conv4d.pt``),
-ADF and iCoM of the whole data set. Prints one line per item and the largest losses.
+(the lower 20 % of the scan, which the base model never trained on; the positions
+``training.trust.versus_classical`` scores), Pearson r against the item's label (the 0.4 Å
+low-passed potential) of: the shipped base CNN, the CNN fine-tuned on MoS2 as ``stemml train``
+does (``--tuned``, e.g. ``benchmarks/_out/transfer/default_conv4d.pt``), ADF and iCoM of the
+whole data set. Prints one line per item and the largest losses.
 
     python benchmarks/kept_knowledge.py --tuned benchmarks/_out/transfer/default_conv4d.pt
 """
@@ -19,20 +20,12 @@ import time
 import numpy as np
 
 
-def _r(a: np.ndarray, b: np.ndarray, m: np.ndarray) -> float:
-    ok = m & np.isfinite(a) & np.isfinite(b)
-    x, y = a[ok] - a[ok].mean(), b[ok] - b[ok].mean()
-    return float((x * y).sum() / np.sqrt((x * x).sum() * (y * y).sum()))
-
-
 def main(argv=None) -> int:
     from napari_4dstem_ml.base_model import load_base_model
     from napari_4dstem_ml.base_model.recipe import library_items
-    from napari_4dstem_ml.baselines import classical_baselines
-    from napari_4dstem_ml.predict.events import finish
     from napari_4dstem_ml.training.checkpoint import load_checkpoint
     from napari_4dstem_ml.training.clusters import RegionSplit
-    from napari_4dstem_ml.workflow import reconstruct
+    from napari_4dstem_ml.training.trust import ValidationSlab, versus_classical
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--tuned", required=True, help="the fine-tuned CNN checkpoint")
@@ -45,17 +38,15 @@ def main(argv=None) -> int:
         for it in items:
             t0 = time.time()
             _, va = (it.split or RegionSplit()).region_masks(it.dataset.scan_shape)
-            va = np.asarray(va, bool).copy()
-            va[:, :3] = va[:, -3:] = False  # the clusters' edge
-            va[-3:] = False
-            b = classical_baselines(it.dataset)
-            rb = _r(finish(reconstruct(base, it.dataset)).image, it.label, va)
-            rt = _r(finish(reconstruct(tuned, it.dataset)).image, it.label, va)
-            ra = _r(b.adf, it.label, va) if b.adf is not None else float("nan")
-            ri = _r(b.icom, it.label, va)
-            losses.append((rt - rb, it.name))
-            print(f"{it.name:28s} base {rb:.3f}  fine-tuned {rt:.3f}  ADF {ra:.3f}  iCoM {ri:.3f}"
-                  f"  ({time.time() - t0:.0f} s)", flush=True)
+            va = np.asarray(va, bool)
+            # the positions the training's own measurement scores, read once for both models
+            slab = ValidationSlab.take(base.model, it.dataset, it.label, va)
+            vb, vt = (versus_classical(m.model, m.preprocessor, it.dataset, it.label, va, slab=slab)
+                      for m in (base, tuned))
+            ra = float("nan") if vb.r_adf is None else vb.r_adf
+            losses.append((vt.r_model - vb.r_model, it.name))
+            print(f"{it.name:28s} base {vb.r_model:.3f}  fine-tuned {vt.r_model:.3f}  "
+                  f"ADF {ra:.3f}  iCoM {vb.r_icom:.3f}  ({time.time() - t0:.0f} s)", flush=True)
     finally:
         for f in handles:
             f.close()

@@ -43,6 +43,15 @@ QUANTITIES: dict[str, tuple[str, str, str, float]] = {
 }
 
 
+def probe_steps(step_A: tuple[float, float] | None, alpha_mrad: float | None,
+                energy_ev: float | None) -> float | None:
+    """The scan step (geometric mean of its two axes, Å) in units of the probe's diffraction
+    limit λ/α; ``None`` where a quantity is unknown."""
+    if step_A is None or not alpha_mrad or not energy_ev:
+        return None
+    return math.sqrt(step_A[0] * step_A[1]) / (electron_wavelength_A(energy_ev) / (alpha_mrad * 1e-3))
+
+
 @dataclass(frozen=True)
 class DataSignature:
     """What a data set looks like to a model; ``None`` where the data set does not say."""
@@ -80,9 +89,7 @@ class DataSignature:
         alpha = cal.convergence_mrad
         step = cal.scan_step_A
         reach = max_radius_px((ky, kx), centre) / r_bf if r_bf > 0 else None
-        probe = None
-        if step is not None and alpha and cal.energy_ev:
-            probe = math.sqrt(step[0] * step[1]) / (electron_wavelength_A(cal.energy_ev) / (alpha * 1e-3))
+        probe = probe_steps(step, alpha, cal.energy_ev)
         return cls(
             energy_kev=None if cal.energy_ev is None else cal.energy_ev / 1e3,
             alpha_mrad=alpha,
@@ -180,9 +187,9 @@ class TrainingDomain:
                 cal = Calibration.from_dict(d)
             except (TypeError, ValueError, KeyError):
                 continue
-            step, alpha, e = cal.scan_step_A, cal.convergence_mrad, cal.energy_ev
-            if step is not None and alpha and e:
-                vals.append(math.sqrt(step[0] * step[1]) / (electron_wavelength_A(e) / (alpha * 1e-3)))
+            v = probe_steps(cal.scan_step_A, cal.convergence_mrad, cal.energy_ev)
+            if v is not None:
+                vals.append(v)
         if not vals:
             return self
         return TrainingDomain({**self.ranges, "scan_step_probe": (min(vals), max(vals))},

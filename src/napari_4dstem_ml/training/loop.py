@@ -965,28 +965,29 @@ def _trust_summary(model: Any, model_config: Any, prepared: list[_Prepared],
     many = len(prepared) > 1
     # the patterns' own statistics (train regions; threshold on the val regions), each with
     # whether the model beat ADF and iCoM on that data set's val region
-    versus = {id(p): _versus_classical(model, p) for p in prepared}
+    slabs = [_validation_slab(model, p) for p in prepared]
+    versus = [_versus_classical(model, p, slab) for p, slab in zip(prepared, slabs)]
     if many:
         own, per_item = None, _fit_pattern_domains([p.item for p in prepared])
-        by_name = {p.item.name: versus[id(p)] for p in prepared}
+        by_name = {p.item.name: vc for p, vc in zip(prepared, versus)}
         for d in per_item:
             if by_name.get(d.get("name")) is not None:
                 d["versus_classical"] = by_name[d["name"]]
     else:
         own, per_item = _fit_pattern_domain([p.item for p in prepared]), []
-        if own is not None and versus[id(prepared[0])] is not None:
-            own["versus_classical"] = versus[id(prepared[0])]
+        if own is not None and versus[0] is not None:
+            own["versus_classical"] = versus[0]
     return {
         "domain": domain.to_dict(),
         "init_domain": init_domain,
         "pattern_domain": own,
         "pattern_domains": per_item,
         "pattern_domains_kept": kept,
-        "versus_classical": versus[id(prepared[0])],
+        "versus_classical": versus[0],
         # the uncertainty map's model of the local error (the first item's val region)
         "error_model": _fit_error_model(model, prepared[0]),
         # the shortest detector it tolerates, measured on the same region
-        "reach_floor": _measure_reach_floor(model, prepared[0]),
+        "reach_floor": _measure_reach_floor(model, prepared[0], slabs[0]),
     }
 
 
@@ -1046,40 +1047,51 @@ def _fit_error_model(model: Any, p: _Prepared) -> dict[str, Any] | None:
     return em.to_dict()
 
 
-def _versus_classical(model: Any, p: _Prepared) -> dict[str, Any] | None:
-    """:func:`~.trust.versus_classical` on ``p``'s validation region (``None`` where the scan
-    is resampled, there is no region, or it fails: a warning, never the loss of the model)."""
-    from .trust import versus_classical
+def _validation_slab(model: Any, p: _Prepared) -> Any:
+    """``p``'s :class:`~.trust.ValidationSlab`, read once for both measurements below
+    (``None`` where the scan is resampled or there is no validation region)."""
+    from .trust import ValidationSlab
 
     if p.source.grid is not None or not p.val_pos.any():
         return None
+    return _guarded("the validation region could not be read for the trust measurements",
+                    lambda: ValidationSlab.take(model, p.item.dataset, p.label, p.val_pos))
+
+
+def _guarded(what: str, fn: Any) -> Any:
+    """``fn()``, or ``None`` with a warning: a measurement never costs the trained model."""
     try:
-        vc = versus_classical(model, p.pre, p.item.dataset, p.label, p.val_pos)
+        return fn()
     except Exception as exc:  # noqa: BLE001 - reported, training goes on
         import warnings
 
-        warnings.warn(f"the model was not compared with ADF and iCoM: {exc}", stacklevel=2)
+        warnings.warn(f"{what}: {exc}", stacklevel=3)
         return None
+
+
+def _versus_classical(model: Any, p: _Prepared, slab: Any) -> dict[str, Any] | None:
+    """:func:`~.trust.versus_classical` on ``p``'s validation slab (``None`` without one)."""
+    from .trust import versus_classical
+
+    if slab is None:
+        return None
+    vc = _guarded("the model was not compared with ADF and iCoM",
+                  lambda: versus_classical(model, p.pre, p.item.dataset, p.label, p.val_pos,
+                                           slab=slab))
     return None if vc is None else vc.to_dict()
 
 
-def _measure_reach_floor(model: Any, p: _Prepared) -> dict[str, Any] | None:
-    """:func:`~.reach.measure_reach_floor` of ``model`` on ``p``'s validation region (``None``
-    where the item's scan is resampled, the grid's reach is unknown, or it fails: a warning,
-    never the loss of the trained model)."""
+def _measure_reach_floor(model: Any, p: _Prepared, slab: Any) -> dict[str, Any] | None:
+    """:func:`~.trust.measure_reach_floor` on ``p``'s validation slab (``None`` without one
+    or where the model's grid reach is unknown)."""
     from .trust import measure_reach_floor
 
     reach = p.pre.grid_reach_alpha(p.item.dataset.calibration.convergence_mrad)
-    if p.source.grid is not None or not p.val_pos.any() or reach is None:
+    if slab is None or reach is None:
         return None
-    try:
-        floor = measure_reach_floor(model, p.pre, p.item.dataset, p.label, p.val_pos,
-                                    model_reach_alpha=reach)
-    except Exception as exc:  # noqa: BLE001 - reported, training goes on
-        import warnings
-
-        warnings.warn(f"the detector reach the model tolerates was not measured: {exc}", stacklevel=2)
-        return None
+    floor = _guarded("the detector reach the model tolerates was not measured",
+                     lambda: measure_reach_floor(model, p.pre, p.item.dataset, p.label,
+                                                 p.val_pos, model_reach_alpha=reach, slab=slab))
     return None if floor is None else floor.to_dict()
 
 

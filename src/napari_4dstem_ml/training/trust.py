@@ -20,15 +20,15 @@ no training step looked):
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 
 from ..dataset import Dataset4D
 
-__all__ = ["REACH_R_LOSS", "REACH_STEPS_ALPHA", "ReachFloor", "VersusClassical", "crop_to_reach",
-           "measure_reach_floor", "versus_classical"]
+__all__ = ["REACH_R_LOSS", "REACH_STEPS_ALPHA", "ReachFloor", "ValidationSlab", "VersusClassical",
+           "crop_to_reach", "measure_reach_floor", "versus_classical"]
 
 #: r lost against the label (validation region) that still counts as "no loss"
 REACH_R_LOSS = 0.01
@@ -92,92 +92,123 @@ def crop_to_reach(dataset: Dataset4D, reach_alpha: float, *, rows: tuple[int, in
 
 
 def _r(image: np.ndarray, label: np.ndarray, region: np.ndarray) -> float:
+    """:func:`~..metrics.pearson_r` over ``region`` (NaN where under 16 positions are finite)."""
+    from ..metrics import pearson_r
+
     ok = region & np.isfinite(image) & np.isfinite(label)
     if ok.sum() < 16:
         return float("nan")
-    a, b = image[ok].astype(np.float64), label[ok].astype(np.float64)
-    a, b = a - a.mean(), b - b.mean()
-    den = float(np.sqrt((a * a).sum() * (b * b).sum()))
-    return float((a * b).sum() / den) if den > 0 else float("nan")
+    return pearson_r(image[ok][None], label[ok][None])
 
 
-def _validation_slab(model: Any, dataset: Dataset4D, label: np.ndarray, region: np.ndarray,
-                     max_rows: int, max_cols: int):
-    """The middle ``max_rows`` × ``max_cols`` positions of the validation ``region`` with the
-    clusters' margin, in memory: (slab, its label, its region, rows, columns); ``None`` where
-    the region is empty."""
-    rows = np.nonzero(np.asarray(region).any(axis=1))[0]
-    if rows.size == 0:
-        return None
-    r0, r1 = int(rows[0]), int(rows[-1]) + 1
-    if r1 - r0 > max_rows:
-        mid = (r0 + r1) // 2
-        r0, r1 = mid - max_rows // 2, mid - max_rows // 2 + max_rows
-    ny, nx = dataset.scan_shape
-    c0, c1 = 0, nx
-    if nx > max_cols:
-        c0 = (nx - max_cols) // 2
-        c1 = c0 + max_cols
-    k = int(getattr(model, "cluster_size", 1))
-    a0, a1 = max(0, r0 - k), min(ny, r1 + k)  # the clusters' margin
-    # positions whose whole cluster is real data: none reflected at the data set's edges, none
-    # cut at the slab's
-    e = k // 2 + 1
-    top, bottom = max(r0, e), min(r1, ny - e)
-    left, right = (c0 + k if c0 > 0 else e), (c1 - k if c1 < nx else nx - e)
-    reg = np.zeros(region.shape, bool)
-    if bottom > top and right > left:
-        reg[top:bottom, left:right] = region[top:bottom, left:right]
-    reg, lab = reg[a0:a1, c0:c1], np.asarray(label, np.float64)[a0:a1, c0:c1]
-    slab = Dataset4D(np.ascontiguousarray(np.asarray(dataset.data[a0:a1, c0:c1])),
-                     dataset.calibration, source=None, reader="array")
-    return slab, lab, reg, (a0, a1), (c0, c1)
+@dataclass
+class ValidationSlab:
+    """The middle ``max_rows`` × ``max_cols`` positions of a validation region with the
+    clusters' margin, read once into memory (``data``: scan rows ``rows``, columns ``cols`` of
+    ``source``), their ``label`` and the ``region`` scored: positions whose whole cluster is
+    real data (none reflected at the data set's edges, none cut at the slab's). The model's r on
+    it and the classical images' are computed once and shared by both measurements."""
+
+    source: Dataset4D
+    data: Dataset4D
+    label: np.ndarray
+    region: np.ndarray
+    rows: tuple[int, int]
+    cols: tuple[int, int]
+    _cache: dict[Any, Any] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def take(cls, model: Any, dataset: Dataset4D, label: np.ndarray, region: np.ndarray, *,
+             max_rows: int = 32, max_cols: int = 64) -> ValidationSlab | None:
+        """``None`` where the region is empty."""
+        rows = np.nonzero(np.asarray(region).any(axis=1))[0]
+        if rows.size == 0:
+            return None
+        r0, r1 = int(rows[0]), int(rows[-1]) + 1
+        if r1 - r0 > max_rows:
+            mid = (r0 + r1) // 2
+            r0, r1 = mid - max_rows // 2, mid - max_rows // 2 + max_rows
+        ny, nx = dataset.scan_shape
+        c0, c1 = 0, nx
+        if nx > max_cols:
+            c0 = (nx - max_cols) // 2
+            c1 = c0 + max_cols
+        k = int(getattr(model, "cluster_size", 1))
+        a0, a1 = max(0, r0 - k), min(ny, r1 + k)  # the clusters' margin
+        e = k // 2 + 1
+        top, bottom = max(r0, e), min(r1, ny - e)
+        left, right = (c0 + k if c0 > 0 else e), (c1 - k if c1 < nx else nx - e)
+        reg = np.zeros(region.shape, bool)
+        if bottom > top and right > left:
+            reg[top:bottom, left:right] = region[top:bottom, left:right]
+        data = Dataset4D(np.ascontiguousarray(np.asarray(dataset.data[a0:a1, c0:c1])),
+                         dataset.calibration, source=None, reader="array")
+        return cls(dataset, data, np.asarray(label, np.float64)[a0:a1, c0:c1], reg[a0:a1, c0:c1],
+                   (a0, a1), (c0, c1))
+
+    def r_of(self, model: Any, pre: Any, ds: Dataset4D) -> float:
+        """r of ``model`` on ``ds`` (this slab's positions, any detector) with ``pre`` already
+        adapted to it."""
+        from ..predict.events import finish
+        from ..predict.local import model_pass
+
+        return _r(np.asarray(finish(model_pass(model, pre, ds)).image), self.label, self.region)
+
+    def r_model(self, model: Any, pre: Any) -> float:
+        """r of ``model`` as it is applied to the whole data set (``pre`` fitted on all of it)."""
+        key = ("model", id(model))
+        if key not in self._cache:
+            self._cache[key] = self.r_of(model, pre.adapt(self.source), self.data)
+        return self._cache[key]
+
+    def r_classical(self) -> tuple[float | None, float]:
+        """(ADF's r or ``None`` without a dark-field ring, iCoM's r): the classical images of
+        the whole data set (iCoM integrates the whole scan), cut to the slab."""
+        if "classical" not in self._cache:
+            from ..baselines import classical_baselines
+
+            base = classical_baselines(self.source)
+            cut = (slice(*self.rows), slice(*self.cols))
+            r_adf = None if base.adf is None else _r(np.asarray(base.adf)[cut], self.label, self.region)
+            self._cache["classical"] = (r_adf, _r(np.asarray(base.icom)[cut], self.label, self.region))
+        return self._cache["classical"]
 
 
 def measure_reach_floor(model: Any, pre: Any, dataset: Dataset4D, label: np.ndarray,
                         region: np.ndarray, *, model_reach_alpha: float,
-                        max_rows: int = 32, max_cols: int = 64) -> ReachFloor | None:
+                        slab: ValidationSlab | None = None) -> ReachFloor | None:
     """Measure the reach floor of ``model`` (with its fitted ``pre``) on ``dataset``'s
-    validation ``region`` (bool ``(Ny, Nx)``, data grid) against ``label`` (``(Ny, Nx)``).
-
-    At most ``max_rows`` × ``max_cols`` positions of the region are read (its middle, plus the
-    clusters' margin), a few hundred MB at most for a 128² detector. Returns ``None``
-    where there are too few validation positions or r on the full detector is not finite."""
+    validation ``region`` (bool ``(Ny, Nx)``, data grid) against ``label`` (``(Ny, Nx)``), on
+    its :class:`ValidationSlab` (``slab``, else taken here; a few hundred MB at most for a 128²
+    detector). Returns ``None`` where there are too few validation positions or r on the full
+    detector is not finite."""
     from ..domain import DataSignature
-    from ..predict.events import finish
-    from ..predict.local import model_pass
 
-    picked = _validation_slab(model, dataset, label, region, max_rows, max_cols)
-    if picked is None:
+    slab = slab or ValidationSlab.take(model, dataset, label, region)
+    if slab is None:
         return None
-    slab, lab, reg, (a0, a1), (c0, c1) = picked
-    bf = _bf(dataset)
-
-    def r_of(ds: Dataset4D) -> float:
-        p = pre.adapt(ds)
-        return _r(np.asarray(finish(model_pass(model, p, ds)).image), lab, reg)
-
-    r_full = r_of(slab)
+    r_full = slab.r_model(model, pre)
     if not np.isfinite(r_full):
         return None
-    full_reach = DataSignature.from_dataset(slab).reach_alpha or float(model_reach_alpha)
+    bf = _bf(dataset)
+    full_reach = DataSignature.from_dataset(slab.data).reach_alpha or float(model_reach_alpha)
     top = min(full_reach, float(model_reach_alpha))
     reaches, rs = [], []
     floor = top
     for reach in REACH_STEPS_ALPHA:
         if reach >= top / 1.02:
             continue
-        ds = crop_to_reach(dataset, reach, rows=(a0, a1), cols=(c0, c1), bf=bf)
+        ds = crop_to_reach(dataset, reach, rows=slab.rows, cols=slab.cols, bf=bf)
         if ds is None:
             break
-        r = r_of(ds)
+        r = slab.r_of(model, pre.adapt(ds), ds)
         reaches.append(float(reach))
         rs.append(float(r))
         if not (np.isfinite(r) and r_full - r <= REACH_R_LOSS):
             break
         floor = float(reach)
     return ReachFloor(float(full_reach), float(r_full), tuple(reaches), tuple(rs), floor,
-                      REACH_R_LOSS, int(reg.sum()))
+                      REACH_R_LOSS, int(slab.region.sum()))
 
 
 @dataclass(frozen=True)
@@ -214,26 +245,17 @@ class VersusClassical:
 
 
 def versus_classical(model: Any, pre: Any, dataset: Dataset4D, label: np.ndarray,
-                     region: np.ndarray, *, max_rows: int = 32,
-                     max_cols: int = 64) -> VersusClassical | None:
+                     region: np.ndarray, *, slab: ValidationSlab | None = None
+                     ) -> VersusClassical | None:
     """r of ``model`` (with its fitted ``pre``), of ADF and of iCoM against ``label`` on
-    ``dataset``'s validation ``region`` (the same positions as :func:`measure_reach_floor`);
-    ``None`` where the region is empty or the model's r is not finite."""
-    from ..baselines import classical_baselines
-    from ..predict.events import finish
-    from ..predict.local import model_pass
-
-    picked = _validation_slab(model, dataset, label, region, max_rows, max_cols)
-    if picked is None:
+    ``dataset``'s validation ``region``, on its :class:`ValidationSlab` (``slab``, else taken
+    here; the same positions as :func:`measure_reach_floor`); ``None`` where the region is
+    empty or the model's r is not finite."""
+    slab = slab or ValidationSlab.take(model, dataset, label, region)
+    if slab is None:
         return None
-    slab, lab, reg, (a0, a1), (c0, c1) = picked
-    # the model as it is applied to the whole data set (preprocessing fitted on all of it)
-    r_model = _r(np.asarray(finish(model_pass(model, pre.adapt(dataset), slab)).image), lab, reg)
+    r_model = slab.r_model(model, pre)
     if not np.isfinite(r_model):
         return None
-    # the classical images of the whole data set (iCoM integrates the whole scan), cut alike
-    base = classical_baselines(dataset)
-    cut = (slice(a0, a1), slice(c0, c1))
-    r_adf = None if base.adf is None else _r(np.asarray(base.adf)[cut], lab, reg)
-    return VersusClassical(float(r_model), r_adf, _r(np.asarray(base.icom)[cut], lab, reg),
-                           int(reg.sum()))
+    r_adf, r_icom = slab.r_classical()
+    return VersusClassical(float(r_model), r_adf, r_icom, int(slab.region.sum()))
