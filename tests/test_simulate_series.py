@@ -112,6 +112,27 @@ def test_library_never_holds_the_test_materials():
     assert "W" not in elements  # tungsten (WS2) is only in the transfer suite
 
 
+
+def test_the_development_set_is_neither_library_nor_suite():
+    """Methods are chosen on our own development items: library materials (never a held-out
+    one) under conditions — energy, α, thickness, defocus — no library item has."""
+    from napari_4dstem_ml.simulate.suites import (
+        HELD_OUT_MATERIALS,
+        development_set,
+        library,
+        transfer_suite,
+    )
+
+    dev, lib = development_set(), library()
+    assert not {c.name for c in dev} & {c.name for c in lib + transfer_suite()}
+    assert not {c.structure.name for c in dev} & HELD_OUT_MATERIALS
+
+    def conditions(c):
+        return (c.structure.name, c.energy_ev, c.convergence_mrad, c.structure.thickness_A,
+                c.defocus_A)
+
+    assert not {conditions(c) for c in dev} & {conditions(c) for c in lib}
+
 def test_cli_estimates_before_it_starts(tmp_path, capsys):
     from napari_4dstem_ml.simulate.__main__ import main
 

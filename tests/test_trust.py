@@ -268,3 +268,43 @@ def test_the_training_report_says_what_the_validation_region_showed():
     res = JobResult("m.pt", {}, {"pearson_r": 0.97}, "completed", 3, 1.0,
                     extra={"train_summary": summary})
     assert res.report().endswith("\n" + line)
+
+
+def test_the_error_model_is_fitted_on_the_slab_the_other_measurements_read(monkeypatch):
+    """At the end of training the validation slab is predicted once on the whole detector:
+    the reach floor, the comparison with ADF/iCoM and the error model (its positions: the
+    slab's scored region less the error model's 2-px border) all use that one pass."""
+    pytest.importorskip("torch")
+    from napari_4dstem_ml.models import EnsembleConfig, LinearConfig
+    from napari_4dstem_ml.predict import local
+    from napari_4dstem_ml.preprocess import PreprocessConfig
+    from napari_4dstem_ml.training import trust
+    from napari_4dstem_ml.training.loop import TrainConfig, run_training
+
+    passes, slabs = [], []
+    real_pass, real_take = local.model_pass, trust.ValidationSlab.take.__func__
+
+    def counting(model, pre, ds, **kw):
+        passes.append((ds.scan_shape, ds.detector_shape))
+        return real_pass(model, pre, ds, **kw)
+
+    def take(cls, *a, **kw):
+        slabs.append(real_take(cls, *a, **kw))
+        return slabs[-1]
+
+    monkeypatch.setattr(local, "model_pass", counting)
+    monkeypatch.setattr(trust.ValidationSlab, "take", classmethod(take))
+    syn = make_synthetic((28, 30), (24, 24), seed=4)
+    cfg = TrainConfig(epochs=1, lr=0.01, batch_size=64, num_threads=1, preview_every=0, max_steps=3)
+    res = run_training(syn.dataset, syn.label, EnsembleConfig(LinearConfig(cluster_size=3), size=2),
+                       PreprocessConfig(), cfg)
+    assert len(slabs) == 1
+    slab = slabs[0]
+    full = (slab.data.scan_shape, slab.data.detector_shape)
+    assert passes.count(full) == 1
+    inner = np.zeros(slab.region.shape, bool)
+    inner[2:-2, 2:-2] = True
+    em = res.train_summary["error_model"]
+    assert em is not None and em["features"][0] == "spread"
+    assert em["n_fit"] == int((slab.region & inner).sum()) > 32
+    assert res.train_summary["versus_classical"]["n_positions"] == int(slab.region.sum())

@@ -103,6 +103,27 @@ def transfer_suite_extended() -> list[SimulationConfig]:
     ]
 
 
+def development_set() -> list[SimulationConfig]:
+    """Our own development items for choosing methods (the transfer suite is never used for
+    that): library materials at conditions that are in neither :func:`library` nor
+    :func:`transfer_suite` — MoTe2 at 80 keV and 30 mrad with a Te vacancy, graphene at 20 mrad
+    with a C vacancy, MoSe2 at 60 keV with 4 nm defocus, GaAs [110] 6 nm at 120 keV, BaTiO3
+    8 nm at 200 keV (about 5 min of one core)."""
+    V = Defect  # noqa: N806
+    return [
+        _item("dev_mote2_80kev_a30_vacTe", "MoTe2", 80, 30.0, (96, 1.1), 0.22, 4e4, 301,
+              defects=(V("vacancy", "Te", (0.5, 0.5)),)),
+        _item("dev_graphene_80kev_a20_vac", "graphene", 80, 20.0, (128, 0.8), 0.25, 1e5, 302,
+              defects=(V("vacancy", "C", (0.4, 0.6)),)),
+        _item("dev_mose2_60kev_a24_df", "MoSe2", 60, 24.0, (128, 0.9), 0.24, 3e4, 303,
+              defocus_nm=4.0, defects=(V("vacancy", "Se", (0.55, 0.45)),)),
+        _item("dev_gaas110_120kev_6nm", "GaAs", 120, 22.0, (128, 0.8), 0.25, 5e4, 304,
+              thickness_nm=6, zone=(1, 1, 0), phonons=2),
+        _item("dev_batio3_200kev_8nm", "BaTiO3", 200, 20.0, (128, 0.8), 0.35, 5e4, 305,
+              thickness_nm=8, phonons=2),
+    ]
+
+
 @dataclass(frozen=True)
 class SuiteEvent:
     """Progress of a whole suite: item ``index`` of ``n_items`` (``name``) and its event."""

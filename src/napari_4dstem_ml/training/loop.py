@@ -32,7 +32,7 @@ import numpy as np
 from ..dataset import Dataset4D
 from ..domain import DataSignature, TrainingDomain
 from ..predict.events import finish
-from ..predict.fields import is_ensemble, iter_predict_source, resolve_device
+from ..predict.fields import iter_predict_source, resolve_device
 from ..preprocess import PreprocessConfig, Preprocessor
 from .clusters import PatternSource, RegionSplit, check_cluster_size, default_tile_rows
 from .patches import patch_input, patch_plan
@@ -985,7 +985,7 @@ def _trust_summary(model: Any, model_config: Any, prepared: list[_Prepared],
         "pattern_domains_kept": kept,
         "versus_classical": versus[0],
         # the uncertainty map's model of the local error (the first item's val region)
-        "error_model": _fit_error_model(model, prepared[0]),
+        "error_model": _fit_error_model(model, prepared[0], slabs[0]),
         # the shortest detector it tolerates, measured on the same region
         "reach_floor": _measure_reach_floor(model, prepared[0], slabs[0]),
     }
@@ -1024,21 +1024,17 @@ def _fit_pattern_domains(items: list[TrainingItem]) -> list[dict[str, Any]]:
     return fit_items_pattern_domains(items)
 
 
-def _fit_error_model(model: Any, p: _Prepared) -> dict[str, Any] | None:
-    """The :class:`~..error_model.ErrorModel` of ``model``, fitted on ``p``'s validation
-    region against its label (the rows holding it predicted once, with the ensemble's spread);
-    ``None`` where the item has no validation region on its own scan grid or too few
-    positions."""
+def _fit_error_model(model: Any, p: _Prepared, slab: Any) -> dict[str, Any] | None:
+    """The :class:`~..error_model.ErrorModel` of ``model``, fitted against ``p``'s label on
+    its validation slab (the image and the ensemble's spread the other trust measurements
+    share); ``None`` without a slab or with too few positions."""
     from ..error_model import ErrorModel
-    if p.source.grid is not None or not p.val_pos.any():
+
+    if slab is None:
         return None
-    rows = np.nonzero(p.val_pos.any(axis=1))[0]
-    r0, r1 = int(rows[0]), int(rows[-1]) + 1
-    spread = (np.zeros((r1 - r0, p.source.scan_shape[1]), np.float32)
-              if is_ensemble(model) else None)
     try:  # never at the cost of the trained model: without it, no error model
-        image = finish(iter_predict_source(model, p.source, rows=(r0, r1), uncertainty=spread))
-        em = ErrorModel.fit(image, p.label[r0:r1], spread=spread, region=p.val_pos[r0:r1])
+        rec = slab.reconstruction(model, p.pre)
+        em = ErrorModel.fit(rec.image, slab.label, spread=rec.uncertainty, region=slab.region)
     except Exception as exc:  # noqa: BLE001 - reported, training goes on
         import warnings
 

@@ -154,12 +154,21 @@ class ValidationSlab:
 
         return _r(np.asarray(finish(model_pass(model, pre, ds)).image), self.label, self.region)
 
-    def r_model(self, model: Any, pre: Any) -> float:
-        """r of ``model`` as it is applied to the whole data set (``pre`` fitted on all of it)."""
+    def reconstruction(self, model: Any, pre: Any) -> Any:
+        """``model``'s :class:`~..predict.events.Reconstruction` of the slab (image and, for an
+        ensemble, its spread; label units) as it is applied to the whole data set (``pre``
+        fitted on all of it); computed once and shared by every measurement."""
+        from ..predict.events import finish
+        from ..predict.local import model_pass
+
         key = ("model", id(model))
         if key not in self._cache:
-            self._cache[key] = self.r_of(model, pre.adapt(self.source), self.data)
+            self._cache[key] = finish(model_pass(model, pre.adapt(self.source), self.data))
         return self._cache[key]
+
+    def r_model(self, model: Any, pre: Any) -> float:
+        """r of ``model`` as it is applied to the whole data set (``pre`` fitted on all of it)."""
+        return _r(np.asarray(self.reconstruction(model, pre).image), self.label, self.region)
 
     def r_classical(self) -> tuple[float | None, float]:
         """(ADF's r or ``None`` without a dark-field ring, iCoM's r): the classical images of
