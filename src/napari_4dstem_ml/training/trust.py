@@ -183,6 +183,17 @@ class ValidationSlab:
         return self._cache["classical"]
 
 
+def _scored_slab(model: Any, pre: Any, dataset: Dataset4D, label: np.ndarray, region: np.ndarray,
+                 slab: ValidationSlab | None) -> tuple[ValidationSlab, float] | None:
+    """``slab`` (else taken here) and the model's r on it; ``None`` where the region is empty
+    or r is not finite."""
+    slab = slab or ValidationSlab.take(model, dataset, label, region)
+    if slab is None:
+        return None
+    r = slab.r_model(model, pre)
+    return (slab, r) if np.isfinite(r) else None
+
+
 def measure_reach_floor(model: Any, pre: Any, dataset: Dataset4D, label: np.ndarray,
                         region: np.ndarray, *, model_reach_alpha: float,
                         slab: ValidationSlab | None = None) -> ReachFloor | None:
@@ -193,12 +204,10 @@ def measure_reach_floor(model: Any, pre: Any, dataset: Dataset4D, label: np.ndar
     detector is not finite."""
     from ..domain import DataSignature
 
-    slab = slab or ValidationSlab.take(model, dataset, label, region)
-    if slab is None:
+    scored = _scored_slab(model, pre, dataset, label, region, slab)
+    if scored is None:
         return None
-    r_full = slab.r_model(model, pre)
-    if not np.isfinite(r_full):
-        return None
+    slab, r_full = scored
     bf = _bf(dataset)
     full_reach = DataSignature.from_dataset(slab.data).reach_alpha or float(model_reach_alpha)
     top = min(full_reach, float(model_reach_alpha))
@@ -260,11 +269,9 @@ def versus_classical(model: Any, pre: Any, dataset: Dataset4D, label: np.ndarray
     ``dataset``'s validation ``region``, on its :class:`ValidationSlab` (``slab``, else taken
     here; the same positions as :func:`measure_reach_floor`); ``None`` where the region is
     empty or the model's r is not finite."""
-    slab = slab or ValidationSlab.take(model, dataset, label, region)
-    if slab is None:
+    scored = _scored_slab(model, pre, dataset, label, region, slab)
+    if scored is None:
         return None
-    r_model = slab.r_model(model, pre)
-    if not np.isfinite(r_model):
-        return None
+    slab, r_model = scored
     r_adf, r_icom = slab.r_classical()
     return VersusClassical(float(r_model), r_adf, r_icom, int(slab.region.sum()))
