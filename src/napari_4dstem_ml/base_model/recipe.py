@@ -218,9 +218,9 @@ def _with_versus(lm: Any, items: list, domains: list[dict[str, Any]]) -> list[di
 
 
 def _store_domains(path: Path, lm: Any, domains: list[dict[str, Any]], n_items: int) -> Path:
+    """Store ``domains`` in the checkpoint at ``path`` (loaded as ``lm``), all else kept."""
     from ..training.checkpoint import save_checkpoint
 
-    """Store ``domains`` in the checkpoint at ``path`` (loaded as ``lm``), all else kept."""
     info = lm.info
     summary = {**info.get("train_summary", {}), "pattern_domains": domains}
     provenance = {**info.get("provenance", {}),
