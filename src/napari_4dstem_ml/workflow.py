@@ -346,13 +346,16 @@ def trust_line(summary: dict[str, Any] | None) -> str:
     """One line on what the validation region says about the trained model (its r against ADF
     and iCoM, the shortest detector it tolerates), from its ``train_summary``; "" if neither
     was measured."""
+    from .pattern_domain import clearly_beats_classical
+
     summary = summary or {}
     parts = []
     vc = summary.get("versus_classical")
     if isinstance(vc, dict) and "r_model" in vc:
         classical = ", ".join(f"{n} {vc[k]:.3f}" for n, k in (("ADF", "r_adf"), ("iCoM", "r_icom"))
                               if isinstance(vc.get(k), float))
-        verdict = "better than" if vc.get("beats") else "NO better than"
+        verdict = ("better than" if clearly_beats_classical({"versus_classical": vc})
+                   else "not clearly better than" if vc.get("beats") else "NO better than")
         parts.append(f"on the validation region the model (r {vc['r_model']:.3f}) is {verdict} "
                      f"the classical images ({classical})")
     rf = summary.get("reach_floor")

@@ -13,9 +13,11 @@ no training step looked):
   down to which no cut loses more than :data:`REACH_R_LOSS` in r; the domain check fires below
   it.
 * **whether it beats the classical images** (:func:`versus_classical`): r of the model, of the
-  ADF annulus the detector reaches and of iCoM against the label on the same positions. Patterns
-  like those of a training set where the model was no better than ADF or iCoM do not count as
-  "like the training data" for the pattern check (:mod:`napari_4dstem_ml.pattern_domain`).
+  ADF annulus the detector reaches and of iCoM against the label on the same positions. A lead
+  counts when it is larger than the noise of the comparison (:data:`LEAD_Z` standard errors of
+  Fisher's z over the positions scored; :attr:`VersusClassical.clearly_beats`). Patterns like
+  those of a training set where the model was not clearly better than ADF or iCoM do not count
+  as "like the training data" for the pattern check (:mod:`napari_4dstem_ml.pattern_domain`).
 """
 
 from __future__ import annotations
@@ -27,13 +29,18 @@ import numpy as np
 
 from ..dataset import Dataset4D
 
-__all__ = ["REACH_R_LOSS", "REACH_STEPS_ALPHA", "ReachFloor", "ValidationSlab", "VersusClassical",
+__all__ = ["LEAD_Z", "REACH_R_LOSS", "REACH_STEPS_ALPHA", "ReachFloor", "ValidationSlab", "VersusClassical",
            "crop_to_reach", "measure_reach_floor", "versus_classical"]
 
 #: r lost against the label (validation region) that still counts as "no loss"
 REACH_R_LOSS = 0.01
 #: the reaches tried (α), walked down from the largest the data and the model's grid allow
 REACH_STEPS_ALPHA = (2.2, 2.0, 1.8, 1.6, 1.4, 1.2)
+#: a model's lead in r over the better classical image counts when it exceeds this many
+#: standard errors: (atanh r_model − atanh r_classical) / sqrt(2 / (n − 3)), n positions scored
+#: (Fisher's z for two independent correlations: conservative for two images scored against
+#: the same label, optimistic in that neighbouring positions are not independent)
+LEAD_Z = 2.0
 
 
 @dataclass(frozen=True)
@@ -250,8 +257,30 @@ class VersusClassical:
         rc = self.r_classical
         return bool(not np.isfinite(rc) or self.r_model >= rc)
 
+    @property
+    def lead_z(self) -> float:
+        """The model's lead over the better classical image in standard errors of Fisher's z
+        (see :data:`LEAD_Z`); NaN where there is no classical image or too few positions."""
+        rc = self.r_classical
+        if not np.isfinite(rc) or self.n_positions <= 3 or not np.isfinite(self.r_model):
+            return float("nan")
+        lim = 1.0 - 1e-9
+        dz = np.arctanh(np.clip(self.r_model, -lim, lim)) - np.arctanh(np.clip(rc, -lim, lim))
+        return float(dz / np.sqrt(2.0 / (self.n_positions - 3)))
+
+    @property
+    def clearly_beats(self) -> bool:
+        """The model's lead is at least :data:`LEAD_Z` standard errors (where the positions'
+        count is unknown, as in older checkpoints: :attr:`beats`)."""
+        z = self.lead_z
+        if np.isfinite(z):
+            return bool(z >= LEAD_Z)
+        return self.beats
+
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "beats": self.beats}
+        z = self.lead_z
+        return {**asdict(self), "beats": self.beats, "lead_z": z if np.isfinite(z) else None,
+                "clearly_beats": self.clearly_beats}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> VersusClassical:
