@@ -339,7 +339,10 @@ def main() -> None:
                               f"{npat / t_adf:.0f} patterns/s)")
                 else:
                     t_model = model_alone(loaded, ds)
-                    what = "predict_field" + (" x3 members" if name == "cnn3" else "")
+                    n_mem = len(getattr(loaded.model, "members", [])) or 1
+                    views = 2 if getattr(loaded.model, "mirror_average", False) else 1
+                    what = "predict_field" + (f" x{n_mem} members" if n_mem > 1 else "") + \
+                        (" x2 mirror views" if views > 1 else "")
                 if storage in files:
                     t_e2e = cli_predict(files[storage], models[name], tmp / "out.tif",
                                         given.get(storage, []))

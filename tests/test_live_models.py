@@ -11,7 +11,7 @@ torch = pytest.importorskip("torch")
 
 from napari_4dstem_ml.dataset import Dataset4D  # noqa: E402
 from napari_4dstem_ml.live import LivePipeline  # noqa: E402
-from napari_4dstem_ml.models import CNN4dConfig, LinearConfig, build_model  # noqa: E402
+from napari_4dstem_ml.models import CNN4dConfig, EnsembleConfig, LinearConfig, build_model  # noqa: E402
 from napari_4dstem_ml.predict.local import model_pass  # noqa: E402
 from napari_4dstem_ml.preprocess import PreprocessConfig, Preprocessor  # noqa: E402
 
@@ -24,7 +24,7 @@ def _drain(gen):
             return stop.value
 
 
-@pytest.mark.parametrize("kind", ["cnn", "linear"])
+@pytest.mark.parametrize("kind", ["cnn", "linear", "mirrored ensemble"])
 def test_live_rows_in_blocks_equal_offline(synthetic, kind):
     base = np.asarray(synthetic.dataset.data, np.float32)
     noisy = base + np.random.default_rng(3).normal(0, 0.5, base.shape).astype(np.float32)
@@ -33,8 +33,9 @@ def test_live_rows_in_blocks_equal_offline(synthetic, kind):
                                                 compression="none" if kind == "linear" else "power"))
     pre = pre.with_label_stats(0.5, 2.0)
     torch.manual_seed(0)
-    cfg = CNN4dConfig(channels=(3, 3)) if kind == "cnn" else LinearConfig(cluster_size=3,
-                                                                             mask_init="random")
+    cfg = {"cnn": CNN4dConfig(channels=(3, 3)),
+           "linear": LinearConfig(cluster_size=3, mask_init="random"),
+           "mirrored ensemble": EnsembleConfig(CNN4dConfig(channels=(3, 3)), size=2)}[kind]
     model = build_model(cfg, pre.output_shape).eval()
     pipe = LivePipeline(ds.scan_shape, ds.detector_shape, model=model, preprocessor=pre,
                         calibration=ds.calibration)
@@ -50,6 +51,8 @@ def test_live_rows_in_blocks_equal_offline(synthetic, kind):
         assert pipe.rows_done["model"] <= y
     # offline, with the data-set values live fitted on its first block of rows
     ref = _drain(model_pass(model, lm.pre, ds)).image
-    assert (lm.streams is not None) == (kind == "cnn")
+    assert (lm.streams is not None) == (kind != "linear")
+    if kind == "mirrored ensemble":  # two members, each also on the mirrored rows
+        assert model.mirror_average and len(lm.streams) == 4
     assert (lm.readout is not None) == (kind == "linear")
     np.testing.assert_allclose(pipe.images["model"], ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())

@@ -32,6 +32,19 @@ def test_row_stream_equals_predict_field(cluster, kernel, blocks):
     np.testing.assert_allclose(got.numpy(), ref.numpy(), rtol=1e-5, atol=1e-6)
 
 
+def test_a_mirrored_row_stream_equals_the_mirrored_field():
+    """The mirrored view (an ensemble's ``mirror_average``), streamed: rows flipped along scan x
+    and kx on the way in, output rows flipped back."""
+    torch.manual_seed(4)
+    model = build_model(CNN4dConfig(cluster_size=5), (32, 32)).eval()
+    field = torch.randn(12, 9 + 4, 32, 32)
+    with torch.inference_mode():
+        ref = model.predict_field(field.flip((1, 3))).flip(1)
+        stream = row_stream(model, mirrored=True)
+        got = torch.cat([stream.push(field[i:i + 3]) for i in range(0, 12, 3)])
+    np.testing.assert_allclose(got.numpy(), ref.numpy(), rtol=1e-5, atol=1e-6)
+
+
 def test_only_cnns_have_a_row_stream():
     from napari_4dstem_ml.models import LinearConfig
 

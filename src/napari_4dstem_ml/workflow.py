@@ -220,8 +220,9 @@ class TrainingJob:
         members = list(initial.model.members)[:n]
         if n == 1:
             return dc_replace(initial, model=members[0], model_config=cfg.member)
-        return dc_replace(initial, model=Ensemble(members),
-                          model_config=EnsembleConfig(member=cfg.member, size=n))
+        return dc_replace(initial, model=Ensemble(members, mirror_average=cfg.mirror_average),
+                          model_config=EnsembleConfig(member=cfg.member, size=n,
+                                                      mirror_average=cfg.mirror_average))
 
     def augment_config(self):
         from .training.augment import AugmentConfig

@@ -227,6 +227,8 @@ class _LiveModel:
             self.vimg = np.zeros((len(members), *self.scan_shape), np.float64)
             return
         streams = [row_stream(m) for m in members]
+        if getattr(self.model, "mirror_average", False):  # as offline: the mirrored views too
+            streams += [row_stream(m, mirrored=True) for m in members]
         self.streams = streams if all(s is not None for s in streams) else None
 
     def add_rows(self, y0: int, block: np.ndarray) -> None:

@@ -22,9 +22,11 @@ Interface (all models are ``torch.nn.Module``; axis order (scan_y, scan_x, ky, k
   cluster around every position (eval mode), fully convolutional over the scan axes.
 - ``RadialLinear``: ``detector_mask() -> (ky, kx)`` float32, ``cluster_weights() -> (K, K)``,
   ``radial_profile() -> (r_px, m)``, ``export_detector_mask(path) -> Path`` (``.npy``).
-- ``EnsembleConfig(member=CNN4dConfig(), size=3)``, ``kind == "ensemble"``: an ``Ensemble`` of
-  ``size`` independently initialised members; ``predict_field`` is their mean,
-  ``predict_field_members`` / ``forward_members`` give every member (uncertainty).
+- ``EnsembleConfig(member=CNN4dConfig(), size=3, mirror_average=None)``, ``kind == "ensemble"``:
+  an ``Ensemble`` of ``size`` independently initialised members; ``predict_field`` is their mean,
+  ``predict_field_members`` / ``forward_members`` give every member (uncertainty); with
+  ``mirror_average`` (default for CNN members) in eval mode each member also on the x-mirrored
+  input (scan x and kx flipped), its output mirrored back: 2 × ``size`` rows.
 - ``Conv4d(in_ch, out_ch, kernel_size, stride=1, padding=0, bias=True)`` on
   ``(B, C, D0, D1, D2, D3)``; functional ``conv4d(x, weight, bias, stride, padding)``.
 """

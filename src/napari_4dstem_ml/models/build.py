@@ -22,7 +22,8 @@ MODEL_CLASSES: dict[type, type[nn.Module]] = {LinearConfig: RadialLinear, CNN4dC
 def build_model(config: ModelConfig, detector_shape: tuple[int, int]) -> nn.Module:
     """Build the ``torch.nn.Module`` for ``config`` on patterns of ``detector_shape`` (ky, kx)."""
     if isinstance(config, EnsembleConfig):
-        return Ensemble([build_model(config.member, detector_shape) for _ in range(config.size)])
+        return Ensemble([build_model(config.member, detector_shape) for _ in range(config.size)],
+                        mirror_average=config.mirror_average)
     for config_type, model_class in MODEL_CLASSES.items():
         if isinstance(config, config_type):
             return model_class(config, detector_shape)

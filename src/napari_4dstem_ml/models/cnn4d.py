@@ -158,11 +158,14 @@ class RowStream:
     next block's halo — and output rows come out as soon as the rows their clusters span are in.
     Rows ``(n, Sx, ky, kx)`` are those of the padded tile that :meth:`CNN4d.predict_field`
     takes, in order; :meth:`push` returns the new output rows ``(m, Sx - K + 1)`` (``m`` may be
-    0), equal to ``predict_field``'s rows to float32 rounding (eval mode)."""
+    0), equal to ``predict_field``'s rows to float32 rounding (eval mode). ``mirrored``: the
+    network sees every row flipped along scan x and kx, its output rows flipped back (the
+    mirrored view of :class:`~.ensemble.Ensemble`'s ``mirror_average``)."""
 
-    def __init__(self, model: CNN4d) -> None:
+    def __init__(self, model: CNN4d, mirrored: bool = False) -> None:
         cfg = model.config
         self.model = model
+        self.mirrored = bool(mirrored)
         self.ks = cfg.kernel_scan
         self.s = model.cluster_size - 2 * (self.ks - 1)
         self.inputs = self.mid = self.features = None  # the halo rows of each stage
@@ -182,6 +185,8 @@ class RowStream:
         x = torch.as_tensor(np.asarray(rows) if not isinstance(rows, torch.Tensor) else rows)
         if x.dim() == 3:
             x = x[None]
+        if self.mirrored:
+            x = x.flip((1, 3))
         x = x.to(device=m.dense.weight.device, dtype=m.dense.weight.dtype)[None, None]
         x = _pool_detector(x, cfg.input_pool, "avg")
         ks = self.ks
@@ -196,9 +201,10 @@ class RowStream:
         out, self.features = self._stage(self.features, f, self.s - 1, lambda v: m._head(v)[0])
         if out is None:
             return x.new_zeros((0, x.shape[3] - m.cluster_size + 1))
-        return out
+        return out.flip(1) if self.mirrored else out
 
 
-def row_stream(model) -> RowStream | None:
-    """A :class:`RowStream` of a :class:`CNN4d`, else ``None`` (other models have none)."""
-    return RowStream(model) if isinstance(model, CNN4d) else None
+def row_stream(model, mirrored: bool = False) -> RowStream | None:
+    """A :class:`RowStream` of a :class:`CNN4d` (``mirrored``: of its x-mirrored view), else
+    ``None`` (other models have none)."""
+    return RowStream(model, mirrored) if isinstance(model, CNN4d) else None

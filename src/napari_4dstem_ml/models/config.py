@@ -147,10 +147,18 @@ class CNN4dConfig(_ConfigMixin):
 class EnsembleConfig:
     """A deep ensemble (``Ensemble``): ``size`` independently initialised copies of the
     ``member`` model, trained on the same batches; the prediction is their mean and the
-    per-pixel spread (standard deviation) their uncertainty."""
+    per-pixel spread (standard deviation) their uncertainty.
+
+    ``mirror_average`` (``None``: on for CNN members, off for linear ones): at inference (eval
+    mode) every member also sees the scan mirrored — scan x and detector kx flipped together, a
+    symmetry training augments — and its prediction, mirrored back, joins the others: 2 ×
+    ``size`` images for the mean and the spread, twice the model's cost
+    (``benchmarks/mirror_average.py``). Rows keep their order, so a live scan streams it as it
+    streams the members. Checkpoints written before it existed read as ``False``."""
 
     member: LinearConfig | CNN4dConfig = field(default_factory=CNN4dConfig)
     size: int = 3
+    mirror_average: bool | None = None
     kind: str = field(default="ensemble", init=False)
 
     def __post_init__(self) -> None:
@@ -161,26 +169,37 @@ class EnsembleConfig:
         _check_int("size", self.size, 1)
         if self.size > 32:
             raise ModelConfigError(f"ensemble size must be <= 32, got {self.size}")
+        cnn = isinstance(self.member, CNN4dConfig)
+        if self.mirror_average is None:
+            object.__setattr__(self, "mirror_average", cnn)
+        if not isinstance(self.mirror_average, bool):
+            raise ModelConfigError(f"mirror_average must be True or False, got {self.mirror_average!r}")
+        if self.mirror_average and not cnn:
+            raise ModelConfigError("mirror_average needs CNN members (a linear model is applied "
+                                   "as virtual images, with no mirrored pass to average)")
 
     @property
     def cluster_size(self) -> int:
         return self.member.cluster_size
 
     def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "size": self.size, "member": self.member.to_dict()}
+        return {"kind": self.kind, "size": self.size, "mirror_average": self.mirror_average,
+                "member": self.member.to_dict()}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> EnsembleConfig:
         d = dict(d)
         if d.pop("kind", "ensemble") != "ensemble":
             raise ModelConfigError("EnsembleConfig.from_dict: kind must be 'ensemble'")
-        unknown = sorted(set(d) - {"size", "member"})
+        unknown = sorted(set(d) - {"size", "member", "mirror_average"})
         if unknown:
             raise ModelConfigError(f"EnsembleConfig: unknown parameter(s) {unknown}")
         member = config_from_dict(d.get("member") or {})
         if isinstance(member, EnsembleConfig):
             raise ModelConfigError("an ensemble's member cannot be an ensemble")
-        return cls(member=member, size=d.get("size", 3))
+        # written before mirror averaging existed: as it was made
+        return cls(member=member, size=d.get("size", 3),
+                   mirror_average=d.get("mirror_average", False))
 
 
 ModelConfig = LinearConfig | CNN4dConfig | EnsembleConfig

@@ -19,6 +19,7 @@ returned (:class:`TrainError`): training diverged.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import os
@@ -739,11 +740,13 @@ def train_items(
         def evaluate() -> tuple[float, dict[str, float]]:
             """Validation loss (pooled over items) and the first item's metrics (label
             units), plus every item's Pearson r. Uses the fully convolutional
-            ``predict_field`` on tiles of the rows holding validation positions."""
+            ``predict_field`` on tiles of the rows holding validation positions, of the
+            members alone (an ensemble's mirror averaging is how it is applied, not how the
+            epoch to keep is chosen)."""
             model.eval()
             losses, counts, metrics = [], 0, {}
             rs = []
-            with torch.no_grad():
+            with torch.no_grad(), getattr(model, "single_view", contextlib.nullcontext)():
                 for i, p in enumerate(prepared):
                     if len(p.vy) == 0:
                         continue
