@@ -27,28 +27,21 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def main(argv=None) -> int:
-    import h5py
-    from scipy import ndimage
+    from development import DEFAULT_DATA, development_files, truth_at_label_resolution
 
     from napari_4dstem_ml.io import load
-    from napari_4dstem_ml.metrics import LABEL_SIGMA_A, compare, pearson_r
+    from napari_4dstem_ml.metrics import compare, pearson_r
     from napari_4dstem_ml.metrics import uncertainty_error_correlation as rho
     from napari_4dstem_ml.predict.events import finish
     from napari_4dstem_ml.samples import load_sample, sample_path
-    from napari_4dstem_ml.simulate.suites import development_set, log_suite, write_suite
     from napari_4dstem_ml.training.checkpoint import load_checkpoint
     from napari_4dstem_ml.workflow import reconstruct, registered_label
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--checkpoint", default=str(REPO / "benchmarks/_out/transfer/default_conv4d.pt"))
-    ap.add_argument("--data", type=Path, default=REPO / "benchmarks/_data/development")
+    ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
     args = ap.parse_args(argv)
-    configs = development_set()
-    missing = [c for c in configs if not (args.data / f"{c.name}.h5").exists()]
-    if missing:
-        print(f"simulating {len(missing)} development item(s) into {args.data} ...", flush=True)
-        log_suite(write_suite(missing, args.data))
-    files = [sample_path("mos2"), sample_path("prsco3")] + [args.data / f"{c.name}.h5" for c in configs]
+    files = development_files(args.data)
     lm = load_checkpoint(args.checkpoint)
     if not hasattr(lm.model, "mirror_average"):
         raise SystemExit(f"{args.checkpoint} holds no ensemble: nothing to mirror-average")
@@ -61,9 +54,7 @@ def main(argv=None) -> int:
     rows = []
     for f in files:
         ds = load(f, dataset="datacube/data")
-        with h5py.File(f, "r") as h:
-            gt = np.asarray(h["ground_truth/potential"], np.float64)
-        truth = ndimage.gaussian_filter(gt, LABEL_SIGMA_A / ds.calibration.scan_step_A[0])
+        truth = truth_at_label_resolution(f, ds)
         res = {}
         for mirror in (False, True):
             lm.model.mirror_average = mirror

@@ -71,40 +71,31 @@ def fit_var_bias(spread, bias, image, reference, rows) -> np.ndarray:
 
 
 def main(argv=None) -> int:
-    import h5py
-    from scipy import ndimage
+    from development import DEFAULT_DATA, development_files, truth_at_label_resolution
 
     from napari_4dstem_ml.base_model import load_base_model
     from napari_4dstem_ml.baselines import classical_baselines
     from napari_4dstem_ml.error_model import ErrorModel
     from napari_4dstem_ml.io import load
-    from napari_4dstem_ml.metrics import LABEL_SIGMA_A, fit_scale_offset, pearson_r
+    from napari_4dstem_ml.metrics import fit_scale_offset, pearson_r
     from napari_4dstem_ml.metrics import uncertainty_error_correlation as rho
     from napari_4dstem_ml.predict.events import finish
     from napari_4dstem_ml.samples import load_sample, sample_path
-    from napari_4dstem_ml.simulate.suites import development_set, log_suite, write_suite
     from napari_4dstem_ml.training.checkpoint import load_checkpoint
     from napari_4dstem_ml.workflow import registered_label
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--tuned", default=str(REPO / "benchmarks/_out/transfer/default_conv4d.pt"))
-    ap.add_argument("--data", type=Path, default=REPO / "benchmarks/_data/development")
+    ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
     args = ap.parse_args(argv)
-    configs = development_set()
-    missing = [c for c in configs if not (args.data / f"{c.name}.h5").exists()]
-    if missing:
-        print(f"simulating {len(missing)} development item(s) into {args.data} ...", flush=True)
-        log_suite(write_suite(missing, args.data))
-    files = [sample_path("mos2"), sample_path("prsco3")] + [args.data / f"{c.name}.h5" for c in configs]
+    files = development_files(args.data)
     tuned, base = load_checkpoint(args.tuned), load_base_model("conv4d")
     em = ErrorModel.from_dict(tuned.info.get("train_summary", {}).get("error_model"))
 
     per_file = []
     for f in files:
         ds = load(f, dataset="datacube/data")
-        with h5py.File(f, "r") as h:
-            gt = np.asarray(h["ground_truth/potential"], np.float64)
-        truth = ndimage.gaussian_filter(gt, LABEL_SIGMA_A / ds.calibration.scan_step_A[0])
+        truth = truth_at_label_resolution(f, ds)
         m, b = members(tuned, ds), members(base, ds)
         img = m.mean(0)
         s, o, _ = fit_scale_offset(b.mean(0), img)
