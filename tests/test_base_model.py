@@ -10,13 +10,14 @@ from dataclasses import replace
 import h5py
 import numpy as np
 import pytest
+import torch
 
 from napari_4dstem_ml.base_model import (
     BASE_MODEL_FILES,
     base_model_path,
     load_base_model,
 )
-from napari_4dstem_ml.base_model.recipe import RECIPE, train_base_models
+from napari_4dstem_ml.base_model.recipe import RECIPE, attach_pattern_domains, train_base_models
 from napari_4dstem_ml.simulate.suites import HELD_OUT_MATERIALS
 from napari_4dstem_ml.training.checkpoint import load_checkpoint
 from napari_4dstem_ml.training.synthetic import make_synthetic
@@ -49,9 +50,9 @@ def _library_item(path, seed, energy_ev, step):
     """One library file as the simulator writes it: /datacube/data (counts) with its
     calibration attributes, /noise_free/patterns, /ground_truth/potential and its 0.4 Å
     low-pass, the simulation config as JSON."""
-    syn = make_synthetic((20, 20), (24, 24), dose=2000.0, seed=seed, energy_ev=energy_ev,
+    syn = make_synthetic((28, 28), (24, 24), dose=2000.0, seed=seed, energy_ev=energy_ev,
                          scan_step_A=step, detector_pixel_mrad=2.0)
-    clean = make_synthetic((20, 20), (24, 24), dose=2000.0, seed=seed, energy_ev=energy_ev,
+    clean = make_synthetic((28, 28), (24, 24), dose=2000.0, seed=seed, energy_ev=energy_ev,
                            scan_step_A=step, detector_pixel_mrad=2.0, noise=False)
     cal = syn.dataset.calibration
     with h5py.File(path, "w") as f:
@@ -101,3 +102,19 @@ def test_recipe_trains_base_models_with_provenance_and_domain(tmp_path):
     assert cnn.model_config.kind == "ensemble" and cnn.model_config.size == 3
     assert cnn.preprocessor.config.angle_units == "alpha"
     assert load_checkpoint(paths["linear"]).preprocessor.config.angle_units == "mrad"
+    # the trained CNN's mirrored views were measured on the library's validation rows; storing
+    # the pattern domains afterwards (for base models trained before they existed) measures
+    # them the same way, keeps the weights and lets the config follow the record
+    chosen = cnn.info["train_summary"]["mirror_average"]
+    assert chosen["n_sets"] == 2 and chosen["kept"] == cnn.model_config.mirror_average
+    assert chosen["kept"] == (chosen["r_mirrored"] >= chosen["r_members"])
+    attach_pattern_domains(lib, tmp_path / "out", kinds=("conv4d",))
+    again = load_checkpoint(paths["conv4d"])
+    summary = again.info["train_summary"]
+    for a, b in zip(cnn.model.state_dict().values(), again.model.state_dict().values()):
+        assert torch.equal(a, b)
+    assert summary["mirror_average"] == pytest.approx(chosen, abs=1e-4)
+    assert again.model_config.mirror_average == chosen["kept"]
+    versus = [d["versus_classical"] for d in summary["pattern_domains"]]
+    r_chosen = chosen["r_mirrored"] if chosen["kept"] else chosen["r_members"]
+    assert np.mean([v["r_model"] for v in versus]) == pytest.approx(r_chosen, abs=1e-4)

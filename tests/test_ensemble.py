@@ -105,6 +105,42 @@ def test_mirror_average_changes_how_a_model_is_applied_not_how_it_is_trained():
     np.testing.assert_array_equal(same, img_off)
 
 
+def test_mirrored_views_are_switched_off_where_they_lower_validation_r(tmp_path):
+    """A label that is odd under the mirror (the potential's gradient along scan x, as a
+    differential phase contrast image is): the mirrored views predict its negative, so training
+    measures them on the validation rows, switches them off, and the config, the checkpoint and
+    ``train_summary`` say so; on the whole scan the single view is indeed the better image. An
+    even label (the potential itself) keeps them."""
+    syn = make_synthetic(scan_shape=(24, 24), detector_shape=(16, 16), seed=0)
+    label = np.asarray(syn.label)
+    odd = np.gradient(label, axis=1)
+    runs = {}
+    for name, target in (("odd", odd), ("even", label)):
+        cfg = EnsembleConfig(member=CNN4dConfig(cluster_size=5, channels=(2, 2)), size=2)
+        runs[name] = run_training(syn.dataset, target, cfg, PreprocessConfig(compression="power"),
+                                  TrainConfig(epochs=4, lr=3e-3, batch_size=16, seed=2,
+                                              num_threads=1, preview_every=0, device="cpu"))
+    res = runs["odd"]
+    chosen = res.train_summary["mirror_average"]
+    assert chosen["n_sets"] == 1 and not chosen["kept"]
+    assert chosen["r_mirrored"] < chosen["r_members"] - 0.2
+    assert not res.model.mirror_average and not res.model_config.mirror_average
+    path = save_checkpoint(tmp_path / "odd.pt", res.model, res.model_config, res.preprocessor,
+                           train_summary=res.train_summary)
+    assert not load_checkpoint(path).model.mirror_average
+    # independent of the validation rows: the whole scan, against the label, both ways
+    single = _drain(iter_reconstruct(res.model, res.preprocessor, syn.dataset)).image
+    res.model.mirror_average = True
+    both = _drain(iter_reconstruct(res.model, res.preprocessor, syn.dataset)).image
+    inner = (slice(2, -2), slice(2, -2))  # away from the scan's edges (clusters padded there)
+    r_single, r_both = (np.corrcoef(img[inner].ravel(), odd[inner].ravel())[0, 1]
+                        for img in (single, both))
+    assert r_single > r_both + 0.2
+    kept = runs["even"].train_summary["mirror_average"]
+    assert kept["kept"] and kept["r_mirrored"] >= kept["r_members"]
+    assert runs["even"].model.mirror_average and runs["even"].model_config.mirror_average
+
+
 @pytest.mark.slow
 def test_uncertainty_is_larger_off_the_training_distribution(tmp_path):
     """Three CNNs trained on one kind of synthetic data agree there and disagree on data made

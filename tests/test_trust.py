@@ -250,8 +250,8 @@ def test_training_sets_where_the_model_lost_to_adf_do_not_count_as_training_data
     all_lost = {"pattern_domain": {**da, "versus_classical": lost}}
     v, line = verdict_from_summary(all_lost, a.dataset.data, a.dataset.calibration)
     assert v.fired and "not clearly better than ADF or iCoM: do not trust this image" in line
-    # a lead within the noise of the comparison (the base CNN's Cu [001] 20 nm: r 0.149 vs ADF
-    # 0.130 on 294 positions) counts as lost; a clear one (0.20 vs 0.13 on 3000) as won
+    # a lead within the noise of the comparison (the base CNN's Cu [001] 20 nm as first measured:
+    # r 0.149 vs ADF 0.130 on 294 positions) counts as lost; a clear one (0.20 vs 0.13 on 3000) as won
     narrow = {"r_model": 0.149, "r_adf": 0.130, "r_icom": -0.74, "n_positions": 294, "beats": True}
     one_narrow = {"pattern_domains": [{**da, "versus_classical": won},
                                       {**db, "versus_classical": narrow}]}

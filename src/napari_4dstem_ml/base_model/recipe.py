@@ -172,8 +172,10 @@ def attach_pattern_domains(library: str | Path | None = None, out_dir: str | Pat
     """Fit the library's pattern domains (one per item, as training on the library now does,
     :func:`~..pattern_domain.fit_items_pattern_domains`) and store them in the base
     checkpoints of ``kinds`` (in ``out_dir``, default the package) without retraining: the
-    weights, preprocessing and every other field are kept. For base models trained before
-    the pattern check existed."""
+    weights, preprocessing and every other field are kept, except that an ensemble's mirrored
+    views are measured on the library's validation rows and kept or switched off as training
+    does (:func:`~..training.trust.choose_mirror_average`) before its r against ADF and iCoM
+    is measured. For base models trained before the pattern check existed."""
     from ..pattern_domain import fit_items_pattern_domains
     from ..training.checkpoint import load_checkpoint
     from . import BASE_MODEL_FILES
@@ -189,36 +191,56 @@ def attach_pattern_domains(library: str | Path | None = None, out_dir: str | Pat
         for kind in kinds:
             path = out_dir / BASE_MODEL_FILES[kind]
             lm = load_checkpoint(path)
-            out[kind] = _store_domains(path, lm, _with_versus(lm, items, domains), len(items))
+            slabs = _validation_slabs(lm, items)
+            mirror = _choose_mirror(lm, slabs)
+            out[kind] = _store_domains(path, lm, _with_versus(lm, slabs, domains), len(items), mirror)
     finally:
         for f in handles:
             f.close()
     return out
 
 
-def _with_versus(lm: Any, items: list, domains: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _validation_slabs(lm: Any, items: list) -> dict[str, Any]:
+    """Each library item's validation slab (:class:`~..training.trust.ValidationSlab`) on the
+    positions training scored it on, by name."""
+    from ..training.loop import validation_positions
+    from ..training.trust import ValidationSlab
+
+    k = lm.model.cluster_size
+    return {it.name: ValidationSlab.take(lm.model, it.dataset, it.label, validation_positions(it, k))
+            for it in items}
+
+
+def _choose_mirror(lm: Any, slabs: dict[str, Any]) -> dict[str, Any] | None:
+    """The mirrored views' record (``None`` without them), measured on the library."""
+    from ..training.trust import choose_mirror_average
+
+    scored = [(lm.preprocessor, s) for s in slabs.values() if s is not None]
+    return choose_mirror_average(lm.model, scored)
+
+
+def _with_versus(lm: Any, slabs: dict[str, Any], domains: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """``domains`` (one per library item, by name), each with the model's r against ADF's and
     iCoM's on that item's validation rows (:func:`~..training.trust.versus_classical`)."""
-    import numpy as np
-
-    from ..training.clusters import RegionSplit
     from ..training.trust import versus_classical
 
-    by_name = {it.name: it for it in items}
     out = []
     for d in domains:
-        it = by_name.get(d.get("name"))
+        slab = slabs.get(d.get("name"))
         vc = None
-        if it is not None:
-            _, val = (it.split or RegionSplit()).region_masks(it.dataset.scan_shape)
-            vc = versus_classical(lm.model, lm.preprocessor, it.dataset, it.label,
-                                  np.asarray(val, bool))
+        if slab is not None:
+            vc = versus_classical(lm.model, lm.preprocessor, slab.source, slab.label, slab.region,
+                                  slab=slab)
         out.append({**d, "versus_classical": None if vc is None else vc.to_dict()})
     return out
 
 
-def _store_domains(path: Path, lm: Any, domains: list[dict[str, Any]], n_items: int) -> Path:
-    """Store ``domains`` in the checkpoint at ``path`` (loaded as ``lm``), all else kept."""
+def _store_domains(path: Path, lm: Any, domains: list[dict[str, Any]], n_items: int,
+                   mirror: dict[str, Any] | None) -> Path:
+    """Store ``domains`` and the mirrored views' record in the checkpoint at ``path`` (loaded
+    as ``lm``), all else kept (the config's ``mirror_average`` follows the record)."""
+    from dataclasses import replace
+
     from ..training.checkpoint import save_checkpoint
 
     info = lm.info
@@ -226,7 +248,11 @@ def _store_domains(path: Path, lm: Any, domains: list[dict[str, Any]], n_items: 
     provenance = {**info.get("provenance", {}),
                   "pattern_domains": f"fitted on the library ({len(domains)} of {n_items} "
                                      "items) by attach_pattern_domains"}
-    save_checkpoint(path, lm.model, lm.model_config, lm.preprocessor, train_summary=summary,
+    config = lm.model_config
+    if mirror is not None:
+        summary["mirror_average"] = mirror
+        config = replace(config, mirror_average=lm.model.mirror_average)
+    save_checkpoint(path, lm.model, config, lm.preprocessor, train_summary=summary,
                     metrics=info.get("metrics"), provenance=provenance, overwrite=True)
     return path
 

@@ -440,6 +440,13 @@ def _on_model_grid(grid, label, coverage, train_region, val_region):
     return lab.astype(np.float64), cov, region(train_region), region(val_region)
 
 
+def validation_positions(item: TrainingItem, k: int) -> np.ndarray:
+    """``(Ny, Nx)`` bool: the validation cluster centres (cluster size ``k``) that training
+    scores ``item`` on, for a scan that is not resampled — what its trust measurements read."""
+    _, coverage = _check_label(item.label, item.label_mask, item.dataset.scan_shape)
+    return (item.split or RegionSplit()).positions(item.dataset.scan_shape, k, coverage)[1]
+
+
 def _prepare_item(item: TrainingItem, pre: Preprocessor, k: int, cfg: TrainConfig,
                   rng) -> _Prepared:
     """Positions, targets and the pattern source of ``item`` (nothing read in bulk yet)."""
@@ -886,6 +893,12 @@ def train_items(
         model.load_state_dict(best[2])
         model.eval()
         _check_finite_model(model)
+        # the validation rows read once for every measurement below; with them, whether the
+        # ensemble's mirrored views help on this data (else they are switched off)
+        slabs = [_validation_slab(model, p) for p in prepared]
+        mirror = _choose_mirror_average(model, prepared, slabs)
+        if mirror is not None and not mirror["kept"]:
+            model_config = replace(model_config, mirror_average=False)
         ds0 = first
         result = TrainResult(
             model=model,
@@ -924,7 +937,8 @@ def train_items(
                     for p in prepared
                 ],
                 # what the checkpoint states about where it can be trusted
-                **_trust_summary(model, model_config, prepared, items, aug, init, cfg),
+                **_trust_summary(model, model_config, prepared, slabs, items, aug, init, cfg),
+                "mirror_average": mirror,
                 "init": (getattr(init, "info", None) or {}).get("provenance")
                 if init is not None else None,
                 "best_epoch": best[1],
@@ -940,7 +954,7 @@ def train_items(
         torch.set_num_threads(old_threads)
 
 
-def _trust_summary(model: Any, model_config: Any, prepared: list[_Prepared],
+def _trust_summary(model: Any, model_config: Any, prepared: list[_Prepared], slabs: list[Any],
                    items: list[TrainingItem], aug: Any, init: Any, cfg: TrainConfig) -> dict[str, Any]:
     """The trained model's domain, as stored in ``train_summary``: ``domain`` (calibration
     ranges), ``init_domain`` (the initial model's), the pattern domains (own, and kept from
@@ -967,8 +981,7 @@ def _trust_summary(model: Any, model_config: Any, prepared: list[_Prepared],
         kept = summary_pattern_domains(init_summary)
     many = len(prepared) > 1
     # the patterns' own statistics (train regions; threshold on the val regions), each with
-    # whether the model beat ADF and iCoM on that data set's val region
-    slabs = [_validation_slab(model, p) for p in prepared]
+    # whether the model beat ADF and iCoM on that data set's val region (``slabs``)
     versus = [_versus_classical(model, p, slab) for p, slab in zip(prepared, slabs)]
     if many:
         own, per_item = None, _fit_pattern_domains([p.item for p in prepared])
@@ -992,6 +1005,17 @@ def _trust_summary(model: Any, model_config: Any, prepared: list[_Prepared],
         # the shortest detector it tolerates, measured on the same region
         "reach_floor": _measure_reach_floor(model, prepared[0], slabs[0]),
     }
+
+
+def _choose_mirror_average(model: Any, prepared: list[_Prepared], slabs: list[Any]
+                           ) -> dict[str, Any] | None:
+    """:func:`~.trust.choose_mirror_average` on the validation slabs (a failed measurement
+    warns and keeps the views as configured)."""
+    from .trust import choose_mirror_average
+
+    scored = [(p.pre, slab) for p, slab in zip(prepared, slabs) if slab is not None]
+    return _guarded("the mirrored views were not measured",
+                    lambda: choose_mirror_average(model, scored))
 
 
 def _is_linear(config: Any) -> bool:

@@ -168,7 +168,7 @@ class ValidationSlab:
         from ..predict.events import finish
         from ..predict.local import model_pass
 
-        key = ("model", id(model))
+        key = ("model", id(model), bool(getattr(model, "mirror_average", False)))
         if key not in self._cache:
             self._cache[key] = finish(model_pass(model, pre.adapt(self.source), self.data))
         return self._cache[key]
@@ -304,3 +304,30 @@ def versus_classical(model: Any, pre: Any, dataset: Dataset4D, label: np.ndarray
     slab, r_model = scored
     r_adf, r_icom = slab.r_classical()
     return VersusClassical(float(r_model), r_adf, r_icom, int(slab.region.sum()))
+
+
+def choose_mirror_average(model: Any, scored: list[tuple[Any, ValidationSlab]]
+                          ) -> dict[str, Any] | None:
+    """Whether an ensemble's mirrored views (``mirror_average``) help on this data: its r
+    against the label on each ``(preprocessor, slab)`` with and without them, averaged over
+    the data sets. The views are kept where they do not lower the mean r, else switched off on
+    ``model`` (a sample whose tilt or asymmetry the model learnt one way round: the library's
+    BaTiO3 30 nm tilted by 1.5 mrad lost 0.08 in r with them). Returns ``{r_members,
+    r_mirrored, n_sets, kept}``; ``None`` where the model has no mirrored views or no finite r
+    was measured."""
+    if not getattr(model, "mirror_average", False):
+        return None
+    pairs = []
+    for pre, slab in scored:
+        r_mirrored = slab.r_model(model, pre)
+        with model.single_view():
+            r_members = slab.r_model(model, pre)
+        if np.isfinite(r_members) and np.isfinite(r_mirrored):
+            pairs.append((r_members, r_mirrored))
+    if not pairs:
+        return None
+    r_members, r_mirrored = (float(np.mean(v)) for v in zip(*pairs))
+    kept = r_mirrored >= r_members
+    if not kept:
+        model.mirror_average = False
+    return {"r_members": r_members, "r_mirrored": r_mirrored, "n_sets": len(pairs), "kept": kept}
