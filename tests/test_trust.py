@@ -312,6 +312,11 @@ def test_the_training_report_says_what_the_validation_region_showed():
     assert trust_line(level) == ("on the validation region the model (r 0.149) is not clearly "
                                  "better than the classical images (ADF 0.130, iCoM -0.740)")
     assert trust_line(None) == "" and trust_line({"reach_floor": [1.6]}) == ""
+    off = {"mirror_average": {"r_members": 0.913, "r_mirrored": 0.830, "n_sets": 1, "kept": False}}
+    assert trust_line(off) == "the x-mirrored views switched off (r 0.913 → 0.830 with them)"
+    kept = {**summary, "mirror_average": {"r_members": 0.981, "r_mirrored": 0.984, "kept": True}}
+    assert trust_line(kept) == line + "; the x-mirrored views kept (r 0.981 → 0.984 with them)"
+    assert trust_line({"mirror_average": None}) == ""
     res = JobResult("m.pt", {}, {"pearson_r": 0.97}, "completed", 3, 1.0,
                     extra={"train_summary": summary})
     assert res.report().endswith("\n" + line)

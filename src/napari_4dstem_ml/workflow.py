@@ -363,6 +363,11 @@ def trust_line(summary: dict[str, Any] | None) -> str:
     if isinstance(rf, dict) and isinstance(rf.get("floor_alpha"), float):
         parts.append(f"it tolerates a detector reaching down to {rf['floor_alpha']:.2f} α "
                      f"(r lost ≤ {rf.get('tolerance_r', 0.01):.2f})")
+    mv = summary.get("mirror_average")
+    if isinstance(mv, dict) and isinstance(mv.get("r_members"), float):
+        change = f"r {mv['r_members']:.3f} → {mv.get('r_mirrored', float('nan')):.3f}"
+        parts.append(f"the x-mirrored views {'kept' if mv.get('kept') else 'switched off'} "
+                     f"({change} with them)")
     return "; ".join(parts)
 
 
