@@ -107,6 +107,15 @@ def test_fine_tunes_the_base_model_by_default(make_napari_viewer, qtbot):
     res = widget.result
     assert res is not None
     assert res.model_config.cluster_size == base.model_config.cluster_size
+    # what the validation region showed is said where the user looks: the readout and the
+    # model's description
+    from napari_4dstem_ml.widgets.models import describe
+    from napari_4dstem_ml.workflow import trust_line
+
+    trust = trust_line(res.train_summary)
+    assert trust.startswith("on the validation region the model")
+    assert trust in widget.readout.text()
+    assert trust in describe(widget.session.models[widget.run_name])
     dom = res.train_summary["domain"]
     # refitted whole on this one data set: its domain is that data set's, the base's kept apart
     assert dom["n_datasets"] == 1

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from ..workflow import trust_line
 from .session import Session, SessionModel
 
 
@@ -134,6 +135,9 @@ def describe(entry: SessionModel) -> str:
             "validation: " + ", ".join(f"{k} {_fmt(v)}" for k, v in metrics.items()
                                        if isinstance(v, (int, float)))
         )
+    trust = trust_line(ts)
+    if trust:
+        lines.append(trust)
     if info.get("created"):
         lines.append(f"saved {info['created']} (package {info.get('package_version', '?')})")
     lines.append(f"from: {entry.source}")

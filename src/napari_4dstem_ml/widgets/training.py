@@ -50,7 +50,7 @@ from qtpy.QtWidgets import (
 )
 from superqt import QCollapsible
 
-from ..workflow import TRAINING_DEFAULTS, TrainingJob
+from ..workflow import TRAINING_DEFAULTS, TrainingJob, trust_line
 from .dialogs import open_file, save_file
 from .layout import scrolling_layout, settle
 from .models import describe, load_model_file
@@ -839,6 +839,7 @@ class TrainingWidget(QWidget):
             (self.registration_report + "\n" if self.registration_report else "")
             + f"{self.run_name} done ({r.stopped}): {r.steps} steps in {r.elapsed_s:.1f} s, "
             f"best epoch {r.best_epoch + 1}, val loss {r.best_val_loss:.4g}" + (f"; {m}" if m else "")
+            + (f"\n{trust}" if (trust := trust_line(r.train_summary)) else "")
         )
         summary = dict(r.train_summary)
         summary.setdefault("source", self._training_name)
