@@ -107,7 +107,7 @@ def test_recipe_trains_base_models_with_provenance_and_domain(tmp_path):
     # them the same way, keeps the weights and lets the config follow the record
     chosen = cnn.info["train_summary"]["mirror_average"]
     assert chosen["n_sets"] == 2 and chosen["kept"] == cnn.model_config.mirror_average
-    assert chosen["kept"] == (chosen["r_mirrored"] >= chosen["r_members"])
+    assert chosen["kept"] == (chosen["loss_z"] < 2.0)
     attach_pattern_domains(lib, tmp_path / "out", kinds=("conv4d",))
     again = load_checkpoint(paths["conv4d"])
     summary = again.info["train_summary"]
