@@ -835,11 +835,12 @@ class TrainingWidget(QWidget):
         self.result = r
         self.preprocessor = r.preprocessor
         m = ", ".join(f"{k} {v:.3g}" for k, v in r.metrics.items())
+        trust = trust_line(r.train_summary)
         self.readout.setText(
             (self.registration_report + "\n" if self.registration_report else "")
             + f"{self.run_name} done ({r.stopped}): {r.steps} steps in {r.elapsed_s:.1f} s, "
             f"best epoch {r.best_epoch + 1}, val loss {r.best_val_loss:.4g}" + (f"; {m}" if m else "")
-            + (f"\n{trust}" if (trust := trust_line(r.train_summary)) else "")
+            + (f"\n{trust}" if trust else "")
         )
         summary = dict(r.train_summary)
         summary.setdefault("source", self._training_name)
