@@ -12,9 +12,11 @@ against the label). About 10-12 min of training on 2 cores, then 2 min.
 
     python benchmarks/base_variants.py --variant wider [--seed 0] [--out DIR]
 
-(The README's third variant, *bagging* — member m trained without a third of the library
-items — needed a per-member item mask inside ``training.loop.train_items``; it was measured
-with that patch and not kept.)
+(The README's two other variants need code the package does not keep: *bagging* — member m
+trained without a third of the library items — a per-member item mask inside
+``training.loop.train_items``; the *linear path* — a radially symmetric linear filter on the
+centre pattern added to the network's output — a parameter of ``CNN4d``. Both were measured
+with those patches and not kept.)
 """
 
 from __future__ import annotations
