@@ -21,7 +21,18 @@ Candidates:
 - ``|CNN-ADF|``: the CNN's local disagreement with the ADF image (scale/offset fitted);
 - ``var+bias (label)`` / ``(truth)``: √(a·spread² + b·|CNN−ADF|² + c), a, b, c ≥ 0 fitted
   on MoS2's lower half against its ptychographic label (what training could do) or against
-  its ground truth (what it cannot: shows what the fit's reference does).
+  its ground truth (what it cannot: shows what the fit's reference does);
+- ``shipped``: the spread over the 3 members and their x-mirrored views (what
+  ``reconstruct`` returns with the shipped ``mirror_average``);
+- ``dropout``: each member's output variance under its own dropout (rate p before the dense
+  layer: p/(1 − p)·Σᵢ (wᵢfᵢ)², exact, no sampling), mean over the members (and their mirrored
+  views), as a standard deviation; ``spread ⊕ dropout`` / ``shipped ⊕ dropout``: √(spread² +
+  that variance), the predictive variance of an ensemble of dropout networks (law of total
+  variance: no weight to choose);
+- ``feature distance``: a last-layer Laplace-style map, √(φᵀ(C + λI)⁻¹φ) of each position's
+  dense-layer features φ, C their second-moment matrix on MoS2's training half (λ 0.1 × the
+  mean eigenvalue), mean over the members — distance from the training data in a space the
+  model uses.
 
     python benchmarks/uncertainty_maps.py [--tuned benchmarks/_out/transfer/default_conv4d.pt]
 """
@@ -46,6 +57,79 @@ def members(loaded, dataset) -> np.ndarray:
 
     return np.stack([finish(iter_reconstruct(Ensemble([m]), loaded.preprocessor, dataset)).image
                      for m in loaded.model.members]).astype(np.float64)
+
+
+def _cnn_with_head(member, head):
+    """A copy of the CNN4d ``member`` whose dense layer is replaced by ``head(self, flat)``
+    (``flat``: the dense layer's input ``(B, Ny, Nx, F)``, float64)."""
+    from napari_4dstem_ml.models.cnn4d import CNN4d
+
+    class _Head(CNN4d):
+        def _head(self, f):
+            b, c, n0, n1 = f.shape[:4]
+            return head(self, f.permute(0, 2, 3, 1, 4, 5).reshape(b, n0, n1, -1).double()).float()
+
+    m = _Head(member.config, member.detector_shape)
+    m.load_state_dict(member.state_dict())
+    return m.eval()
+
+
+def _per_member(loaded, dataset, head, mirror: bool = False) -> np.ndarray:
+    """``head(i)``'s map of each member i ``(M, Ny, Nx)``, in the model's standardised units
+    (``mirror``: the mean over each member's view and its x-mirrored one)."""
+    from napari_4dstem_ml.models.ensemble import Ensemble
+    from napari_4dstem_ml.predict.events import finish
+    from napari_4dstem_ml.predict.pipeline import iter_reconstruct
+
+    pre = loaded.preprocessor
+    out = [finish(iter_reconstruct(Ensemble([_cnn_with_head(m, head(i))], mirror_average=mirror),
+                                   pre, dataset)).image
+           for i, m in enumerate(loaded.model.members)]
+    return (np.stack(out).astype(np.float64) - pre.label_mean) / pre.label_std
+
+
+def dropout_variance(loaded, dataset, mirror: bool = False) -> np.ndarray:
+    """Each member's output variance under its dropout ``(M, Ny, Nx)``, label units²
+    (``mirror``: the mean of its two views')."""
+    def head(i):
+        def var(self, flat):
+            p = float(self.config.dropout)
+            return (flat**2) @ (self.dense.weight.double().reshape(-1) ** 2) * (p / (1 - p))
+        return var
+
+    return _per_member(loaded, dataset, head, mirror) * loaded.preprocessor.label_std**2
+
+
+def feature_precisions(loaded, training, lam: float = 0.1) -> list:
+    """Per member, (C + λ·mean eigenvalue·I)⁻¹ with C the second-moment matrix of the dense
+    layer's features over the data set ``training`` (the positions the model was tuned on)."""
+    import torch
+
+    grams = [[0, 0] for _ in loaded.model.members]
+
+    def head(i):
+        def collect(self, flat):
+            x = flat.reshape(-1, flat.shape[-1])
+            grams[i][0] = grams[i][0] + x.T @ x
+            grams[i][1] += x.shape[0]
+            return flat[..., 0] * 0 + 1
+        return collect
+
+    _per_member(loaded, training, head)
+    out = []
+    for g, n in grams:
+        c = (g / n).numpy()
+        out.append(torch.from_numpy(np.linalg.inv(c + lam * np.linalg.eigvalsh(c).mean() * np.eye(len(c)))))
+    return out
+
+
+def feature_distance(loaded, dataset, precisions) -> np.ndarray:
+    """√(φᵀ P φ) of each member's dense-layer features φ ``(M, Ny, Nx)`` (P from
+    :func:`feature_precisions`)."""
+    def head(i):
+        return lambda self, flat: ((flat @ precisions[i]) * flat).sum(-1)
+
+    return np.sqrt(np.clip(_per_member(loaded, dataset, head), 0, None))
 
 
 def var_bias(spread: np.ndarray, bias: np.ndarray, coef: np.ndarray) -> np.ndarray:
@@ -82,7 +166,7 @@ def main(argv=None) -> int:
     from napari_4dstem_ml.predict.events import finish
     from napari_4dstem_ml.samples import load_sample, sample_path
     from napari_4dstem_ml.training.checkpoint import load_checkpoint
-    from napari_4dstem_ml.workflow import registered_label
+    from napari_4dstem_ml.workflow import reconstruct, registered_label
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--tuned", default=str(REPO / "benchmarks/_out/transfer/default_conv4d.pt"))
@@ -92,6 +176,11 @@ def main(argv=None) -> int:
     tuned, base = load_checkpoint(args.tuned), load_base_model("conv4d")
     em = ErrorModel.from_dict(tuned.info.get("train_summary", {}).get("error_model"))
 
+    from dataclasses import replace
+
+    mos2_ds = load_sample("mos2").dataset
+    mos2_train = replace(mos2_ds, data=mos2_ds.data[: mos2_ds.scan_shape[0] // 2])
+    precisions = feature_precisions(tuned, mos2_train)
     per_file = []
     for f in files:
         ds = load(f, dataset="datacube/data")
@@ -101,9 +190,13 @@ def main(argv=None) -> int:
         s, o, _ = fit_scale_offset(b.mean(0), img)
         cl = classical_baselines(ds)
         adf = cl.adf if cl.adf is not None else cl.icom
+        shipped = finish(reconstruct(tuned, ds))
         per_file.append(dict(name=Path(f).stem, ds=ds, truth=truth, m=m, b=s * b + o, img=img,
                              bias=np.abs(img - fit_scale_offset(adf, img)[2]), adf=cl.adf,
-                             icom=cl.icom))
+                             icom=cl.icom, shipped=shipped.spread, shipped_img=shipped.image,
+                             dvar=dropout_variance(tuned, ds).mean(0),
+                             dvar_mirrored=dropout_variance(tuned, ds, mirror=True).mean(0),
+                             fdist=feature_distance(tuned, ds, precisions).mean(0)))
     # the var+bias model's fits on MoS2's lower half (the first file)
     mos2 = per_file[0]
     lab = finish(registered_label(load_sample("mos2").dataset, sample_path("mos2"),
@@ -115,7 +208,8 @@ def main(argv=None) -> int:
           f"against the label, {coef_truth[1] / coef_truth[0]:.3g} against the truth")
 
     cands = ("spread 2", "spread 3", "base 3", "tuned+base 6", "error model", "|CNN-ADF|",
-             "var+bias (label)", "var+bias (truth)")
+             "var+bias (label)", "var+bias (truth)", "shipped", "dropout", "spread ⊕ dropout",
+             "shipped ⊕ dropout", "feature distance")
     table = {c: [] for c in cands}
     print("\n| file | r_label ADF / iCoM / CNN | " + " | ".join(cands) + " |")
     print("|---" * (len(cands) + 2) + "|")
@@ -132,6 +226,11 @@ def main(argv=None) -> int:
             "|CNN-ADF|": rho(img, d["bias"], t),
             "var+bias (label)": rho(img, var_bias(sp, d["bias"], coef_label), t),
             "var+bias (truth)": rho(img, var_bias(sp, d["bias"], coef_truth), t),
+            "dropout": rho(img, np.sqrt(d["dvar"]), t),
+            "shipped": rho(d["shipped_img"], d["shipped"], t),
+            "spread ⊕ dropout": rho(img, np.sqrt(sp**2 + d["dvar"]), t),
+            "shipped ⊕ dropout": rho(d["shipped_img"], np.sqrt(d["shipped"] ** 2 + d["dvar_mirrored"]), t),
+            "feature distance": rho(img, d["fdist"], t),
         }
         for c in cands:
             table[c].append(v[c])

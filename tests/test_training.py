@@ -396,9 +396,13 @@ def test_fine_tuning_job_uses_the_fine_tuning_defaults(tmp_path):
     initial, (m, p, t) = job.prepare(syn.dataset)
     want = TRAINING_DEFAULTS["conv4d.base"]
     assert initial is not None and m == mcfg
-    assert (t.epochs, t.lr, t.batch_size, t.l2sp) == (
-        want["epochs"], want["lr"], want["batch_size"], want["l2sp"])
+    assert (t.epochs, t.lr, t.batch_size, t.l2sp, t.patience) == (
+        want["epochs"], want["lr"], want["batch_size"], want["l2sp"], want["patience"])
+    # the fine-tune runs every epoch (the best validation epoch kept), as the napari dock does:
+    # early stopping made its outcome hang on how long a noisy plateau lasted
+    assert t.patience is None
     scratch = TrainingJob(label="unused.tif", output=str(tmp_path / "o.pt"), model="conv4d",
                           init="scratch").prepare(syn.dataset)
     assert scratch[0] is None and scratch[1][2].l2sp == 0.0
     assert scratch[1][2].epochs == TRAINING_DEFAULTS["conv4d"]["epochs"]
+    assert scratch[1][2].patience == TRAINING_DEFAULTS["conv4d"]["patience"] == 5
