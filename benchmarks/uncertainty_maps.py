@@ -42,6 +42,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -176,8 +177,6 @@ def main(argv=None) -> int:
     tuned, base = load_checkpoint(args.tuned), load_base_model("conv4d")
     em = ErrorModel.from_dict(tuned.info.get("train_summary", {}).get("error_model"))
 
-    from dataclasses import replace
-
     mos2_ds = load_sample("mos2").dataset
     mos2_train = replace(mos2_ds, data=mos2_ds.data[: mos2_ds.scan_shape[0] // 2])
     precisions = feature_precisions(tuned, mos2_train)
@@ -199,7 +198,7 @@ def main(argv=None) -> int:
                              fdist=feature_distance(tuned, ds, precisions).mean(0)))
     # the var+bias model's fits on MoS2's lower half (the first file)
     mos2 = per_file[0]
-    lab = finish(registered_label(load_sample("mos2").dataset, sample_path("mos2"),
+    lab = finish(registered_label(mos2_ds, sample_path("mos2"),
                                   dataset_name="label/image"))[0]
     rows = (32, mos2["img"].shape[0] - 3)
     coef_label = fit_var_bias(mos2["m"].std(0), mos2["bias"], mos2["img"], lab, rows)
