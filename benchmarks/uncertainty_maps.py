@@ -32,7 +32,15 @@ Candidates:
 - ``feature distance``: a last-layer Laplace-style map, √(φᵀ(C + λI)⁻¹φ) of each position's
   dense-layer features φ, C their second-moment matrix on MoS2's training half (λ 0.1 × the
   mean eigenvalue), mean over the members — distance from the training data in a space the
-  model uses.
+  model uses;
+- ``noise split``: the image's own dose noise, measured — the recorded counts split into two
+  halves by binomial thinning (each count kept with probability ½: two independent Poisson
+  data sets at half the dose, whose sum is the recording), each reconstructed as shipped;
+  |A − B| / 2 is a one-draw estimate of the full-dose image's noise standard deviation
+  (the image's noise variance scales as 1/dose); ``shipped ⊕ noise``: √(shipped spread² +
+  that noise²): the members' disagreement plus the input's noise, no weight to choose.
+  Needs counts (integers): the bundled samples and the simulations are; a detector's
+  calibrated intensities need its gain first.
 
     python benchmarks/uncertainty_maps.py [--tuned benchmarks/_out/transfer/default_conv4d.pt]
 """
@@ -133,6 +141,21 @@ def feature_distance(loaded, dataset, precisions) -> np.ndarray:
     return np.sqrt(np.clip(_per_member(loaded, dataset, head), 0, None))
 
 
+def noise_split(loaded, dataset, seed: int = 0) -> np.ndarray | None:
+    """|A − B| / 2 of the shipped reconstructions of the two binomial halves of
+    ``dataset``'s counts ``(Ny, Nx)``, label units (``None`` when the data are not counts)."""
+    from napari_4dstem_ml.predict.events import finish
+    from napari_4dstem_ml.workflow import reconstruct
+
+    counts = np.asarray(dataset.data)
+    if counts.min() < 0 or not np.array_equal(counts, np.round(counts)):
+        return None
+    a = np.random.default_rng(seed).binomial(counts.astype(np.int64), 0.5)
+    halves = [finish(reconstruct(loaded, replace(dataset, data=h.astype(np.float32)))).image
+              for h in (a, counts - a)]
+    return np.abs(halves[0] - halves[1]).astype(np.float64) / 2
+
+
 def var_bias(spread: np.ndarray, bias: np.ndarray, coef: np.ndarray) -> np.ndarray:
     from scipy import ndimage
 
@@ -195,7 +218,8 @@ def main(argv=None) -> int:
                              icom=cl.icom, shipped=shipped.spread, shipped_img=shipped.image,
                              dvar=dropout_variance(tuned, ds).mean(0),
                              dvar_mirrored=dropout_variance(tuned, ds, mirror=True).mean(0),
-                             fdist=feature_distance(tuned, ds, precisions).mean(0)))
+                             fdist=feature_distance(tuned, ds, precisions).mean(0),
+                             noise=noise_split(tuned, ds)))
     # the var+bias model's fits on MoS2's lower half (the first file)
     mos2 = per_file[0]
     lab = finish(registered_label(mos2_ds, sample_path("mos2"),
@@ -208,7 +232,7 @@ def main(argv=None) -> int:
 
     cands = ("spread 2", "spread 3", "base 3", "tuned+base 6", "error model", "|CNN-ADF|",
              "var+bias (label)", "var+bias (truth)", "shipped", "dropout", "spread ⊕ dropout",
-             "shipped ⊕ dropout", "feature distance")
+             "shipped ⊕ dropout", "feature distance", "noise split", "shipped ⊕ noise")
     table = {c: [] for c in cands}
     print("\n| file | r_label ADF / iCoM / CNN | " + " | ".join(cands) + " |")
     print("|---" * (len(cands) + 2) + "|")
@@ -231,6 +255,10 @@ def main(argv=None) -> int:
             "shipped ⊕ dropout": rho(d["shipped_img"], np.sqrt(d["shipped"] ** 2 + d["dvar_mirrored"]), t),
             "feature distance": rho(img, d["fdist"], t),
         }
+        nz = d["noise"]
+        v["noise split"] = float("nan") if nz is None else rho(d["shipped_img"], nz, t)
+        v["shipped ⊕ noise"] = (float("nan") if nz is None else
+                                rho(d["shipped_img"], np.sqrt(d["shipped"] ** 2 + nz**2), t))
         for c in cands:
             table[c].append(v[c])
         c4 = (slice(4, -4), slice(4, -4))

@@ -128,3 +128,32 @@ def test_fine_tunes_the_base_model_by_default(make_napari_viewer, qtbot):
     assert "scan_step_probe" in want.ranges and "scan_step_probe" not in bs["domain"]["ranges"]
     assert res.train_summary["init_domain"] == want.to_dict()
     assert res.preprocessor.grid_units == "alpha"  # its masks scale with the data's α
+
+
+@pytest.mark.parametrize("init", ["scratch", "base"])
+def test_dock_trains_with_the_clis_configs(monkeypatch, init):
+    """The dock's worker hands the core exactly the configs ``stemml train`` prepares (it used
+    to force every training to run all its epochs, where the CLI stops a scratch training after
+    5 epochs without improvement)."""
+    import napari_4dstem_ml.training.loop as loop
+    from napari_4dstem_ml.training.synthetic import make_synthetic
+    from napari_4dstem_ml.widgets.training import train_job
+    from napari_4dstem_ml.workflow import TrainingJob
+
+    syn = make_synthetic((20, 20), (32, 32), bf_radius_px=6.0, seed=0)
+    seen = {}
+
+    def fake_train(dataset, label, model_cfg, pre_cfg, **kw):
+        seen.update(kw, model_config=model_cfg, preprocess_config=pre_cfg)
+        yield "trained"
+
+    monkeypatch.setattr(loop, "train", fake_train)
+    events = list(train_job(syn.dataset, syn.label, "conv4d", 5, 7, 1e-3, 16, None,
+                            init=init, ensemble=None))
+    assert events[-1] == "trained"
+    _, (m, p, t) = TrainingJob(label="", output="", model="conv4d", cluster_size=5, epochs=7,
+                               lr=1e-3, batch_size=16, init=init,
+                               ensemble=None).prepare(syn.dataset)
+    assert (seen["model_config"], seen["preprocess_config"], seen["train_config"]) == (m, p, t)
+    assert t.epochs == 7
+    assert t.patience == (5 if init == "scratch" else None)

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -144,7 +143,6 @@ def train_job(
         ensemble=ensemble,
     )
     initial, (model_cfg, pre_cfg, train_cfg) = job.prepare(dataset)
-    train_cfg = replace(train_cfg, patience=None)
     if initial is None:
         pre = Preprocessor.fit(dataset, pre_cfg)
     else:
