@@ -41,6 +41,9 @@ Candidates:
   that noise²): the members' disagreement plus the input's noise, no weight to choose.
   Needs counts (integers): the bundled samples and the simulations are; a detector's
   calibrated intensities need its gain first.
+- ``|CNN − linear|``: the CNN's local disagreement with the default linear model
+  (``--linear``, fine-tuned on the same label: the same kind of image, another kind of model;
+  scale/offset fitted), alone and ``shipped ⊕ |CNN − linear|``.
 
     python benchmarks/uncertainty_maps.py [--tuned benchmarks/_out/transfer/default_conv4d.pt]
 """
@@ -194,10 +197,12 @@ def main(argv=None) -> int:
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--tuned", default=str(REPO / "benchmarks/_out/transfer/default_conv4d.pt"))
+    ap.add_argument("--linear", default=str(REPO / "benchmarks/_out/transfer/default_linear.pt"))
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
     args = ap.parse_args(argv)
     files = development_files(args.data)
     tuned, base = load_checkpoint(args.tuned), load_base_model("conv4d")
+    linear = load_checkpoint(args.linear)
     em = ErrorModel.from_dict(tuned.info.get("train_summary", {}).get("error_model"))
 
     mos2_ds = load_sample("mos2").dataset
@@ -213,13 +218,15 @@ def main(argv=None) -> int:
         cl = classical_baselines(ds)
         adf = cl.adf if cl.adf is not None else cl.icom
         shipped = finish(reconstruct(tuned, ds))
+        lin = finish(reconstruct(linear, ds)).image
         per_file.append(dict(name=Path(f).stem, ds=ds, truth=truth, m=m, b=s * b + o, img=img,
                              bias=np.abs(img - fit_scale_offset(adf, img)[2]), adf=cl.adf,
                              icom=cl.icom, shipped=shipped.spread, shipped_img=shipped.image,
                              dvar=dropout_variance(tuned, ds).mean(0),
                              dvar_mirrored=dropout_variance(tuned, ds, mirror=True).mean(0),
                              fdist=feature_distance(tuned, ds, precisions).mean(0),
-                             noise=noise_split(tuned, ds)))
+                             noise=noise_split(tuned, ds),
+                             vs_linear=np.abs(shipped.image - fit_scale_offset(lin, shipped.image)[2])))
     # the var+bias model's fits on MoS2's lower half (the first file)
     mos2 = per_file[0]
     lab = finish(registered_label(mos2_ds, sample_path("mos2"),
@@ -232,7 +239,8 @@ def main(argv=None) -> int:
 
     cands = ("spread 2", "spread 3", "base 3", "tuned+base 6", "error model", "|CNN-ADF|",
              "var+bias (label)", "var+bias (truth)", "shipped", "dropout", "spread ⊕ dropout",
-             "shipped ⊕ dropout", "feature distance", "noise split", "shipped ⊕ noise")
+             "shipped ⊕ dropout", "feature distance", "noise split", "shipped ⊕ noise",
+             "|CNN-linear|", "shipped ⊕ |CNN-linear|")
     table = {c: [] for c in cands}
     print("\n| file | r_label ADF / iCoM / CNN | " + " | ".join(cands) + " |")
     print("|---" * (len(cands) + 2) + "|")
@@ -259,6 +267,9 @@ def main(argv=None) -> int:
         v["noise split"] = float("nan") if nz is None else rho(d["shipped_img"], nz, t)
         v["shipped ⊕ noise"] = (float("nan") if nz is None else
                                 rho(d["shipped_img"], np.sqrt(d["shipped"] ** 2 + nz**2), t))
+        v["|CNN-linear|"] = rho(d["shipped_img"], d["vs_linear"], t)
+        v["shipped ⊕ |CNN-linear|"] = rho(d["shipped_img"],
+                                          np.sqrt(d["shipped"] ** 2 + d["vs_linear"] ** 2), t)
         for c in cands:
             table[c].append(v[c])
         c4 = (slice(4, -4), slice(4, -4))
