@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def fine_tune(model: str, dataset, registered, split, out: Path):
     """The default fine-tune of ``model`` (``TrainingJob.prepare``'s configs) with ``split``;
-    returns the loaded checkpoint, the epoch kept (from 0) and the epochs run."""
+    returns the loaded checkpoint, the epoch kept (counted from 1) and the epochs run."""
     from napari_4dstem_ml.predict.events import finish
     from napari_4dstem_ml.training.checkpoint import load_checkpoint, save_checkpoint
     from napari_4dstem_ml.training.loop import train
@@ -34,7 +34,7 @@ def fine_tune(model: str, dataset, registered, split, out: Path):
                        augment=job.augment_config()))
     path = save_checkpoint(out, res.model, res.model_config, res.preprocessor,
                            train_summary=res.train_summary, overwrite=True)
-    return load_checkpoint(path), res.best_epoch, len(res.history)
+    return load_checkpoint(path), res.best_epoch + 1, len(res.history)
 
 
 def main(argv=None) -> int:
@@ -59,7 +59,7 @@ def main(argv=None) -> int:
                                                           val=(half, three_q, 0, nx))}
     step = ds.calibration.scan_step_A[0]
     lab = registered[0]
-    print(f"| model | validation | epoch kept (from 0) / epochs run | rows {three_q}-{ny - 1} vs "
+    print(f"| model | validation | epoch kept / epochs run | rows {three_q}-{ny - 1} vs "
           "label: r | largest weight difference from the shipped split's |")
     print("|---|---|---|---|---|")
     for model in args.models.split(","):

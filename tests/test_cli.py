@@ -86,6 +86,17 @@ def test_train_predict_evaluate_end_to_end(files, capsys):
                "--detector-size", "24",
                "-o", str(model)])
     assert rc == 0 and model.exists()
+    # the counts are named for what they count, and how training ended is said in words that
+    # agree with what the checkpoint records
+    from napari_4dstem_ml.training.checkpoint import load_checkpoint
+    from napari_4dstem_ml.training.loop import how_it_ended
+
+    out = capsys.readouterr().out
+    ts = load_checkpoint(model).info["train_summary"]
+    assert "least-squares fit of the linear model (1 member) ..." in out
+    ended = how_it_ended(ts["stopped"], ts["epochs_run"], ts["best_epoch"])
+    assert f"saved {model}: {ended} (" in out
+    assert ts["stopped"] == "least_squares" and ended == "fitted by least squares"  # MSE: the fit is the answer
     pred = d / "pred.npy"
     assert main(["predict", str(d / "data.h5"), "--model", str(model), "-o", str(pred)]) == 0
     image = np.load(pred)

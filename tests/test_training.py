@@ -406,3 +406,21 @@ def test_fine_tuning_job_uses_the_fine_tuning_defaults(tmp_path):
     assert scratch[0] is None and scratch[1][2].l2sp == 0.0
     assert scratch[1][2].epochs == TRAINING_DEFAULTS["conv4d"]["epochs"]
     assert scratch[1][2].patience == TRAINING_DEFAULTS["conv4d"]["patience"] == 5
+
+
+def test_early_stopping_keeps_the_best_epoch_and_says_so():
+    """With ``patience`` p, training stops p epochs after the lowest validation loss, keeps that
+    epoch's weights, and says so in words (epochs counted from 1, as the progress shows them)."""
+    syn = make_synthetic(scan_shape=(24, 24), detector_shape=(16, 16), seed=2)
+    res = run_training(syn.dataset, syn.label, CNN4dConfig(cluster_size=5, channels=(2, 2)),
+                       PreprocessConfig(),
+                       TrainConfig(epochs=30, batch_size=16, lr=0.05, num_threads=1,
+                                   preview_every=0, steps_per_epoch=2, patience=2))
+    losses = [h["val_loss"] for h in res.history]
+    best = int(np.argmin(losses))
+    assert res.stopped == "early_stopping" and len(losses) < 30
+    assert len(losses) - 1 - best == 2  # exactly `patience` epochs without a better loss
+    assert res.best_epoch == res.history[best]["epoch"] == best
+    assert res.best_val_loss == losses[best]
+    assert res.how_it_ended() == (f"stopped early after epoch {len(losses)}: no better "
+                                  f"validation loss since epoch {best + 1}, which is kept")

@@ -66,13 +66,13 @@ def _print_event(event) -> None:
     name = type(event).__name__
     if name == "EpochEvent":
         print(
-            f"  epoch {event.epoch}: train {event.train_loss:.4g}, validation {event.val_loss:.4g}, "
+            f"  epoch {event.epoch + 1}: train {event.train_loss:.4g}, validation {event.val_loss:.4g}, "
             f"r {event.metrics.get('pearson_r', float('nan')):.3f} ({event.elapsed_s:.0f} s)",
             flush=True,
         )
     elif name == "DoneEvent":
         print(
-            f"  training done ({event.result.stopped}) in {event.result.elapsed_s:.1f} s",
+            f"  training done: {event.result.how_it_ended()}, {event.result.elapsed_s:.1f} s",
             flush=True,
         )
 

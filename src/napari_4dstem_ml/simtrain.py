@@ -272,7 +272,8 @@ def simulate_train(job: SimTrainJob, cancel: Any = None) -> Generator[Any, None,
                     overwrite=job.overwrite, inputs=tuple(job.inputs()))
     metrics = {k: float(v) for k, v in result.metrics.items() if isinstance(v, (int, float))}
     res = JobResult(out, {"registered": False, "label": "simulation ground truth"}, metrics,
-                    result.stopped, len(result.history), time.time() - t0)
+                    result.stopped, len(result.history), time.time() - t0,
+                    best_epoch=result.best_epoch)
     yield res
     return res
 

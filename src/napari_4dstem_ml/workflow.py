@@ -59,8 +59,8 @@ INITS = ("base", "scratch")
 #: ``patience``: epochs without validation improvement before training stops early (``None``:
 #: every epoch runs; the best validation epoch is kept either way). The CNN's fine-tune runs
 #: all 16: with the generic 5 its outcome hung on a noisy plateau — the same seed and code in a
-#: fresh environment stopped at epoch 8 with epoch 2 kept (MoS2 unseen half SSIM 0.800), where
-#: all 16 keep epoch 10 (0.826), as the napari dock always did.
+#: fresh environment stopped after epoch 8 with epoch 3 kept (MoS2 unseen half SSIM 0.800), where
+#: all 16 keep epoch 11 (0.826; epochs counted from 1), as the napari dock always did.
 TRAINING_DEFAULTS: dict[str, dict[str, float | None]] = {
     "linear": {"epochs": 100, "lr": 3e-2, "batch_size": 32, "l2sp": 0.0, "patience": 5},
     "conv4d": {"epochs": 20, "lr": 2e-3, "batch_size": 32, "l2sp": 0.0, "patience": 5},
@@ -247,12 +247,15 @@ class JobResult:
     epochs: int
     elapsed_s: float
     extra: dict[str, Any] = field(default_factory=dict)
+    best_epoch: int | None = None
 
     def report(self) -> str:
+        from .training.loop import how_it_ended
+
         m = ", ".join(f"{k} {v:.4g}" for k, v in self.metrics.items() if isinstance(v, float))
         text = (
-            f"saved {self.checkpoint} after {self.epochs} epochs ({self.stopped}, "
-            f"{self.elapsed_s:.1f} s); validation: {m}"
+            f"saved {self.checkpoint}: {how_it_ended(self.stopped, self.epochs, self.best_epoch)}"
+            f" ({self.elapsed_s:.1f} s); validation: {m}"
         )
         trust = trust_line(self.extra.get("train_summary"))
         return text + ("\n" + trust if trust else "")
@@ -344,7 +347,8 @@ def run_job(
     metrics = {k: float(v) for k, v in result.metrics.items() if isinstance(v, (int, float))}
     res = JobResult(out, reg_summary, metrics, result.stopped, len(result.history), result.elapsed_s,
                     extra={"train_summary": {k: result.train_summary.get(k)
-                                             for k in ("versus_classical", "reach_floor")}})
+                                             for k in ("versus_classical", "reach_floor")}},
+                    best_epoch=result.best_epoch)
     yield res
     return res
 

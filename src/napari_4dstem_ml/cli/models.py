@@ -48,7 +48,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                 print(event.text)
             elif isinstance(event, PrepareEvent):
                 if event.done == 0:
-                    print(f"{event.stage} ({event.total} scan rows) ...")
+                    print(f"{event.stage} ({event.total} {event.unit}) ...")
             elif isinstance(event, StepEvent):
                 if bar is None and tty:
                     bar = progress(epochs, "training", unit="epochs")
@@ -61,7 +61,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                     bar.set_postfix(train=f"{event.train_loss:.4g}", val=f"{event.val_loss:.4g}",
                                     r=f"{r:.3f}")
                 else:  # a log file or pipe: one line per epoch
-                    print(f"epoch {event.epoch}: train loss {event.train_loss:.4g}, validation "
+                    print(f"epoch {event.epoch + 1}/{epochs}: train loss {event.train_loss:.4g}, validation "
                           f"loss {event.val_loss:.4g}, r {r:.3f}, {event.elapsed_s:.1f} s"
                           + (" (best)" if event.is_best else ""), flush=True)
             elif isinstance(event, JobResult):

@@ -49,6 +49,7 @@ __all__ = [
     "TrainError",
     "TrainResult",
     "TrainingItem",
+    "how_it_ended",
     "run_training",
     "train",
     "train_items",
@@ -185,11 +186,13 @@ class NoticeEvent:
 
 @dataclass(frozen=True)
 class PrepareEvent:
-    """Preprocessing the field into memory: ``done`` of ``total`` scan rows."""
+    """Preparing to train: ``done`` of ``total`` ``unit`` (scan rows read and preprocessed
+    into memory, or ensemble members fitted by least squares)."""
 
     stage: str
     done: int
     total: int
+    unit: str = "scan rows"
 
 
 @dataclass(frozen=True)
@@ -233,6 +236,22 @@ class PreviewEvent:
     masks: dict[str, np.ndarray] = field(default_factory=dict)
 
 
+def how_it_ended(stopped: str, epochs_run: int, best_epoch: int | None = None) -> str:
+    """How a training ended, in words, epochs counted from 1 as the progress shows them
+    (``stopped``: :attr:`TrainResult.stopped`; ``best_epoch`` from 0, the epoch kept)."""
+    kept = "" if best_epoch is None or best_epoch < 0 else f"; epoch {best_epoch + 1} kept"
+    if stopped == "least_squares":
+        return "fitted by least squares"
+    if stopped == "completed":
+        return f"all {epochs_run} epochs run" + (kept + " (best validation loss)" if kept else "")
+    if stopped == "early_stopping":
+        since = "" if not kept else f" since epoch {best_epoch + 1}, which is kept"
+        return f"stopped early after epoch {epochs_run}: no better validation loss{since}"
+    why = {"cancelled": "cancelled", "max_steps": "stopped at the step limit",
+           "time_limit": "stopped at the time limit"}.get(stopped, stopped)
+    return f"{why} after {epochs_run} epoch{'s' if epochs_run != 1 else ''}{kept}"
+
+
 @dataclass
 class TrainResult:
     """What training produced. ``model`` holds the best-validation weights (eval mode)."""
@@ -248,6 +267,10 @@ class TrainResult:
     steps: int
     elapsed_s: float
     train_summary: dict[str, Any]
+
+    def how_it_ended(self) -> str:
+        """:func:`how_it_ended` of this result."""
+        return how_it_ended(self.stopped, len(self.history), self.best_epoch)
 
     def time_to_within(self, fraction: float = 0.05) -> float | None:
         """Seconds until the validation loss first came within ``fraction`` of the best."""
@@ -804,7 +827,8 @@ def train_items(
             # members are fitted on bootstrap resamples of the training positions.
             from ..models.linear_solve import fit_radial_linear_items
 
-            yield PrepareEvent("least-squares fit of the linear model", 0, len(linear_members))
+            members = "member" if len(linear_members) == 1 else "members"
+            yield PrepareEvent("least-squares fit of the linear model", 0, len(linear_members), members)
             mse = []
             for j, member in enumerate(linear_members):
                 boot = None if j == 0 else np.random.default_rng(cfg.seed + j)
@@ -812,7 +836,8 @@ def train_items(
                     member, [(p.source, p.target, p.ty, p.tx) for p in prepared], bootstrap=boot,
                     prior=None if base_model is None else cfg.l2sp)
                 mse.append(res.mse[-1])
-                yield PrepareEvent("least-squares fit of the linear model", j + 1, len(linear_members))
+                yield PrepareEvent("least-squares fit of the linear model", j + 1, len(linear_members),
+                                   members)
             val_loss, metrics = evaluate()
             best = (val_loss, 0, copy.deepcopy(model.state_dict()), metrics)
             ev = EpochEvent(epoch=0, train_loss=float(np.mean(mse)), val_loss=val_loss,

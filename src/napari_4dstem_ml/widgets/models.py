@@ -89,6 +89,8 @@ def _fmt(v) -> str:
 
 def describe(entry: SessionModel) -> str:
     """A few lines for the user: model, training data, calibrations, metrics, origin."""
+    from ..training.loop import how_it_ended
+
     cfg = entry.model_config
     info = entry.info or {}
     ts = info.get("train_summary") or {}
@@ -125,9 +127,11 @@ def describe(entry: SessionModel) -> str:
         split = ts.get("split") or {}
         if split.get("train"):
             lines.append(f"train region {split['train']}, validation {split.get('val')}")
+        ended = (how_it_ended(ts["stopped"], int(ts["epochs_run"]), ts.get("best_epoch"))
+                 if "stopped" in ts and "epochs_run" in ts else "")
         lines.append(
-            f"{ts.get('n_train', '?')} training / {ts.get('n_val', '?')} validation positions, "
-            f"{ts.get('epochs_run', '?')} epochs ({ts.get('stopped', '?')})"
+            f"{ts.get('n_train', '?')} training / {ts.get('n_val', '?')} validation positions"
+            + (f", {ended}" if ended else "")
         )
     metrics = info.get("metrics") or {}
     if metrics:

@@ -734,7 +734,7 @@ class TrainingWidget(QWidget):
             r = self.result
             self.progress.setValue(1000 if r is not None else self.progress.value())
             self.progress.setFormat(
-                f"done ({r.stopped}) in {format_duration(r.elapsed_s)}" if r is not None
+                f"done in {format_duration(r.elapsed_s)}" if r is not None
                 else "stopped"
             )
             return
@@ -836,8 +836,8 @@ class TrainingWidget(QWidget):
         trust = trust_line(r.train_summary)
         self.readout.setText(
             (self.registration_report + "\n" if self.registration_report else "")
-            + f"{self.run_name} done ({r.stopped}): {r.steps} steps in {r.elapsed_s:.1f} s, "
-            f"best epoch {r.best_epoch + 1}, val loss {r.best_val_loss:.4g}" + (f"; {m}" if m else "")
+            + f"{self.run_name} done: {r.how_it_ended()}, {r.steps} steps in {r.elapsed_s:.1f} s, "
+            f"val loss {r.best_val_loss:.4g}" + (f"; {m}" if m else "")
             + (f"\n{trust}" if trust else "")
         )
         summary = dict(r.train_summary)
