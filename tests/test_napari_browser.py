@@ -105,7 +105,11 @@ def _drag(viewer, qtbot, points):
     send(QEvent.Type.MouseButtonPress, pts[0], left, left)
     for pt in pts[1:]:
         send(QEvent.Type.MouseMove, pt, none, left)
-        qtbot.wait(5)
+        qtbot.wait(20)  # under BROWSE_MS (50 ms): the browser still coalesces these moves
+    # napari throttles mouse moves (superqt's qthrottled, 5 ms): its trailing call, the last
+    # move, is delivered by a timer; a release sent before it fires (a loaded machine, the
+    # whole suite under Xvfb) ended the drag one position early
+    qtbot.wait(50)
     send(QEvent.Type.MouseButtonRelease, pts[-1], left, none)
     qtbot.wait(100)
 

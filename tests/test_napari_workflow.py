@@ -143,6 +143,10 @@ def test_two_trainings_leave_two_reconstructions(make_napari_viewer, qtbot):
     assert [m.name for m in masks] == [f"m(|k|): {n}" for n in names]
     assert not masks[0].visible and masks[1].visible  # the older run's mask left the view
     assert masks[1].colorbar.visible
+    # the colorbar and the diffraction view's scale bar in opposite corners (they overlapped
+    # on a 1366 × 768 screen, where the view is short)
+    assert masks[1].colorbar.position == "top_left"
+    assert widget.session.diffraction.canvas.overlays.scale_bar.position.startswith("bottom")
     assert list(widget.session.models) == names
 
 

@@ -836,8 +836,9 @@ class TrainingWidget(QWidget):
         trust = trust_line(r.train_summary)
         self.readout.setText(
             (self.registration_report + "\n" if self.registration_report else "")
-            + f"{self.run_name} done: {r.how_it_ended()}, {r.steps} steps in {r.elapsed_s:.1f} s, "
-            f"val loss {r.best_val_loss:.4g}" + (f"; {m}" if m else "")
+            + f"{self.run_name} done: {r.how_it_ended()}"
+            + (f", {r.steps} steps" if r.steps else "") + f" in {r.elapsed_s:.1f} s; "
+            f"val loss {r.best_val_loss:.4g}" + (f", {m}" if m else "")
             + (f"\n{trust}" if trust else "")
         )
         summary = dict(r.train_summary)
@@ -899,6 +900,9 @@ class TrainingWidget(QWidget):
                 opacity=0.7,
             )
             layer.colorbar.visible = True
+            # top left: the scale bar holds the bottom right, and on a 1366 × 768 screen the
+            # diffraction view is too short for both on the right
+            layer.colorbar.position = "top_left"
             layer.metadata["model"] = self.run_name
         if "first_layer_filters" in masks:
             arr = np.asarray(masks["first_layer_filters"], np.float32)
