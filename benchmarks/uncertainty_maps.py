@@ -43,7 +43,22 @@ Candidates:
   calibrated intensities need its gain first.
 - ``|CNN − linear|``: the CNN's local disagreement with the default linear model
   (``--linear``, fine-tuned on the same label: the same kind of image, another kind of model;
-  scale/offset fitted), alone and ``shipped ⊕ |CNN − linear|``.
+  scale/offset fitted), alone and ``shipped ⊕ |CNN − linear|``;
+- ``views' spread``: the shipped spread recomputed from the 2 M views (a check that they are
+  the shipped ones); ``aligned spread``: their spread after each view is mapped onto their
+  mean by a scale/offset fit (a gain difference between members alone gives a spread
+  proportional to the image, peaking on the atoms); ``detail spread``: the spread of the
+  views' fine detail (each minus its 1.5-step Gaussian blur); ``mirror disagreement``: half
+  the difference between the members' mean and their mirrored views' mean (how far the
+  ensemble is from the symmetry it was trained to respect); ``members' spread (views
+  averaged)``: the spread of each member's two-view mean (the disagreement between members
+  alone);
+- ``shipped pooled 1`` / ``2``: the shipped spread's variance pooled over a Gaussian
+  neighbourhood of 1 / 2 scan steps (more samples per standard deviation, less detail);
+- ``error model (truth, LOO): …``: the error model's log-linear form on those features fitted
+  against the *exact potential* of all the other files (MoS2 and PrScO3 included; leave one
+  out) and applied to the one left out — what fitting it on the base library's exact labels
+  instead of the MoS2 label could give.
 
     python benchmarks/uncertainty_maps.py [--tuned benchmarks/_out/transfer/default_conv4d.pt]
 """
@@ -69,6 +84,73 @@ def members(loaded, dataset) -> np.ndarray:
 
     return np.stack([finish(iter_reconstruct(Ensemble([m]), loaded.preprocessor, dataset)).image
                      for m in loaded.model.members]).astype(np.float64)
+
+
+def views(loaded, dataset, a: np.ndarray) -> np.ndarray:
+    """The 2 M images the shipped map's spread is taken over ``(2 M, Ny, Nx)``: each member's
+    own (``a``, from :func:`members`) and its x-mirrored view's, mirrored back (from the mean of
+    the two that an ensemble of that member alone with ``mirror_average`` returns)."""
+    from napari_4dstem_ml.models.ensemble import Ensemble
+    from napari_4dstem_ml.predict.events import finish
+    from napari_4dstem_ml.predict.pipeline import iter_reconstruct
+
+    both = np.stack([finish(iter_reconstruct(Ensemble([m], mirror_average=True),
+                                             loaded.preprocessor, dataset)).image
+                     for m in loaded.model.members]).astype(np.float64)
+    return np.concatenate([a, 2 * both - a])
+
+
+def aligned_spread(v: np.ndarray) -> np.ndarray:
+    """The views' spread after each is mapped onto their mean by a scale/offset fit: what the
+    views disagree on beyond a global contrast and level (a gain difference alone makes a
+    spread proportional to the image, peaking on the atoms)."""
+    from napari_4dstem_ml.metrics import fit_scale_offset
+
+    mean = v.mean(0)
+    return np.stack([fit_scale_offset(x, mean)[2] for x in v]).std(0)
+
+
+def detail_spread(v: np.ndarray, sigma: float = 1.5) -> np.ndarray:
+    """The views' spread of fine detail only (each minus its Gaussian blur of ``sigma``
+    scan steps)."""
+    from scipy import ndimage
+
+    return np.stack([x - ndimage.gaussian_filter(x, sigma, mode="nearest") for x in v]).std(0)
+
+
+def pooled(spread: np.ndarray, sigma: float) -> np.ndarray:
+    """The spread's variance pooled over a Gaussian neighbourhood of ``sigma`` scan steps (a
+    standard deviation from 6 views is itself noisy; neighbours are more samples)."""
+    from scipy import ndimage
+
+    return np.sqrt(ndimage.gaussian_filter(spread**2, sigma, mode="nearest"))
+
+
+def leave_one_out_error_maps(per_file: list[dict], features: tuple[str, ...]) -> list[np.ndarray]:
+    """For each file, the error model (``error_model``'s features and log-linear form) fitted
+    against the *exact potential* at the label's resolution of all the other files (each file
+    weighted alike, edges cropped 3 px) and applied to it: what an error model fitted on the
+    base library's exact labels, instead of the MoS2 label, could do on a new material."""
+    from napari_4dstem_ml.error_model import _EPS, _level, error_features, local_rms_error
+
+    rows = []
+    for d in per_file:
+        img, sp = d["views"].mean(0), d["views"].std(0)
+        f = error_features(img, sp)
+        use = np.zeros(img.shape, bool)
+        use[3:-3, 3:-3] = True
+        x = np.stack([f[k][use] for k in features] + [np.ones(int(use.sum()))], 1)
+        y = np.log(local_rms_error(img, d["truth"])[use] / _level(img, sp) + _EPS)
+        w = 1 / np.sqrt(use.sum())
+        rows.append((x * w, y * w, f, _level(img, sp)))
+    out = []
+    for i, (_, _, f, level) in enumerate(rows):
+        beta = np.linalg.lstsq(np.concatenate([r[0] for j, r in enumerate(rows) if j != i]),
+                               np.concatenate([r[1] for j, r in enumerate(rows) if j != i]),
+                               rcond=None)[0]
+        log_e = beta[-1] + sum(c * f[k] for k, c in zip(features, beta[:-1]))
+        out.append(np.exp(log_e) * level)
+    return out
 
 
 def _cnn_with_head(member, head):
@@ -219,7 +301,9 @@ def main(argv=None) -> int:
         adf = cl.adf if cl.adf is not None else cl.icom
         shipped = finish(reconstruct(tuned, ds))
         lin = finish(reconstruct(linear, ds)).image
+        vw = views(tuned, ds, m)
         per_file.append(dict(name=Path(f).stem, ds=ds, truth=truth, m=m, b=s * b + o, img=img,
+                             views=vw,
                              bias=np.abs(img - fit_scale_offset(adf, img)[2]), adf=cl.adf,
                              icom=cl.icom, shipped=shipped.spread, shipped_img=shipped.image,
                              dvar=dropout_variance(tuned, ds).mean(0),
@@ -240,7 +324,13 @@ def main(argv=None) -> int:
     cands = ("spread 2", "spread 3", "base 3", "tuned+base 6", "error model", "|CNN-ADF|",
              "var+bias (label)", "var+bias (truth)", "shipped", "dropout", "spread ⊕ dropout",
              "shipped ⊕ dropout", "feature distance", "noise split", "shipped ⊕ noise",
-             "|CNN-linear|", "shipped ⊕ |CNN-linear|")
+             "|CNN-linear|", "shipped ⊕ |CNN-linear|", "views' spread", "aligned spread",
+             "detail spread", "mirror disagreement", "members' spread (views averaged)",
+             "shipped pooled 1", "shipped pooled 2", "error model (truth, LOO): spread",
+             "error model (truth, LOO): spread, gradient",
+             "error model (truth, LOO): spread, gradient, detail")
+    loo = {names: leave_one_out_error_maps(per_file, names)
+           for names in (("spread",), ("spread", "gradient"), ("spread", "gradient", "detail"))}
     table = {c: [] for c in cands}
     print("\n| file | r_label ADF / iCoM / CNN | " + " | ".join(cands) + " |")
     print("|---" * (len(cands) + 2) + "|")
@@ -270,6 +360,18 @@ def main(argv=None) -> int:
         v["|CNN-linear|"] = rho(d["shipped_img"], d["vs_linear"], t)
         v["shipped ⊕ |CNN-linear|"] = rho(d["shipped_img"],
                                           np.sqrt(d["shipped"] ** 2 + d["vs_linear"] ** 2), t)
+        vw = d["views"]
+        v["views' spread"] = rho(vw.mean(0), vw.std(0), t)
+        v["aligned spread"] = rho(vw.mean(0), aligned_spread(vw), t)
+        v["detail spread"] = rho(vw.mean(0), detail_spread(vw), t)
+        half = len(vw) // 2
+        v["mirror disagreement"] = rho(vw.mean(0), np.abs(vw[:half].mean(0) - vw[half:].mean(0)) / 2, t)
+        v["members' spread (views averaged)"] = rho(vw.mean(0), ((vw[:half] + vw[half:]) / 2).std(0), t)
+        v["shipped pooled 1"] = rho(vw.mean(0), pooled(vw.std(0), 1.0), t)
+        v["shipped pooled 2"] = rho(vw.mean(0), pooled(vw.std(0), 2.0), t)
+        for names, maps in loo.items():
+            v["error model (truth, LOO): " + ", ".join(names)] = rho(
+                vw.mean(0), maps[per_file.index(d)], t)
         for c in cands:
             table[c].append(v[c])
         c4 = (slice(4, -4), slice(4, -4))
