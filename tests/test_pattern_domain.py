@@ -312,3 +312,22 @@ def test_a_detector_that_ends_early_is_checked_on_the_rings_it_holds(mos2):
     with pytest.raises(ValueError, match="needs 1.50 α"):
         check_patterns(mos2.domain, cut(mos2.data[32:40], mos2.geo.centre, mos2.geo.radius_px, 1.2),
                        mos2.cal)
+
+
+def test_verdict_details_share_one_bracket():
+    """The check's details (nearest of several training sets, a partial check, sets left out)
+    join the message's bracket instead of stacking "(…) (…) [...]"."""
+    quiet = PatternVerdict.from_distance(np.full((4, 4), 0.5, np.float32))
+    quiet.add_detail("the nearest of 16 training sets")
+    quiet.add_detail("3 training sets where the model was not clearly better than ADF or iCoM left out")
+    assert quiet.message == ("patterns like the training data (0 % of positions above the "
+                             "threshold, median distance 0.5× the threshold; the nearest of 16 "
+                             "training sets; 3 training sets where the model was not clearly "
+                             "better than ADF or iCoM left out)")
+    loud = PatternVerdict.from_distance(np.full((4, 4), 4.0, np.float32))
+    loud.add_detail("the nearest of 2 training sets")
+    loud.add_detail("partial check: the detector reaches 1.60 α")
+    assert loud.fired and loud.message.endswith(
+        "do not trust this image (the nearest of 2 training sets; partial check: the detector "
+        "reaches 1.60 α)")
+    assert loud.message.count("(") == 2  # the median distance's, and the details'

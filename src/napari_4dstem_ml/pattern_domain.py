@@ -370,6 +370,15 @@ class PatternVerdict:
     message: str
     step: int = 1
 
+    def add_detail(self, text: str) -> None:
+        """Add ``text`` to the message's closing bracket (``; ``-separated), or open one:
+        "… (median distance 0.5× the threshold; the nearest of 16 training sets)", not
+        "… (…) (…)"."""
+        if self.message.endswith(")"):
+            self.message = f"{self.message[:-1]}; {text})"
+        else:
+            self.message = f"{self.message} ({text})"
+
     @classmethod
     def from_distance(cls, distance: np.ndarray, step: int = 1) -> PatternVerdict:
         dist = np.asarray(distance, np.float32)
@@ -442,10 +451,10 @@ def check_patterns(domain: PatternDomain | list[PatternDomain], data: Any, calib
         best = np.repeat(np.repeat(best, step, 0), step, 1)[:ny, :nx]
     verdict = PatternVerdict.from_distance(best.astype(np.float32), step)
     if len(domains) > 1:
-        verdict.message += f" (the nearest of {len(domains)} training sets)"
+        verdict.add_detail(f"the nearest of {len(domains)} training sets")
     if partial is not None:
-        verdict.message += (f" [partial check: the detector reaches {partial[0]:.2f} α, the "
-                            f"training patterns were read to {partial[1]:.2f} α]")
+        verdict.add_detail(f"partial check: the detector reaches {partial[0]:.2f} α, the "
+                           f"training patterns were read to {partial[1]:.2f} α")
     return verdict
 
 
@@ -574,7 +583,7 @@ def verdict_from_summary(summary: dict[str, Any] | None, data: Any, calibration:
                            "clearly better than ADF or iCoM: do not trust this image (" +
                            verdict.message + ")")
     elif left_out:
-        verdict.message += (f" ({left_out} training set{'s' if left_out > 1 else ''} where the "
-                            "model was not clearly better than ADF or iCoM left out)")
+        verdict.add_detail(f"{left_out} training set{'s' if left_out > 1 else ''} where the "
+                           "model was not clearly better than ADF or iCoM left out")
     prefix = "warning: " if verdict.fired else ""
     return verdict, prefix + verdict.message
