@@ -24,26 +24,9 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 
 
-def fine_tune(dataset, registered, augment, out: Path):
-    """The default CNN fine-tune (``TrainingJob.prepare``'s configs) with ``augment``; returns
-    the loaded checkpoint and how the training ended."""
-    from napari_4dstem_ml.predict.events import finish
-    from napari_4dstem_ml.training.checkpoint import load_checkpoint, save_checkpoint
-    from napari_4dstem_ml.training.loop import train
-    from napari_4dstem_ml.workflow import TrainingJob
-
-    job = TrainingJob(label="", output="", model="conv4d")
-    initial, (m, p, t) = job.prepare(dataset)
-    label, coverage, _ = registered
-    res = finish(train(dataset, label, m, p, t, label_mask=coverage, init=initial,
-                       augment=augment))
-    path = save_checkpoint(out, res.model, res.model_config, res.preprocessor,
-                           train_summary=res.train_summary, overwrite=True)
-    return load_checkpoint(path), res.how_it_ended()
-
-
 def main(argv=None) -> int:
     from development import development_files, truth_at_label_resolution
+    from selection_bias import fine_tune
 
     from napari_4dstem_ml.io import load
     from napari_4dstem_ml.metrics import compare, pearson_r
@@ -67,11 +50,12 @@ def main(argv=None) -> int:
     files = development_files()[1:]  # MoS2 itself is scored against its label below
     data = [(Path(f).stem, load(f, dataset="datacube/data")) for f in files]
     truths = [truth_at_label_resolution(f, d) for f, (_, d) in zip(files, data)]
-    print("| fine-tune | how it ended | MoS2 unseen half vs label: r / SSIM | "
+    print("| fine-tune | epoch kept / run | MoS2 unseen half vs label: r / SSIM | "
           + " | ".join(f"{n}: r / ρ" for n, _ in data) + " | r / ρ min, mean |")
     print("|---" * (len(data) + 4) + "|")
     for i, (what, aug) in enumerate(variants.items()):
-        loaded, ended = fine_tune(ds, registered, aug, out / f"conv4d_{i}.pt")
+        loaded, kept, run = fine_tune("conv4d", ds, registered, None, out / f"conv4d_{i}.pt",
+                                      augment=aug)
         img = finish(reconstruct(loaded, ds)).image
         half = compare(img[32:], lab[32:], pixel_size=step, register=False, crop=2)
         c = (slice(3, -3), slice(3, -3))
@@ -80,7 +64,7 @@ def main(argv=None) -> int:
             rep = finish(reconstruct(loaded, d))
             scores.append((pearson_r(rep.image[c], t[c]), rho(rep.image, rep.spread, t)))
         r, p = np.array(scores).T
-        print(f"| {what} | {ended} | {half.pearson_r:.3f} / {half.ssim:.3f} | "
+        print(f"| {what} | {kept} / {run} | {half.pearson_r:.3f} / {half.ssim:.3f} | "
               + " | ".join(f"{a:.3f} / {b:.2f}" for a, b in scores)
               + f" | {r.min():.3f} / {p.min():.2f}, {r.mean():.3f} / {p.mean():.2f} |", flush=True)
     return 0

@@ -19,9 +19,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-def fine_tune(model: str, dataset, registered, split, out: Path):
-    """The default fine-tune of ``model`` (``TrainingJob.prepare``'s configs) with ``split``;
-    returns the loaded checkpoint, the epoch kept (counted from 1) and the epochs run."""
+def fine_tune(model: str, dataset, registered, split, out: Path, augment="default"):
+    """The default fine-tune of ``model`` (``TrainingJob.prepare``'s configs) with ``split``
+    (``None``: the default) and ``augment`` (an ``AugmentConfig``, ``None`` for none; the
+    default's unless given); returns the loaded checkpoint, the epoch kept (counted from 1)
+    and the epochs run."""
     from napari_4dstem_ml.predict.events import finish
     from napari_4dstem_ml.training.checkpoint import load_checkpoint, save_checkpoint
     from napari_4dstem_ml.training.loop import train
@@ -31,7 +33,7 @@ def fine_tune(model: str, dataset, registered, split, out: Path):
     initial, (m, p, t) = job.prepare(dataset)
     label, coverage, _ = registered
     res = finish(train(dataset, label, m, p, t, label_mask=coverage, split=split, init=initial,
-                       augment=job.augment_config()))
+                       augment=job.augment_config() if augment == "default" else augment))
     path = save_checkpoint(out, res.model, res.model_config, res.preprocessor,
                            train_summary=res.train_summary, overwrite=True)
     return load_checkpoint(path), res.best_epoch + 1, len(res.history)
