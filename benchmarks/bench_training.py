@@ -176,7 +176,7 @@ def main(argv=None) -> int:
 
         def show(ev, name=name):
             if isinstance(ev, EpochEvent):
-                print(f"  [{name}] epoch {ev.epoch:3d}  train {ev.train_loss:.4f}  val {ev.val_loss:.4f}  "
+                print(f"  [{name}] epoch {ev.number:3d}  train {ev.train_loss:.4f}  val {ev.val_loss:.4f}  "
                       f"r {ev.metrics.get('pearson_r', float('nan')):.4f}  {ev.elapsed_s:7.1f} s  "
                       f"({load_avg()})", flush=True)
 

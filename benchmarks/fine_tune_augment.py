@@ -21,28 +21,24 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-
 
 def main(argv=None) -> int:
     from development import development_files, truth_at_label_resolution
-    from selection_bias import fine_tune
+    from selection_bias import fine_tune, mos2_and_label
 
     from napari_4dstem_ml.io import load
     from napari_4dstem_ml.metrics import compare, pearson_r
     from napari_4dstem_ml.metrics import uncertainty_error_correlation as rho
     from napari_4dstem_ml.predict.events import finish
-    from napari_4dstem_ml.samples import load_sample, sample_path
     from napari_4dstem_ml.training.augment import AugmentConfig
-    from napari_4dstem_ml.workflow import reconstruct, registered_label
+    from napari_4dstem_ml.workflow import reconstruct
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("-o", "--out", type=Path, default=None)
     args = ap.parse_args(argv)
     out = args.out or Path(tempfile.mkdtemp(prefix="fine_tune_augment_"))
     out.mkdir(parents=True, exist_ok=True)
-    ds = load_sample("mos2").dataset
-    registered = finish(registered_label(ds, sample_path("mos2"), dataset_name="label/image"))
+    ds, registered = mos2_and_label()
     lab, step = registered[0], ds.calibration.scan_step_A[0]
     variants = {"as shipped": AugmentConfig(),
                 "no thinning": replace(AugmentConfig(), thinning=None),

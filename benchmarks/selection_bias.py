@@ -19,6 +19,17 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
+def mos2_and_label():
+    """The bundled MoS2 sample's data set and its ptychographic label registered onto the scan
+    (``registered_label``'s ``(label, coverage, report)``)."""
+    from napari_4dstem_ml.predict.events import finish
+    from napari_4dstem_ml.samples import load_sample, sample_path
+    from napari_4dstem_ml.workflow import registered_label
+
+    ds = load_sample("mos2").dataset
+    return ds, finish(registered_label(ds, sample_path("mos2"), dataset_name="label/image"))
+
+
 def fine_tune(model: str, dataset, registered, split, out: Path, augment="default"):
     """The default fine-tune of ``model`` (``TrainingJob.prepare``'s configs) with ``split``
     (``None``: the default) and ``augment`` (an ``AugmentConfig``, ``None`` for none; the
@@ -42,9 +53,8 @@ def fine_tune(model: str, dataset, registered, split, out: Path, augment="defaul
 def main(argv=None) -> int:
     from napari_4dstem_ml.metrics import compare
     from napari_4dstem_ml.predict.events import finish
-    from napari_4dstem_ml.samples import load_sample, sample_path
     from napari_4dstem_ml.training.clusters import RegionSplit
-    from napari_4dstem_ml.workflow import reconstruct, registered_label
+    from napari_4dstem_ml.workflow import reconstruct
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", default="conv4d,linear")
@@ -52,8 +62,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     out = args.out or Path(tempfile.mkdtemp(prefix="selection_bias_"))
     out.mkdir(parents=True, exist_ok=True)
-    ds = load_sample("mos2").dataset
-    registered = finish(registered_label(ds, sample_path("mos2"), dataset_name="label/image"))
+    ds, registered = mos2_and_label()
     ny, nx = ds.scan_shape
     half, three_q = ny // 2, 3 * ny // 4
     splits = {"as shipped: validates on rows 32-63": RegionSplit(),

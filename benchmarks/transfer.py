@@ -93,7 +93,7 @@ def train_defaults(out: Path, models: tuple[str, ...]) -> dict[str, Path]:
 
         def show(ev, model=model):
             if isinstance(ev, EpochEvent):
-                print(f"  {model} epoch {ev.epoch + 1}: val loss {ev.val_loss:.4f}, "
+                print(f"  {model} epoch {ev.number}: val loss {ev.val_loss:.4f}, "
                       f"r {ev.metrics.get('pearson_r', float('nan')):.3f}", flush=True)
 
         res = drain(run_job(job, mos2.dataset, registered), show)

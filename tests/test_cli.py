@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import h5py
 import numpy as np
 import pytest
@@ -94,6 +96,8 @@ def test_train_predict_evaluate_end_to_end(files, capsys):
     out = capsys.readouterr().out
     ts = load_checkpoint(model).info["train_summary"]
     assert "least-squares fit of the linear model (1 member) ..." in out
+    # epochs counted from 1, as every front end shows them (EpochEvent.number)
+    assert re.search(r"\nepoch 1/\d+: train loss", out) and "epoch 0" not in out
     ended = how_it_ended(ts["stopped"], ts["epochs_run"], ts["best_epoch"])
     assert f"saved {model}: {ended} (" in out
     assert ts["stopped"] == "least_squares" and ended == "fitted by least squares"  # MSE: the fit is the answer

@@ -66,7 +66,7 @@ def _print_event(event) -> None:
     name = type(event).__name__
     if name == "EpochEvent":
         print(
-            f"  epoch {event.epoch + 1}: train {event.train_loss:.4g}, validation {event.val_loss:.4g}, "
+            f"  epoch {event.number}: train {event.train_loss:.4g}, validation {event.val_loss:.4g}, "
             f"r {event.metrics.get('pearson_r', float('nan')):.3f} ({event.elapsed_s:.0f} s)",
             flush=True,
         )

@@ -287,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[{time.time() - t0:7.0f} s] {ev.stage} {ev.done}/{ev.total}", flush=True)
         elif isinstance(ev, EpochEvent):
             m = ", ".join(f"{k} {v:.3f}" for k, v in ev.metrics.items())
-            print(f"[{time.time() - t0:7.0f} s] epoch {ev.epoch + 1}: train {ev.train_loss:.4f}, "
+            print(f"[{time.time() - t0:7.0f} s] epoch {ev.number}: train {ev.train_loss:.4f}, "
                   f"val {ev.val_loss:.4f}, {m}", flush=True)
 
 

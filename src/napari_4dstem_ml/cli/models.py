@@ -57,11 +57,11 @@ def cmd_train(args: argparse.Namespace) -> int:
             elif isinstance(event, EpochEvent):
                 r = event.metrics.get("pearson_r", float("nan"))
                 if bar is not None:
-                    bar.update(event.epoch + 1 - bar.n)
+                    bar.update(event.number - bar.n)
                     bar.set_postfix(train=f"{event.train_loss:.4g}", val=f"{event.val_loss:.4g}",
                                     r=f"{r:.3f}")
                 else:  # a log file or pipe: one line per epoch
-                    print(f"epoch {event.epoch + 1}/{epochs}: train loss {event.train_loss:.4g}, validation "
+                    print(f"epoch {event.number}/{epochs}: train loss {event.train_loss:.4g}, validation "
                           f"loss {event.val_loss:.4g}, r {r:.3f}, {event.elapsed_s:.1f} s"
                           + (" (best)" if event.is_best else ""), flush=True)
             elif isinstance(event, JobResult):

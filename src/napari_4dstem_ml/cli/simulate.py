@@ -68,7 +68,7 @@ def cmd_simulate_train(args: argparse.Namespace) -> int:
                 print(ev.text)
             elif isinstance(ev, EpochEvent):
                 r = ev.metrics.get("pearson_r", float("nan"))
-                print(f"epoch {ev.epoch + 1}: validation loss {ev.val_loss:.4g}, r {r:.3f}, {ev.elapsed_s:.0f} s",
+                print(f"epoch {ev.number}: validation loss {ev.val_loss:.4g}, r {r:.3f}, {ev.elapsed_s:.0f} s",
                       flush=True)
             elif isinstance(ev, JobResult):
                 result = ev

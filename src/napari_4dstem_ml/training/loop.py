@@ -208,6 +208,11 @@ class StepEvent:
     positions: int = 0
     total_steps: int = 0
 
+    @property
+    def number(self) -> int:
+        """The epoch counted from 1, as every front end shows it (``epoch`` counts from 0)."""
+        return self.epoch + 1
+
 
 @dataclass(frozen=True)
 class EpochEvent:
@@ -223,6 +228,11 @@ class EpochEvent:
     elapsed_s: float
     step: int = 0
     is_best: bool = False
+
+    @property
+    def number(self) -> int:
+        """The epoch counted from 1, as every front end shows it (``epoch`` counts from 0)."""
+        return self.epoch + 1
 
 
 @dataclass(frozen=True)

@@ -282,7 +282,7 @@ class SimTrainWidget(QWidget):
             self.progress.setFormat(f"training: step {ev.step}/{ev.total_steps}")
         elif isinstance(ev, EpochEvent):
             r = ev.metrics.get("pearson_r", float("nan"))
-            self.status.setText(f"training: epoch {ev.epoch + 1}, validation loss {ev.val_loss:.4g}, r {r:.3f}")
+            self.status.setText(f"training: epoch {ev.number}, validation loss {ev.val_loss:.4g}, r {r:.3f}")
         elif isinstance(ev, Message):
             self.status.setText(ev.text)
 

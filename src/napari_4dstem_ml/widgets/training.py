@@ -762,7 +762,7 @@ class TrainingWidget(QWidget):
             if "t_first_step" not in p:
                 p["t_first_step"], p["step0"] = time.perf_counter() - 1e-9, ev.step - 1
             done = ev.step - p["step0"]
-            p["text"] = f"epoch {ev.epoch + 1}/{epochs} · step {ev.step}/{total or '?'}"
+            p["text"] = f"epoch {ev.number}/{epochs} · step {ev.step}/{total or '?'}"
             if total:
                 p["fraction"] = ev.step / total
                 rate = (time.perf_counter() - p["t_first_step"]) / max(done, 1)
@@ -796,10 +796,10 @@ class TrainingWidget(QWidget):
             return
         if isinstance(ev, loop.EpochEvent):
             self.history.append(ev)
-            self.curves.add_epoch(ev.epoch + 1, ev.train_loss, ev.val_loss)  # 1-based, as shown
+            self.curves.add_epoch(ev.number, ev.train_loss, ev.val_loss)
             m = ", ".join(f"{k} {v:.3g}" for k, v in ev.metrics.items())
             self.readout.setText(
-                f"{self.run_name}\nepoch {ev.epoch + 1}: train {ev.train_loss:.4g}, "
+                f"{self.run_name}\nepoch {ev.number}: train {ev.train_loss:.4g}, "
                 f"val {ev.val_loss:.4g}" + (f" ({m})" if m else "") + (" *best*" if ev.is_best else "")
             )
         elif isinstance(ev, loop.PreviewEvent):
