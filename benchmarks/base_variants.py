@@ -2,7 +2,7 @@
 the recipe with one change, fine-tuned on MoS2 as ``stemml train`` does, scored on our own
 development set beside the shipped default (not shipped: see the README's Trust section).
 
-Variants (``--variant``): ``wider`` — 16 and 32 channels instead of 8 and 16; ``k7`` — 7 × 7
+Variants (``--variant``): ``recipe`` — no change (a retrained control); ``wider`` — 16 and 32 channels instead of 8 and 16; ``k7`` — 7 × 7
 pattern clusters instead of 5 × 5. ``--seed`` sets the training seed (the recipe's is 0).
 Scores, per development file (``development.development_files``; never the transfer suite):
 Pearson r against the ground truth at the label's resolution (3 edge pixels left out), ρ of the
@@ -29,6 +29,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 VARIANTS = {
+    "recipe": {},  # unchanged: a control, or the recipe on another library (--library)
     "wider": {"channels": [16, 32]},
     "k7": {"cluster_size": 7},
 }

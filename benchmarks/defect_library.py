@@ -57,11 +57,13 @@ def extra_items() -> list:
             for c in items]
 
 
-def main(argv=None) -> int:
+def main(argv=None, extra_items=extra_items,
+         default_output: str = "benchmarks/_data/defect_library") -> int:
+    """Simulate ``extra_items()`` into ``-o DIR`` (resumable), or print their estimates."""
     from napari_4dstem_ml.simulate.suites import estimate_seconds, log_suite, write_suite
 
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("-o", "--output", default="benchmarks/_data/defect_library")
+    ap = argparse.ArgumentParser(description="Simulate a library experiment's extra items")
+    ap.add_argument("-o", "--output", default=default_output)
     ap.add_argument("--estimate", action="store_true")
     args = ap.parse_args(argv)
     items = extra_items()

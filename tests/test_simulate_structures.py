@@ -78,6 +78,12 @@ def test_named_materials_are_orthogonal_and_sane():
     np.testing.assert_allclose(si.lengths_A, [5.431 / np.sqrt(2), 5.431, 5.431 / np.sqrt(2)], atol=1e-6)
     assert len(si.cell) == 4 and si.repeats_z == 26
     assert _min_distance(si.cell) == pytest.approx(5.431 * np.sqrt(3) / 4, abs=1e-6)
+    for key, a in (("C", 3.567), ("SiC", 4.359), ("Ge", 5.658)):  # [110] by default, as Si
+        c = build_unit_cell(StructureSpec(key, thickness_A=50.0))
+        np.testing.assert_allclose(c.lengths_A, [a / np.sqrt(2), a, a / np.sqrt(2)], atol=1e-6)
+        assert _min_distance(c.cell) == pytest.approx(a * np.sqrt(3) / 4, abs=1e-6), key
+    assert sorted(build_unit_cell(StructureSpec("SiC")).cell.get_chemical_symbols()) == [
+        "C", "C", "Si", "Si"]
     mos2 = build_unit_cell(StructureSpec("MoS2"))
     assert mos2.layer_thickness_A == pytest.approx(3.17, abs=1e-6)
 

@@ -241,6 +241,12 @@ MATERIALS: dict[str, Material] = {m.key: m for m in [
              _bulk("Au", "fcc", 4.078)),
     Material("CeO2", "CeO2 (fluorite), a = 5.411 A", "bulk", (0, 0, 1),
              _rms("Ce", "O", Ce=0.06, O=0.085), _bulk("CeO2", "fluorite", 5.411)),
+    Material("C", "diamond, a = 3.567 A", "bulk", (1, 1, 0), _rms("C", C=0.045),
+             _bulk("C", "diamond", 3.567)),
+    Material("SiC", "3C-SiC (zinc blende), a = 4.359 A", "bulk", (1, 1, 0),
+             _rms("Si", "C", Si=0.055, C=0.06), _bulk("SiC", "zincblende", 4.359)),
+    Material("Ge", "germanium (diamond), a = 5.658 A", "bulk", (1, 1, 0), _rms("Ge", Ge=0.085),
+             _bulk("Ge", "diamond", 5.658)),
     Material("MgO", "MgO (rock salt), a = 4.212 A", "bulk", (0, 0, 1),
              _rms("Mg", "O", Mg=0.063, O=0.066), _bulk("MgO", "rocksalt", 4.212)),
 ]}
