@@ -2,13 +2,14 @@
 the recipe with one change, fine-tuned on MoS2 as ``stemml train`` does, scored on our own
 development set beside the shipped default (not shipped: see the README's Trust section).
 
-Variants (``--variant``): ``recipe`` — no change (a retrained control); ``wider`` — 16 and 32 channels instead of 8 and 16; ``k7`` — 7 × 7
-pattern clusters instead of 5 × 5. ``--seed`` sets the training seed (the recipe's is 0).
-Scores, per development file (``development.development_files``; never the transfer suite):
-Pearson r against the ground truth at the label's resolution (3 edge pixels left out), ρ of the
-ensemble's spread with its local error, and on MoS2 the unseen half against its ptychographic
-label (r, SSIM) beside the ceiling (the exact potential at the label's resolution
-against the label). About 10-12 min of training on 2 cores, then 2 min.
+Variants (``--variant``): ``recipe`` — no change (a retrained control); ``wider`` — 16 and 32
+channels instead of 8 and 16; ``k7`` — 7 × 7 pattern clusters instead of 5 × 5. ``--seed`` sets
+the training seed (the recipe's is 0). Scores, per development file
+(``development.development_files``; never the transfer suite): Pearson r against the ground truth
+at the label's resolution (3 edge pixels left out), ρ of the ensemble's spread with its local
+error, and on MoS2 the unseen half against its ptychographic label (r, SSIM) beside the ceiling
+(the exact potential at the label's resolution against the label). About 10-12 min of training on 2
+cores, then 2 min.
 
     python benchmarks/base_variants.py --variant wider [--seed 0] [--out DIR]
 
