@@ -27,13 +27,10 @@ def development_files(data: Path = DEFAULT_DATA) -> list[Path]:
     return [sample_path("mos2"), sample_path("prsco3")] + [data / f"{c.name}.h5" for c in configs]
 
 
-def truth_at_label_resolution(path: Path, dataset) -> np.ndarray:
-    """The file's ground-truth projected potential at the ptychographic label's resolution
-    (:func:`napari_4dstem_ml.metrics.label_resolution`, on the scan grid of ``dataset``)."""
-    import h5py
+def truth_at_label_resolution(path: Path, dataset=None) -> np.ndarray:
+    """The file's ground-truth projected potential at the ptychographic label's resolution,
+    blurred before it is sampled on the scan grid (:func:`references.label_truth`; ``dataset``
+    is not needed any more and kept for the callers)."""
+    from references import label_truth
 
-    from napari_4dstem_ml.metrics import label_resolution
-
-    with h5py.File(path, "r") as h:
-        gt = np.asarray(h["ground_truth/potential"], np.float64)
-    return label_resolution(gt, dataset.calibration.scan_step_A[0])
+    return label_truth(path)

@@ -65,11 +65,10 @@ def member_images(loaded, dataset) -> np.ndarray:
 
 def evaluate(tuned: Path, suite: Path) -> None:
     import h5py
-    from scipy import ndimage
+    from references import label_truth
 
     from napari_4dstem_ml.io import load
     from napari_4dstem_ml.metrics import (
-        LABEL_SIGMA_A,
         compare,
         defect_contrast,
         equivalent_sites,
@@ -101,7 +100,7 @@ def evaluate(tuned: Path, suite: Path) -> None:
         with h5py.File(f, "r") as h:
             gt = np.asarray(h["ground_truth/potential"], np.float64)
             sites = np.asarray(h["defects/sites"]) if "defects" in h else np.zeros((0, 2))
-        truth = ndimage.gaussian_filter(gt, LABEL_SIGMA_A / step)
+        truth = label_truth(f)  # blurred before sampling
         c = (slice(3, -3), slice(3, -3))
         m = member_images(lm, ds)
         few, all_ = m[:3].mean(0), m.mean(0)

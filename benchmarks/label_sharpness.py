@@ -32,9 +32,10 @@ def d4_basis(image: np.ndarray) -> np.ndarray:
 
 
 def main(argv=None) -> int:
+    from references import label_truth
     from transfer import drain
 
-    from napari_4dstem_ml.metrics import compare, label_resolution
+    from napari_4dstem_ml.metrics import compare
     from napari_4dstem_ml.samples import load_sample, sample_path
     from napari_4dstem_ml.training.checkpoint import load_checkpoint
     from napari_4dstem_ml.workflow import reconstruct, registered_label
@@ -47,7 +48,7 @@ def main(argv=None) -> int:
     step = ds.calibration.scan_step_A[0]
     label = drain(registered_label(ds, sample_path("mos2"), dataset_name="label/image"))[0]
     truth = np.asarray(sample.ground_truth, np.float64)
-    truth_label = label_resolution(truth, step)
+    truth_label = label_truth(sample_path("mos2"))  # blurred before sampling
     image = drain(reconstruct(load_checkpoint(args.tuned), ds)).image.astype(np.float64)
     half = ds.scan_shape[0] // 2
     basis = d4_basis(image)

@@ -23,16 +23,14 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
-
 
 def main(argv=None) -> int:
-    from scipy import ndimage
+    from references import label_truth
 
     from napari_4dstem_ml.baselines import classical_baselines
     from napari_4dstem_ml.domain import DataSignature
     from napari_4dstem_ml.io import load
-    from napari_4dstem_ml.metrics import LABEL_SIGMA_A, compare
+    from napari_4dstem_ml.metrics import compare
     from napari_4dstem_ml.predict.events import finish as drain
     from napari_4dstem_ml.samples import load_sample, sample_path
     from napari_4dstem_ml.training.checkpoint import load_checkpoint
@@ -54,13 +52,8 @@ def main(argv=None) -> int:
     lab = drain(registered_label(mos2.dataset, sample_path("mos2"), dataset_name="label/image"))[0]
     cases.append(("mos2 unseen half", mos2.dataset, lab, slice(32, None), False))
     for h in args.heldout:
-        import h5py
-
         ds = load(h, dataset="datacube/data")
-        with h5py.File(h, "r") as f:
-            gt = np.asarray(f["ground_truth/potential"], np.float64)
-        step = ds.calibration.scan_step_A[0]
-        cases.append((Path(h).stem, ds, ndimage.gaussian_filter(gt, LABEL_SIGMA_A / step),
+        cases.append((Path(h).stem, ds, label_truth(Path(h)),  # blurred before sampling
                       slice(None), True))
 
     rows = []

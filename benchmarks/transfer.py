@@ -19,7 +19,8 @@
    correlates best with the ground truth, chosen with the ground truth). Each image is scored
    against the ground-truth projected potential with ``metrics.resolution_scores``: r at the
    ptychographic label's resolution (the ground truth blurred by a Gaussian of σ =
-   ``metrics.LABEL_SIGMA_A`` = 0.2 Å), r raw, r 0.4 Å low-passed, SSIM at the label's
+   ``metrics.LABEL_SIGMA_A`` = 0.2 Å *before* it is sampled on the scan grid:
+   ``references.label_truth``), r raw, r 0.4 Å low-passed (likewise), SSIM at the label's
    resolution, the half-bit FRC resolution against the ground truth (Å); point defects by
    their contrast in σ of the intact equivalent sites; the CNN ensemble's uncertainty by its
    rank correlation ρ with the actual error; and whether the model's domain check fired
@@ -44,6 +45,8 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 THICK = ("srtio3_5nm", "srtio3_20nm", "si110_120kev", "ceo2_5nm_300kev", "ceo2_25nm_300kev")
+#: the montage's reference column: the ground truth r_label is scored against
+TRUTH_COLUMN = "ground truth (σ 0.2 Å)"
 #: the file ``--quick`` scores (the cheapest of issue 17's additions)
 QUICK = "ptse2_1t_vacSe_60kev"
 #: checkpoints ``--quick`` uses when present (the default models trained by a full run)
@@ -129,13 +132,15 @@ def best_adf(dataset, reference_lp, step) -> tuple[np.ndarray, str]:
     return imgs[i], f"{pairs[i][0] / r_bf:.2f}-{pairs[i][1] / r_bf:.2f} α"
 
 
-def score(img, gt, gt_lp, step) -> dict[str, float]:
+def score(img, gt, gt_label, gt_lp, step) -> dict[str, float]:
     """r at the label's resolution, raw and 0.4 Å low-passed, SSIM (label resolution and
     low-passed), PSNR (low-passed) and the half-bit FRC resolution (Å) against the ground
-    truth; 3 px edge crop, no registration (the ground truth is on the scan grid)."""
+    truth (``gt_label``, ``gt_lp``: blurred before sampling, :mod:`references`); 3 px edge
+    crop, no registration (the ground truth is on the scan grid)."""
     from napari_4dstem_ml.metrics import compare, resolution_scores
 
-    z = resolution_scores(img, gt, step, crop=3)
+    z = resolution_scores(img, gt, step, crop=3, label_reference=gt_label,
+                          lowpass_reference=gt_lp)
     lp = compare(img, gt_lp, pixel_size=step, register=False, crop=3)
     return {"r_label": z.r_label, "r_raw": z.r_raw, "r_lp": z.r_lowpass,
             "ssim_label": z.ssim_label, "ssim_lp": lp.ssim, "psnr_lp": lp.psnr,
@@ -195,13 +200,13 @@ def domain_check(rep) -> tuple[bool | None, list[str]]:
 
 def evaluate_material(path: Path, loaded: dict) -> dict:
     import h5py
+    from references import label_truth, lowpass_truth
 
     from napari_4dstem_ml.baselines import classical_baselines
     from napari_4dstem_ml.io import load
     from napari_4dstem_ml.metrics import (
         defect_contrast,
         equivalent_sites,
-        lowpass,
         uncertainty_error_correlation,
     )
     from napari_4dstem_ml.workflow import reconstruct
@@ -211,16 +216,11 @@ def evaluate_material(path: Path, loaded: dict) -> dict:
     with h5py.File(path, "r") as f:
         gt = np.asarray(f["ground_truth/potential"], np.float64)
         sites = np.asarray(f["defects/sites"]) if "defects" in f else np.zeros((0, 2))
-    gt_lp = lowpass(gt, step)
+    gt_lp, gt_label = lowpass_truth(path), label_truth(path)  # blurred before sampling
     base = classical_baselines(ds)
     adf_best, annulus = best_adf(ds, gt_lp, step)
     images = {"ADF": base.adf, "ADF best": adf_best, "iCoM": base.icom}
     extra = {"adf_in_reach": base.info["adf_alpha"], "adf_best": annulus}
-    from scipy import ndimage
-
-    from napari_4dstem_ml.metrics import LABEL_SIGMA_A
-
-    gt_label = ndimage.gaussian_filter(gt, LABEL_SIGMA_A / step)
     unc, maps = None, {}
     for name, lm in loaded.items():
         rep = drain(reconstruct(lm, ds))
@@ -238,7 +238,7 @@ def evaluate_material(path: Path, loaded: dict) -> dict:
             unc = rep.uncertainty
     row = {"material": path.stem, "scores": {}, "defects": {}, **extra}
     for name, img in images.items():
-        row["scores"][name] = score(img, gt, gt_lp, step)
+        row["scores"][name] = score(img, gt, gt_label, gt_lp, step)
     # ρ at the label's resolution (issue 17) for the uncertainty map (the error model where the
     # checkpoint has one) and, for an ensemble, its spread alone; the low-passed ρ beside them
     for name, (u, spread, kind) in maps.items():
@@ -256,7 +256,7 @@ def evaluate_material(path: Path, loaded: dict) -> dict:
         row["defects"] = {name: defect_contrast(img, gt, site, eq, step) for name, img in images.items()}
         row["defects"]["ground truth"] = defect_contrast(gt, gt, site, eq, step)
         row["n_intact_sites"] = int(len(eq))
-    row["_images"] = {**images, "uncertainty (CNN)": unc, "ground truth": gt}
+    row["_images"] = {**images, "uncertainty (CNN)": unc, TRUTH_COLUMN: gt_label}
     return row
 
 
@@ -266,7 +266,7 @@ def montage(rows: list[dict], out: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    cols = ["ADF", "iCoM", "linear", "CNN", "uncertainty (CNN)", "ground truth"]
+    cols = ["ADF", "iCoM", "linear", "CNN", "uncertainty (CNN)", TRUTH_COLUMN]
     fig, axes = plt.subplots(len(rows), len(cols), figsize=(2.1 * len(cols), 2.2 * len(rows)))
     axes = np.atleast_2d(axes)
     for i, row in enumerate(rows):
@@ -356,7 +356,8 @@ def main(argv=None) -> int:
     methods = [m for m in rows[0]["scores"]]
     models = [m for m in loaded]
     print("\nr_label: against the ground truth blurred by a Gaussian of σ 0.2 Å (the ptychographic "
-          "label's resolution); r LP: 10 % transfer at 0.4 Å; FRC: half-bit against the raw "
+          "label's resolution) before it is sampled on the scan grid; r LP: 10 % transfer at 0.4 Å, "
+          "likewise; r raw: the potential at the scan positions; FRC: half-bit against the raw "
           "ground truth (Å); ρ: CNN uncertainty vs error (Spearman); check: the model's domain "
           "check fired")
     print("\n| material | method | r_label | r raw | r LP 0.4 Å | SSIM | FRC (Å) | defect σ | ρ | check |")

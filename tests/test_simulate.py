@@ -144,6 +144,7 @@ def test_generator_runs_tiny_mos2(tmp_path):
     out = tmp_path / "mos2.h5"
     assert main(["mos2", "--tiny", "-o", str(out)]) == 0
     _check_file(out, MoS2Config.tiny().detector, 80e3, vacancy=True)
+    _check_truth(out)
 
 
 @needs_abtem
@@ -155,3 +156,18 @@ def test_generator_runs_tiny_prsco3(tmp_path):
     out = tmp_path / "prsco3.h5"
     assert main(["prsco3", "--tiny", "-o", str(out)]) == 0
     _check_file(out, PrScO3Config.tiny().detector, 300e3, vacancy=False)
+    _check_truth(out)
+
+
+def _check_truth(path):
+    """simulate.truth rebuilds the sample's potential from its stored config: the same grid as
+    /ground_truth/potential, and blurring before sampling lowers the peaks."""
+    import h5py
+
+    from napari_4dstem_ml.simulate.truth import ground_truth
+
+    g = ground_truth(path)
+    with h5py.File(path, "r") as f:
+        stored = f["ground_truth/potential"][()]
+    np.testing.assert_allclose(g.at(0.0), stored, atol=1e-4 * np.ptp(stored))
+    assert np.ptp(g.at(0.2)) < 0.9 * np.ptp(stored)

@@ -796,9 +796,10 @@ def uncertainty_error_correlation(
 #: Gaussian **σ** (Å, not FWHM; FWHM = 2.355 σ = 0.47 Å) that matches the resolution of the
 #: bundled MoS2 ptychographic label (sample_data/mos2_monolayer.h5, ``/label/image``, py4DSTEM
 #: single-slice, 0.097 Å object pixel): its correlation with the ground-truth projected
-#: potential blurred by a Gaussian of σ, both on the 0.24 Å scan grid, peaks at σ ≈ 0.2 Å
-#: (r 0.972; r 0.921 at the README's σ = 0.5 px = 0.12 Å; r 0.849 unblurred).
-#: tests/test_metrics_resolution.py re-measures it from the sample file.
+#: potential blurred by a Gaussian of σ, both on the 0.24 Å scan grid, peaks at σ ≈ 0.2 Å —
+#: r 0.983 with the potential blurred before it is sampled (``simulate.truth``), 0.972 with
+#: the sampled potential blurred afterwards (r 0.921 at σ = 0.12 Å; 0.849 unblurred).
+#: tests/test_metrics_resolution.py re-measures both from the sample file.
 LABEL_SIGMA_A = 0.2
 #: the simulated labels' information limit: Gaussian with 10 % transfer at 0.4 Å (:func:`lowpass`)
 LOWPASS_RESOLUTION_A = 0.4
@@ -853,19 +854,30 @@ def resolution_scores(
     label_sigma_A: float = LABEL_SIGMA_A,
     lowpass_resolution_A: float = LOWPASS_RESOLUTION_A,
     crop: int = 3,
+    label_reference: Any = None,
+    lowpass_reference: Any = None,
 ) -> ResolutionScore:
     """Score ``image`` against ``ground_truth`` (same scan grid ``(y, x)``, ``pixel_size`` in
     Å) at the label's resolution, raw, and low-passed, with SSIM and the half-bit FRC
     resolution (see :class:`ResolutionScore`). The references are blurred on the whole field,
     then ``crop`` px are removed from each edge of everything; no registration (simulated
-    ground truths are on the scan grid)."""
+    ground truths are on the scan grid).
+
+    ``label_reference`` / ``lowpass_reference``: the ground truth at those resolutions blurred
+    *before* it was sampled on the scan grid (for a simulation:
+    ``napari_4dstem_ml.simulate.truth.ground_truth(path).at(sigma)``). Without them the sampled
+    ``ground_truth`` is blurred here, which is exact only when it has no detail beyond the
+    scan's Nyquist frequency — at steps of 0.3 Å and more atomic potentials do, and the
+    blurred grid keeps their aliasing."""
     a, g = _pair(image, ground_truth)
     crop = int(crop)
     if crop < 0 or 2 * crop >= min(a.shape) - 2:
         raise ValueError(f"crop={crop} px leaves too little of a {a.shape} image")
     sl = (slice(crop, a.shape[0] - crop), slice(crop, a.shape[1] - crop))
-    g_label = label_resolution(g, pixel_size, label_sigma_A)[sl]
-    g_low = lowpass(g, pixel_size, lowpass_resolution_A)[sl]
+    g_label = (label_resolution(g, pixel_size, label_sigma_A) if label_reference is None
+               else _pair(a, label_reference)[1])[sl]
+    g_low = (lowpass(g, pixel_size, lowpass_resolution_A) if lowpass_reference is None
+             else _pair(a, lowpass_reference)[1])[sl]
     ac, gc = a[sl], g[sl]
     rng = float(g_label.max() - g_label.min())
     if min(ac.shape) > 10 and rng > 0:

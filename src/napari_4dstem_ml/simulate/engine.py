@@ -131,6 +131,35 @@ def _box_atoms(config: SimulationConfig, plan: Plan, crystal: Crystal):
     return atoms, sites
 
 
+def ground_truth_grid(config: SimulationConfig, plan: Plan | None = None,
+                      crystal: Crystal | None = None, static=None
+                      ) -> tuple[np.ndarray, tuple[float, float], np.ndarray, np.ndarray]:
+    """The projected potential of the static structure (V·Å, ``(y, x)``, defects included) on
+    its fine periodic grid, that grid's (dy, dx) sampling (Å) and the scan positions' y and x
+    (Å) in its frame: ``/ground_truth/potential`` is its value there. ``plan``, ``crystal``
+    and ``static`` (the box's atoms) are made from ``config`` when not given (no multislice)."""
+    if crystal is None:
+        crystal = build_unit_cell(config.structure)
+    if plan is None:
+        plan = make_plan(config, crystal)
+    if static is None and plan.method != "periodic":
+        static, _ = _box_atoms(config, plan, crystal)
+    ny, nx = config.scan_shape
+    step = config.scan_step_A
+    if plan.method == "periodic":
+        ax, by = plan.cell_A[0], plan.cell_A[1]
+        cell = crystal.cell.copy()
+        proj, samp = projected_potential(cell)
+        proj *= crystal.repeats_z
+        gy = config.scan_offset_A[0] % by + np.arange(ny) * step
+        gx = config.scan_offset_A[1] % ax + np.arange(nx) * step
+    else:
+        proj, samp = projected_potential(static)
+        gy = plan.scan_origin_A[0] + np.arange(ny) * step
+        gx = plan.scan_origin_A[1] + np.arange(nx) * step
+    return proj, samp, gy, gx
+
+
 def _chunks(plan: Plan) -> list[tuple[int, int]]:
     r = plan.rows_per_chunk
     return [(r0, min(plan.positions[0], r0 + r)) for r0 in range(0, plan.positions[0], r)]
@@ -347,16 +376,7 @@ def _finish(config: SimulationConfig, plan: Plan, crystal: Crystal, static, site
     adf_counts = poisson_counts(rng, adf_img * config.dose_e_per_pattern, np.uint32).astype(np.float32)
 
     # ground truth: projected potential of the static structure (defects included)
-    if plan.method == "periodic":
-        cell = crystal.cell.copy()
-        proj, samp = projected_potential(cell)
-        proj *= crystal.repeats_z
-        gy = config.scan_offset_A[0] % by + np.arange(ny) * step
-        gx = config.scan_offset_A[1] % ax + np.arange(nx) * step
-    else:
-        proj, samp = projected_potential(static)
-        gy = plan.scan_origin_A[0] + np.arange(ny) * step
-        gx = plan.scan_origin_A[1] + np.arange(nx) * step
+    proj, samp, gy, gx = ground_truth_grid(config, plan, crystal, static)
     gt = sample_periodic(proj, samp, gy, gx)
     gt_low = sample_periodic(lowpass_periodic(proj, samp, config.lowpass_resolution_A), samp, gy, gx)
     sigma = float(energy2sigma(config.energy_ev))

@@ -120,9 +120,7 @@ def _simulate_chunks(cfg: MoS2Config, cache: PartsCache, log: Callable[[str], No
 
     abtem.config.set({"device": "cpu"})
     atoms, origin, start, site = build_atoms(cfg)
-    pot = abtem.Potential(atoms, gpts=cfg.gpts, slice_thickness=cfg.slice_thickness_A,
-                          projection="infinite", parametrization="lobato")
-    potarr = pot.build().compute(progress_bar=False)
+    potarr = _potential(cfg, atoms)
     probe = abtem.Probe(energy=cfg.energy_ev, semiangle_cutoff=cfg.convergence_mrad,
                         defocus=cfg.defocus_A)
     probe.grid.match(potarr)
@@ -153,10 +151,35 @@ def _simulate_chunks(cfg: MoS2Config, cache: PartsCache, log: Callable[[str], No
         pats.append(p)
         adfs.append(a)
         log(f"mos2: scan rows {r0}-{r1} of {nfy} in {time.time() - t0:.1f} s")
-    proj = np.asarray(potarr.project().array, np.float64).T  # (y, x)
-    pot_sampling = (potarr.sampling[1], potarr.sampling[0])
+    proj, pot_sampling = _projected(potarr)
     return (np.concatenate(pats), np.concatenate(adfs), sim_pix, proj, pot_sampling,
             origin, site, abtem.__version__, cutoff)
+
+
+def _potential(cfg: MoS2Config, atoms):
+    """The multislice potential of ``atoms`` (abTEM, Lobato, infinite projection), built."""
+    import abtem
+
+    pot = abtem.Potential(atoms, gpts=cfg.gpts, slice_thickness=cfg.slice_thickness_A,
+                          projection="infinite", parametrization="lobato")
+    return pot.build().compute(progress_bar=False)
+
+
+def _projected(potarr) -> tuple[np.ndarray, tuple[float, float]]:
+    """Projected potential (V·Å, ``(y, x)``) of a built potential and its (dy, dx) sampling."""
+    return (np.asarray(potarr.project().array, np.float64).T,
+            (float(potarr.sampling[1]), float(potarr.sampling[0])))
+
+
+def ground_truth_grid(cfg: MoS2Config) -> tuple[np.ndarray, tuple[float, float], np.ndarray, np.ndarray]:
+    """The projected potential (V·Å, ``(y, x)``) on the simulation's grid, its (dy, dx)
+    sampling (Å) and the scan positions' y and x (Å): ``/ground_truth/potential`` is its value
+    there (no multislice is run)."""
+    atoms, origin, _, _ = build_atoms(cfg)
+    proj, sampling = _projected(_potential(cfg, atoms))
+    ny, nx = cfg.scan_shape
+    return (proj, sampling, origin[0] + np.arange(ny) * cfg.scan_step_A,
+            origin[1] + np.arange(nx) * cfg.scan_step_A)
 
 
 def simulate_mos2(cfg: MoS2Config, out: str | Path, log: Callable[[str], None] = print) -> Path:

@@ -176,6 +176,29 @@ def _config_patterns(cfg: PrScO3Config, k: int, cache: PartsCache, log):
     return p, q, sim_pix, cutoff
 
 
+def static_projected_potential(cfg: PrScO3Config) -> tuple[np.ndarray, tuple[float, float]]:
+    """The static lattice's projected potential (V·Å, ``(y, x)``, periodic with one unit cell):
+    one cell's times the number of cells, and its (dy, dx) sampling (Å)."""
+    import abtem
+
+    a, b, c = cfg.lattice_A
+    cell_pot = abtem.Potential(unit_cell(cfg.lattice_A) * (1, 1, 1), sampling=0.05,
+                               slice_thickness=c / cfg.slices_per_cell, projection="infinite",
+                               parametrization="lobato", periodic=True)
+    proj = np.asarray(cell_pot.build().compute(progress_bar=False).project().array, np.float64).T
+    proj *= cfg.thickness_cells
+    return proj, (b / proj.shape[0], a / proj.shape[1])
+
+
+def ground_truth_grid(cfg: PrScO3Config) -> tuple[np.ndarray, tuple[float, float], np.ndarray, np.ndarray]:
+    """:func:`static_projected_potential`, its sampling and the scan positions' y and x (Å):
+    ``/ground_truth/potential`` is its value there (no multislice is run)."""
+    proj, samp = static_projected_potential(cfg)
+    ny, nx = cfg.scan_shape
+    return (proj, samp, cfg.scan_origin_A[0] + np.arange(ny) * cfg.scan_step_A,
+            cfg.scan_origin_A[1] + np.arange(nx) * cfg.scan_step_A)
+
+
 def simulate_prsco3(cfg: PrScO3Config, out: str | Path, log: Callable[[str], None] = print) -> Path:
     """Simulate the PrScO3 sample and write it to ``out`` (HDF5); per-configuration results
     are cached in ``<out>.parts/<config digest>/`` so a rerun resumes."""
@@ -204,13 +227,7 @@ def simulate_prsco3(cfg: PrScO3Config, out: str | Path, log: Callable[[str], Non
     counts = poisson_counts(rng, frac * cfg.dose_e_per_pattern).reshape(ny, nx, *cfg.detector.shape)
     adf_counts = poisson_counts(rng, adf_img * cfg.dose_e_per_pattern, np.uint32).astype(np.float32)
 
-    # static-lattice projected potential of one cell, times the number of cells
-    cell_pot = abtem.Potential(unit_cell(cfg.lattice_A) * (1, 1, 1), sampling=0.05,
-                               slice_thickness=c / cfg.slices_per_cell, projection="infinite",
-                               parametrization="lobato", periodic=True)
-    proj = np.asarray(cell_pot.build().compute(progress_bar=False).project().array, np.float64).T
-    proj *= cfg.thickness_cells
-    samp = (b / proj.shape[0], a / proj.shape[1])
+    proj, samp = static_projected_potential(cfg)
     gt = sample_periodic(proj, samp, y_A, x_A)
     extent = ((ny - 1) * cfg.scan_step_A, (nx - 1) * cfg.scan_step_A)
     label, lab_origin = label_from_phase(energy2sigma(cfg.energy_ev) * proj, samp, cfg.scan_origin_A,
