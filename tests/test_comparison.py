@@ -110,3 +110,29 @@ def test_resolution_columns_against_a_ground_truth():
     assert not t3.has_resolution and len(t3.formatted()[0]) == 6 and len(t3.headers()) == 6
     t4 = compare_methods(images, pixel_size=1.0, unit="px")  # σ in Å needs Å pixels
     assert not t4.has_resolution
+
+
+def test_a_ground_truth_with_references_blurred_before_sampling_is_scored_against_them():
+    """A simulation's ground truth carries itself blurred before sampling: the resolution
+    columns use those (cropped to the region), not a blur of the sampled image, and say so."""
+    truth, images = _images()
+    rng = np.random.default_rng(3)
+    label_ref = truth + rng.normal(0, 0.3, truth.shape)  # deliberately unlike a blur of truth
+    low_ref = truth + rng.normal(0, 0.3, truth.shape)
+    gt = MethodImage("truth", "ground_truth", truth,
+                     references={"label": label_ref, "lowpass": low_ref})
+    exact = MethodImage("as the label reference", "cnn", 3 * label_ref - 1)
+    region = (4, 40, 2, 34)
+    sl = (slice(4, 40), slice(2, 34))
+    table = compare_methods([gt, exact, *images[:2]], region=region, pixel_size=0.1, unit="Å")
+    assert table.references_before_sampling
+    assert table.row("as the label reference").resolution.r_label == pytest.approx(1.0)
+    for row in table.rows:
+        img = np.asarray(next(m.image for m in [exact, *images] if m.name == row.name), float)
+        direct = metrics.resolution_scores(img[sl], truth[sl], 0.1, label_reference=label_ref[sl],
+                                           lowpass_reference=low_ref[sl])
+        assert row.resolution == direct
+        assert row.resolution != metrics.resolution_scores(img[sl], truth[sl], 0.1)
+    assert "before sampling" in table.csv_text() and "before sampling" in table.header_tooltips()[6]
+    plain = compare_methods(images, region=region, pixel_size=0.1, unit="Å")
+    assert not plain.references_before_sampling and "blurred here" in plain.csv_text()

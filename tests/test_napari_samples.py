@@ -31,6 +31,7 @@ def _fake_sample(key: str) -> samples.SampleData:
         adf=rng.random((6, 6), dtype=np.float32),
         adf_inner_mrad=30.0,
         adf_outer_mrad=80.0,
+        ground_truth_references={"label": rng.random((6, 6), dtype=np.float32)},
     )
 
 
@@ -51,6 +52,12 @@ def test_sample_layers_are_calibrated(make_napari_viewer, qtbot, monkeypatch, ke
     adf = next(layer for layer in viewer.layers if " ADF " in layer.name)
     np.testing.assert_allclose(adf.scale, (0.2, 0.2))
     assert str(adf.units[0]) == "angstrom"
+    # the ground truth carries itself blurred before sampling, for the Compare dock
+    gt = next(layer for layer in viewer.layers if layer.metadata.get("role") == "ground_truth")
+    assert set(gt.metadata["references"]) == {"label"}
+    from napari_4dstem_ml.widgets.compare import method_image
+
+    assert method_image(gt).references is gt.metadata["references"]
 
 
 @pytest.mark.slow

@@ -200,3 +200,28 @@ def test_label_is_registered_to_the_scan(key):
     r = np.corrcoef(on_scan.ravel(), gt.ravel())[0, 1]
     shifted = np.corrcoef(np.roll(on_scan, 3, axis=1).ravel(), gt.ravel())[0, 1]
     assert r > 0.9 and r > shifted + 0.1
+
+
+@pytest.mark.parametrize("key", KEYS)
+def test_stored_references_are_the_potential_blurred_before_sampling(key):
+    """The ground truth at the label's resolution and low-passed, as stored for the Compare
+    dock, is the potential rebuilt from the file's configuration and blurred on its fine grid
+    (simulate.truth, checked against the stored grid); on PrScO3's 0.41 Å step the sampled
+    truth blurred afterwards is another image."""
+    pytest.importorskip("abtem")
+    from napari_4dstem_ml.metrics import LABEL_SIGMA_A, label_resolution, pearson_r
+    from napari_4dstem_ml.simulate.groundtruth import lowpass_sigma_A
+    from napari_4dstem_ml.simulate.truth import ground_truth
+
+    s = load_sample(key)
+    refs = s.ground_truth_references
+    assert set(refs) == {"label", "lowpass"}
+    truth = ground_truth(s.path)
+    for name, sigma in (("label", LABEL_SIGMA_A), ("lowpass", lowpass_sigma_A(0.4))):
+        exact = truth.at(sigma)
+        np.testing.assert_allclose(refs[name], exact, atol=1e-5 * np.ptp(exact))
+    step = s.dataset.calibration.scan_step_A[0]
+    after = label_resolution(s.ground_truth, step)
+    sl = (slice(4, -4), slice(4, -4))
+    r = pearson_r(after[sl], refs["label"][sl])
+    assert (r < 0.97) if key == "prsco3" else (r > 0.99), r

@@ -43,12 +43,14 @@ def crystal_file(tmp_path_factory):
 def test_rebuilt_truth_matches_the_file_and_a_fourier_series(crystal_file, tmp_path_factory):
     import h5py
 
-    from napari_4dstem_ml.simulate.truth import ground_truth
+    from napari_4dstem_ml.simulate.truth import LABEL_REFERENCE, ground_truth
 
     g = ground_truth(crystal_file)
     with h5py.File(crystal_file, "r") as f:
         stored = f["ground_truth/potential"][()]
+        written = f[LABEL_REFERENCE][()]  # what the engine wrote for the Compare dock
     np.testing.assert_allclose(g.at(0.0), stored, atol=1e-4 * np.ptp(stored))
+    np.testing.assert_allclose(written, g.at(0.2), atol=1e-5 * np.ptp(written))
     for sigma in (0.2, 0.137):
         exact = fourier_series_at(g.potential, g.sampling, g.y_A, g.x_A, sigma)
         np.testing.assert_allclose(g.at(sigma), exact, atol=2e-3 * np.ptp(exact))

@@ -73,7 +73,9 @@ def sample_layers(key: str) -> list[tuple]:
                 "visible": False,
                 "contrast_limits": robust_limits(s.ground_truth),
                 **scan,
-                **role("ground_truth"),
+                # blurred before sampling, for the Compare dock's resolution columns
+                **role("ground_truth", **({"references": s.ground_truth_references}
+                                          if s.ground_truth_references else {})),
             },
             "image",
         ),

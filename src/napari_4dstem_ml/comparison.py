@@ -66,11 +66,15 @@ Rect = tuple[int, int, int, int]
 @dataclass(frozen=True)
 class MethodImage:
     """One image to compare: a display ``name``, its ``role`` (one of :data:`ROLES`) and the
-    image ``(Ny, Nx)`` on the data set's scan grid."""
+    image ``(Ny, Nx)`` on the data set's scan grid. A ground truth may carry ``references``:
+    itself blurred *before* sampling (``{"label": …, "lowpass": …}``, ``(Ny, Nx)`` each, as a
+    simulation stores them: ``simulate.truth``), which the resolution-aware scores then use
+    instead of blurring the sampled image (aliased at coarse steps)."""
 
     name: str
     role: str
     image: Any = field(repr=False, compare=False)
+    references: Any = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.role not in ROLES:
@@ -104,6 +108,9 @@ class ComparisonTable:
     pixel_size: float
     unit: str
     rows: tuple[MethodScore, ...]
+    #: whether the resolution columns' references were blurred before sampling (a simulation's
+    #: own) rather than blurred here from the sampled ground truth
+    references_before_sampling: bool = False
 
     def row(self, name: str) -> MethodScore:
         for r in self.rows:
@@ -131,6 +138,12 @@ class ComparisonTable:
                     "FRC vs GT (Å)"]
         return out
 
+    def _blur_note(self) -> str:
+        if self.references_before_sampling:
+            return "blurred before sampling (the simulation's own)"
+        return ("the ground-truth image blurred here: approximate where the scan step is coarse "
+                "(≥ 0.3 Å: the sampled truth is aliased)")
+
     def header_tooltips(self) -> list[str]:
         """One explanation per :meth:`headers` column."""
         out = ["", "", "Pearson r against the reference after sub-pixel registration",
@@ -141,7 +154,7 @@ class ComparisonTable:
             out += [
                 f"Pearson r against the ground truth blurred with a Gaussian of σ = {sig:g} Å "
                 f"(FWHM {2 * math.sqrt(2 * math.log(2)) * sig:.2f} Å): the resolution of the "
-                "ptychographic label; no registration, 3 px edge crop",
+                f"ptychographic label; {self._blur_note()}; no registration, 3 px edge crop",
                 "Pearson r against the raw ground truth (a sharp image scores higher)",
                 f"Pearson r against the ground truth low-passed to 10 % transfer at {res:g} Å",
                 "resolution (Å) where the FRC of the image against the raw ground truth "
@@ -186,7 +199,8 @@ class ComparisonTable:
             sig, res_lp = self._resolution_params()
             buf.write(f"# r_label: against the ground truth blurred by a Gaussian of sigma "
                       f"{sig:g} A (the ptychographic label's resolution); r_lowpass: 10 % "
-                      f"transfer at {res_lp:g} A; frc_ground_truth: half-bit, A\n")
+                      f"transfer at {res_lp:g} A; frc_ground_truth: half-bit, A\n"
+                      f"# references: {self._blur_note()}\n")
             extra = [f"r_label_sigma_{sig:g}A", "r_raw", f"r_lowpass_{res_lp:g}A",
                      "frc_ground_truth_A"]
         w = csv.writer(buf, lineterminator="\n")
@@ -263,6 +277,9 @@ def compare_methods(
             f"{region}: choose a region it covers"
         )
     with_res = reference.role == "ground_truth" and unit in ("Å", "A")
+    refs = dict(reference.references or {}) if with_res else {}
+    label_ref = _crop(np.asarray(refs["label"], np.float64), region) if "label" in refs else None
+    low_ref = _crop(np.asarray(refs["lowpass"], np.float64), region) if "lowpass" in refs else None
     rows = []
     for m in images:
         if m is reference or m.role in UNSCORED:
@@ -282,7 +299,9 @@ def compare_methods(
         res = None
         if with_res:
             try:
-                res = metrics.resolution_scores(crop, ref_c, pixel_size)
+                res = metrics.resolution_scores(crop, ref_c, pixel_size,
+                                                label_reference=label_ref,
+                                                lowpass_reference=low_ref)
             except ValueError:  # a region too small for the edge crop
                 res = None
         rows.append(
@@ -296,6 +315,7 @@ def compare_methods(
         pixel_size=float(pixel_size),
         unit=unit,
         rows=tuple(rows),
+        references_before_sampling=label_ref is not None,
     )
 
 

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from .dataset import Calibration, Dataset4D
+from .simulate.truth import LABEL_REFERENCE, LOWPASS_REFERENCE
 
 ENV_VAR = "NAPARI_4DSTEM_ML_SAMPLE_DIR"
 
@@ -54,6 +55,10 @@ class SampleData:
     adf_outer_mrad: float
     vacancy_sites: np.ndarray | None = None
     attrs: dict[str, Any] = field(default_factory=dict)
+    #: the ground truth blurred *before* sampling where the file stores it ("label": at the
+    #: ptychographic label's resolution, "lowpass": 0.4 Å; ``simulate.truth``): scores at those
+    #: resolutions use these instead of blurring ``ground_truth`` (aliased at coarse steps)
+    ground_truth_references: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def _candidate_dirs() -> list[Path]:
@@ -134,6 +139,10 @@ def _open_dataset(path: Path, attrs: dict[str, Any]) -> Dataset4D:
     return ds
 
 
+#: where a sample file keeps its ground truth blurred before sampling (written by the generators)
+REFERENCE_DATASETS = {"label": LABEL_REFERENCE, "lowpass": LOWPASS_REFERENCE}
+
+
 def load_sample(key: str) -> SampleData:
     """Load sample ``key``: the 4D data lazily, the label, ground truth and ADF images."""
     import h5py
@@ -149,13 +158,16 @@ def load_sample(key: str) -> SampleData:
         adf = ai[()].astype(np.float32)
         aa = _attrs_to_python(ai.attrs)
         vac = f["vacancy/sites"][()] if "vacancy/sites" in f else None
+        refs = {k: f[path][()].astype(np.float32) for k, path in REFERENCE_DATASETS.items()
+                if path in f}
     return SampleData(
         key=key, path=path, dataset=_open_dataset(path, attrs), label=label,
         label_pixel_size_A=float(la["pixel_size_A"]),
         label_origin_A=(float(la["origin_A"][0]), float(la["origin_A"][1])),
         label_method=str(la["label_method"]), ground_truth=gt, adf=adf,
         adf_inner_mrad=float(aa["inner_mrad"]), adf_outer_mrad=float(aa["outer_mrad"]),
-        vacancy_sites=None if vac is None else np.asarray(vac, float), attrs=attrs)
+        vacancy_sites=None if vac is None else np.asarray(vac, float), attrs=attrs,
+        ground_truth_references=refs)
 
 
 __all__ = ["ENV_VAR", "SAMPLES", "SampleData", "SampleInfo", "load_sample", "sample_path"]

@@ -33,6 +33,7 @@ from .groundtruth import lowpass_periodic, lowpass_sigma_A, projected_potential,
 from .multislice import scan_patterns
 from .scene import Plan, SimulationConfig, make_plan
 from .structures import Crystal, apply_defects, build_crystal, build_unit_cell
+from .truth import GroundTruth, reference_datasets
 from .writer import SampleArrays, write_sample
 
 LABEL_METHOD = ("exact object phase sigma * projected potential of the simulated static "
@@ -442,6 +443,7 @@ def _finish(config: SimulationConfig, plan: Plan, crystal: Crystal, static, site
         f"ground_truth/potential_lowpass_{res_tag}": (gt_low.astype(np.float32), {
             "units": "V*A", "pixel_size_A": [step, step], "origin_A": [0.0, 0.0],
             "lowpass": f"Gaussian, 10% transfer at {res} A (sigma {lowpass_sigma_A(res):.4f} A)"}),
+        **reference_datasets(GroundTruth(proj, samp, gy, gx), step, lowpass=False),
     }
     if config.store_noise_free:
         extras["noise_free/patterns"] = (frac, {

@@ -27,6 +27,7 @@ from .detector import (
 )
 from .groundtruth import label_from_phase, sample_periodic
 from .multislice import scan_patterns
+from .truth import GroundTruth, reference_datasets
 from .writer import SampleArrays, write_sample
 
 LABEL_METHOD_EXACT = (
@@ -240,7 +241,8 @@ def simulate_mos2(cfg: MoS2Config, out: str | Path, log: Callable[[str], None] =
         label_pixel_A=cfg.label_pixel_A, label_origin_A=lab_origin, label_method=LABEL_METHOD_EXACT,
         ground_truth=gt, ground_truth_units="V*A (projected potential, abTEM)", adf=adf_counts,
         adf_inner_mrad=cfg.adf_inner_mrad, adf_outer_mrad=cfg.adf_outer_mrad, params=params,
-        vacancy_sites=vac)
+        vacancy_sites=vac,
+        extras=reference_datasets(GroundTruth(proj, pot_sampling, y_A, x_A), cfg.scan_step_A))
     write_sample(out, arrays)
     log(f"mos2: wrote {out} ({out.stat().st_size / 1e6:.1f} MB) after {time.time() - t0:.0f} s")
     return out

@@ -39,6 +39,7 @@ from .detector import (
 )
 from .groundtruth import label_from_phase, sample_periodic
 from .multislice import scan_patterns
+from .truth import GroundTruth, reference_datasets
 from .writer import SampleArrays, write_sample
 
 #: Pbnm general positions (x, y, z) -> 8 equivalents
@@ -273,7 +274,8 @@ def simulate_prsco3(cfg: PrScO3Config, out: str | Path, log: Callable[[str], Non
         label_origin_A=lab_origin, label_method=LABEL_METHOD, ground_truth=gt,
         ground_truth_units="V*A (projected potential of the static lattice, abTEM)",
         adf=adf_counts, adf_inner_mrad=cfg.adf_inner_mrad, adf_outer_mrad=cfg.adf_outer_mrad,
-        params=params)
+        params=params,
+        extras=reference_datasets(GroundTruth(proj, samp, y_A, x_A), cfg.scan_step_A))
     write_sample(out, arrays)
     log(f"prsco3: wrote {out} ({out.stat().st_size / 1e6:.1f} MB) after {time.time() - t0:.0f} s")
     return out

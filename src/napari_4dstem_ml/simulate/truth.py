@@ -12,6 +12,10 @@ the configuration the file stores (no multislice: seconds), checks it against th
 scan positions. Files written by :mod:`.engine` (suites, library, simulate-train) and the two
 bundled samples (:mod:`.mos2`, :mod:`.prsco3`) are understood. Needs abTEM (the ``[sim]``
 extra).
+
+The generators also store the two references scores need (:func:`reference_datasets`:
+:data:`LABEL_REFERENCE` and :data:`LOWPASS_REFERENCE`), so that reading them
+(``samples.load_sample``, napari's Compare dock) needs neither abTEM nor the structure.
 """
 
 from __future__ import annotations
@@ -23,12 +27,20 @@ from pathlib import Path
 
 import numpy as np
 
-from .groundtruth import sample_periodic
+from ..metrics import LABEL_SIGMA_A, LOWPASS_RESOLUTION_A
+from .groundtruth import lowpass_sigma_A, sample_periodic
 
-__all__ = ["GroundTruth", "ground_truth"]
+__all__ = ["LABEL_REFERENCE", "LOWPASS_REFERENCE", "GroundTruth", "ground_truth",
+           "reference_datasets"]
 
 #: the rebuilt potential must reproduce the stored one to this fraction of its range
 MATCH_RTOL = 1e-3
+#: HDF5 dataset of the potential at the ptychographic label's resolution (a Gaussian of
+#: ``metrics.LABEL_SIGMA_A`` = 0.2 Å), blurred before sampling
+LABEL_REFERENCE = f"ground_truth/potential_label_sigma_{LABEL_SIGMA_A:g}A"
+#: HDF5 dataset of the potential low-passed to 10 % transfer at 0.4 Å
+#: (``metrics.LOWPASS_RESOLUTION_A``), blurred before sampling (the engine's training label)
+LOWPASS_REFERENCE = f"ground_truth/potential_lowpass_{LOWPASS_RESOLUTION_A:g}A"
 
 
 @dataclass(frozen=True)
@@ -116,3 +128,20 @@ def ground_truth(path: str | Path) -> GroundTruth:
                          f"from /ground_truth/potential by {diff / span:.1e} of its range "
                          "(the structure code changed since the file was written)")
     return gt
+
+
+def reference_datasets(truth: GroundTruth, step_A: float, lowpass: bool = True
+                       ) -> dict[str, tuple[np.ndarray, dict]]:
+    """:data:`LABEL_REFERENCE` (and, with ``lowpass``, :data:`LOWPASS_REFERENCE`) of ``truth``
+    as the writer's extra datasets (float32, V·Å, on the scan grid of step ``step_A``)."""
+    common = {"units": "V*A", "pixel_size_A": [float(step_A)] * 2, "origin_A": [0.0, 0.0],
+              "blurred": "on the simulation's fine grid, before sampling at the scan positions"}
+    out = {LABEL_REFERENCE: (truth.at(LABEL_SIGMA_A).astype(np.float32), {
+        **common, "sigma_A": LABEL_SIGMA_A,
+        "description": "the ptychographic label's resolution (metrics.LABEL_SIGMA_A)"})}
+    if lowpass:
+        sig = lowpass_sigma_A(LOWPASS_RESOLUTION_A)
+        out[LOWPASS_REFERENCE] = (truth.at(sig).astype(np.float32), {
+            **common, "sigma_A": sig,
+            "lowpass": f"Gaussian, 10% transfer at {LOWPASS_RESOLUTION_A} A (sigma {sig:.4f} A)"})
+    return out

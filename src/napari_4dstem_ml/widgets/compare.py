@@ -56,6 +56,13 @@ REGION_CHOICES = ("validation region", "whole scan")
 HEADER = ("method", "role", "Pearson r", "SSIM", "PSNR (dB)", "FRC")
 
 
+def method_image(layer) -> MethodImage:
+    """A scan-plane layer as the core's :class:`MethodImage` (a ground truth with the references
+    blurred before sampling that a simulated sample puts in its metadata)."""
+    return MethodImage(layer.name, layer_role(layer), np.asarray(layer.data),
+                       references=layer.metadata.get("references"))
+
+
 def compare_job(images, reference, region, pixel_size, unit, to_register=None, baselines=None):
     """Worker generator: computes the classical baselines when ``baselines`` = (data set,
     missing roles) asks (yields ``("baselines", Baselines)``: iCoM and the ADF annulus the
@@ -237,8 +244,7 @@ class CompareWidget(QWidget):
                 )
             )
             to_register = None
-        images = [MethodImage(layer.name, layer_role(layer), np.asarray(layer.data))
-                  for layer in layers]
+        images = [method_image(layer) for layer in layers]
         missing = {"adf", "icom"} - roles
         baselines = (ds, missing) if missing else None
         self._missing = missing
@@ -309,8 +315,7 @@ class CompareWidget(QWidget):
             return
         self.table_result = table
         layers = self.method_layers(self._dataset)
-        self.images = [MethodImage(layer.name, layer_role(layer), np.asarray(layer.data))
-                       for layer in layers]
+        self.images = [method_image(layer) for layer in layers]
         self.fill_table(table)
         self.show_grid(layers)
         y0, y1, x0, x1 = table.region
