@@ -101,7 +101,7 @@ def main(argv=None) -> int:
             if eq is not None:
                 defect = (f"{defect_contrast(rep.image, gt, site, eq, step):+.1f} / "
                           f"{defect_contrast(adf, gt, site, eq, step):+.1f} "
-                          f"({defect_contrast(gt, gt, site, eq, step):+.1f})")
+                          f"({defect_contrast(truth, gt, site, eq, step):+.1f})")
             print(f"| {f.stem} | {name} | {pearson_r(rep.image[sl], truth[sl]):.3f} | "
                   f"{pearson_r(adf[sl], truth[sl]):.3f} | {rho(rep.image, rep.spread, truth):.2f} | "
                   f"{defect} |", flush=True)

@@ -43,7 +43,8 @@ def crystal_file(tmp_path_factory):
 def test_rebuilt_truth_matches_the_file_and_a_fourier_series(crystal_file, tmp_path_factory):
     import h5py
 
-    from napari_4dstem_ml.simulate.truth import LABEL_REFERENCE, ground_truth
+    from napari_4dstem_ml.simulate.groundtruth import LABEL_REFERENCE
+    from napari_4dstem_ml.simulate.truth import ground_truth
 
     g = ground_truth(crystal_file)
     with h5py.File(crystal_file, "r") as f:

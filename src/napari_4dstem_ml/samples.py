@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from .dataset import Calibration, Dataset4D
-from .simulate.truth import LABEL_REFERENCE, LOWPASS_REFERENCE
+from .simulate.groundtruth import LABEL_REFERENCE, LOWPASS_REFERENCE
 
 ENV_VAR = "NAPARI_4DSTEM_ML_SAMPLE_DIR"
 

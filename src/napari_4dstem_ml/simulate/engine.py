@@ -29,11 +29,17 @@ from .detector import (
     interpolate_cell_patterns,
     poisson_counts,
 )
-from .groundtruth import lowpass_periodic, lowpass_sigma_A, projected_potential, sample_periodic
+from .groundtruth import (
+    GroundTruth,
+    lowpass_periodic,
+    lowpass_sigma_A,
+    projected_potential,
+    reference_datasets,
+    sample_periodic,
+)
 from .multislice import scan_patterns
 from .scene import Plan, SimulationConfig, make_plan
 from .structures import Crystal, apply_defects, build_crystal, build_unit_cell
-from .truth import GroundTruth, reference_datasets
 from .writer import SampleArrays, write_sample
 
 LABEL_METHOD = ("exact object phase sigma * projected potential of the simulated static "

@@ -1,6 +1,11 @@
 """Ground truth of a simulation: the projected potential of the static structure, its
 low-passed version and their values at the scan positions.
 
+:class:`GroundTruth` blurs the potential on its fine grid *before* sampling it at the scan
+positions — the only correct way at coarse steps, where the sampled grid is aliased — and
+:func:`reference_datasets` is what every generator stores of it (:data:`LABEL_REFERENCE`,
+:data:`LOWPASS_REFERENCE`) for the resolution-aware scores.
+
 Images are ``(y, x)``; ``sampling`` is (dy, dx) in Å with grid point (0, 0) at the origin of
 the potential's cell. The potential is periodic with that cell. Units: V·Å (projected
 potential); the object phase is ``sigma * V`` with ``sigma`` from
@@ -9,7 +14,11 @@ potential); the object phase is ``sigma * V`` with ``sigma`` from
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
+
+from ..metrics import LABEL_SIGMA_A, LOWPASS_RESOLUTION_A
 
 
 def sample_periodic(img: np.ndarray, sampling: tuple[float, float], y_A, x_A, order: int = 3
@@ -67,3 +76,52 @@ def projected_potential(atoms, max_sampling_A: float = 0.02) -> tuple[np.ndarray
     arr = pot.build().compute(progress_bar=False, scheduler="synchronous")
     proj = np.asarray(arr.project().array, np.float64).T
     return proj, (ly / gpts[1], lx / gpts[0])
+
+
+#: HDF5 dataset of the potential at the ptychographic label's resolution (a Gaussian of
+#: ``metrics.LABEL_SIGMA_A`` = 0.2 Å), blurred before sampling
+LABEL_REFERENCE = f"ground_truth/potential_label_sigma_{LABEL_SIGMA_A:g}A"
+#: HDF5 dataset of the potential low-passed to 10 % transfer at 0.4 Å
+#: (``metrics.LOWPASS_RESOLUTION_A``), blurred before sampling (the engine's training label)
+LOWPASS_REFERENCE = f"ground_truth/potential_lowpass_{LOWPASS_RESOLUTION_A:g}A"
+
+
+@dataclass(frozen=True)
+class GroundTruth:
+    """A projected potential (V·Å, ``(y, x)``, periodic) on its fine grid of ``sampling``
+    (dy, dx) Å, and the scan positions ``y_A``, ``x_A`` (Å, in its frame)."""
+
+    potential: np.ndarray
+    sampling: tuple[float, float]
+    y_A: np.ndarray
+    x_A: np.ndarray
+
+    def at(self, sigma_A: float = 0.0) -> np.ndarray:
+        """The potential blurred by a Gaussian of standard deviation ``sigma_A`` (Å) on its
+        fine grid, then sampled at the scan positions: ``(scan_y, scan_x)`` float64, V·Å."""
+        from scipy.ndimage import gaussian_filter
+
+        s = float(sigma_A)
+        if not (s >= 0 and np.isfinite(s)):
+            raise ValueError(f"sigma_A must be >= 0, got {sigma_A!r}")
+        img = self.potential
+        if s > 0:
+            img = gaussian_filter(img, (s / self.sampling[0], s / self.sampling[1]), mode="wrap")
+        return sample_periodic(img, self.sampling, self.y_A, self.x_A)
+
+
+def reference_datasets(truth: GroundTruth, step_A: float, lowpass: bool = True
+                       ) -> dict[str, tuple[np.ndarray, dict]]:
+    """:data:`LABEL_REFERENCE` (and, with ``lowpass``, :data:`LOWPASS_REFERENCE`) of ``truth``
+    as the writer's extra datasets (float32, V·Å, on the scan grid of step ``step_A``)."""
+    common = {"units": "V*A", "pixel_size_A": [float(step_A)] * 2, "origin_A": [0.0, 0.0],
+              "blurred": "on the simulation's fine grid, before sampling at the scan positions"}
+    out = {LABEL_REFERENCE: (truth.at(LABEL_SIGMA_A).astype(np.float32), {
+        **common, "sigma_A": LABEL_SIGMA_A,
+        "description": "the ptychographic label's resolution (metrics.LABEL_SIGMA_A)"})}
+    if lowpass:
+        sig = lowpass_sigma_A(LOWPASS_RESOLUTION_A)
+        out[LOWPASS_REFERENCE] = (truth.at(sig).astype(np.float32), {
+            **common, "sigma_A": sig,
+            "lowpass": f"Gaussian, 10% transfer at {LOWPASS_RESOLUTION_A} A (sigma {sig:.4f} A)"})
+    return out

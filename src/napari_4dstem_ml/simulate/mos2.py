@@ -25,9 +25,8 @@ from .detector import (
     gaussian_scan_blur,
     poisson_counts,
 )
-from .groundtruth import label_from_phase, sample_periodic
+from .groundtruth import GroundTruth, label_from_phase, reference_datasets, sample_periodic
 from .multislice import scan_patterns
-from .truth import GroundTruth, reference_datasets
 from .writer import SampleArrays, write_sample
 
 LABEL_METHOD_EXACT = (

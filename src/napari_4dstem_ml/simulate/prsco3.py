@@ -37,9 +37,8 @@ from .detector import (
     interpolate_cell_patterns,
     poisson_counts,
 )
-from .groundtruth import label_from_phase, sample_periodic
+from .groundtruth import GroundTruth, label_from_phase, reference_datasets, sample_periodic
 from .multislice import scan_patterns
-from .truth import GroundTruth, reference_datasets
 from .writer import SampleArrays, write_sample
 
 #: Pbnm general positions (x, y, z) -> 8 equivalents

@@ -8,65 +8,31 @@ frequency; atomic potentials have plenty, so at coarse steps the sampled grid is
 blur keeps the aliasing: at a 0.4 Å step the two references correlate at r 0.91 only (CeO2
 [001]). :func:`ground_truth` rebuilds the file's potential on the simulation's fine grid from
 the configuration the file stores (no multislice: seconds), checks it against the stored
-``/ground_truth/potential``, and :meth:`GroundTruth.at` blurs it there and samples it at the
-scan positions. Files written by :mod:`.engine` (suites, library, simulate-train) and the two
+``/ground_truth/potential``, and :meth:`.groundtruth.GroundTruth.at` blurs it there and
+samples it at the scan positions. Files written by :mod:`.engine` (suites, library, simulate-train) and the two
 bundled samples (:mod:`.mos2`, :mod:`.prsco3`) are understood. Needs abTEM (the ``[sim]``
 extra).
 
-The generators also store the two references scores need (:func:`reference_datasets`:
-:data:`LABEL_REFERENCE` and :data:`LOWPASS_REFERENCE`), so that reading them
-(``samples.load_sample``, napari's Compare dock) needs neither abTEM nor the structure.
+The generators also store the two references scores need
+(:func:`.groundtruth.reference_datasets`: ``LABEL_REFERENCE`` and ``LOWPASS_REFERENCE``), so
+that reading them (``samples.load_sample``, napari's Compare dock) needs neither abTEM nor the
+structure; this module is for files written before they did.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from ..metrics import LABEL_SIGMA_A, LOWPASS_RESOLUTION_A
-from .groundtruth import lowpass_sigma_A, sample_periodic
+from .groundtruth import GroundTruth
 
-__all__ = ["LABEL_REFERENCE", "LOWPASS_REFERENCE", "GroundTruth", "ground_truth",
-           "reference_datasets"]
+__all__ = ["ground_truth"]
 
 #: the rebuilt potential must reproduce the stored one to this fraction of its range
 MATCH_RTOL = 1e-3
-#: HDF5 dataset of the potential at the ptychographic label's resolution (a Gaussian of
-#: ``metrics.LABEL_SIGMA_A`` = 0.2 Å), blurred before sampling
-LABEL_REFERENCE = f"ground_truth/potential_label_sigma_{LABEL_SIGMA_A:g}A"
-#: HDF5 dataset of the potential low-passed to 10 % transfer at 0.4 Å
-#: (``metrics.LOWPASS_RESOLUTION_A``), blurred before sampling (the engine's training label)
-LOWPASS_REFERENCE = f"ground_truth/potential_lowpass_{LOWPASS_RESOLUTION_A:g}A"
-
-
-@dataclass(frozen=True)
-class GroundTruth:
-    """A projected potential (V·Å, ``(y, x)``, periodic) on its fine grid of ``sampling``
-    (dy, dx) Å, and the scan positions ``y_A``, ``x_A`` (Å, in its frame)."""
-
-    potential: np.ndarray
-    sampling: tuple[float, float]
-    y_A: np.ndarray
-    x_A: np.ndarray
-
-    def at(self, sigma_A: float = 0.0) -> np.ndarray:
-        """The potential blurred by a Gaussian of standard deviation ``sigma_A`` (Å) on its
-        fine grid, then sampled at the scan positions: ``(scan_y, scan_x)`` float64, V·Å."""
-        from scipy.ndimage import gaussian_filter
-
-        s = float(sigma_A)
-        if not (s >= 0 and np.isfinite(s)):
-            raise ValueError(f"sigma_A must be >= 0, got {sigma_A!r}")
-        img = self.potential
-        if s > 0:
-            img = gaussian_filter(img, (s / self.sampling[0], s / self.sampling[1]), mode="wrap")
-        return sample_periodic(img, self.sampling, self.y_A, self.x_A)
-
-
 def _restore(cls, d: dict):
     """A frozen config dataclass from its JSON dict (lists back to tuples; the detector)."""
     from .detector import DetectorModel
@@ -128,20 +94,3 @@ def ground_truth(path: str | Path) -> GroundTruth:
                          f"from /ground_truth/potential by {diff / span:.1e} of its range "
                          "(the structure code changed since the file was written)")
     return gt
-
-
-def reference_datasets(truth: GroundTruth, step_A: float, lowpass: bool = True
-                       ) -> dict[str, tuple[np.ndarray, dict]]:
-    """:data:`LABEL_REFERENCE` (and, with ``lowpass``, :data:`LOWPASS_REFERENCE`) of ``truth``
-    as the writer's extra datasets (float32, V·Å, on the scan grid of step ``step_A``)."""
-    common = {"units": "V*A", "pixel_size_A": [float(step_A)] * 2, "origin_A": [0.0, 0.0],
-              "blurred": "on the simulation's fine grid, before sampling at the scan positions"}
-    out = {LABEL_REFERENCE: (truth.at(LABEL_SIGMA_A).astype(np.float32), {
-        **common, "sigma_A": LABEL_SIGMA_A,
-        "description": "the ptychographic label's resolution (metrics.LABEL_SIGMA_A)"})}
-    if lowpass:
-        sig = lowpass_sigma_A(LOWPASS_RESOLUTION_A)
-        out[LOWPASS_REFERENCE] = (truth.at(sig).astype(np.float32), {
-            **common, "sigma_A": sig,
-            "lowpass": f"Gaussian, 10% transfer at {LOWPASS_RESOLUTION_A} A (sigma {sig:.4f} A)"})
-    return out
