@@ -68,8 +68,9 @@ class MethodImage:
     """One image to compare: a display ``name``, its ``role`` (one of :data:`ROLES`) and the
     image ``(Ny, Nx)`` on the data set's scan grid. A ground truth may carry ``references``:
     itself blurred *before* sampling (``{"label": …, "lowpass": …}``, ``(Ny, Nx)`` each, as a
-    simulation stores them: ``simulate.truth``), which the resolution-aware scores then use
-    instead of blurring the sampled image (aliased at coarse steps)."""
+    simulation stores them: ``simulate.groundtruth.reference_datasets``), which the
+    resolution-aware scores then use instead of blurring the sampled image (aliased at coarse
+    steps)."""
 
     name: str
     role: str

@@ -56,7 +56,7 @@ class SampleData:
     vacancy_sites: np.ndarray | None = None
     attrs: dict[str, Any] = field(default_factory=dict)
     #: the ground truth blurred *before* sampling where the file stores it ("label": at the
-    #: ptychographic label's resolution, "lowpass": 0.4 Å; ``simulate.truth``): scores at those
+    #: ptychographic label's resolution, "lowpass": 0.4 Å; ``simulate.groundtruth``): scores at those
     #: resolutions use these instead of blurring ``ground_truth`` (aliased at coarse steps)
     ground_truth_references: dict[str, np.ndarray] = field(default_factory=dict)
 

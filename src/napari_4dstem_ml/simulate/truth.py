@@ -9,9 +9,9 @@ blur keeps the aliasing: at a 0.4 Å step the two references correlate at r 0.91
 [001]). :func:`ground_truth` rebuilds the file's potential on the simulation's fine grid from
 the configuration the file stores (no multislice: seconds), checks it against the stored
 ``/ground_truth/potential``, and :meth:`.groundtruth.GroundTruth.at` blurs it there and
-samples it at the scan positions. Files written by :mod:`.engine` (suites, library, simulate-train) and the two
-bundled samples (:mod:`.mos2`, :mod:`.prsco3`) are understood. Needs abTEM (the ``[sim]``
-extra).
+samples it at the scan positions. Files written by :mod:`.engine` (suites, library,
+simulate-train) and the two bundled samples (:mod:`.mos2`, :mod:`.prsco3`) are understood.
+Needs abTEM (the ``[sim]`` extra).
 
 The generators also store the two references scores need
 (:func:`.groundtruth.reference_datasets`: ``LABEL_REFERENCE`` and ``LOWPASS_REFERENCE``), so
@@ -33,6 +33,8 @@ __all__ = ["ground_truth"]
 
 #: the rebuilt potential must reproduce the stored one to this fraction of its range
 MATCH_RTOL = 1e-3
+
+
 def _restore(cls, d: dict):
     """A frozen config dataclass from its JSON dict (lists back to tuples; the detector)."""
     from .detector import DetectorModel
