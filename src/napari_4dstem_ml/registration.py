@@ -527,6 +527,11 @@ def _masked_highpass(img: np.ndarray, mask: np.ndarray, sigma_lo: float, sigma_h
 
 
 # ============================================================================ registration
+#: coverage (fraction of the scan) a fitted shift may give up against the centred label before
+#: the registration warns that it may have found a crystal's symmetric copy
+COVERAGE_LOSS = 0.05
+
+
 @dataclass(frozen=True)
 class Registration:
     """Result of :func:`register_label`.
@@ -539,7 +544,8 @@ class Registration:
     band-passed images that the estimate maximised; ``sign`` ±1; ``estimated`` names the
     parameters that were fitted (the others were given); ``candidates`` the best distinct
     (rotation_deg, shift_yx, |NCC|) of the rotation search — a runner-up close to the best
-    means an ambiguous fit (e.g. a perfect crystal's symmetry).
+    means an ambiguous fit (e.g. a perfect crystal's symmetry); ``warnings`` what the user
+    should check, in words (see :func:`register_label`).
     """
 
     params: RegistrationParams
@@ -550,6 +556,7 @@ class Registration:
     sign: int
     estimated: tuple[str, ...] = ()
     candidates: tuple[tuple[float, tuple[float, float], float], ...] = ()
+    warnings: tuple[str, ...] = ()
 
     @property
     def coverage(self) -> float:
@@ -832,6 +839,20 @@ def register_label(
         score = float(np.sum(a * b) / den) if den > 0 else math.nan
     else:
         score = math.nan
+    warnings = []
+    if "shift" in estimated:
+        # a reconstruction of the same scan sits about centred on it: a fit that gives up
+        # coverage the centred label would have is likely a crystal's (pseudo-)symmetric copy
+        centred = label_coordinates(ref.shape, lab.shape, sc_f, rot_f, (0.0, 0.0))
+        cov_c = float((ndimage.map_coordinates(valid.astype(np.float32), centred, order=1,
+                                               cval=0.0) > 0.999).mean())
+        if cov_c - float(cov.mean()) > COVERAGE_LOSS:
+            warnings.append(
+                f"the label was placed {sh_f[0]:+.1f}, {sh_f[1]:+.1f} scan steps from the scan's "
+                f"centre, where it covers {100 * cov.mean():.0f} % of the scan; centred it would "
+                f"cover {100 * cov_c:.0f} %. A crystal matches itself after a translation, so "
+                "this may be a symmetric copy: check the registered label against the data (a "
+                "label already on the scan grid trains with --no-register)")
     return Registration(
         params=params,
         image_on_scan_grid=img.astype(np.float32),
@@ -841,4 +862,5 @@ def register_label(
         sign=1 if fit_r >= 0 else -1,
         estimated=tuple(estimated),
         candidates=tuple(candidates),
+        warnings=tuple(warnings),
     )

@@ -299,6 +299,9 @@ def registered_label(
     )
     if abs(reg.score) < 0.3:
         yield Message("warning: the label correlates poorly with the virtual image; check the fit")
+    for w in reg.warnings:
+        yield Message(f"warning: {w}")
+    summary["warnings"] = list(reg.warnings)
     return reg.image_on_scan_grid, reg.coverage_mask, summary
 
 

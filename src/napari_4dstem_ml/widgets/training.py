@@ -175,7 +175,7 @@ def register(dataset, label: np.ndarray, label_pixel_A: float | None) -> Registe
         f"label registered against {what}: scale {p.scale:.4g}, rotation "
         f"{p.rotation_deg:.2f}°, shift ({p.shift_yx[0]:.2f}, {p.shift_yx[1]:.2f}) "
         f"steps, r = {reg.score:+.3f}, covers {100 * reg.coverage:.0f} %"
-    )
+    ) + "".join(f"\nwarning: {w}" for w in reg.warnings)
     return RegisteredLabel(
         image=reg.image_on_scan_grid.astype(np.float32),
         coverage=np.asarray(reg.coverage_mask, bool),
@@ -776,7 +776,7 @@ class TrainingWidget(QWidget):
             self.session.registrations[self._label_key] = reg
             self.registration_report = reg.report
             self.readout.setText(reg.report)
-            show_info(reg.report)
+            (show_warning if "\nwarning: " in reg.report else show_info)(reg.report)
             self.session.show_scan_image(
                 registered_name(self._training_name, self._label_method),
                 reg.image,
