@@ -322,14 +322,14 @@ def test_load_errors(tmp_path):
         R.load_label(p)
 
 
-def test_crystal_label_registers_to_its_true_origin_not_a_symmetric_copy():
-    """The MoS2 sample's label is a crystal: it matches itself after lattice translations and
-    120° rotations. Registration must find the geometry the file records (origin_A)."""
+def _register_sample(key: str):
+    """A bundled sample's label registered against its virtual ADF image as training does, and
+    the shift (scan steps, label centre from scan centre) the origin the file records gives."""
     from napari_4dstem_ml.registration import register_label
     from napari_4dstem_ml.samples import load_sample
     from napari_4dstem_ml.workflow import reference_image
 
-    s = load_sample("mos2")
+    s = load_sample(key)
     ref, _ = reference_image(s.dataset)
     step = s.dataset.calibration.scan_step_A[0]
     reg = register_label(s.label, s.label_pixel_size_A, ref, step)
@@ -339,6 +339,13 @@ def test_crystal_label_registers_to_its_true_origin_not_a_symmetric_copy():
         (s.label_origin_A[i] + (n_l - 1) / 2 * s.label_pixel_size_A - (n_s - 1) / 2 * step) / step
         for i, (n_l, n_s) in enumerate([(ly, ny), (lx, nx)])
     ]
+    return s, reg, expected
+
+
+def test_crystal_label_registers_to_its_true_origin_not_a_symmetric_copy():
+    """The MoS2 sample's label is a crystal: it matches itself after lattice translations and
+    120° rotations. Registration must find the geometry the file records (origin_A)."""
+    s, reg, expected = _register_sample("mos2")
     assert abs(reg.params.rotation_deg) < 0.5
     # a symmetric copy would be off by a lattice translation (>= 11 scan steps) or 120°; the
     # reconstruction itself sits ~0.05 Å (0.2 steps) off its nominal probe positions
@@ -351,20 +358,7 @@ def test_a_pseudo_symmetric_copy_is_flagged():
     """PrScO3's label (its exact potential) against the thick crystal's ADF fits best half a
     cell off the geometry the file records (r 0.79 against the truth there, 0.99 at the
     recorded origin): the fit gives up coverage the centred label has, and says so."""
-    from napari_4dstem_ml.registration import register_label
-    from napari_4dstem_ml.samples import load_sample
-    from napari_4dstem_ml.workflow import reference_image
-
-    s = load_sample("prsco3")
-    ref, _ = reference_image(s.dataset)
-    step = s.dataset.calibration.scan_step_A[0]
-    reg = register_label(s.label, s.label_pixel_size_A, ref, step)
-    ny, nx = s.dataset.scan_shape
-    ly, lx = s.label.shape
-    expected = [
-        (s.label_origin_A[i] + (n_l - 1) / 2 * s.label_pixel_size_A - (n_s - 1) / 2 * step) / step
-        for i, (n_l, n_s) in enumerate([(ly, ny), (lx, nx)])
-    ]
+    s, reg, expected = _register_sample("prsco3")
     off = np.hypot(*(np.asarray(reg.params.shift_yx) - expected))
     if off < 1.0:  # registered right: then it must not warn
         assert reg.warnings == ()
