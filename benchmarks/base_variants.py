@@ -70,7 +70,8 @@ def fine_tune(init: Path | None, output: Path) -> Path:
 
 def score(checkpoints: dict[str, Path]) -> None:
     """One table row per development file: ADF, then r / ρ of every checkpoint."""
-    from development import development_files, truth_at_label_resolution
+    from development import development_files
+    from references import label_truth
     from transfer import drain
 
     from napari_4dstem_ml.baselines import classical_baselines
@@ -90,7 +91,7 @@ def score(checkpoints: dict[str, Path]) -> None:
     print("|---|---|" + "---|" * len(models))
     for f in development_files():
         ds = load(f, dataset="datacube/data")
-        truth = truth_at_label_resolution(f, ds)
+        truth = label_truth(f)
         cells = [f"{pearson_r(classical_baselines(ds).adf[sl], truth[sl]):.3f}"]
         for lm in models.values():
             rep = drain(reconstruct(lm, ds))

@@ -159,7 +159,8 @@ def fit_scale_defocus(model, image, defocus_A=None, n=256, steps=60, seed=0):
 
 def main(argv=None) -> int:
     import torch
-    from development import DEFAULT_DATA, development_files, truth_at_label_resolution
+    from development import DEFAULT_DATA, development_files
+    from references import label_truth
     from scipy.stats import rankdata
 
     from napari_4dstem_ml.io import load
@@ -189,7 +190,7 @@ def main(argv=None) -> int:
     for f in args.files or development_files(args.data):
         t0 = time.perf_counter()
         ds = load(f, dataset="datacube/data")
-        truth = truth_at_label_resolution(f, ds)
+        truth = label_truth(f)
         rec = finish(reconstruct(tuned, ds))
         img = rec.image - rec.image.mean()
         model = PhaseObjectModel(ds)

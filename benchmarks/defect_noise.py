@@ -52,7 +52,8 @@ def low_rank_denoise(data: np.ndarray) -> tuple[np.ndarray, int]:
 
 def main(argv=None) -> int:
     import h5py
-    from development import DEFAULT_DATA, development_files, truth_at_label_resolution
+    from development import DEFAULT_DATA, development_files
+    from references import label_truth
     from transfer import drain
 
     from napari_4dstem_ml.baselines import classical_baselines
@@ -72,7 +73,7 @@ def main(argv=None) -> int:
     print("|---|---|---|---|---|---|")
     for f in development_files(args.data):
         ds = load(f, dataset="datacube/data")
-        truth = truth_at_label_resolution(f, ds)
+        truth = label_truth(f)
         step = ds.calibration.scan_step_A[0]
         with h5py.File(f, "r") as h:
             gt = np.asarray(h["ground_truth/potential"], np.float64)

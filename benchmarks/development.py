@@ -7,8 +7,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO / "benchmarks/_data/development"
 
@@ -25,12 +23,3 @@ def development_files(data: Path = DEFAULT_DATA) -> list[Path]:
         print(f"simulating {len(missing)} development item(s) into {data} ...", flush=True)
         log_suite(write_suite(missing, data))
     return [sample_path("mos2"), sample_path("prsco3")] + [data / f"{c.name}.h5" for c in configs]
-
-
-def truth_at_label_resolution(path: Path, dataset=None) -> np.ndarray:
-    """The file's ground-truth projected potential at the ptychographic label's resolution,
-    blurred before it is sampled on the scan grid (:func:`references.label_truth`; ``dataset``
-    is not needed any more and kept for the callers)."""
-    from references import label_truth
-
-    return label_truth(path)

@@ -23,7 +23,8 @@ import numpy as np
 
 
 def main(argv=None) -> int:
-    from development import development_files, truth_at_label_resolution
+    from development import development_files
+    from references import label_truth
     from selection_bias import fine_tune, mos2_and_label
 
     from napari_4dstem_ml.io import load
@@ -45,7 +46,7 @@ def main(argv=None) -> int:
                 "no augmentation": None}
     files = development_files()[1:]  # MoS2 itself is scored against its label below
     data = [(Path(f).stem, load(f, dataset="datacube/data")) for f in files]
-    truths = [truth_at_label_resolution(f, d) for f, (_, d) in zip(files, data)]
+    truths = [label_truth(f) for f in files]
     print("| fine-tune | epoch kept / run | MoS2 unseen half vs label: r / SSIM | "
           + " | ".join(f"{n}: r / ρ" for n, _ in data) + " | r / ρ min, mean |")
     print("|---" * (len(data) + 4) + "|")

@@ -27,7 +27,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def main(argv=None) -> int:
-    from development import DEFAULT_DATA, development_files, truth_at_label_resolution
+    from development import DEFAULT_DATA, development_files
+    from references import label_truth
 
     from napari_4dstem_ml.io import load
     from napari_4dstem_ml.metrics import compare, pearson_r
@@ -54,7 +55,7 @@ def main(argv=None) -> int:
     rows = []
     for f in files:
         ds = load(f, dataset="datacube/data")
-        truth = truth_at_label_resolution(f, ds)
+        truth = label_truth(f)
         res = {}
         for mirror in (False, True):
             lm.model.mirror_average = mirror

@@ -38,7 +38,8 @@ def combine(images: list[np.ndarray], spreads: list[np.ndarray]) -> tuple[np.nda
 
 def main(argv=None) -> int:
     sys.path.insert(0, str(Path(__file__).parent))
-    from development import development_files, truth_at_label_resolution
+    from development import development_files
+    from references import label_truth
     from transfer import drain
 
     from napari_4dstem_ml.io import load
@@ -65,7 +66,7 @@ def main(argv=None) -> int:
     summary: dict[str, list[float]] = {"first": [], "two": [], "all": [], "between": []}
     for f in files:
         ds = load(f, dataset="datacube/data")
-        truth = truth_at_label_resolution(f, ds)
+        truth = label_truth(f)
         images, spreads = [], []
         for lm in models.values():
             rep = drain(reconstruct(lm, ds))

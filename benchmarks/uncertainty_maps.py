@@ -264,7 +264,8 @@ def fit_var_bias(spread, bias, image, reference, rows) -> np.ndarray:
 
 
 def main(argv=None) -> int:
-    from development import DEFAULT_DATA, development_files, truth_at_label_resolution
+    from development import DEFAULT_DATA, development_files
+    from references import label_truth
 
     from napari_4dstem_ml.base_model import load_base_model
     from napari_4dstem_ml.baselines import classical_baselines
@@ -293,7 +294,7 @@ def main(argv=None) -> int:
     per_file = []
     for f in files:
         ds = load(f, dataset="datacube/data")
-        truth = truth_at_label_resolution(f, ds)
+        truth = label_truth(f)
         m, b = members(tuned, ds), members(base, ds)
         img = m.mean(0)
         s, o, _ = fit_scale_offset(b.mean(0), img)
